@@ -1,0 +1,31 @@
+# The README's commands. Each creates .venv if needed and installs edgekit with every
+# backend, pinned through constraints.txt (torch stays on its CPU build).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgekit-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[all,dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: train the seed CNN on the bundled digits, export for three runtimes, verify, benchmark
+demo: $(STAMP)
+	$(PY) -m edgekit demo --out build/demo
+
+## test: the whole suite, slow end-to-end tests included (what CI runs)
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## test-fast: skip the tests marked slow
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf build .pytest_cache

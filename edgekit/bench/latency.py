@@ -1,0 +1,92 @@
+"""Latency measurement: warm-up, then interleaved timed calls, then robust statistics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backends import Session
+
+#: Coefficient of variation above which a measurement is flagged as noisy.
+NOISY_CV = 0.25
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Statistics of per-call latencies, in milliseconds."""
+
+    n: int
+    mean_ms: float
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    std_ms: float
+    min_ms: float
+    max_ms: float
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation (std / mean)."""
+        return self.std_ms / self.mean_ms if self.mean_ms > 0 else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        return self.cv > NOISY_CV
+
+    @classmethod
+    def from_seconds(cls, samples: Sequence[float]) -> LatencyStats:
+        if not samples:
+            raise ValueError("no latency samples")
+        ms = np.asarray(samples, dtype=np.float64) * 1e3
+        return cls(
+            n=int(ms.size),
+            mean_ms=float(ms.mean()),
+            median_ms=float(np.median(ms)),
+            p90_ms=float(np.percentile(ms, 90)),
+            p99_ms=float(np.percentile(ms, 99)),
+            std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+            min_ms=float(ms.min()),
+            max_ms=float(ms.max()),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "cv": self.cv, "noisy": self.noisy}
+
+
+def time_interleaved(
+    sessions: Mapping[str, Session],
+    feeds: Mapping[str, list[np.ndarray]],
+    *,
+    warmup: int = 20,
+    runs: int = 200,
+) -> dict[str, LatencyStats]:
+    """Time several sessions side by side so machine noise hits them alike.
+
+    Each round calls every session once; the starting session rotates every round so none
+    always runs first. Every session gets ``warmup`` untimed calls first.
+    """
+    names = list(sessions)
+    if runs < 1 or warmup < 0:
+        raise ValueError("runs must be >= 1 and warmup >= 0")
+    for name in names:
+        for _ in range(warmup):
+            sessions[name].run(feeds[name])
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    clock = time.perf_counter
+    for i in range(runs):
+        for k in range(len(names)):
+            name = names[(i + k) % len(names)]
+            session, feed = sessions[name], feeds[name]
+            start = clock()
+            session.run(feed)
+            samples[name].append(clock() - start)
+    return {name: LatencyStats.from_seconds(s) for name, s in samples.items()}
+
+
+def median_ratio(base: LatencyStats, other: LatencyStats) -> float:
+    """How many times faster ``other`` is than ``base`` (by median)."""
+    return base.median_ms / other.median_ms

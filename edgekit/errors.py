@@ -1,0 +1,123 @@
+"""One error tree for everything edgekit raises on purpose.
+
+    EdgekitError                 base; every message says what, where and what to do
+    ├── UsageError               bad command line or API arguments        (exit code 2)
+    │   ├── UnknownNameError     unknown model / target / backend name, with suggestions
+    │   └── ShapeError           example inputs or data that do not fit the model
+    ├── ConfigError              malformed target profile or recipe       (exit code 2)
+    ├── DataError                unreadable or malformed user data        (exit code 2)
+    ├── BackendMissingError      an optional runtime is not installed     (exit code 2)
+    ├── ExportError              a conversion failed; names the op and layer
+    ├── VerificationError        an artifact disagrees with the reference beyond tolerance
+    ├── BundleError              a bundle cannot be written, read or trusted
+    └── NotSupportedError        a feature this version does not provide yet
+
+The CLI maps ``exit_code`` to the process exit status: 2 for bad usage, 1 for a failed job.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "EdgekitError",
+    "UsageError",
+    "UnknownNameError",
+    "ShapeError",
+    "ConfigError",
+    "DataError",
+    "BackendMissingError",
+    "ExportError",
+    "VerificationError",
+    "BundleError",
+    "NotSupportedError",
+]
+
+
+class EdgekitError(Exception):
+    """Base of all edgekit errors. ``hint`` says what to do about it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if not hint else f"{message}\n  hint: {hint}")
+
+
+class UsageError(EdgekitError):
+    exit_code = 2
+
+
+class UnknownNameError(UsageError):
+    """An unknown name; the message lists the closest known names."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        known = sorted(known)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None
+        super().__init__(
+            f"unknown {kind} {name!r}; known: {', '.join(known)}", hint=hint
+        )
+        self.name = name
+        self.suggestions = close
+
+
+class ShapeError(UsageError):
+    pass
+
+
+class ConfigError(EdgekitError):
+    exit_code = 2
+
+
+class DataError(EdgekitError):
+    exit_code = 2
+
+
+class BackendMissingError(EdgekitError):
+    exit_code = 2
+
+    def __init__(self, backend: str, module: str, extra: str) -> None:
+        super().__init__(
+            f"the {backend} backend needs the Python package {module!r}, which is not installed",
+            hint=f'pip install "edgekit[{extra}]" -c constraints.txt',
+        )
+        self.backend = backend
+        self.extra = extra
+
+
+class ExportError(EdgekitError):
+    """A conversion failed. ``op`` and ``layer`` name the culprit where it could be found."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str,
+        op: str | None = None,
+        layer: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = ", ".join(
+            part for part in (f"op {op}" if op else "", f"layer {layer}" if layer else "") if part
+        )
+        super().__init__(
+            f"{backend} export failed{f' at {where}' if where else ''}: {message}", hint=hint
+        )
+        self.backend = backend
+        self.op = op
+        self.layer = layer
+
+
+class VerificationError(EdgekitError):
+    pass
+
+
+class BundleError(EdgekitError):
+    pass
+
+
+class NotSupportedError(EdgekitError):
+    exit_code = 2

@@ -1,0 +1,285 @@
+"""The build pipeline: example inputs + target profiles -> exported, verified artifacts -> bundle.
+
+Every stage appends one record to the manifest's ``history``.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._npz import save_npz
+from .backends import Artifact, Backend, TensorSpec, get_backend
+from .bench.accuracy import split_batches
+from .bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, Bundle, file_record, load_bundle
+from .bundle import staged_bundle, write_json
+from .data.task import Task
+from .errors import BackendMissingError, NotSupportedError, ShapeError, UsageError
+from .profiles import TargetProfile, load_profile
+from .verify import verify
+
+__all__ = ["compress", "resolve_targets", "check_example_inputs"]
+
+#: Reference input/output pairs stored in the bundle (the example inputs come first).
+REFERENCE_PAIRS = 4
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[edgekit] {message}", file=sys.stderr, flush=True)
+
+
+def resolve_targets(targets: Sequence[str | Path | TargetProfile]) -> list[TargetProfile]:
+    """Load profiles and check that this edgekit can build them and their runtime is installed."""
+    if isinstance(targets, (str, Path, TargetProfile)):
+        targets = [targets]
+    if not targets:
+        raise UsageError("no targets given", hint="pass at least one; `edgekit targets` lists them")
+    profiles = [t if isinstance(t, TargetProfile) else load_profile(t) for t in targets]
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        raise UsageError(f"a target is named twice: {', '.join(names)}")
+    for profile in profiles:
+        if profile.precision != "fp32":
+            raise NotSupportedError(
+                f"target {profile.name} asks for {profile.precision}; this edgekit version "
+                "builds fp32 artifacts only (quantization is not implemented yet)",
+                hint=f"use an fp32 target, e.g. {profile.name.replace(profile.precision, 'fp32')}",
+            )
+        if profile.device != "cpu":
+            raise NotSupportedError(
+                f"target {profile.name} is for device {profile.device!r}; builds run for cpu only"
+            )
+        backend = get_backend(profile.backend)
+        reason = backend.available()
+        if reason is not None:
+            raise BackendMissingError(profile.backend, reason, backend.extra)
+    return profiles
+
+
+def _describe(tensors: Sequence[Any]) -> str:
+    return ", ".join(
+        f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
+        if isinstance(t, torch.Tensor)
+        else type(t).__name__
+        for t in tensors
+    )
+
+
+def check_example_inputs(
+    model: torch.nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Run the model once on the example inputs; return (inputs, outputs) as tuples."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise ShapeError(
+            f"example inputs must be a tensor or a tuple of tensors, got ({_describe(inputs)})"
+        )
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(*inputs)
+    except Exception as exc:  # the user's model rejected the inputs: say which and why
+        raise ShapeError(
+            f"example inputs ({_describe(inputs)}) do not fit {type(model).__name__}.forward: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            hint="pass example inputs with the shapes and dtypes the model's forward expects",
+        ) from exc
+    outputs = out if isinstance(out, (tuple, list)) else (out,)
+    if not all(isinstance(o, torch.Tensor) for o in outputs):
+        raise ShapeError(
+            f"{type(model).__name__}.forward must return a tensor or a tuple of tensors, "
+            f"got ({_describe(outputs)})"
+        )
+    return inputs, tuple(outputs)
+
+
+def _names(given: Sequence[str] | None, count: int, prefix: str) -> list[str]:
+    if given is None:
+        return [f"{prefix}_{i}" for i in range(count)] if count > 1 else [prefix]
+    names = list(given)
+    if len(names) != count:
+        raise UsageError(f"{len(names)} {prefix} names given ({', '.join(names)}) for {count} {prefix}s")
+    if len(set(names)) != count:
+        raise UsageError(f"{prefix} names must be unique: {', '.join(names)}")
+    return names
+
+
+def _check_task_fits(task: Task, inputs: tuple[torch.Tensor, ...], names: list[str]) -> None:
+    if len(task.test.inputs) != len(inputs):
+        raise ShapeError(
+            f"task {task.name} has {len(task.test.inputs)} inputs, the model takes {len(inputs)}"
+        )
+    for name, data, example in zip(names, task.test.inputs, inputs):
+        if tuple(data.shape[1:]) != tuple(example.shape[1:]):
+            raise ShapeError(
+                f"input {name}: task {task.name} gives samples of shape {tuple(data.shape[1:])}, "
+                f"the example input has {tuple(example.shape[1:])}"
+            )
+
+
+def compress(
+    model: torch.nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    targets: Sequence[str | Path | TargetProfile],
+    out_dir: str | Path,
+    name: str | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    task: Task | None = None,
+    recipe: dict[str, Any] | None = None,
+    history: Sequence[dict[str, Any]] = (),
+    verify_samples: int = 200,
+    progress: bool = True,
+) -> Bundle:
+    """Export ``model`` for every target, verify each artifact, and write one bundle.
+
+    The bundle folder ``out_dir`` is replaced only when every target exported and verified;
+    otherwise the previous bundle (if any) stays as it was.
+
+    Example::
+
+        bundle = edgekit.compress(model, torch.zeros(1, 1, 8, 8),
+                                  targets=["x86-onnxruntime-fp32"], out_dir="build/cnn")
+        session = bundle.load("x86-onnxruntime-fp32")
+    """
+    profiles = resolve_targets(targets)
+    inputs, ref_outputs = check_example_inputs(model, example_inputs)
+    in_names = _names(input_names, len(inputs), "input")
+    out_names = _names(output_names, len(ref_outputs), "output")
+    batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1
+    if task is not None:
+        _check_task_fits(task, inputs, in_names)
+    classifier = [out_names[0]] if task is not None and task.kind == "classification" else []
+    name = name or Path(out_dir).name
+
+    samples: list[list[np.ndarray]] = [[t.numpy() for t in inputs]]
+    if task is not None:
+        samples += split_batches(task.val, batch, limit=verify_samples)
+
+    records: list[dict[str, Any]] = list(history)
+    manifest_targets: dict[str, Any] = {}
+    versions: dict[str, str] = {
+        "edgekit": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+    with staged_bundle(Path(out_dir)) as stage:
+        for profile in profiles:
+            backend: Backend = get_backend(profile.backend)
+            versions.update(backend.versions())
+            target_dir = stage / profile.name
+            target_dir.mkdir()
+            _log(progress, f"{profile.name}: exporting with {profile.backend}")
+            start = time.perf_counter()
+            artifact = backend.export(
+                model,
+                inputs,
+                target_dir,
+                input_names=in_names,
+                output_names=out_names,
+                options=dict(profile.options),
+            )
+            export_s = time.perf_counter() - start
+            start = time.perf_counter()
+            session = backend.load(artifact, threads=profile.threads, options=dict(profile.options))
+            load_s = time.perf_counter() - start
+            _log(progress, f"{profile.name}: verifying on {len(samples)} batches")
+            report = verify(
+                model, session, samples, tolerance=profile.tolerance, classifier_outputs=classifier
+            )
+            report.raise_for_failure(context=f"target {profile.name}")
+            manifest_targets[profile.name] = _target_entry(
+                profile, artifact, stage, session.info, report.to_json()
+            )
+            records.append(
+                {
+                    "stage": "export",
+                    "target": profile.name,
+                    "backend": profile.backend,
+                    "seconds": round(export_s + load_s, 3),
+                }
+            )
+            records.append(
+                {"stage": "verify", "target": profile.name, "passed": True, "batches": len(samples)}
+            )
+
+        ref = _reference_pairs(model, samples[:REFERENCE_PAIRS], in_names, out_names)
+        save_npz(stage / REFERENCE, ref)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": name,
+            "versions": versions,
+            "recipe": recipe or {},
+            "model": {
+                "class": type(model).__name__,
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "inputs": [_spec(n, t).to_json() for n, t in zip(in_names, inputs)],
+                "outputs": [_spec(n, t).to_json() for n, t in zip(out_names, ref_outputs)],
+                "task": None
+                if task is None
+                else {"name": task.name, "kind": task.kind, "metric": task.metric},
+            },
+            "targets": manifest_targets,
+            "reference": {**file_record(stage, REFERENCE), "pairs": len(samples[:REFERENCE_PAIRS])},
+            "history": records,
+        }
+        write_json(stage / MANIFEST, manifest)
+    _log(progress, f"bundle written to {out_dir}")
+    return load_bundle(out_dir)
+
+
+def _spec(name: str, tensor: torch.Tensor) -> TensorSpec:
+    return TensorSpec(name, tuple(tensor.shape), str(tensor.numpy().dtype))
+
+
+def _target_entry(
+    profile: TargetProfile,
+    artifact: Artifact,
+    stage: Path,
+    runtime: dict[str, Any],
+    verification: dict[str, Any],
+) -> dict[str, Any]:
+    rel_root = artifact.root.relative_to(stage)
+    return {
+        "backend": profile.backend,
+        "precision": artifact.precision,
+        "profile": profile.to_json(),
+        "files": [file_record(stage, str(rel_root / f)) for f in artifact.files],
+        "inputs": [s.to_json() for s in artifact.inputs],
+        "outputs": [s.to_json() for s in artifact.outputs],
+        "artifact_info": artifact.info,
+        "runtime": runtime,
+        "verification": verification,
+    }
+
+
+def _reference_pairs(
+    model: torch.nn.Module,
+    samples: list[list[np.ndarray]],
+    in_names: list[str],
+    out_names: list[str],
+) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    outs: list[list[np.ndarray]] = [[] for _ in out_names]
+    with torch.no_grad():
+        for feeds in samples:
+            result = model(*(torch.from_numpy(f) for f in feeds))
+            result = result if isinstance(result, (tuple, list)) else (result,)
+            for i, r in enumerate(result):
+                outs[i].append(r.numpy())
+    for i, n in enumerate(in_names):
+        arrays[f"input.{n}"] = np.stack([s[i] for s in samples])
+    for i, n in enumerate(out_names):
+        arrays[f"output.{n}"] = np.stack(outs[i])
+    return arrays

@@ -1,0 +1,168 @@
+"""Target profiles: one validated TOML file per deployment target.
+
+A profile says which backend builds the artifact, for which CPU architecture and precision,
+with how many threads, and how close to the PyTorch reference the result must be::
+
+    >>> from edgekit.profiles import load_profile
+    >>> load_profile("x86-onnxruntime-fp32").backend
+    'onnxruntime'
+
+Bundled profiles live in the top-level ``targets/`` folder (the ``edgekit.targets`` package);
+a path to a ``.toml`` file of the same shape works wherever a name does.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UnknownNameError
+
+__all__ = ["Tolerance", "TargetProfile", "load_profile", "list_profiles", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "int8")
+ARCHES = ("x86_64", "aarch64", "armv7l")
+DEVICES = ("cpu", "cuda", "remote")
+LAYOUTS = ("nchw", "nhwc")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close an artifact's outputs must stay to the PyTorch reference."""
+
+    max_abs: float = 1e-3
+    min_cosine: float = 0.99999
+    min_top1_agreement: float = 0.995
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    name: str
+    backend: str
+    arch: str = "x86_64"
+    device: str = "cpu"
+    precision: str = "fp32"
+    layout: str = "nchw"
+    threads: int = 2
+    description: str = ""
+    tolerance: Tolerance = field(default_factory=Tolerance)
+    max_accuracy_drop: float = 1.0
+    #: Backend-specific settings, passed to the backend untouched (e.g. inference_precision).
+    options: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("source")
+        return data
+
+
+_TOP_KEYS = {
+    "name": str, "description": str, "backend": str, "arch": str, "device": str,
+    "precision": str, "layout": str, "threads": int,
+    "tolerance": dict, "accuracy": dict, "options": dict,
+}  # fmt: skip
+_CHOICES = {"precision": PRECISIONS, "arch": ARCHES, "device": DEVICES, "layout": LAYOUTS}
+
+
+def _bundled_dir() -> Path:
+    return Path(str(resources.files("edgekit.targets")))
+
+
+def list_profiles() -> list[str]:
+    """Names of the bundled target profiles."""
+    return sorted(p.stem for p in _bundled_dir().glob("*.toml"))
+
+
+def load_profile(name_or_path: str | Path) -> TargetProfile:
+    """Load and validate a bundled profile by name, or any profile file by path."""
+    text_path = str(name_or_path)
+    if text_path.endswith(".toml") or "/" in text_path:
+        path = Path(text_path)
+        if not path.is_file():
+            raise ConfigError(f"target profile file {path} does not exist")
+    else:
+        path = _bundled_dir() / f"{text_path}.toml"
+        if not path.is_file():
+            raise UnknownNameError("target", text_path, list_profiles())
+    try:
+        raw = path.read_bytes().decode("utf-8")
+        data = tomllib.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"target profile {path} is not UTF-8 text ({exc.reason})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"target profile {path} is not valid TOML: {exc}",
+            hint="fix the syntax at the line and column named above",
+        ) from exc
+    return parse_profile(data, source=str(path))
+
+
+def parse_profile(data: dict[str, Any], *, source: str = "<dict>") -> TargetProfile:
+    """Validate a profile's parsed TOML; every problem names the file and the key."""
+
+    def fail(msg: str, hint: str | None = None) -> ConfigError:
+        return ConfigError(f"target profile {source}: {msg}", hint=hint)
+
+    if not isinstance(data, dict):
+        raise fail("the top level must be a table")
+    for key, value in data.items():
+        if key not in _TOP_KEYS:
+            raise fail(f"unknown key {key!r}", hint=f"allowed keys: {', '.join(sorted(_TOP_KEYS))}")
+        want = _TOP_KEYS[key]
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise fail(f"{key!r} must be a {want.__name__}, got {type(value).__name__} {value!r}")
+    for key in ("name", "backend"):
+        if key not in data:
+            raise fail(f"missing required key {key!r}")
+    for key, choices in _CHOICES.items():
+        if key in data and data[key] not in choices:
+            raise fail(f"{key} = {data[key]!r} is not one of {', '.join(choices)}")
+    from .backends import BACKENDS
+
+    if data["backend"] not in BACKENDS:
+        raise fail(
+            f"backend = {data['backend']!r} is not one of {', '.join(sorted(BACKENDS))}"
+        )
+    threads = data.get("threads", 2)
+    if not 1 <= threads <= 256:
+        raise fail(f"threads = {threads} must be between 1 and 256")
+
+    tol_raw = data.get("tolerance", {})
+    tol_fields = {f: float for f in Tolerance.__dataclass_fields__}
+    tol: dict[str, float] = {}
+    for key, value in tol_raw.items():
+        if key not in tol_fields:
+            raise fail(f"unknown key tolerance.{key}", hint=f"allowed: {', '.join(tol_fields)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise fail(f"tolerance.{key} must be a non-negative number, got {value!r}")
+        tol[key] = float(value)
+    for key in ("min_cosine", "min_top1_agreement"):
+        if key in tol and tol[key] > 1:
+            raise fail(f"tolerance.{key} = {tol[key]} must be at most 1")
+
+    acc = data.get("accuracy", {})
+    for key in acc:
+        if key != "max_drop":
+            raise fail(f"unknown key accuracy.{key}", hint="allowed: max_drop")
+    drop = acc.get("max_drop", 1.0)
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or drop < 0:
+        raise fail(f"accuracy.max_drop must be a non-negative number, got {drop!r}")
+
+    return TargetProfile(
+        name=data["name"],
+        backend=data["backend"],
+        arch=data.get("arch", "x86_64"),
+        device=data.get("device", "cpu"),
+        precision=data.get("precision", "fp32"),
+        layout=data.get("layout", "nchw"),
+        threads=threads,
+        description=data.get("description", ""),
+        tolerance=Tolerance(**tol),
+        max_accuracy_drop=float(drop),
+        options=dict(data.get("options", {})),
+        source=source,
+    )

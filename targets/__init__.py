@@ -1,0 +1,1 @@
+"""Deployment target profiles (TOML), packaged into the wheel as ``edgekit.targets``."""
