@@ -15,5 +15,9 @@ def require(module: str, *, backend: str, extra: str) -> ModuleType:
     except ImportError as exc:  # ModuleNotFoundError, or a broken install of it
         if isinstance(exc, ModuleNotFoundError) and exc.name and not module.startswith(exc.name):
             # The package is there but one of its own dependencies is not.
-            raise BackendMissingError(backend, exc.name, extra) from exc
-        raise BackendMissingError(backend, module, extra) from exc
+            raise BackendMissingError(
+                backend, f"Python package {exc.name!r} (needed by {module}) is not installed", extra
+            ) from exc
+        raise BackendMissingError(
+            backend, f"Python package {module!r} is not installed", extra
+        ) from exc

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Artifact, Session, TensorSpec, get_backend
-from .errors import BundleError, UnknownNameError
+from .errors import BundleError, OutputPathError, UnknownNameError
 
 __all__ = ["Bundle", "load_bundle", "staged_bundle", "sha256_file", "SCHEMA_VERSION"]
 
@@ -60,17 +60,17 @@ def _check_writable(parent: Path) -> None:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
-        raise BundleError(
+        raise OutputPathError(
             f"cannot create output folder {parent}: a file is in the way ({exc.strerror})",
             hint="choose another output folder",
         ) from exc
     except OSError as exc:
-        raise BundleError(
+        raise OutputPathError(
             f"cannot create output folder {parent}: {exc.strerror}",
             hint="choose a folder you can write to",
         ) from exc
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise BundleError(
+        raise OutputPathError(
             f"output folder {parent} is not writable", hint="choose a folder you can write to"
         )
 
@@ -85,11 +85,11 @@ def staged_bundle(dest: Path) -> Iterator[Path]:
     dest = Path(dest).absolute()
     _check_writable(dest.parent)
     if dest.exists() and not dest.is_dir():
-        raise BundleError(f"{dest} exists and is not a folder", hint="choose another output path")
+        raise OutputPathError(f"{dest} exists and is not a folder", hint="choose another output path")
     try:
         stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     except OSError as exc:
-        raise BundleError(f"cannot write in {dest.parent}: {exc.strerror}") from exc
+        raise OutputPathError(f"cannot write in {dest.parent}: {exc.strerror}") from exc
     try:
         yield stage
     except BaseException:

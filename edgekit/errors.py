@@ -10,6 +10,7 @@
     ├── ExportError              a conversion failed; names the op and layer
     ├── VerificationError        an artifact disagrees with the reference beyond tolerance
     ├── BundleError              a bundle cannot be written, read or trusted
+    │   └── OutputPathError      the output folder cannot be created or written (exit code 2)
     └── NotSupportedError        a feature this version does not provide yet
 
 The CLI maps ``exit_code`` to the process exit status: 2 for bad usage, 1 for a failed job.
@@ -31,6 +32,7 @@ __all__ = [
     "ExportError",
     "VerificationError",
     "BundleError",
+    "OutputPathError",
     "NotSupportedError",
 ]
 
@@ -79,9 +81,9 @@ class DataError(EdgekitError):
 class BackendMissingError(EdgekitError):
     exit_code = 2
 
-    def __init__(self, backend: str, module: str, extra: str) -> None:
+    def __init__(self, backend: str, detail: str, extra: str) -> None:
         super().__init__(
-            f"the {backend} backend needs the Python package {module!r}, which is not installed",
+            f"the {backend} backend cannot be used: {detail}",
             hint=f'pip install "edgekit[{extra}]" -c constraints.txt',
         )
         self.backend = backend
@@ -117,6 +119,10 @@ class VerificationError(EdgekitError):
 
 class BundleError(EdgekitError):
     pass
+
+
+class OutputPathError(BundleError):
+    exit_code = 2
 
 
 class NotSupportedError(EdgekitError):

@@ -14,12 +14,13 @@ a path to a ``.toml`` file of the same shape works wherever a name does.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, UnknownNameError
+from .errors import ConfigError, UnknownNameError, UsageError
 
 __all__ = ["Tolerance", "TargetProfile", "load_profile", "list_profiles", "PRECISIONS"]
 
@@ -31,11 +32,34 @@ LAYOUTS = ("nchw", "nhwc")
 
 @dataclass(frozen=True)
 class Tolerance:
-    """How close an artifact's outputs must stay to the PyTorch reference."""
+    """Limits an artifact must meet; ``None`` switches a check off.
 
-    max_abs: float = 1e-3
-    min_cosine: float = 0.99999
-    min_top1_agreement: float = 0.995
+    ``min_top1_agreement`` applies only to outputs marked as classifier logits.
+    """
+
+    max_abs: float | None = 1e-4
+    min_cosine: float | None = 0.999
+    min_top1_agreement: float | None = 0.99
+
+    @classmethod
+    def coerce(cls, value: Tolerance | Mapping[str, Any] | None) -> Tolerance:
+        if value is None:
+            return cls()
+        if isinstance(value, Tolerance):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = set(value) - known
+            if unknown:
+                raise UsageError(
+                    f"unknown tolerance key(s) {sorted(unknown)}; known: {sorted(known)}"
+                )
+            return cls(**{k: (None if v is None else float(v)) for k, v in value.items()})
+        raise UsageError(f"tolerance must be a Tolerance or a dict, got {type(value).__name__}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.errors import ConfigError, UnknownNameError
-from edgekit.profiles import list_profiles, load_profile, parse_profile
+from edgekit.profiles import Tolerance, list_profiles, load_profile, parse_profile
 
 REQUIRED = {
     "x86-onnxruntime-fp32", "x86-openvino-fp32", "arm64-tflite-fp32",
@@ -43,7 +43,7 @@ def test_profile_from_path(tmp_path):
                             '[tolerance]\nmax_abs = 0.01\n')
     profile = load_profile(path)
     assert (profile.name, profile.threads, profile.tolerance.max_abs) == ("mine", 1, 0.01)
-    assert profile.tolerance.min_cosine == 0.99999  # default kept
+    assert profile.tolerance.min_cosine == Tolerance().min_cosine  # default kept
 
 
 @pytest.mark.parametrize(

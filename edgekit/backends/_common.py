@@ -1,0 +1,343 @@
+"""Helpers shared by the backends: specs, feed checking, missing packages, failed conversions.
+
+Nothing here imports a runtime; each backend module imports its own heavy packages inside
+functions (through :func:`edgekit._deps.require`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BundleError, ExportError, ShapeError, UsageError
+from .base import Artifact, TensorSpec
+
+# --------------------------------------------------------------------------- packages
+
+
+def missing_modules(modules: Sequence[str]) -> list[str]:
+    """The modules in ``modules`` that cannot be imported, without importing any of them."""
+    missing = []
+    for name in modules:
+        if name in sys.modules:
+            if sys.modules[name] is None:  # blocked (e.g. by a test) or failed earlier
+                missing.append(name)
+            continue
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):
+            missing.append(name)
+    return missing
+
+
+def package_versions(packages: Sequence[str]) -> dict[str, str]:
+    """Installed distribution versions (from metadata; imports nothing)."""
+    out: dict[str, str] = {}
+    for pkg in packages:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+# --------------------------------------------------------------------------- model / specs
+
+
+def np_dtype_name(dtype: Any) -> str:
+    """numpy dtype name of a torch dtype, numpy dtype or numpy scalar type."""
+    if isinstance(dtype, torch.dtype):
+        return str(torch.empty((), dtype=dtype).numpy().dtype)
+    return str(np.dtype(dtype))
+
+
+def flatten_outputs(out: Any) -> list[torch.Tensor]:
+    """A model's outputs (a tensor, or nested tuples/lists/dicts of them) as a flat list."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in flatten_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in flatten_outputs(v)]
+    raise UsageError(
+        f"model output of type {type(out).__name__} is not a tensor or a tuple/list/dict of tensors"
+    )
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put ``model`` in eval mode for the block and restore its training flags afterwards."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def check_export_args(
+    model: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+) -> list[torch.Tensor]:
+    """Validate names against the inputs and the model's outputs; returns the reference outputs."""
+    if not isinstance(example_inputs, tuple):
+        example_inputs = tuple(example_inputs)
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, torch.Tensor):
+            raise UsageError(f"example input {i} is a {type(x).__name__}, not a torch.Tensor")
+    if len(input_names) != len(example_inputs):
+        raise UsageError(
+            f"{len(input_names)} input names {list(input_names)} for "
+            f"{len(example_inputs)} example inputs"
+        )
+    for kind, names in (("input", input_names), ("output", output_names)):
+        if len(set(names)) != len(names):
+            raise UsageError(f"{kind} names must be unique, got {list(names)}")
+    with torch.no_grad():
+        outs = flatten_outputs(model(*example_inputs))
+    if len(output_names) != len(outs):
+        raise UsageError(
+            f"{len(output_names)} output names {list(output_names)} for a model with "
+            f"{len(outs)} outputs"
+        )
+    return outs
+
+
+def list_files(out_dir: Path, main: str) -> list[str]:
+    """Every file under ``out_dir`` (relative), the main one first."""
+    rest = sorted(
+        str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file() and p.name != main
+    )
+    return [main, *rest]
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class FeedChecker:
+    """Checks and casts ``Session.run`` feeds against the artifact's input specs.
+
+    Built once in ``load``; ``__call__`` is on the timed path, so it precomputes everything.
+    Casts are allowed within a kind (float64 -> float32, int64 -> int32 when the values fit);
+    anything else raises :class:`ShapeError` naming the input.
+    """
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        self.specs = list(specs)
+        self._shapes = [tuple(s.shape) for s in specs]
+        self._dtypes = [np.dtype(s.dtype) for s in specs]
+        self._dynamic = [any(d < 0 for d in s.shape) for s in specs]
+        self._n = len(specs)
+
+    def __call__(self, feeds: Sequence[Any]) -> list[np.ndarray]:
+        if len(feeds) != self._n:
+            names = [s.name for s in self.specs]
+            raise ShapeError(f"expected {self._n} inputs {names}, got {len(feeds)}")
+        out = []
+        for i, x in enumerate(feeds):
+            if not isinstance(x, np.ndarray):
+                x = np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x)
+            if x.shape != self._shapes[i] and not (
+                self._dynamic[i] and self._fits(x.shape, self._shapes[i])
+            ):
+                s = self.specs[i]
+                raise ShapeError(
+                    f"input {s.name!r}: expected shape {list(s.shape)}, got {list(x.shape)}",
+                    hint="artifacts have static shapes; export again with example inputs of "
+                    "this shape",
+                )
+            if x.dtype != self._dtypes[i]:
+                x = self._cast(i, x)
+            out.append(x)
+        return out
+
+    @staticmethod
+    def _fits(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+        return len(got) == len(want) and all(w < 0 or g == w for g, w in zip(got, want))
+
+    def _cast(self, i: int, x: np.ndarray) -> np.ndarray:
+        want = self._dtypes[i]
+        name = self.specs[i].name
+        if not np.can_cast(x.dtype, want, casting="same_kind"):
+            raise ShapeError(
+                f"input {name!r}: expected dtype {want}, got {x.dtype}, which does not convert "
+                "safely"
+            )
+        if want.kind in "iu" and x.size:
+            info = np.iinfo(want)
+            lo, hi = x.min(), x.max()
+            if lo < info.min or hi > info.max:
+                raise ShapeError(
+                    f"input {name!r}: values in [{lo}, {hi}] do not fit the artifact's "
+                    f"{want} input (range [{info.min}, {info.max}])"
+                )
+        return np.ascontiguousarray(x, dtype=want)
+
+
+def check_artifact_backend(artifact: Artifact, backend: str) -> Path:
+    if artifact.backend != backend:
+        raise UsageError(f"artifact is for backend {artifact.backend!r}, not {backend!r}")
+    path = artifact.path
+    if not path.is_file():
+        raise BundleError(f"artifact file {path} does not exist")
+    return path
+
+
+def check_threads(threads: int) -> int:
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise UsageError(f"threads must be a positive integer, got {threads!r}")
+    return threads
+
+
+def bad_file(path: Path, what: str, exc: BaseException | None = None) -> BundleError:
+    """A :class:`BundleError` naming a file the runtime should not be given."""
+    detail = f": {first_line(exc)}" if exc is not None else ""
+    return BundleError(
+        f"{path} is not a valid {what}{detail}",
+        hint="the file is corrupt or truncated; export it again",
+    )
+
+
+# --------------------------------------------------------------------------- failures
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# aten.erfinv.default, prims.erf_inv, aten::special_erfinv
+_OP = re.compile(r"\b(aten|prims)(?:\.|::)([A-Za-z0-9_]+)")
+# OpenVINO's PyTorch frontend: "__module.inner.conv/aten::linalg_det"
+_OV_MODULE = re.compile(r"__module\.([A-Za-z0-9_.]+)/(aten::[A-Za-z0-9_]+)")
+
+
+def first_line(exc: BaseException | None, limit: int = 300) -> str:
+    text = _ANSI.sub("", str(exc) if exc is not None else "").strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _error_text(exc: BaseException) -> str:
+    parts, seen = [], set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        parts.append(_ANSI.sub("", str(cur)))
+        cur = cur.__cause__ or cur.__context__
+    return "\n".join(parts)
+
+
+def _said(text: str, limit: int = 300) -> str:
+    """The converter's most telling line: the first one naming an op, else the first line."""
+    lines = [ln.strip(" -|") for ln in text.splitlines() if ln.strip(" -|")]
+    line = next((ln for ln in lines if _OP.search(ln)), lines[0] if lines else "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _norm(op: str) -> str:
+    """Op base name without namespace/overload/prefix noise: special_erfinv, erf_inv -> erfinv."""
+    name = op.lower()
+    for prefix in ("special_", "linalg_", "_linalg_"):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+    return name.strip("_").replace("_", "")
+
+
+def _node_op(target: Any) -> tuple[str, str] | None:
+    m = _OP.match(str(target))
+    return (m.group(1), m.group(2)) if m else None
+
+
+def _layer_of(node: Any) -> tuple[str, str] | None:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path, cls = list(stack.values())[-1]
+    cls_name = cls.rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", "?")
+    path = re.sub(r"^L__self___?", "", str(path)).replace("L['self'].", "") or "<root>"
+    return path, cls_name
+
+
+def _find_in_graph(
+    model: torch.nn.Module, example_inputs: tuple[Any, ...], ops: list[str]
+) -> tuple[str, str, str] | None:
+    """(op target, module path, class name) of the first graph node matching one of ``ops``."""
+    try:
+        ep = torch.export.export(model, tuple(example_inputs), strict=False)
+    except Exception:  # the graph cannot be captured at all: nothing to map
+        return None
+    graphs = [ep.graph]
+    try:
+        graphs.append(ep.run_decompositions().graph)
+    except Exception:
+        pass
+    for exact in (True, False):
+        for op in ops:
+            for graph in graphs:
+                for node in graph.nodes:
+                    if node.op != "call_function":
+                        continue
+                    parsed = _node_op(node.target)
+                    if parsed is None:
+                        continue
+                    hit = parsed[1] == op if exact else _norm(parsed[1]) == _norm(op)
+                    if hit:
+                        layer = _layer_of(node) or ("<root>", type(model).__name__)
+                        target = str(node.target)
+                        return target, layer[0], layer[1]
+    return None
+
+
+def export_failure(
+    backend: str,
+    model: torch.nn.Module,
+    example_inputs: tuple[Any, ...],
+    exc: BaseException,
+    *,
+    stage: str = "conversion",
+) -> ExportError:
+    """Map a converter's exception to an :class:`ExportError` naming the op and the layer.
+
+    The op is taken from the converter's message (``aten.xxx``, ``prims.xxx``, ``aten::xxx``)
+    and looked up in a ``torch.export`` graph of the model; the matching node's
+    ``nn_module_stack`` gives the module path and class.
+    """
+    text = _error_text(exc)
+    ops: list[str] = []
+    for m in _OP.finditer(text):
+        if m.group(2) not in ops:
+            ops.append(m.group(2))
+    ov_layer = _OV_MODULE.search(text)
+    found = _find_in_graph(model, example_inputs, ops) if ops else None
+    op = layer = cls = None
+    if found:
+        op, layer, cls = found
+    elif ov_layer:
+        layer, op = ov_layer.group(1), ov_layer.group(2)
+    elif ops:
+        op = ops[0]
+    named = next((f"{m.group(1)}.{m.group(2)}" for m in _OP.finditer(text)), None)
+    if op:
+        conv = f" (the converter calls it {named})" if named and named not in op else ""
+        msg = f"{op} is not supported by the {backend} converter{conv}"
+        if layer:
+            msg += f"; it is used in layer {layer!r}" + (f" ({cls})" if cls else "")
+        msg += f"; converter said: {_said(text)}"
+        hint = (
+            f"rewrite layer {layer!r} without {op}, or use another backend"
+            if layer
+            else f"avoid {op} in the model, or use another backend"
+        )
+    else:
+        msg = f"{stage} failed: {type(exc).__name__}: {first_line(exc)}"
+        hint = "run torch.export.export(model, example_inputs) to check the model exports"
+    return ExportError(msg, backend=backend, op=op, layer=layer, hint=hint)

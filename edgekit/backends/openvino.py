@@ -1,0 +1,268 @@
+"""OpenVINO IR (``openvino.convert_model`` straight from PyTorch) run on the CPU plugin.
+
+The CPU plugin runs "fp32" models in bf16 on CPUs with AVX512_BF16 unless told otherwise, so
+``load`` always sets ``INFERENCE_PRECISION_HINT`` (default ``"f32"``) and records in
+``Session.info["precision"]`` the precision the compiled model reports.
+
+Example::
+
+    be = OpenVinoBackend()
+    art = be.export(model, (x,), out_dir, input_names=["x"], output_names=["y"], options={})
+    sess = be.load(art, threads=2, options={"inference_precision": "f32"})
+    (y,) = sess.run([x.numpy()])
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._deps import require
+from ..errors import BundleError, ExportError, UsageError
+from ._common import (
+    FeedChecker,
+    bad_file,
+    check_artifact_backend,
+    check_export_args,
+    check_threads,
+    eval_mode,
+    export_failure,
+    first_line,
+    list_files,
+    missing_modules,
+    package_versions,
+)
+from .base import Artifact, TensorSpec
+
+__all__ = ["OpenVinoBackend", "OpenVinoSession"]
+
+_EXTRA = "openvino"
+_NAME = "openvino"
+_PRECISIONS = ("f32", "bf16", "f16")
+
+
+def _port_specs(ports: Any, names: list[str] | None = None) -> list[TensorSpec]:
+    specs = []
+    for i, p in enumerate(ports):
+        ps = p.get_partial_shape()
+        shape = tuple(d.get_length() if d.is_static else -1 for d in ps)
+        tensor_names = p.get_names()
+        if names is not None:
+            name = names[i]
+        else:
+            name = p.get_any_name() if tensor_names else f"output_{i}"
+        specs.append(TensorSpec(name, shape, str(np.dtype(p.get_element_type().to_dtype()))))
+    return specs
+
+
+def check_ir_files(xml_path: Path) -> Path:
+    """Check an IR pair cheaply: XML parses, .bin exists and holds every constant the XML
+    points at. Returns the .bin path; raises BundleError naming the bad file."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise bad_file(xml_path, "OpenVINO IR .xml file", exc) from exc
+    if root.tag != "net":
+        raise bad_file(xml_path, f"OpenVINO IR .xml file (root element <{root.tag}>, not <net>)")
+    bin_path = xml_path.with_suffix(".bin")
+    need = 0
+    for layer in root.iter("layer"):
+        data = layer.find("data")
+        if data is not None and "offset" in data.attrib and "size" in data.attrib:
+            try:
+                need = max(need, int(data.attrib["offset"]) + int(data.attrib["size"]))
+            except ValueError as exc:
+                raise bad_file(xml_path, "OpenVINO IR .xml file", exc) from exc
+    if need:
+        if not bin_path.is_file():
+            raise BundleError(
+                f"{bin_path} is missing; {xml_path.name} needs its weights file",
+                hint="keep model.xml and model.bin together",
+            )
+        have = bin_path.stat().st_size
+        if have < need:
+            raise BundleError(
+                f"{bin_path} is {have} bytes but {xml_path.name} reads up to byte {need}",
+                hint="the weights file is truncated or belongs to another model; export again",
+            )
+    return bin_path
+
+
+class OpenVinoSession:
+    """A compiled OpenVINO model with one bound infer request.
+
+    ``run`` copies the feeds into the request's own input tensors and calls ``infer()``
+    (``request.infer([x])`` costs 50-80 us more per call); outputs are copied out.
+    """
+
+    backend = _NAME
+
+    def __init__(self, compiled: Any, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                 info: dict[str, Any]) -> None:
+        self._compiled = compiled
+        self.inputs = inputs
+        self.outputs = outputs
+        self.info = info
+        self._check = FeedChecker(inputs)
+        self._req = compiled.create_infer_request()
+        self._in_tensors = [self._req.get_input_tensor(i) for i in range(len(inputs))]
+        self._in_views = [t.data for t in self._in_tensors]
+        self._n_out = len(outputs)
+
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        arrays = self._check(feeds)
+        for view, x in zip(self._in_views, arrays):
+            np.copyto(view, x)
+        req = self._req
+        req.infer()
+        return [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+
+
+class OpenVinoBackend:
+    """fp32 OpenVINO IR on the CPU plugin."""
+
+    name = _NAME
+    extra = _EXTRA
+    file_suffix = ".xml"
+
+    def available(self) -> str | None:
+        missing = missing_modules(["openvino"])
+        if missing:
+            return f"Python package(s) {', '.join(missing)} not installed"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return package_versions(["openvino", "torch"])
+
+    def export(
+        self,
+        model: torch.nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        out_dir: Path,
+        *,
+        input_names: list[str],
+        output_names: list[str],
+        options: dict[str, Any],
+    ) -> Artifact:
+        """Options: ``compress_to_fp16`` (default False: keep fp32 weights in model.bin)."""
+        ov = require("openvino", backend=_NAME, extra=_EXTRA)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        xml_path = out_dir / "model.xml"
+        example_inputs = tuple(example_inputs)
+        t0 = time.perf_counter()
+        with eval_mode(model):
+            check_export_args(model, example_inputs, input_names, output_names)
+            try:
+                with torch.no_grad():
+                    om = ov.convert_model(model, example_input=example_inputs)
+            except Exception as exc:
+                raise export_failure(_NAME, model, example_inputs, exc) from exc
+        if len(om.inputs) != len(input_names) or len(om.outputs) != len(output_names):
+            raise ExportError(
+                f"converted model has {len(om.inputs)} inputs and {len(om.outputs)} outputs, "
+                f"expected {len(input_names)} and {len(output_names)}",
+                backend=_NAME,
+            )
+        try:
+            om.reshape(
+                {om.inputs[i]: ov.PartialShape(list(x.shape)) for i, x in enumerate(example_inputs)}
+            )
+        except Exception as exc:
+            raise ExportError(f"could not make the input shapes static: {first_line(exc)}",
+                              backend=_NAME) from exc
+        for port, name in zip(om.inputs, input_names):
+            port.get_tensor().set_names({name})
+        for port, name in zip(om.outputs, output_names):
+            port.get_tensor().set_names({name})
+        ov.save_model(om, str(xml_path), compress_to_fp16=bool(options.get("compress_to_fp16",
+                                                                               False)))
+        try:
+            check_ir_files(xml_path)
+            saved = ov.Core().read_model(str(xml_path))
+        except Exception as exc:
+            raise ExportError(f"the saved IR does not read back: {first_line(exc)}",
+                              backend=_NAME) from exc
+        inputs = _port_specs(saved.inputs)
+        outputs = _port_specs(saved.outputs)
+        if [s.name for s in inputs] != list(input_names) or [s.name for s in outputs] != list(
+            output_names
+        ):
+            raise ExportError(
+                f"saved IR names {[s.name for s in inputs]} -> {[s.name for s in outputs]} "
+                f"differ from the requested {list(input_names)} -> {list(output_names)}",
+                backend=_NAME,
+            )
+        return Artifact(
+            backend=_NAME,
+            root=out_dir,
+            files=list_files(out_dir, xml_path.name),
+            inputs=inputs,
+            outputs=outputs,
+            precision="fp32",
+            info={
+                "weights": "f16" if options.get("compress_to_fp16") else "f32",
+                "export_seconds": round(time.perf_counter() - t0, 3),
+                "exporter": "openvino.convert_model",
+            },
+        )
+
+    def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> OpenVinoSession:
+        """Options: ``inference_precision`` ("f32" default, "bf16", "f16"),
+        ``performance_hint`` ("LATENCY" default, "THROUGHPUT")."""
+        ov = require("openvino", backend=_NAME, extra=_EXTRA)
+        threads = check_threads(threads)
+        xml_path = check_artifact_backend(artifact, _NAME)
+        bin_path = check_ir_files(xml_path)
+        precision = str(options.get("inference_precision", "f32"))
+        if precision not in _PRECISIONS:
+            raise UsageError(f"inference_precision {precision!r} is not one of {_PRECISIONS}")
+        hint = str(options.get("performance_hint", "LATENCY"))
+        config = {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": hint,
+            "INFERENCE_PRECISION_HINT": precision,
+        }
+        t0 = time.perf_counter()
+        core = ov.Core()
+        try:
+            model = core.read_model(str(xml_path), str(bin_path) if bin_path.is_file() else None)
+        except Exception as exc:
+            raise bad_file(xml_path, "OpenVINO IR", exc) from exc
+        # Names come from the artifact (IR tensors may carry several names).
+        names_in = [s.name for s in artifact.inputs]
+        names_out = [s.name for s in artifact.outputs]
+        if len(model.inputs) != len(names_in) or len(model.outputs) != len(names_out):
+            raise BundleError(
+                f"{xml_path} has {len(model.inputs)} inputs and {len(model.outputs)} outputs, "
+                f"but the artifact records {len(names_in)} and {len(names_out)}"
+            )
+        for port, name in zip(list(model.inputs) + list(model.outputs), names_in + names_out):
+            if name not in port.get_names():
+                raise BundleError(f"{xml_path}: no tensor named {name!r} at its place "
+                                  f"(found {sorted(port.get_names())})")
+        try:
+            compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:
+            raise bad_file(xml_path, "model for the OpenVINO CPU plugin", exc) from exc
+        ran = compiled.get_property("INFERENCE_PRECISION_HINT")
+        ran_name = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
+        info = {
+            "runtime": "openvino",
+            "version": ov.get_version(),
+            "device": "CPU",
+            "execution_devices": list(compiled.get_property("EXECUTION_DEVICES")),
+            "precision": ran_name,
+            "requested_precision": precision,
+            "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+            "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),
+            "load_seconds": round(time.perf_counter() - t0, 3),
+        }
+        inputs = _port_specs(compiled.inputs, names_in)
+        outputs = _port_specs(compiled.outputs, names_out)
+        return OpenVinoSession(compiled, inputs, outputs, info)

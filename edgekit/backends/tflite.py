@@ -1,0 +1,270 @@
+"""TFLite export (``litert_torch.convert``) run with the LiteRT interpreter.
+
+Quirks handled here:
+
+* litert-torch names the signature's inputs ``args_0, args_1, ...`` and outputs
+  ``output_0, ...``; the artifact maps them to our names (``Artifact.info["input_map"]`` /
+  ``["output_map"]``) and the session feeds/reads tensors in model order.
+* 64-bit integer inputs become int32 (``Artifact.inputs`` records int32; ``Session.run``
+  casts int64 feeds when the values fit).
+* Layout stays NCHW as in PyTorch.
+
+The runtime is ``ai_edge_litert`` or, on devices that only have it, ``tflite_runtime``.
+
+Example::
+
+    be = TFLiteBackend()
+    art = be.export(model, (x,), out_dir, input_names=["x"], output_names=["y"], options={})
+    sess = be.load(art, threads=2, options={})
+    (y,) = sess.run([x.numpy()])
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._deps import require
+from ..errors import BackendMissingError, BundleError, ExportError
+from ._common import (
+    FeedChecker,
+    bad_file,
+    check_artifact_backend,
+    check_export_args,
+    check_threads,
+    eval_mode,
+    export_failure,
+    first_line,
+    list_files,
+    missing_modules,
+    package_versions,
+)
+from .base import Artifact, TensorSpec
+
+__all__ = ["TFLiteBackend", "TFLiteSession", "check_tflite_file"]
+
+_EXTRA = "tflite"
+_NAME = "tflite"
+_RUNTIMES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+
+
+def _interpreter_module() -> Any:
+    """ai_edge_litert's interpreter, else tflite_runtime's; BackendMissingError if neither."""
+    last: BackendMissingError | None = None
+    for mod in _RUNTIMES:
+        try:
+            return require(mod, backend=_NAME, extra=_EXTRA)
+        except BackendMissingError as exc:
+            last = last or exc
+    assert last is not None
+    raise last
+
+
+def check_tflite_file(path: Path) -> None:
+    """Cheap structural check before the interpreter sees the file (it may crash on garbage):
+    the flatbuffer identifier ``TFL3`` at bytes 4..8 and a root table offset inside the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise bad_file(path, "TFLite flatbuffer", exc) from exc
+    if size < 16 or len(head) < 8:
+        raise bad_file(path, f"TFLite flatbuffer (only {size} bytes)")
+    if head[4:8] != b"TFL3":
+        raise bad_file(path, f"TFLite flatbuffer (identifier {head[4:8]!r}, expected b'TFL3')")
+    (root,) = struct.unpack("<I", head[:4])
+    if root + 4 > size:
+        raise bad_file(path, f"TFLite flatbuffer (root table at byte {root}, file has {size})")
+
+
+def _open_interpreter(path: Path, threads: int) -> Any:
+    mod = _interpreter_module()
+    check_tflite_file(path)
+    try:
+        interp = mod.Interpreter(model_path=str(path), num_threads=threads)
+        interp.allocate_tensors()
+    except Exception as exc:
+        raise bad_file(path, "TFLite model", exc) from exc
+    return interp
+
+
+_INDEXED = re.compile(r"^(?:args|output)_(\d+)$")
+
+
+def _ordered(names: list[str]) -> list[str]:
+    """Signature names in model order: args_0, args_1, ... / output_0, ... by their number."""
+    if all(_INDEXED.match(n) for n in names):
+        return sorted(names, key=lambda n: int(_INDEXED.match(n).group(1)))  # type: ignore[union-attr]
+    return list(names)
+
+
+def _signature(interp: Any, path: Path) -> tuple[str, list[dict], list[dict], list[str], list[str]]:
+    """(signature key, input details, output details, signature input names, output names),
+    details in model order."""
+    sigs = interp.get_signature_list()
+    if not sigs:
+        raise bad_file(path, "TFLite model with a signature (it has none)")
+    key = "serving_default" if "serving_default" in sigs else next(iter(sigs))
+    runner = interp.get_signature_runner(key)
+    in_details = runner.get_input_details()
+    out_details = runner.get_output_details()
+    in_names = _ordered(list(sigs[key]["inputs"]))
+    out_names = _ordered(list(sigs[key]["outputs"]))
+    return (key, [in_details[n] for n in in_names], [out_details[n] for n in out_names],
+            in_names, out_names)
+
+
+def _spec(name: str, detail: dict) -> TensorSpec:
+    return TensorSpec(name, tuple(int(d) for d in detail["shape"]), str(np.dtype(detail["dtype"])))
+
+
+class TFLiteSession:
+    """A LiteRT interpreter with tensors allocated; ``run`` sets inputs by tensor index."""
+
+    backend = _NAME
+
+    def __init__(self, interp: Any, in_idx: list[int], out_idx: list[int],
+                 inputs: list[TensorSpec], outputs: list[TensorSpec], info: dict[str, Any]) -> None:
+        self._interp = interp
+        self._in_idx = in_idx
+        self._out_idx = out_idx
+        self.inputs = inputs
+        self.outputs = outputs
+        self.info = info
+        self._check = FeedChecker(inputs)
+        self._set = interp.set_tensor
+        self._get = interp.get_tensor
+        self._invoke = interp.invoke
+
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        arrays = self._check(feeds)
+        for idx, x in zip(self._in_idx, arrays):
+            self._set(idx, x)
+        self._invoke()
+        return [self._get(idx) for idx in self._out_idx]
+
+
+class TFLiteBackend:
+    """fp32 TFLite via litert-torch, run with ai-edge-litert (or tflite-runtime)."""
+
+    name = _NAME
+    extra = _EXTRA
+    file_suffix = ".tflite"
+
+    def available(self) -> str | None:
+        if all(missing_modules([m]) for m in ("ai_edge_litert", "tflite_runtime")):
+            return "Python package ai_edge_litert (or tflite_runtime) not installed"
+        return None
+
+    def versions(self) -> dict[str, str]:
+        return package_versions(["litert-torch", "ai-edge-litert", "tflite-runtime", "torch"])
+
+    def export(
+        self,
+        model: torch.nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        out_dir: Path,
+        *,
+        input_names: list[str],
+        output_names: list[str],
+        options: dict[str, Any],
+    ) -> Artifact:
+        """Options: none yet for fp32 (int8 adds a quantizer later)."""
+        litert_torch = require("litert_torch", backend=_NAME, extra=_EXTRA)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "model.tflite"
+        example_inputs = tuple(example_inputs)
+        t0 = time.perf_counter()
+        with eval_mode(model):
+            check_export_args(model, example_inputs, input_names, output_names)
+            try:
+                edge_model = litert_torch.convert(model, example_inputs)
+            except Exception as exc:
+                raise export_failure(_NAME, model, example_inputs, exc) from exc
+        try:
+            edge_model.export(str(path))
+        except Exception as exc:
+            raise ExportError(f"writing {path} failed: {first_line(exc)}", backend=_NAME) from exc
+        try:
+            interp = _open_interpreter(path, 1)
+        except BundleError as exc:
+            raise ExportError(f"the exported file does not load: {exc.message}",
+                              backend=_NAME) from exc
+        key, in_det, out_det, sig_in, sig_out = _signature(interp, path)
+        if len(sig_in) != len(input_names) or len(sig_out) != len(output_names):
+            raise ExportError(
+                f"signature {key!r} has inputs {sig_in} and outputs {sig_out}; expected "
+                f"{len(input_names)} inputs and {len(output_names)} outputs",
+                backend=_NAME,
+            )
+        inputs = [_spec(n, d) for n, d in zip(input_names, in_det)]
+        outputs = [_spec(n, d) for n, d in zip(output_names, out_det)]
+        changed = {
+            s.name: {"torch": str(x.dtype).replace("torch.", ""), "tflite": s.dtype}
+            for s, x in zip(inputs, example_inputs)
+            if str(x.dtype).replace("torch.", "") != s.dtype
+        }
+        return Artifact(
+            backend=_NAME,
+            root=out_dir,
+            files=list_files(out_dir, path.name),
+            inputs=inputs,
+            outputs=outputs,
+            precision="fp32",
+            info={
+                "signature": key,
+                "input_map": dict(zip(input_names, sig_in)),
+                "output_map": dict(zip(output_names, sig_out)),
+                "dtype_changes": changed,
+                "layout": "NCHW (as in PyTorch)",
+                "export_seconds": round(time.perf_counter() - t0, 3),
+                "exporter": "litert_torch.convert",
+            },
+        )
+
+    def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> TFLiteSession:
+        threads = check_threads(threads)
+        path = check_artifact_backend(artifact, _NAME)
+        t0 = time.perf_counter()
+        interp = _open_interpreter(path, threads)
+        key, in_det, out_det, sig_in, sig_out = _signature(interp, path)
+        want_in = [artifact.info.get("input_map", {}).get(s.name) for s in artifact.inputs]
+        want_out = [artifact.info.get("output_map", {}).get(s.name) for s in artifact.outputs]
+        if None in want_in or None in want_out:  # no recorded mapping: trust the order
+            want_in, want_out = sig_in, sig_out
+        if sorted(want_in) != sorted(sig_in) or sorted(want_out) != sorted(sig_out):
+            raise BundleError(
+                f"{path}: signature {key!r} has inputs {sig_in} and outputs {sig_out}, "
+                f"but the artifact maps to {want_in} and {want_out}"
+            )
+        by_in = dict(zip(sig_in, in_det))
+        by_out = dict(zip(sig_out, out_det))
+        inputs = [_spec(s.name, by_in[n]) for s, n in zip(artifact.inputs, want_in)]
+        outputs = [_spec(s.name, by_out[n]) for s, n in zip(artifact.outputs, want_out)]
+        mod = type(interp).__module__.split(".")[0]
+        info = {
+            "runtime": mod,
+            "version": package_versions(["ai-edge-litert" if mod == "ai_edge_litert"
+                                         else "tflite-runtime"]).popitem()[1],
+            "device": "CPU",
+            "precision": artifact.precision,
+            "threads": threads,
+            "signature": key,
+            "load_seconds": round(time.perf_counter() - t0, 3),
+        }
+        return TFLiteSession(
+            interp,
+            [int(by_in[n]["index"]) for n in want_in],
+            [int(by_out[n]["index"]) for n in want_out],
+            inputs,
+            outputs,
+            info,
+        )

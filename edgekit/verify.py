@@ -1,0 +1,275 @@
+"""Parity of a loaded artifact against its PyTorch reference, per output.
+
+Example::
+
+    report = verify(model, session, samples, tolerance={"max_abs": 1e-4, "min_cosine": 0.999},
+                    classifier_outputs=["logits"])
+    print(report.to_json())
+    report.raise_for_failure()   # VerificationError naming the output and the numbers
+
+Numbers per output, over all samples:
+
+* ``max_abs``: max |session - reference| over every element.
+* ``max_rel``: max |session - reference| / max(|reference|, 1e-6) over every element
+  (informational: it explodes near zero, so no tolerance uses it).
+* ``cosine``: the *worst* (minimum) per-sample cosine similarity of the flattened output
+  (two all-zero vectors count as 1.0); ``mean_cosine`` the mean.
+* ``top1_agreement``: for outputs marked as classifier logits, the fraction of rows (argmax
+  over the last axis, every leading index a row) where session and reference agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backends._common import flatten_outputs
+from .backends.base import Session
+from .errors import UsageError, VerificationError
+from .profiles import Tolerance
+
+__all__ = ["Tolerance", "OutputReport", "VerifyReport", "verify"]
+
+_REL_FLOOR = 1e-6
+
+
+def _num(x: float | None) -> float | str | None:
+    """JSON-safe number: NaN/inf become strings."""
+    if x is None or math.isfinite(x):
+        return x
+    return str(x)
+
+
+@dataclass
+class OutputReport:
+    """Parity numbers of one output, and why it failed (empty when it passed)."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    cosine: float
+    mean_cosine: float
+    top1_agreement: float | None
+    num_samples: int
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "max_abs": _num(self.max_abs),
+            "max_rel": _num(self.max_rel),
+            "cosine": _num(self.cosine),
+            "mean_cosine": _num(self.mean_cosine),
+            "top1_agreement": _num(self.top1_agreement),
+            "num_samples": self.num_samples,
+            "failures": list(self.failures),
+        }
+
+
+@dataclass
+class VerifyReport:
+    """Per-output parity of a session against the reference model."""
+
+    outputs: list[OutputReport]
+    tolerance: Tolerance
+    num_samples: int
+    backend: str = ""
+    session_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def output(self, name: str) -> OutputReport:
+        for o in self.outputs:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "backend": self.backend,
+            "num_samples": self.num_samples,
+            "tolerance": self.tolerance.to_json(),
+            "outputs": [o.to_json() for o in self.outputs],
+            "session": dict(self.session_info),
+        }
+
+    def raise_for_failure(self, *, context: str | None = None) -> None:
+        """Raise :class:`VerificationError` naming every failing output and its numbers.
+
+        ``context`` (e.g. the target name) prefixes the message.
+        """
+        bad = [o for o in self.outputs if not o.passed]
+        if not bad:
+            return
+        lines = [f"output {o.name!r}: " + "; ".join(o.failures) for o in bad]
+        raise VerificationError(
+            (f"{context}: " if context else "")
+            + f"{self.backend or 'artifact'} disagrees with the PyTorch reference on "
+            f"{len(bad)} of {len(self.outputs)} output(s) over {self.num_samples} sample(s):\n  "
+            + "\n  ".join(lines),
+            hint="check the export (ops, dtypes, layout) or loosen the tolerance if the "
+            "difference is expected (e.g. reduced precision)",
+        )
+
+
+class _Acc:
+    """Running numbers for one output."""
+
+    def __init__(self) -> None:
+        self.max_abs = 0.0
+        self.max_rel = 0.0
+        self.cosines: list[float] = []
+        self.agree = 0
+        self.rows = 0
+        self.shape_error: str | None = None
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0 or not (math.isfinite(na) and math.isfinite(nb)):
+        return 0.0 if math.isfinite(na) and math.isfinite(nb) else float("nan")
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _to_torch(x: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def verify(
+    reference_model: torch.nn.Module,
+    session: Session,
+    samples: Sequence[Sequence[np.ndarray]],
+    *,
+    tolerance: Tolerance | Mapping[str, Any] | None = None,
+    classifier_outputs: Sequence[str | int] = (),
+) -> VerifyReport:
+    """Run every sample through ``session`` and ``reference_model`` and compare per output.
+
+    ``samples``: input tuples of numpy arrays in model input order, batch as the artifact
+    expects. The reference runs in eval mode under ``torch.no_grad()`` (its training flag is
+    restored afterwards). ``classifier_outputs``: names (or indices) of outputs that are class
+    logits; they also get top-1 agreement.
+    """
+    tol = Tolerance.coerce(tolerance)
+    samples = list(samples)
+    if not samples:
+        raise UsageError("verify needs at least one sample")
+    names = [s.name for s in session.outputs]
+    classifiers: set[int] = set()
+    for c in classifier_outputs:
+        if isinstance(c, int) and not isinstance(c, bool):
+            if not 0 <= c < len(names):
+                raise UsageError(f"classifier output index {c} out of range for outputs {names}")
+            classifiers.add(c)
+        elif c in names:
+            classifiers.add(names.index(c))
+        else:
+            raise UsageError(f"classifier output {c!r} is not one of the outputs {names}")
+
+    accs = [_Acc() for _ in names]
+    was_training = {m: m.training for m in reference_model.modules()}
+    reference_model.eval()
+    try:
+        for k, sample in enumerate(samples):
+            if isinstance(sample, np.ndarray):
+                sample = (sample,)
+            with torch.no_grad():
+                ref = [t.detach().cpu().numpy() for t in
+                       flatten_outputs(reference_model(*(_to_torch(x) for x in sample)))]
+            got = session.run([np.asarray(x) for x in sample])
+            if len(ref) != len(got) or len(got) != len(names):
+                raise VerificationError(
+                    f"sample {k}: the session returned {len(got)} outputs {names}, "
+                    f"the reference model {len(ref)}"
+                )
+            for i, (g, r) in enumerate(zip(got, ref)):
+                acc = accs[i]
+                if acc.shape_error:
+                    continue
+                g = np.asarray(g)
+                if g.shape != r.shape:
+                    acc.shape_error = (
+                        f"shape {list(g.shape)} differs from the reference's {list(r.shape)} "
+                        f"(sample {k})"
+                    )
+                    continue
+                g64 = g.astype(np.float64).ravel()
+                r64 = r.astype(np.float64).ravel()
+                diff = np.abs(g64 - r64)
+                if diff.size:
+                    acc.max_abs = max(acc.max_abs, float(diff.max()))
+                    acc.max_rel = max(
+                        acc.max_rel, float((diff / np.maximum(np.abs(r64), _REL_FLOOR)).max())
+                    )
+                    if np.isnan(diff).any():
+                        acc.max_abs = acc.max_rel = float("nan")
+                acc.cosines.append(_cosine(g64, r64))
+                if i in classifiers and g.ndim >= 1 and g.shape[-1] > 0:
+                    ga = g.reshape(-1, g.shape[-1]).argmax(-1)
+                    ra = r.reshape(-1, r.shape[-1]).argmax(-1)
+                    acc.agree += int((ga == ra).sum())
+                    acc.rows += int(ga.size)
+    finally:
+        for m, flag in was_training.items():
+            m.training = flag
+
+    reports = []
+    for i, (name, acc) in enumerate(zip(names, accs)):
+        top1 = (acc.agree / acc.rows if acc.rows else None) if i in classifiers else None
+        cos_min = min(acc.cosines) if acc.cosines else float("nan")
+        cos_mean = float(np.mean(acc.cosines)) if acc.cosines else float("nan")
+        if any(math.isnan(c) for c in acc.cosines):
+            cos_min = cos_mean = float("nan")
+        failures: list[str] = []
+        if acc.shape_error:
+            failures.append(acc.shape_error)
+        else:
+            if tol.max_abs is not None and not acc.max_abs <= tol.max_abs:
+                failures.append(f"max abs diff {acc.max_abs:.3g} > tolerance {tol.max_abs:.3g}")
+            if tol.min_cosine is not None and not cos_min >= tol.min_cosine:
+                failures.append(f"cosine {cos_min:.6f} < tolerance {tol.min_cosine:.6f}")
+            if (
+                tol.min_top1_agreement is not None
+                and top1 is not None
+                and not top1 >= tol.min_top1_agreement
+            ):
+                failures.append(
+                    f"top-1 agreement {top1:.4f} ({acc.agree}/{acc.rows}) < tolerance "
+                    f"{tol.min_top1_agreement:.4f}"
+                )
+        reports.append(
+            OutputReport(
+                name=name,
+                max_abs=acc.max_abs,
+                max_rel=acc.max_rel,
+                cosine=cos_min,
+                mean_cosine=cos_mean,
+                top1_agreement=top1,
+                num_samples=len(samples),
+                failures=failures,
+            )
+        )
+    return VerifyReport(
+        outputs=reports,
+        tolerance=tol,
+        num_samples=len(samples),
+        backend=str(getattr(session, "backend", "")),
+        session_info=dict(getattr(session, "info", {}) or {}),
+    )
