@@ -37,10 +37,12 @@ _EXPORTS = {
     "EdgekitError": "edgekit.errors",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = ["__version__", "bench", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "bench":  # the callable subpackage: edgekit.bench(...) runs the harness
+        return importlib.import_module("edgekit.bench")
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value

@@ -38,7 +38,7 @@ def build_zoo_model(
     against).
     """
     from .pipeline import resolve_targets
-    from .train import fit_spec
+    from .train import evaluate, fit
 
     spec = get_spec(name)
     profiles = resolve_targets(targets)  # fail fast, before any training
@@ -48,14 +48,15 @@ def build_zoo_model(
     history: list[dict[str, Any]] = []
     if train:
         start = time.perf_counter()
-        result = fit_spec(spec, model, task, epochs=epochs, seed=seed, progress=progress)
+        result = fit(model, task, epochs=epochs, seed=seed, progress=progress, spec=spec)
         history.append(
             {
                 "stage": "train",
                 "task": task.name,
-                "epochs": result["epochs"],
+                "epochs": len(result["loss"]),
                 "metric": task.metric,
-                "test": round(float(result["test_metric"]), 4),
+                "val": round(float(result["best_val"]), 4),
+                "test": round(evaluate(model, task.test, task), 4),
                 "seconds": round(time.perf_counter() - start, 2),
             }
         )

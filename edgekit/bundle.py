@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,8 @@ class Bundle:
 
     root: Path
     manifest: dict[str, Any]
+    #: True when the bundle was restored from the build cache instead of being built.
+    cache_hit: bool = field(default=False, compare=False)
 
     @property
     def name(self) -> str:

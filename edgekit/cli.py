@@ -48,6 +48,19 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from .pipeline import compress
 
     progress = not args.quiet
+    if args.recipe:
+        return _cmd_build_recipe(args)
+    if not args.model or not args.target:
+        from .errors import UsageError
+
+        raise UsageError(
+            "build needs a MODEL and at least one --target (or --recipe FILE)",
+            hint="e.g. `edgekit build cnn -t x86-onnxruntime-fp32 -o build/cnn`",
+        )
+    if args.depfile:
+        from .errors import UsageError
+
+        raise UsageError("--depfile needs --recipe")
     if ":" not in args.model:
         if args.model not in list_models():
             from .errors import UnknownNameError
@@ -69,8 +82,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
                 f"{args.model} needs --input-shape for each model input",
                 hint="e.g. --input-shape 1x3x32x32 (add int64: for token inputs)",
             )
-        model = load_factory(args.model)
         inputs = tuple(parse_input_spec(s) for s in args.input_shape)
+        model = load_factory(args.model)
         bundle = compress(
             model, inputs, targets=args.target, out_dir=args.out,
             input_names=args.input_name or None, output_names=args.output_name or None,
@@ -86,6 +99,93 @@ def _cmd_build(args: argparse.Namespace) -> int:
         for t in summary["targets"]:
             print(f"  {t['target']:<22} {t['file']:<40} {t['bytes']:>10,} bytes  "
                   f"max abs diff {t['max_abs_diff']:.2e}  verified")
+    return 0
+
+
+def _cmd_build_recipe(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .recipe import build_recipe, load_recipe
+
+    if args.model:
+        raise UsageError(f"give either a MODEL ({args.model}) or --recipe, not both")
+    ignored = [flag for flag, value in (
+        ("--epochs", args.epochs is not None), ("--no-train", args.no_train),
+        ("--seed", args.seed != 0), ("--input-shape", bool(args.input_shape)),
+        ("--input-name", bool(args.input_name)), ("--output-name", bool(args.output_name)),
+    ) if value]
+    if ignored:
+        raise UsageError(f"{', '.join(ignored)} cannot be combined with --recipe",
+                         hint="put the setting in the recipe file")
+    recipe = load_recipe(args.recipe)
+    bundle = build_recipe(recipe, args.out, targets=args.target or None,
+                          cache=not args.no_cache, progress=not args.quiet)
+    if args.depfile:
+        _write_depfile(args.depfile, args.depfile_target or args.out, recipe.dependencies())
+    if bundle.cache_hit:
+        print(f"edgekit: cache hit, bundle {bundle.root} restored without rebuilding",
+              file=sys.stderr)
+    summary = {**_bundle_summary(bundle), "cache_hit": bundle.cache_hit}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"bundle: {bundle.root}{' (from cache)' if bundle.cache_hit else ''}")
+    return 0
+
+
+def _write_depfile(path: str, target: str, deps: Sequence[Any]) -> None:
+    """A Makefile-style depfile (for CMake's DEPFILE / Ninja's depfile), absolute paths."""
+    from pathlib import Path
+
+    def esc(p: Any) -> str:
+        return str(Path(p).absolute()).replace("\\", "/").replace(" ", "\\ ").replace("$", "$$")
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(f"{esc(target)}: {' '.join(esc(d) for d in deps)}\n", encoding="utf-8")
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .embed import embed_artifact
+
+    c_path, h_path = embed_artifact(args.artifact, args.out, identifier=args.name,
+                                    max_bytes=args.max_bytes, target=args.target, file=args.file)
+    if args.json:
+        print(json.dumps({"c": str(c_path), "h": str(h_path)}, indent=2))
+    else:
+        print(c_path)
+        print(h_path)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .bundle_check import verify_bundle
+
+    report = verify_bundle(args.bundle, targets=args.target or None)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"bundle: {report['bundle']}")
+        print(f"  checksums: ok ({len(report['checksums']['files'])} files)")
+        for name, t in report["targets"].items():
+            if t["status"] == "skipped":
+                print(f"  {name:<22} skipped: {t['reason']} ({t['install']})")
+            elif "error" in t:
+                print(f"  {name:<22} FAILED: {t['error']}")
+            else:
+                print(f"  {name:<22} {t['status']}")
+                for o in t["outputs"]:
+                    mark = "ok" if o["passed"] else "FAILED " + "; ".join(o["failures"])
+                    print(f"    {o['name']:<20} max abs diff {o['max_abs']:.2e}  "
+                          f"cosine {o['cosine']:.6f}  {mark}")
+    if not report["passed"]:
+        print("edgekit: error: verification failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_cmake_dir(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    print(sys.executable if args.python else Path(__file__).resolve().parent / "cmake")
     return 0
 
 
@@ -134,8 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build a bundle: a zoo model (trained on its real task first) or a user "
         "model given as module:factory, exported for each --target and verified.",
     )
-    p.add_argument("model", help="zoo model name (see `edgekit models`) or module:factory")
-    p.add_argument("--target", "-t", action="append", required=True,
+    p.add_argument("model", nargs="?",
+                   help="zoo model name (see `edgekit models`) or module:factory")
+    p.add_argument("--recipe", metavar="FILE",
+                   help="build from a TOML recipe instead (model, targets, epochs, seed, "
+                   "weights, ...); --target then picks some of the recipe's targets")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recipe builds: bypass the build cache ($EDGEKIT_CACHE_DIR or "
+                   "~/.cache/edgekit)")
+    p.add_argument("--depfile", metavar="FILE",
+                   help="recipe builds: write a Makefile-style depfile of the files read")
+    p.add_argument("--depfile-target", metavar="PATH", help="the depfile's target (default --out)")
+    p.add_argument("--target", "-t", action="append",
                    help="target profile name or .toml path; repeat for several")
     p.add_argument("--out", "-o", required=True, help="bundle folder to write (replaced atomically)")
     p.add_argument("--epochs", type=int, help="training epochs (zoo models; default: the model's)")
@@ -150,6 +260,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser(
+        "embed", help="turn an artifact into a C array (.c + .h) for firmware",
+        description="Write <name>.c and <name>.h: the artifact's bytes as an alignas(16) "
+        "const array, its size and sha256, and (from a bundle) the model's input/output names, "
+        "shapes, dtypes and quantization parameters. The output is byte-deterministic.",
+    )
+    p.add_argument("artifact", help="an artifact file, or a bundle folder (then see --target)")
+    p.add_argument("--target", "-t", help="bundle: which target's artifact")
+    p.add_argument("--file", help="bundle: which of the target's files (default: its only one)")
+    p.add_argument("--out", "-o", default=".", help="output folder (default .)")
+    p.add_argument("--name", help="C identifier (default: sanitised from the file or bundle name)")
+    p.add_argument("--max-bytes", type=int, help="fail if the artifact is larger than this")
+    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser(
+        "verify", help="check a bundle's checksums and re-run its reference inputs",
+        description="Check every file of a bundle against the manifest's sha256, then run the "
+        "stored reference inputs through each target whose runtime is installed and compare "
+        "every output with the stored PyTorch outputs (profile tolerance). Runtimes that are "
+        "not installed are reported as skipped. Exit 1 when a check fails.",
+    )
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--target", "-t", action="append", help="only this target; repeatable")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser(
+        "cmake-dir", help="print the folder of edgekit's CMake module",
+        description="Print the folder holding Edgekit.cmake and edgekit-config.cmake, for "
+        "CMAKE_MODULE_PATH (include(Edgekit)) or find_package(edgekit CONFIG PATHS ...).",
+    )
+    p.add_argument("--python", action="store_true",
+                   help="print this Python interpreter instead (for -DEDGEKIT_EXECUTABLE=...)")
+    p.set_defaults(func=_cmd_cmake_dir)
+
+    p = sub.add_parser(
         "demo", help="the main job on the bundled default",
         description="Train the seed CNN on the bundled digits, export it for ONNX Runtime, "
         "OpenVINO and TFLite, verify, benchmark on this CPU, print a table, write a report.",
@@ -161,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_demo)
+
+    from .bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -1,37 +1,56 @@
 """The main job on the bundled default: train, export for three runtimes, verify, benchmark.
 
 ``edgekit demo`` (and ``make demo``) runs :func:`run_demo`: the seed CNN is trained on the
-bundled digits, exported for ONNX Runtime, OpenVINO and TFLite, verified against PyTorch,
-then every runtime (and PyTorch itself) is timed side by side and scored on the test split.
+bundled digits, exported for ONNX Runtime, OpenVINO and TFLite and verified against PyTorch
+(:func:`edgekit.api.build_zoo_model`); then the benchmark harness times every runtime and
+PyTorch itself side by side and scores them on the test split (:func:`edgekit.bench.bench`).
 """
 
 from __future__ import annotations
 
-import json
-import platform
-import sys
 from pathlib import Path
 from typing import Any
 
-from .bench.accuracy import evaluate_session
-from .bench.latency import time_interleaved
-from .bench.reference import TorchSession
 from .bench.report import Column, markdown_table, text_table
-from .bundle import write_json
 
 DEMO_TARGETS = ("x86-onnxruntime-fp32", "x86-openvino-fp32", "x86-tflite-fp32")
 
 COLUMNS: list[Column] = [
-    ("target", "target", ""),
+    ("name", "runtime target", ""),
     ("runtime", "runtime", ""),
     ("executes", "executes", ""),
     ("size_kib", "size KiB", ".1f"),
     ("median_ms", "median ms", ".4f"),
     ("p90_ms", "p90 ms", ".4f"),
     ("speedup", "vs PyTorch", ".2f"),
-    ("metric", "test metric", ".2f"),
+    ("accuracy", "test top-1 %", ".2f"),
     ("max_abs_diff", "max abs diff", ".2e"),
 ]
+
+
+def demo_rows(report: dict[str, Any], manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The demo table: one row per runtime from the harness report and the bundle's manifest."""
+    rows = []
+    for r in report["results"]:
+        if r.get("status") != "ok":
+            rows.append({"name": r["name"], "runtime": f"skipped: {r.get('reason')}"})
+            continue
+        entry = manifest["targets"].get(r["name"])
+        rows.append({
+            "name": r["name"],
+            "runtime": r["runtime"],
+            "executes": f"{r['precision']} x{r['threads']}",
+            "size_kib": r["size_bytes"] / 1024 if r.get("size_bytes") else None,
+            "median_ms": r["latency"]["median_ms"],
+            "p90_ms": r["latency"]["p90_ms"],
+            "noisy": r["latency"]["noisy"],
+            "speedup": r["vs_baseline"]["speedup"],
+            "accuracy": r["accuracy"]["value"] if r.get("accuracy") else None,
+            # Verification against PyTorch on the example input + held-out images.
+            "max_abs_diff": max(o["max_abs"] for o in entry["verification"]["outputs"])
+            if entry else None,
+        })
+    return rows
 
 
 def run_demo(
@@ -43,78 +62,35 @@ def run_demo(
     threads: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole job and return the report (also written as report.json / report.md)."""
+    """Run the whole job; returns the harness report with the demo ``rows`` added.
+
+    Writes the bundle to ``out_dir/<model>``, the harness reports (bench.json, bench.md,
+    latency.png, tradeoff.png) and the demo table (report.md) to ``out_dir``.
+    """
     from .api import build_zoo_model
-    from .models import get_spec
+    from .bench.harness import bench
 
     out = Path(out_dir)
-    spec = get_spec(model)
     bundle, torch_model = build_zoo_model(
         model, targets=list(DEMO_TARGETS), out_dir=out / model, progress=progress
     )
-    task = spec.task()
-    sessions: dict[str, Any] = {}
-    for target in bundle.targets:
-        sessions[target] = bundle.load(target, threads=threads)
-    entry0 = bundle.manifest["model"]
-    from .backends import TensorSpec
-
-    sessions["pytorch"] = TorchSession(
-        torch_model,
-        [TensorSpec.from_json(t) for t in entry0["inputs"]],
-        [TensorSpec.from_json(t) for t in entry0["outputs"]],
-        threads=threads or sessions[bundle.targets[0]].info.get("threads", 2),
+    report = bench(
+        [bundle.root], models={"pytorch": torch_model}, threads=threads, runs=runs,
+        warmup=warmup, baseline="pytorch", out_dir=out, progress=progress,
     )
-    if progress:
-        print(f"[edgekit] scoring {len(sessions)} runtimes on {len(task.test)} test samples",
-              file=sys.stderr, flush=True)
-    metric = {name: evaluate_session(s, task.test, task) for name, s in sessions.items()}
-    feeds = {name: [t.numpy() for t in spec.example_inputs(1)] for name in sessions}
-    if progress:
-        print(f"[edgekit] timing {len(sessions)} runtimes side by side, {runs} calls each",
-              file=sys.stderr, flush=True)
-    latency = time_interleaved(sessions, feeds, warmup=warmup, runs=runs)
-
-    rows = []
-    base = latency["pytorch"].median_ms
-    for name, session in sessions.items():
-        entry = bundle.manifest["targets"].get(name)
-        rows.append({
-            "target": name,
-            "runtime": session.info.get("runtime", session.backend),
-            "executes": f"{session.info.get('precision', '?')} x{session.info.get('threads', '?')}",
-            "size_kib": sum(f["bytes"] for f in entry["files"]) / 1024 if entry else None,
-            "median_ms": latency[name].median_ms,
-            "p90_ms": latency[name].p90_ms,
-            "noisy": latency[name].noisy,
-            "speedup": base / latency[name].median_ms,
-            "metric": metric[name],
-            "max_abs_diff": max(o["max_abs"] for o in entry["verification"]["outputs"])
-            if entry else None,
-            "latency": latency[name].to_json(),
-        })
-    report = {
-        "schema_version": 1,
-        "model": model,
-        "task": {"name": task.name, "metric": task.metric, "test_samples": len(task.test)},
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
-        "runs": runs,
-        "warmup": warmup,
-        "bundle": str(bundle.root),
-        "rows": rows,
-    }
-    table = text_table(rows, COLUMNS)
-    print(f"\n{model} on {task.name} ({task.metric} on {len(task.test)} test samples), "
-          f"batch 1, {runs} interleaved calls per runtime, median latency:\n")
-    print(table)
-    noisy = [r["target"] for r in rows if r["noisy"]]
+    rows = demo_rows(report, bundle.manifest)
+    task = bundle.manifest["model"]["task"]
+    title = (f"{model} trained on {task['name']}: test top-1 on the held-out test split, "
+             f"batch 1, median of {runs} interleaved calls per runtime after {warmup} warm-up")
+    print(f"\n{title}\n")
+    print(text_table(rows, COLUMNS))
+    noisy = [r["name"] for r in rows if r.get("noisy")]
     if noisy:
         print(f"\nnoisy timings (coefficient of variation > 25%): {', '.join(noisy)}")
-    write_json(out / "report.json", report)
-    md = [f"# edgekit demo: {model} on {task.name}", "",
-          f"Test metric: {task.metric} on {len(task.test)} held-out samples. Latency: batch 1, "
-          f"{runs} interleaved calls per runtime after {warmup} warm-up calls.", "",
-          markdown_table(rows, COLUMNS), ""]
-    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
-    print(f"\nbundle: {bundle.root}\nreport: {out / 'report.md'} and {out / 'report.json'}")
-    return json.loads(json.dumps(report))
+    md = [f"# edgekit demo: {model}", "", title + ".", "", markdown_table(rows, COLUMNS), "",
+          "Plots: `latency.png` (latency distributions), `tradeoff.png` (accuracy vs latency)."]
+    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    print(f"\nbundle: {bundle.root}\nreport: {out / 'report.md'} (table), {out / 'bench.json'} "
+          f"(all numbers), {out / 'latency.png'}, {out / 'tradeoff.png'}")
+    report["rows"] = rows
+    return report

@@ -140,6 +140,7 @@ def compress(
     history: Sequence[dict[str, Any]] = (),
     verify_samples: int = 200,
     progress: bool = True,
+    cache: bool | str | Path = False,
 ) -> Bundle:
     """Export ``model`` for every target, verify each artifact, and write one bundle.
 
@@ -151,6 +152,12 @@ def compress(
         bundle = edgekit.compress(model, torch.zeros(1, 1, 8, 8),
                                   targets=["x86-onnxruntime-fp32"], out_dir="build/cnn")
         session = bundle.load("x86-onnxruntime-fp32")
+
+    ``cache``: ``True`` (the default cache folder, ``$EDGEKIT_CACHE_DIR`` or
+    ``~/.cache/edgekit``) or a folder. The key covers the model's class and weights, the
+    example inputs, names, task, recipe, history, target profiles and tool versions (see
+    :mod:`edgekit.cache`); on a hit the cached bundle is copied into ``out_dir`` atomically and
+    nothing is exported. Timings never enter the manifest, so equal inputs give equal bytes.
     """
     profiles = resolve_targets(targets)
     inputs, ref_outputs = check_example_inputs(model, example_inputs)
@@ -161,6 +168,19 @@ def compress(
         _check_task_fits(task, inputs, in_names)
     classifier = [out_names[0]] if task is not None and task.kind == "classification" else []
     name = name or Path(out_dir).name
+    history = [_without_timings(dict(h)) for h in history]
+
+    cache_key = None
+    if cache:
+        from . import cache as _cache
+
+        cache_key = _cache.compress_key(
+            model, inputs, in_names=in_names, out_names=out_names, name=name, task=task,
+            verify_samples=verify_samples, recipe=recipe, history=history, profiles=profiles,
+        )
+        hit = _cache.restore(cache_key, out_dir, cache_dir=cache, progress=progress)
+        if hit is not None:
+            return hit
 
     samples: list[list[np.ndarray]] = [[t.numpy() for t in inputs]]
     if task is not None:
@@ -194,7 +214,8 @@ def compress(
             start = time.perf_counter()
             session = backend.load(artifact, threads=profile.threads, options=dict(profile.options))
             load_s = time.perf_counter() - start
-            _log(progress, f"{profile.name}: verifying on {len(samples)} batches")
+            _log(progress, f"{profile.name}: exported and loaded in {export_s + load_s:.2f} s; "
+                 f"verifying on {len(samples)} batches")
             report = verify(
                 model, session, samples, tolerance=profile.tolerance, classifier_outputs=classifier
             )
@@ -202,14 +223,7 @@ def compress(
             manifest_targets[profile.name] = _target_entry(
                 profile, artifact, stage, session.info, report.to_json()
             )
-            records.append(
-                {
-                    "stage": "export",
-                    "target": profile.name,
-                    "backend": profile.backend,
-                    "seconds": round(export_s + load_s, 3),
-                }
-            )
+            records.append({"stage": "export", "target": profile.name, "backend": profile.backend})
             records.append(
                 {"stage": "verify", "target": profile.name, "passed": True, "batches": len(samples)}
             )
@@ -234,9 +248,28 @@ def compress(
             "reference": {**file_record(stage, REFERENCE), "pairs": len(samples[:REFERENCE_PAIRS])},
             "history": records,
         }
-        write_json(stage / MANIFEST, manifest)
+        # Timings (export/load seconds) vary run to run: they go to the progress log only, so
+        # the same inputs give a byte-identical manifest.
+        write_json(stage / MANIFEST, _without_timings(manifest))
     _log(progress, f"bundle written to {out_dir}")
+    if cache_key is not None:
+        from . import cache as _cache
+
+        _cache.store(cache_key, out_dir, cache_dir=cache)
     return load_bundle(out_dir)
+
+
+def _without_timings(data: Any) -> Any:
+    """``data`` without wall-clock fields (``seconds``, ``*_seconds``), recursively."""
+    if isinstance(data, dict):
+        return {
+            k: _without_timings(v)
+            for k, v in data.items()
+            if not (isinstance(k, str) and (k == "seconds" or k.endswith("_seconds")))
+        }
+    if isinstance(data, list):
+        return [_without_timings(v) for v in data]
+    return data
 
 
 def _spec(name: str, tensor: torch.Tensor) -> TensorSpec:

@@ -64,7 +64,7 @@ class Session(Protocol):
     backend: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    #: What the runtime really executes, e.g. {"precision": "f32", "threads": 2, "device": "CPU"}
+    #: What the runtime really executes, e.g. {"precision": "fp32", "threads": 2, "device": "CPU"}
     info: dict[str, Any]
 
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]: ...

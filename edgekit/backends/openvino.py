@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -43,6 +44,23 @@ __all__ = ["OpenVinoBackend", "OpenVinoSession"]
 
 _EXTRA = "openvino"
 _NAME = "openvino"
+
+#: Names OpenVINO makes up for unnamed nodes: "<type>_<process-wide instance counter>".
+_AUTO_NAME = re.compile(r"^([A-Za-z][A-Za-z0-9]*)_\d+$")
+
+
+def _normalise_names(om: Any) -> None:
+    """Make the saved IR independent of what ran earlier in the process.
+
+    OpenVINO names unnamed nodes ``<Type>_<N>`` and models ``Model<N>`` from process-wide
+    counters, so the second export of the same model in one process wrote a different .xml.
+    Renumber those names by topological position and give the model a fixed name.
+    """
+    om.set_friendly_name("edgekit_model")
+    for index, op in enumerate(om.get_ordered_ops()):
+        match = _AUTO_NAME.match(op.get_friendly_name())
+        if match:
+            op.set_friendly_name(f"{match.group(1)}_{index}")
 _PRECISIONS = ("f32", "bf16", "f16")
 
 
@@ -180,6 +198,7 @@ class OpenVinoBackend:
             port.get_tensor().set_names({name})
         for port, name in zip(om.outputs, output_names):
             port.get_tensor().set_names({name})
+        _normalise_names(om)
         ov.save_model(om, str(xml_path), compress_to_fp16=bool(options.get("compress_to_fp16",
                                                                                False)))
         try:
@@ -257,7 +276,9 @@ class OpenVinoBackend:
             "version": ov.get_version(),
             "device": "CPU",
             "execution_devices": list(compiled.get_property("EXECUTION_DEVICES")),
-            "precision": ran_name,
+            # Same vocabulary as the other backends (fp32, bf16, fp16); OpenVINO's own name too.
+            "precision": {"f32": "fp32", "f16": "fp16"}.get(ran_name, ran_name),
+            "openvino_precision": ran_name,
             "requested_precision": precision,
             "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
             "performance_hint": str(compiled.get_property("PERFORMANCE_HINT")),

@@ -21,8 +21,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -186,11 +188,14 @@ class TFLiteBackend:
         with eval_mode(model):
             check_export_args(model, example_inputs, input_names, output_names)
             try:
-                edge_model = litert_torch.convert(model, example_inputs)
+                # litert-torch prints its progress to stdout: keep stdout for data.
+                with contextlib.redirect_stdout(sys.stderr):
+                    edge_model = litert_torch.convert(model, example_inputs)
             except Exception as exc:
                 raise export_failure(_NAME, model, example_inputs, exc) from exc
         try:
-            edge_model.export(str(path))
+            with contextlib.redirect_stdout(sys.stderr):
+                edge_model.export(str(path))
         except Exception as exc:
             raise ExportError(f"writing {path} failed: {first_line(exc)}", backend=_NAME) from exc
         try:

@@ -1,7 +1,32 @@
-"""Benchmark harness: latency, accuracy and reports, measured the same way for every runtime."""
+"""Benchmark harness: latency, accuracy, fidelity, memory and reports, measured the same way
+for every runtime.
+
+The package is callable: ``edgekit.bench("build/cnn", runs=300)`` is
+:func:`edgekit.bench.harness.bench` (see there for every option); it returns the report dict.
+"""
+
+import sys as _sys
+import types as _types
+from typing import Any as _Any
 
 from .accuracy import evaluate_session, split_batches
 from .latency import LatencyStats, time_interleaved
 from .reference import TorchSession
 
-__all__ = ["LatencyStats", "TorchSession", "evaluate_session", "split_batches", "time_interleaved"]
+__all__ = ["LatencyStats", "TorchSession", "bench", "evaluate_session", "split_batches",
+           "time_interleaved"]
+
+
+def bench(*args: _Any, **kwargs: _Any) -> dict:
+    """Benchmark bundles / artifact files; see :func:`edgekit.bench.harness.bench`."""
+    from .harness import bench as _bench
+
+    return _bench(*args, **kwargs)
+
+
+class _CallableModule(_types.ModuleType):
+    def __call__(self, *args: _Any, **kwargs: _Any) -> dict:
+        return bench(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -69,22 +69,66 @@ def time_interleaved(
     Each round calls every session once; the starting session rotates every round so none
     always runs first. Every session gets ``warmup`` untimed calls first.
     """
-    names = list(sessions)
     if runs < 1 or warmup < 0:
         raise ValueError("runs must be >= 1 and warmup >= 0")
-    for name in names:
-        for _ in range(warmup):
-            sessions[name].run(feeds[name])
+    samples = collect_interleaved(sessions, feeds, warmup=warmup, runs=runs).samples
+    return {name: LatencyStats.from_seconds(s) for name, s in samples.items()}
+
+
+@dataclass
+class Interleaved:
+    """Raw per-call latencies (seconds) per session, and whether Ctrl-C cut the run short."""
+
+    samples: dict[str, list[float]]
+    rounds: int
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+def collect_interleaved(
+    sessions: Mapping[str, Session],
+    feeds: Mapping[str, list[np.ndarray]],
+    *,
+    warmup: int = 20,
+    runs: int | None = 200,
+    duration_s: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Interleaved:
+    """Like :func:`time_interleaved` but returns raw samples, stops after ``duration_s``
+    seconds of timed rounds when given (``runs`` then caps the rounds if set), and keeps the
+    samples taken so far when interrupted with Ctrl-C (``interrupted`` is then true)."""
+    names = list(sessions)
+    if (runs is not None and runs < 1) or warmup < 0 or (runs is None and not duration_s):
+        raise ValueError("runs must be >= 1 (or a duration given) and warmup >= 0")
+    if duration_s is not None and duration_s <= 0:
+        raise ValueError("duration must be > 0 seconds")
     samples: dict[str, list[float]] = {name: [] for name in names}
     clock = time.perf_counter
-    for i in range(runs):
-        for k in range(len(names)):
-            name = names[(i + k) % len(names)]
-            session, feed = sessions[name], feeds[name]
-            start = clock()
-            session.run(feed)
-            samples[name].append(clock() - start)
-    return {name: LatencyStats.from_seconds(s) for name, s in samples.items()}
+    done = 0
+    t_start = clock()
+    try:
+        for name in names:
+            for _ in range(warmup):
+                sessions[name].run(feeds[name])
+        t_start = clock()
+        deadline = t_start + duration_s if duration_s else None
+        next_note = t_start + 5.0
+        while (runs is None or done < runs) and (deadline is None or done == 0
+                                                 or clock() < deadline):
+            for k in range(len(names)):
+                name = names[(done + k) % len(names)]
+                session, feed = sessions[name], feeds[name]
+                start = clock()
+                session.run(feed)
+                samples[name].append(clock() - start)
+            done += 1
+            if progress is not None and clock() > next_note:
+                progress(f"{done} rounds timed")
+                next_note = clock() + 5.0
+    except KeyboardInterrupt:
+        n = min((len(v) for v in samples.values()), default=0)
+        return Interleaved({k: v[:n] for k, v in samples.items()}, n, True, clock() - t_start)
+    return Interleaved(samples, done, False, clock() - t_start)
 
 
 def median_ratio(base: LatencyStats, other: LatencyStats) -> float:

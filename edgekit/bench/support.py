@@ -40,9 +40,9 @@ def check_cell(
     net = spec.factory()
     task = spec.task()
     if train_epochs:
-        from ..train import fit_spec
+        from ..train import fit
 
-        fit_spec(spec, net, task, epochs=train_epochs, seed=seed, progress=False)
+        fit(net, task, epochs=train_epochs, seed=seed, progress=False, spec=spec)
     net.eval()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgekit-cell-") as tmp:

@@ -1,0 +1,205 @@
+"""A content-addressed build cache: equal inputs -> the bundle built before, without rebuilding.
+
+A cache entry is a finished bundle folder stored under ``<cache>/<key[:2]>/<key>``; the
+cache folder is ``$EDGEKIT_CACHE_DIR`` or ``~/.cache/edgekit``. Keys are sha256 digests of a
+canonical JSON document of everything that decides the bundle's bytes:
+
+``compress_key`` (any model handed to :func:`edgekit.compress`)
+    the model's class (module + qualified name), every state_dict tensor (name, dtype, shape,
+    sha256 of its bytes, in sorted name order), the example inputs (shape, dtype, sha256),
+    input/output names, bundle name, task (name, kind, metric) and ``verify_samples``, the
+    recipe and history records, the target profiles' contents, the tool versions (edgekit,
+    python, torch, numpy and each backend's packages) and a fingerprint of edgekit's own
+    source and data files.
+
+``recipe_key`` (a recipe that trains a zoo model; computed before training, so a hit skips it)
+    the normalised recipe, the sha256 of the weights file it names, the target profiles'
+    contents, the tool versions and the edgekit source fingerprint (which covers the zoo
+    model code, the training code and the bundled datasets).
+
+Entries are written atomically (copy to a temporary folder, then one rename) and checked
+against their own checksums before use; a damaged entry is dropped and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .bundle import Bundle, load_bundle, staged_bundle
+from .errors import EdgekitError
+from .profiles import TargetProfile
+
+__all__ = ["cache_dir", "compress_key", "recipe_key", "restore", "store", "source_fingerprint"]
+
+KEY_SCHEMA = 1
+
+
+def cache_dir(cache: bool | str | Path = True) -> Path:
+    """The cache folder: ``cache`` when it is a path, else ``$EDGEKIT_CACHE_DIR`` or
+    ``~/.cache/edgekit``."""
+    if isinstance(cache, (str, Path)) and not isinstance(cache, bool):
+        return Path(cache)
+    env = os.environ.get("EDGEKIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "edgekit"
+
+
+@lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """sha256 over edgekit's own files (code, bundled data, CMake module), by relative path."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
+            continue
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).hexdigest().encode() + b"\n")
+    return digest.hexdigest()
+
+
+def tool_versions(profiles: Sequence[TargetProfile]) -> dict[str, str]:
+    from .backends import get_backend
+
+    versions = {
+        "edgekit": __version__,
+        "edgekit_source": source_fingerprint(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+    for profile in profiles:
+        versions.update(get_backend(profile.backend).versions())
+    return versions
+
+
+def _tensor_digest(t: torch.Tensor) -> dict[str, Any]:
+    t = t.detach().cpu().contiguous()
+    raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return {
+        "dtype": str(t.dtype).replace("torch.", ""),
+        "shape": list(t.shape),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+    }
+
+
+def _digest(document: dict[str, Any]) -> str:
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def compress_key(
+    model: torch.nn.Module,
+    inputs: Sequence[torch.Tensor],
+    *,
+    in_names: Sequence[str],
+    out_names: Sequence[str],
+    name: str,
+    task: Any,
+    verify_samples: int,
+    recipe: dict[str, Any] | None,
+    history: Sequence[dict[str, Any]],
+    profiles: Sequence[TargetProfile],
+) -> str:
+    state = model.state_dict()
+    cls = type(model)
+    document = {
+        "schema": KEY_SCHEMA,
+        "kind": "compress",
+        "model_class": f"{cls.__module__}.{cls.__qualname__}",
+        "state_dict": {k: _tensor_digest(state[k]) for k in sorted(state)},
+        "inputs": [_tensor_digest(t) for t in inputs],
+        "input_names": list(in_names),
+        "output_names": list(out_names),
+        "name": name,
+        "task": None if task is None else [task.name, task.kind, task.metric],
+        "verify_samples": verify_samples if task is not None else None,
+        "recipe": recipe or {},
+        "history": list(history),
+        "profiles": [p.to_json() for p in profiles],
+        "versions": tool_versions(profiles),
+    }
+    return _digest(document)
+
+
+def recipe_key(
+    recipe: dict[str, Any], *, weights_sha256: str | None, profiles: Sequence[TargetProfile]
+) -> str:
+    document = {
+        "schema": KEY_SCHEMA,
+        "kind": "recipe",
+        "recipe": recipe,
+        "weights_sha256": weights_sha256,
+        "profiles": [p.to_json() for p in profiles],
+        "versions": tool_versions(profiles),
+    }
+    return _digest(document)
+
+
+def _entry(key: str, cache: bool | str | Path) -> Path:
+    return cache_dir(cache) / key[:2] / key
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[edgekit] {message}", file=sys.stderr, flush=True)
+
+
+def restore(
+    key: str, out_dir: str | Path, *, cache_dir: bool | str | Path = True, progress: bool = True
+) -> Bundle | None:
+    """Copy the cached bundle for ``key`` into ``out_dir`` (atomically); None on a miss."""
+    entry = _entry(key, cache_dir)
+    if not entry.is_dir():
+        _log(progress, f"cache miss {key[:16]}")
+        return None
+    try:
+        cached = load_bundle(entry)
+        cached.check_files()
+    except EdgekitError as exc:
+        _log(progress, f"cache entry {key[:16]} is damaged ({exc.message}); rebuilding")
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+    with staged_bundle(Path(out_dir)) as stage:
+        for src in sorted(entry.rglob("*")):
+            rel = src.relative_to(entry)
+            if src.is_dir():
+                (stage / rel).mkdir(parents=True, exist_ok=True)
+            else:
+                (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, stage / rel)
+    _log(progress, f"cache hit {key[:16]}: bundle restored to {out_dir} without rebuilding")
+    bundle = load_bundle(out_dir)
+    bundle.cache_hit = True
+    return bundle
+
+
+def store(key: str, bundle_dir: str | Path, *, cache_dir: bool | str | Path = True) -> None:
+    """Copy a finished bundle into the cache. A cache that cannot be written is not an error."""
+    entry = _entry(key, cache_dir)
+    if entry.is_dir():
+        return
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.partial-", dir=entry.parent))
+        try:
+            shutil.copytree(bundle_dir, tmp / "b")
+            os.rename(tmp / "b", entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass  # another process stored it first, or the cache is read-only

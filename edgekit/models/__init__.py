@@ -1,0 +1,34 @@
+"""The model zoo and its registry."""
+
+from __future__ import annotations
+
+import torch
+
+from .registry import ModelSpec, get_spec, list_models, register
+
+
+def build(name: str, **kwargs) -> torch.nn.Module:
+    """A fresh, randomly initialised zoo model in eval mode (kwargs go to its factory).
+
+    The model remembers its zoo name in ``model.edgekit_name`` so ``edgekit.train.fit`` can find
+    the spec's own training hook (e.g. the GAN's adversarial loop).
+    """
+    spec = get_spec(name)
+    model = spec.factory(**kwargs)
+    model.edgekit_name = spec.name
+    return model.eval()
+
+
+def output_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers whose output width is fixed by the model's outputs (classifier heads,
+    decoder output layers, latent projections): pruning must not shrink them.
+
+    Read from the class attribute ``OUTPUT_LAYERS`` (attribute names); falls back to
+    ``model.head`` when present.
+    """
+    names = getattr(model, "OUTPUT_LAYERS", None) or (("head",) if hasattr(model, "head") else ())
+    layers = [getattr(model, n, None) for n in names]
+    return [m for m in layers if isinstance(m, torch.nn.Module)]
+
+
+__all__ = ["ModelSpec", "register", "get_spec", "list_models", "build", "output_layers"]

@@ -1,0 +1,297 @@
+"""Build recipes: a small TOML file a build system passes to ``edgekit build --recipe``.
+
+Example (a zoo model, trained from a seed)::
+
+    model = "cnn"
+    targets = ["x86-tflite-fp32"]
+    epochs = 2          # 0: export the initialised (or loaded) weights without training
+    seed = 0
+
+Example (a user model from an importable factory, with trained weights)::
+
+    model = "mymodels.kws:build"        # module:factory, no arguments
+    input_shapes = ["1x1x49x10"]         # one per input; "int64:1x64" for token inputs
+    input_names = ["mfcc"]               # optional
+    output_names = ["logits"]            # optional
+    weights = "weights/kws.pt"           # optional state_dict, relative to this file
+    targets = ["x86-tflite-fp32", "targets/my-board.toml"]
+    name = "kws"                         # optional bundle name (default: the output folder's)
+
+Relative paths (``weights``, profile ``.toml`` files) are read relative to the recipe's folder,
+and the recipe's folder is importable for ``module:factory``. The manifest stores the recipe as
+written (no absolute paths) plus the weights file's sha256.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bundle import Bundle
+from .errors import ConfigError, EdgekitError
+
+__all__ = ["Recipe", "load_recipe", "parse_recipe", "build_recipe"]
+
+_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "targets": list,
+    "input_shapes": list,
+    "input_names": list,
+    "output_names": list,
+    "epochs": int,
+    "seed": int,
+    "weights": str,
+    "name": str,
+    "verify_samples": int,
+}
+
+
+@dataclass
+class Recipe:
+    model: str
+    targets: list[str]
+    source: str = "<dict>"
+    base_dir: Path = field(default_factory=Path.cwd)
+    input_shapes: list[str] = field(default_factory=list)
+    input_names: list[str] | None = None
+    output_names: list[str] | None = None
+    epochs: int | None = None
+    seed: int = 0
+    weights: str | None = None
+    name: str | None = None
+    verify_samples: int = 200
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_zoo(self) -> bool:
+        return ":" not in self.model
+
+    def path_of(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def target_refs(self) -> list[str]:
+        """Target names as given, with .toml paths made relative to the recipe's folder."""
+        return [
+            str(self.path_of(t)) if (t.endswith(".toml") or "/" in t) else t for t in self.targets
+        ]
+
+    def weights_path(self) -> Path | None:
+        return None if self.weights is None else self.path_of(self.weights)
+
+    def dependencies(self) -> list[Path]:
+        """Files the build reads besides edgekit itself (for build-system dependency lists)."""
+        deps = [Path(self.source)]
+        if self.weights_path() is not None:
+            deps.append(self.weights_path())  # type: ignore[arg-type]
+        deps += [Path(t) for t in self.target_refs() if t.endswith(".toml") or "/" in t]
+        if not self.is_zoo:
+            module = self.model.partition(":")[0]
+            candidate = self.base_dir / (module.replace(".", "/") + ".py")
+            if candidate.is_file():
+                deps.append(candidate)
+        return deps
+
+
+def _fail(source: str, msg: str, hint: str | None = None) -> ConfigError:
+    return ConfigError(f"recipe {source}: {msg}", hint=hint)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file {path} does not exist",
+                          hint="pass the path of a .toml recipe")
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _fail(str(path), f"not UTF-8 text ({exc.reason})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise _fail(str(path), f"not valid TOML: {exc}",
+                    hint="fix the syntax at the line and column named above") from exc
+    return parse_recipe(data, source=str(path), base_dir=path.parent)
+
+
+def parse_recipe(data: dict[str, Any], *, source: str = "<dict>",
+                 base_dir: Path | None = None) -> Recipe:
+    """Validate a recipe's parsed TOML; every problem names the file and the key."""
+    from .models import list_models
+
+    if not isinstance(data, dict):
+        raise _fail(source, "the top level must be a table")
+    for key, value in data.items():
+        if key not in _KEYS:
+            raise _fail(source, f"unknown key {key!r}",
+                        hint=f"allowed keys: {', '.join(sorted(_KEYS))}")
+        want = _KEYS[key]
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise _fail(source, f"{key!r} must be a {getattr(want, '__name__', want)}, "
+                        f"got {type(value).__name__} {value!r}")
+    for key in ("model", "targets"):
+        if key not in data:
+            raise _fail(source, f"missing required key {key!r}")
+    for key in ("targets", "input_shapes", "input_names", "output_names"):
+        if key in data and not all(isinstance(v, str) and v for v in data[key]):
+            raise _fail(source, f"{key!r} must be a list of non-empty strings, got {data[key]!r}")
+    if not data["targets"]:
+        raise _fail(source, "'targets' is empty", hint="e.g. targets = [\"x86-tflite-fp32\"]")
+    model = data["model"]
+    if ":" in model:
+        if not data.get("input_shapes"):
+            raise _fail(source, f"model {model!r} is a module:factory and needs 'input_shapes'",
+                        hint='e.g. input_shapes = ["1x3x32x32"]')
+        if "epochs" in data and data["epochs"] != 0:
+            raise _fail(source, "'epochs' is for zoo models; user models are exported as given",
+                        hint="train your model yourself and pass its state_dict as 'weights'")
+    else:
+        if model not in list_models():
+            raise _fail(source, f"model {model!r} is neither a zoo model nor module:factory",
+                        hint=f"zoo models: {', '.join(list_models())}")
+        for key in ("input_shapes", "input_names", "output_names"):
+            if key in data:
+                raise _fail(source, f"{key!r} is only for user models (module:factory)")
+    for key, low in (("epochs", 0), ("seed", 0), ("verify_samples", 1)):
+        if key in data and data[key] < low:
+            raise _fail(source, f"{key} = {data[key]} must be at least {low}")
+    if "input_shapes" in data:
+        from .api import parse_input_spec
+
+        for text in data["input_shapes"]:
+            try:
+                parse_input_spec(text)
+            except EdgekitError as exc:
+                raise _fail(source, f"input_shapes: {exc.message}", hint=exc.hint) from exc
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    recipe = Recipe(
+        model=model,
+        targets=list(data["targets"]),
+        source=source,
+        base_dir=base,
+        input_shapes=list(data.get("input_shapes", [])),
+        input_names=data.get("input_names"),
+        output_names=data.get("output_names"),
+        epochs=data.get("epochs"),
+        seed=data.get("seed", 0),
+        weights=data.get("weights"),
+        name=data.get("name"),
+        verify_samples=data.get("verify_samples", 200),
+        raw=dict(data),
+    )
+    wp = recipe.weights_path()
+    if wp is not None and not wp.is_file():
+        raise _fail(source, f"weights = {recipe.weights!r}: file {wp} does not exist")
+    return recipe
+
+
+def _sha256(path: Path) -> str:
+    from .bundle import sha256_file
+
+    return sha256_file(path)
+
+
+def _load_weights(recipe: Recipe, model: torch.nn.Module) -> None:
+    path = recipe.weights_path()
+    if path is None:
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
+        raise _fail(recipe.source, f"weights = {recipe.weights!r}: cannot load {path} as a "
+                    f"state_dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(state, dict):
+        raise _fail(recipe.source, f"weights = {recipe.weights!r}: {path} holds a "
+                    f"{type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise _fail(recipe.source, f"weights = {recipe.weights!r} do not fit "
+                    f"{type(model).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def build_recipe(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    targets: list[str] | None = None,
+    cache: bool | str | Path = True,
+    progress: bool = True,
+) -> Bundle:
+    """Build a recipe into a bundle at ``out_dir``.
+
+    ``targets`` restricts the build to some of the recipe's targets. With ``cache`` a zoo model
+    that would be trained gets a key over the recipe before training (a hit skips training);
+    every other recipe is keyed by :func:`edgekit.compress` over the model's weights.
+    """
+    from . import cache as _cache
+    from .api import load_factory, parse_input_spec
+    from .models import get_spec
+    from .pipeline import compress, resolve_targets
+
+    chosen = list(recipe.targets)
+    if targets:
+        unknown = [t for t in targets if t not in recipe.targets]
+        if unknown:
+            raise _fail(recipe.source, f"--target {', '.join(unknown)} is not in the recipe's "
+                        f"targets ({', '.join(recipe.targets)})")
+        chosen = [t for t in recipe.targets if t in targets]
+    refs = dict(zip(recipe.targets, recipe.target_refs()))
+    profiles = resolve_targets([refs[t] for t in chosen])  # fail fast, before any training
+    weights_sha = None if recipe.weights_path() is None else _sha256(recipe.weights_path())
+    manifest_recipe: dict[str, Any] = {**recipe.raw, "targets": chosen}
+    if weights_sha is not None:
+        manifest_recipe["weights_sha256"] = weights_sha
+
+    if recipe.is_zoo:
+        spec = get_spec(recipe.model)
+        epochs = spec.default_epochs if recipe.epochs is None else recipe.epochs
+        train = epochs > 0
+        name = recipe.name or recipe.model
+        key = None
+        if cache and train:
+            key = _cache.recipe_key({**manifest_recipe, "epochs": epochs, "name": name},
+                                    weights_sha256=weights_sha, profiles=profiles)
+            hit = _cache.restore(key, out_dir, cache_dir=cache, progress=progress)
+            if hit is not None:
+                return hit
+        torch.manual_seed(recipe.seed)
+        model = spec.factory()
+        _load_weights(recipe, model)
+        task = spec.task()
+        history: list[dict[str, Any]] = []
+        if train:
+            from . import train as _train
+
+            _train.fit(model, task, epochs=epochs, seed=recipe.seed, progress=progress,
+                       spec=spec)
+            test = _train.evaluate(model, task.test, task)
+            history.append({"stage": "train", "task": task.name, "epochs": epochs,
+                            "metric": task.metric, "test": round(float(test), 4)})
+        model.eval()
+        bundle = compress(
+            model, spec.example_inputs(1), targets=profiles, out_dir=out_dir, name=name,
+            input_names=spec.input_names, output_names=spec.output_names, task=task,
+            recipe=manifest_recipe, history=history, verify_samples=recipe.verify_samples,
+            progress=progress, cache=cache if not train else False,
+        )
+        if key is not None:
+            _cache.store(key, out_dir, cache_dir=cache)
+        return bundle
+
+    base = str(recipe.base_dir.resolve())
+    if base not in sys.path:
+        sys.path.insert(0, base)
+    inputs = tuple(parse_input_spec(s) for s in recipe.input_shapes)
+    model = load_factory(recipe.model)
+    _load_weights(recipe, model)
+    model.eval()
+    return compress(
+        model, inputs, targets=profiles, out_dir=out_dir, name=recipe.name,
+        input_names=recipe.input_names, output_names=recipe.output_names,
+        recipe=manifest_recipe, progress=progress, cache=cache,
+    )
+
