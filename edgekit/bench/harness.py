@@ -27,6 +27,7 @@ from ..errors import EdgekitError, ShapeError, UsageError
 from .devices import DEVICES, DeviceUnavailableError, gpu_unavailable_reason, load_on_device
 from .fidelity import compare_outputs, plain_metric
 from .latency import LatencyStats, collect_interleaved
+from .memory import METHOD as MEMORY_METHOD
 
 __all__ = ["SCHEMA_VERSION", "Candidate", "artifact_from_file", "bench", "collect_candidates"]
 
@@ -436,7 +437,7 @@ def bench(
             "first_inference": "the first call after loading, timed alone",
             "throughput": "batch * 1000 / mean_ms, single stream",
             "noise": "noisy = coefficient of variation (std/mean) > 0.25",
-            "memory": __import__("edgekit.bench.memory", fromlist=["METHOD"]).METHOD,
+            "memory": MEMORY_METHOD,
             "fidelity": "outputs vs the fp32 PyTorch reference stored in the bundle's "
                         "reference.npz (else vs the baseline's outputs on the eval data)",
         },

@@ -129,8 +129,3 @@ def collect_interleaved(
         n = min((len(v) for v in samples.values()), default=0)
         return Interleaved({k: v[:n] for k, v in samples.items()}, n, True, clock() - t_start)
     return Interleaved(samples, done, False, clock() - t_start)
-
-
-def median_ratio(base: LatencyStats, other: LatencyStats) -> float:
-    """How many times faster ``other`` is than ``base`` (by median)."""
-    return base.median_ms / other.median_ms
