@@ -35,6 +35,8 @@ _EXPORTS = {
     "verify": "edgekit.verify",
     "run_demo": "edgekit.demo",
     "EdgekitError": "edgekit.errors",
+    "prune_model": "edgekit.prune",
+    "QuantConfig": "edgekit.quantize",
 }
 
 __all__ = ["__version__", "bench", *sorted(_EXPORTS)]

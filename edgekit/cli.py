@@ -90,6 +90,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
             recipe={"model": args.model, "input_shapes": args.input_shape,
                     "targets": list(args.target)},
             progress=progress,
+            calibration=getattr(args, "calibration", None),
+            quantization=({"method": args.quant_method}
+                          if getattr(args, "quant_method", None) else None),
         )
     summary = _bundle_summary(bundle)
     if args.json:
@@ -255,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="user models: one per input, e.g. 1x3x32x32 or int64:1x64")
     p.add_argument("--input-name", action="append", help="user models: input names, in order")
     p.add_argument("--output-name", action="append", help="user models: output names, in order")
+    p.add_argument("--calibration", metavar="NPZ",
+                   help="user models, int8 targets: calibration samples (.npz, one key per input)")
+    p.add_argument("--quant-method", choices=["minmax", "percentile", "entropy"],
+                   help="user models, int8 targets: calibration method (default minmax)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_build)
@@ -311,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import add_bench_parser
 
     add_bench_parser(sub)
+
+    from .prune.cli import add_prune_parser
+
+    add_prune_parser(sub)
     return parser
 
 

@@ -9,6 +9,7 @@
     ├── BackendMissingError      an optional runtime is not installed     (exit code 2)
     ├── ExportError              a conversion failed; names the op and layer
     ├── VerificationError        an artifact disagrees with the reference beyond tolerance
+    │   └── QuantizationError    an int8 build misses its accuracy budget (per-layer table)
     ├── BundleError              a bundle cannot be written, read or trusted
     │   └── OutputPathError      the output folder cannot be created or written (exit code 2)
     └── NotSupportedError        a feature this version does not provide yet
@@ -34,6 +35,7 @@ __all__ = [
     "BundleError",
     "OutputPathError",
     "NotSupportedError",
+    "QuantizationError",
 ]
 
 
@@ -127,3 +129,34 @@ class OutputPathError(BundleError):
 
 class NotSupportedError(EdgekitError):
     exit_code = 2
+
+
+class QuantizationError(VerificationError):
+    """An int8 build missed its accuracy budget (or produced NaN/constant outputs).
+
+    ``table`` holds one row per layer (name, kind, SQNR in dB when only that layer is
+    quantized, and whether it stayed in float); ``suggested_float`` names the layers to keep in
+    float (pass them as ``quantization={"keep_float": [...]}``).
+    """
+
+    def __init__(self, message: str, *, table: list[dict] | None = None,
+                 suggested_float: list[str] | None = None, hint: str | None = None) -> None:
+        self.table = list(table or [])
+        self.suggested_float = list(suggested_float or [])
+        if self.table:
+            message = f"{message}\n{format_layer_table(self.table)}"
+        if self.suggested_float and hint is None:
+            hint = ("keep these layers in float: quantization={'keep_float': "
+                    f"{self.suggested_float!r}}} (or raise the profile's [accuracy] max_drop)")
+        super().__init__(message, hint=hint)
+
+
+def format_layer_table(rows: list[dict]) -> str:
+    """A plain-text per-layer table: layer, kind, SQNR (dB), precision."""
+    lines = [f"  {'layer':<32} {'kind':<12} {'sqnr_db':>8}  precision"]
+    for r in rows:
+        sq = r.get("sqnr_db")
+        sq_s = "-" if sq is None else f"{sq:8.2f}"
+        lines.append(f"  {str(r.get('layer')):<32} {str(r.get('kind')):<12} {sq_s:>8}  "
+                     f"{r.get('precision', 'int8')}")
+    return "\n".join(lines)

@@ -48,11 +48,12 @@ def resolve_targets(targets: Sequence[str | Path | TargetProfile]) -> list[Targe
     if len(set(names)) != len(names):
         raise UsageError(f"a target is named twice: {', '.join(names)}")
     for profile in profiles:
-        if profile.precision != "fp32":
+        if profile.precision not in ("fp32", "int8"):
             raise NotSupportedError(
                 f"target {profile.name} asks for {profile.precision}; this edgekit version "
-                "builds fp32 artifacts only (quantization is not implemented yet)",
-                hint=f"use an fp32 target, e.g. {profile.name.replace(profile.precision, 'fp32')}",
+                "builds fp32 and int8 artifacts",
+                hint=f"use an fp32 or int8 target, e.g. "
+                f"{profile.name.replace(profile.precision, 'fp32')}",
             )
         if profile.device != "cpu":
             raise NotSupportedError(
@@ -62,6 +63,16 @@ def resolve_targets(targets: Sequence[str | Path | TargetProfile]) -> list[Targe
         reason = backend.available()
         if reason is not None:
             raise BackendMissingError(profile.backend, reason, backend.extra)
+        if profile.precision == "int8" and not hasattr(backend, "export_int8"):
+            raise NotSupportedError(f"backend {profile.backend} has no int8 export "
+                                    f"(target {profile.name})")
+        if profile.precision == "int8":
+            from .quantize import missing_int8_packages
+
+            missing = missing_int8_packages(profile.backend)
+            if missing:
+                raise BackendMissingError(profile.backend, f"int8 needs {', '.join(missing)}",
+                                          backend.extra)
     return profiles
 
 
@@ -141,6 +152,8 @@ def compress(
     verify_samples: int = 200,
     progress: bool = True,
     cache: bool | str | Path = False,
+    calibration: Any = None,
+    quantization: Any = None,
 ) -> Bundle:
     """Export ``model`` for every target, verify each artifact, and write one bundle.
 
@@ -158,6 +171,14 @@ def compress(
     example inputs, names, task, recipe, history, target profiles and tool versions (see
     :mod:`edgekit.cache`); on a hit the cached bundle is copied into ``out_dir`` atomically and
     nothing is exported. Timings never enter the manifest, so equal inputs give equal bytes.
+
+    int8 targets (``precision = "int8"``) are post-training quantized with ``calibration``
+    data (a DataLoader, an iterable of arrays, a ``.npz`` path, a Task or Split; default: the
+    task's train split), configured by ``quantization`` (a :class:`edgekit.quantize.QuantConfig`
+    or a dict). With a task, an int8 artifact must stay within the profile's
+    ``[accuracy] max_drop`` on the task's test split: the most sensitive layers are kept in
+    float until it does, else :class:`edgekit.errors.QuantizationError` (per-layer table,
+    suggested float layers) and no bundle is written.
     """
     profiles = resolve_targets(targets)
     inputs, ref_outputs = check_example_inputs(model, example_inputs)
@@ -170,8 +191,29 @@ def compress(
     name = name or Path(out_dir).name
     history = [_without_timings(dict(h)) for h in history]
 
+    qconfig = None
+    calib_batches: list[list[np.ndarray]] | None = None
+    if any(p.precision == "int8" for p in profiles):
+        from .quantize import QuantConfig, calibration_batches
+
+        qconfig = QuantConfig.coerce(quantization)
+        source = calibration if calibration is not None else task
+        if source is None:
+            raise UsageError(
+                "int8 targets need calibration data: pass calibration= (a DataLoader, arrays, "
+                "a .npz file) or task=",
+                hint="a few hundred representative samples, scaled like the training data")
+        reference = None
+        if task is not None and calibration is not None:
+            reference = [t[: qconfig.samples].numpy() for t in task.train.inputs]
+        calib_batches = calibration_batches(source, example_inputs=inputs, input_names=in_names,
+                                            limit=qconfig.samples, reference=reference)
+    elif calibration is not None or quantization is not None:
+        raise UsageError("calibration/quantization given, but no target is int8",
+                         hint="add an int8 target, e.g. x86-onnxruntime-int8")
+
     cache_key = None
-    if cache:
+    if cache and qconfig is None:
         from . import cache as _cache
 
         cache_key = _cache.compress_key(
@@ -194,6 +236,7 @@ def compress(
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
+    quant_cache: dict[str, Any] = {}
     with staged_bundle(Path(out_dir)) as stage:
         for profile in profiles:
             backend: Backend = get_backend(profile.backend)
@@ -202,18 +245,34 @@ def compress(
             target_dir.mkdir()
             _log(progress, f"{profile.name}: exporting with {profile.backend}")
             start = time.perf_counter()
-            artifact = backend.export(
-                model,
-                inputs,
-                target_dir,
-                input_names=in_names,
-                output_names=out_names,
-                options=dict(profile.options),
-            )
-            export_s = time.perf_counter() - start
-            start = time.perf_counter()
-            session = backend.load(artifact, threads=profile.threads, options=dict(profile.options))
-            load_s = time.perf_counter() - start
+            quant_entry = None
+            if profile.precision == "int8":
+                from .quantize.build import build_int8
+
+                def _check(sess: Any, _tol: Any = profile.tolerance) -> Any:
+                    return verify(model, sess, samples, tolerance=_tol,
+                                  classifier_outputs=classifier)
+
+                result = build_int8(
+                    backend, profile, model, inputs, target_dir, in_names=in_names,
+                    out_names=out_names, calibration=calib_batches, config=qconfig, task=task,
+                    batch=batch, progress=progress, cache=quant_cache, check=_check)
+                artifact, session, quant_entry = result.artifact, result.session, result.manifest
+                export_s, load_s = time.perf_counter() - start, 0.0
+            else:
+                artifact = backend.export(
+                    model,
+                    inputs,
+                    target_dir,
+                    input_names=in_names,
+                    output_names=out_names,
+                    options=dict(profile.options),
+                )
+                export_s = time.perf_counter() - start
+                start = time.perf_counter()
+                session = backend.load(artifact, threads=profile.threads,
+                                       options=dict(profile.options))
+                load_s = time.perf_counter() - start
             _log(progress, f"{profile.name}: exported and loaded in {export_s + load_s:.2f} s; "
                  f"verifying on {len(samples)} batches")
             report = verify(
@@ -223,7 +282,10 @@ def compress(
             manifest_targets[profile.name] = _target_entry(
                 profile, artifact, stage, session.info, report.to_json()
             )
-            records.append({"stage": "export", "target": profile.name, "backend": profile.backend})
+            if quant_entry is not None:
+                manifest_targets[profile.name]["quantization"] = quant_entry
+            records.append({"stage": "quantize" if profile.precision == "int8" else "export",
+                            "target": profile.name, "backend": profile.backend})
             records.append(
                 {"stage": "verify", "target": profile.name, "passed": True, "batches": len(samples)}
             )

@@ -48,6 +48,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "weights": str,
     "name": str,
     "verify_samples": int,
+    "prune": dict,  # optional [prune] table, zoo models only: see edgekit.prune.recipe
 }
 
 
@@ -158,6 +159,13 @@ def parse_recipe(data: dict[str, Any], *, source: str = "<dict>",
     for key, low in (("epochs", 0), ("seed", 0), ("verify_samples", 1)):
         if key in data and data[key] < low:
             raise _fail(source, f"{key} = {data[key]} must be at least {low}")
+    if "prune" in data:
+        from .prune.recipe import check_prune_table
+
+        if ":" in model:
+            raise _fail(source, "[prune] is for zoo models (it fine-tunes on the model's task)",
+                        hint="prune your model with edgekit.prune.prune, then export it")
+        check_prune_table(data["prune"], source)
     if "input_shapes" in data:
         from .api import parse_input_spec
 
@@ -271,6 +279,12 @@ def build_recipe(
             test = _train.evaluate(model, task.test, task)
             history.append({"stage": "train", "task": task.name, "epochs": epochs,
                             "metric": task.metric, "test": round(float(test), 4)})
+        if "prune" in recipe.raw:
+            from .prune.recipe import apply_prune_table
+
+            history.append(apply_prune_table(model, spec, task, recipe.raw["prune"],
+                                             targets=profiles, seed=recipe.seed,
+                                             progress=progress))
         model.eval()
         bundle = compress(
             model, spec.example_inputs(1), targets=profiles, out_dir=out_dir, name=name,

@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_net
 from edgekit.bundle import load_bundle, sha256_file
-from edgekit.errors import (BackendMissingError, ExportError, NotSupportedError, ShapeError,
+from edgekit.errors import (BackendMissingError, ExportError, ShapeError,
                             UnknownNameError, UsageError)
 from edgekit.models import get_spec
 from edgekit.pipeline import compress
@@ -95,10 +95,13 @@ def test_task_that_does_not_fit_model(tmp_path):
     assert "input image" in str(err.value) and "(1, 8, 8)" in str(err.value)
 
 
-def test_int8_target_is_not_supported_yet(tmp_path):
-    with pytest.raises(NotSupportedError, match="x86-onnxruntime-fp32"):
+def test_int8_target_needs_calibration_data(tmp_path):
+    # int8 is supported now (tests/test_quant*.py); without a task or calibration data it
+    # cannot be calibrated, and nothing is written.
+    with pytest.raises(UsageError, match="calibration"):
         compress(tiny_net(), torch.rand(1, 1, 8, 8), targets=["x86-onnxruntime-int8"],
                  out_dir=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
 
 
 def test_unknown_target(tmp_path):

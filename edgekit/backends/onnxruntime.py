@@ -166,6 +166,50 @@ class OnnxRuntimeBackend:
             },
         )
 
+    def export_int8(
+        self,
+        model: torch.nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        out_dir: Path,
+        *,
+        input_names: list[str],
+        output_names: list[str],
+        options: dict[str, Any],
+        calibration: list[list[np.ndarray]],
+        config: Any,
+        keep_float: list[str] | tuple[str, ...] = (),
+    ) -> Artifact:
+        """QDQ int8 ONNX: the fp32 export, then ``quantize_static`` (see edgekit.quantize.onnx)."""
+        import tempfile
+
+        from ..quantize.onnx import quantize_onnx
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = self.export(model, example_inputs, Path(tmp), input_names=input_names,
+                               output_names=output_names, options=options)
+            fp32_size = fp32.size_bytes
+            path = out_dir / "model.onnx"
+            try:
+                qinfo = quantize_onnx(fp32.path, path, input_names=list(input_names),
+                                      batches=calibration, config=config, keep_float=keep_float)
+            except Exception as exc:
+                raise ExportError(f"onnxruntime.quantization failed: {type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                                  backend=_NAME) from exc
+            info = dict(fp32.info)
+        proto = check_onnx_file(path)
+        init_names = {i.name for i in proto.graph.initializer}
+        info.update({"quantization": qinfo, "fp32_size_bytes": fp32_size,
+                     "export_seconds": round(time.perf_counter() - t0, 3)})
+        return Artifact(
+            backend=_NAME, root=out_dir, files=list_files(out_dir, path.name),
+            inputs=_onnx_specs(i for i in proto.graph.input if i.name not in init_names),
+            outputs=_onnx_specs(proto.graph.output), precision="int8", info=info,
+        )
+
     def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> OnnxRuntimeSession:
         """Options: ``graph_optimization_level`` ("all" default, "extended", "basic", "disable")."""
         ort = require("onnxruntime", backend=_NAME, extra=_EXTRA)

@@ -231,6 +231,75 @@ class OpenVinoBackend:
             },
         )
 
+    def export_int8(
+        self,
+        model: torch.nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        out_dir: Path,
+        *,
+        input_names: list[str],
+        output_names: list[str],
+        options: dict[str, Any],
+        calibration: list[list[np.ndarray]],
+        config: Any,
+        keep_float: list[str] | tuple[str, ...] = (),
+    ) -> Artifact:
+        """int8 IR: the fp32 IR quantized by ``nncf.quantize`` (``config.openvino_source ==
+        "nncf"``, default) or the onnxruntime QDQ model read by OpenVINO (``"qdq"``)."""
+        import tempfile
+
+        from ..quantize.openvino import openvino_precision_summary, quantize_openvino_model
+        from ..quantize.sensitivity import quantizable_layers
+
+        ov = require("openvino", backend=_NAME, extra=_EXTRA)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        xml_path = out_dir / "model.xml"
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            if config.openvino_source == "qdq":
+                from .onnxruntime import OnnxRuntimeBackend
+
+                qdq = OnnxRuntimeBackend().export_int8(
+                    model, example_inputs, Path(tmp) / "qdq", input_names=input_names,
+                    output_names=output_names, options={}, calibration=calibration,
+                    config=config, keep_float=keep_float)
+                om = ov.Core().read_model(str(qdq.path))
+                qinfo = {"quantizer": "onnxruntime quantize_static QDQ read by OpenVINO",
+                         **{k: v for k, v in qdq.info["quantization"].items()
+                            if k not in ("layers",)}}
+            else:
+                fp32 = self.export(model, example_inputs, Path(tmp) / "fp32",
+                                   input_names=input_names, output_names=output_names,
+                                   options=options)
+                om = ov.Core().read_model(str(fp32.path))
+                recurrent = any(k in ("lstm", "gru", "rnn") for _, k in quantizable_layers(model))
+                try:
+                    om, qinfo = quantize_openvino_model(om, batches=calibration, config=config,
+                                                        keep_float=keep_float,
+                                                        recurrent=recurrent)
+                except Exception as exc:
+                    raise ExportError(f"nncf.quantize failed: {first_line(exc)}",
+                                      backend=_NAME) from exc
+            for port, name in zip(om.inputs, input_names):
+                port.get_tensor().set_names({name})
+            for port, name in zip(om.outputs, output_names):
+                port.get_tensor().set_names({name})
+            _normalise_names(om)
+            qinfo.update(openvino_precision_summary(om))
+            ov.save_model(om, str(xml_path), compress_to_fp16=False)
+        check_ir_files(xml_path)
+        saved = ov.Core().read_model(str(xml_path))
+        return Artifact(
+            backend=_NAME, root=out_dir, files=list_files(out_dir, xml_path.name),
+            inputs=_port_specs(saved.inputs, list(input_names)),
+            outputs=_port_specs(saved.outputs, list(output_names)),
+            precision="int8",
+            info={"weights": "int8", "quantization": qinfo,
+                  "export_seconds": round(time.perf_counter() - t0, 3),
+                  "exporter": "openvino.convert_model + " + qinfo["quantizer"]},
+        )
+
     def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> OpenVinoSession:
         """Options: ``inference_precision`` ("f32" default, "bf16", "f16"),
         ``performance_hint`` ("LATENCY" default, "THROUGHPUT")."""
@@ -277,7 +346,9 @@ class OpenVinoBackend:
             "device": "CPU",
             "execution_devices": list(compiled.get_property("EXECUTION_DEVICES")),
             # Same vocabulary as the other backends (fp32, bf16, fp16); OpenVINO's own name too.
-            "precision": {"f32": "fp32", "f16": "fp16"}.get(ran_name, ran_name),
+            "precision": (
+                f"int8 (other ops {ran_name})" if artifact.precision == "int8"
+                else {"f32": "fp32", "f16": "fp16"}.get(ran_name, ran_name)),
             "openvino_precision": ran_name,
             "requested_precision": precision,
             "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),

@@ -145,12 +145,27 @@ class TFLiteSession:
         self._get = interp.get_tensor
         self._invoke = interp.invoke
 
+    _convert_in: list | None = None
+    _convert_out: list | None = None
+
     def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
         arrays = self._check(feeds)
+        if self._convert_in is not None:
+            arrays = [x if c is None else _quantize(x, *c)
+                      for x, c in zip(arrays, self._convert_in)]
         for idx, x in zip(self._in_idx, arrays):
             self._set(idx, x)
         self._invoke()
+        if self._convert_out is not None:
+            return [self._get(idx) if c is None else
+                    ((self._get(idx).astype(np.float32) - c[1]) * np.float32(c[0]))
+                    for idx, c in zip(self._out_idx, self._convert_out)]
         return [self._get(idx) for idx in self._out_idx]
+
+
+def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: Any) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
 class TFLiteBackend:
@@ -235,6 +250,84 @@ class TFLiteBackend:
             },
         )
 
+    def export_int8(
+        self,
+        model: torch.nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        out_dir: Path,
+        *,
+        input_names: list[str],
+        output_names: list[str],
+        options: dict[str, Any],
+        calibration: list[list[np.ndarray]],
+        config: Any,
+        keep_float: list[str] | tuple[str, ...] = (),
+        prepared: Any = None,
+    ) -> Artifact:
+        """int8 .tflite through PT2E with litert-torch's quantizer (symmetric, per-channel
+        weights, int8 activations). ``prepared``: an already fake-quantized (QAT) graph."""
+        litert_torch = require("litert_torch", backend=_NAME, extra=_EXTRA)
+        from litert_torch.quantize.quant_config import QuantConfig as LiteRTQuantConfig
+
+        from ..quantize.pt2e import litert_quantizer, pt2e_calibrate_convert, pt2e_prepare
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "model.tflite"
+        example_inputs = tuple(example_inputs)
+        t0 = time.perf_counter()
+        quantizer = litert_quantizer(config, keep_float, qat=prepared is not None)
+        with eval_mode(model):
+            check_export_args(model, example_inputs, input_names, output_names)
+            try:
+                with contextlib.redirect_stdout(sys.stderr):
+                    if prepared is None:
+                        prepared = pt2e_prepare(model, example_inputs, quantizer)
+                        gm = pt2e_calibrate_convert(prepared, calibration)
+                    else:  # QAT: the fake-quantized graph already holds its ranges
+                        gm = pt2e_calibrate_convert(prepared.eval(), [])
+                    edge_model = litert_torch.convert(
+                        gm, example_inputs, quant_config=LiteRTQuantConfig(pt2e_quantizer=quantizer))
+                    edge_model.export(str(path))
+            except Exception as exc:
+                raise export_failure(_NAME, model, example_inputs, exc) from exc
+        interp = _open_interpreter(path, 1)
+        key, in_det, out_det, sig_in, sig_out = _signature(interp, path)
+        inputs = [_spec(n, d) for n, d in zip(input_names, in_det)]
+        outputs = [_spec(n, d) for n, d in zip(output_names, out_det)]
+
+        def qparams(d: dict) -> dict[str, Any]:
+            scale, zp = d.get("quantization", (0.0, 0))
+            return {"dtype": str(np.dtype(d["dtype"])), "scale": float(scale), "zero_point": int(zp)}
+
+        ops = [o["op_name"] for o in interp._get_ops_details()]
+        tensors = interp.get_tensor_details()
+        int8_weights = sum(1 for t in tensors if np.dtype(t["dtype"]) == np.int8
+                           and len(t["shape"]) >= 2)
+        return Artifact(
+            backend=_NAME, root=out_dir, files=list_files(out_dir, path.name),
+            inputs=inputs, outputs=outputs, precision="int8",
+            info={
+                "signature": key,
+                "input_map": dict(zip(input_names, sig_in)),
+                "output_map": dict(zip(output_names, sig_out)),
+                "io": config.io,
+                "io_quantization": {
+                    **{n: qparams(d) for n, d in zip(input_names, in_det)},
+                    **{n: qparams(d) for n, d in zip(output_names, out_det)}},
+                "layout": "NCHW (as in PyTorch)",
+                "quantization": {
+                    "quantizer": "PT2E + litert_torch PT2EQuantizer (symmetric)",
+                    "per_channel": config.per_channel, "qat": prepared is not None,
+                    "float_modules": list(keep_float),
+                    "ops": {o: ops.count(o) for o in sorted(set(ops))},
+                    "int8_weight_tensors": int8_weights,
+                },
+                "export_seconds": round(time.perf_counter() - t0, 3),
+                "exporter": "litert_torch.convert (PT2E int8)",
+            },
+        )
+
     def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> TFLiteSession:
         threads = check_threads(threads)
         path = check_artifact_backend(artifact, _NAME)
@@ -254,6 +347,24 @@ class TFLiteBackend:
         by_out = dict(zip(sig_out, out_det))
         inputs = [_spec(s.name, by_in[n]) for s, n in zip(artifact.inputs, want_in)]
         outputs = [_spec(s.name, by_out[n]) for s, n in zip(artifact.outputs, want_out)]
+        # int8 artifacts with io="float": the session takes and returns float32 and converts
+        # at the boundary with each tensor's scale and zero point (device code does the same).
+        io = str(options.get("io", artifact.info.get("io", "int8")))
+        convert_in: list[tuple[float, int, Any] | None] = [None] * len(inputs)
+        convert_out: list[tuple[float, int, Any] | None] = [None] * len(outputs)
+        if artifact.precision == "int8" and io == "float":
+            for k, (s, n) in enumerate(zip(list(inputs), want_in)):
+                d = by_in[n]
+                if np.dtype(d["dtype"]) in (np.int8, np.uint8) and d["quantization"][0]:
+                    convert_in[k] = (float(d["quantization"][0]), int(d["quantization"][1]),
+                                     np.dtype(d["dtype"]))
+                    inputs[k] = TensorSpec(s.name, s.shape, "float32")
+            for k, (s, n) in enumerate(zip(list(outputs), want_out)):
+                d = by_out[n]
+                if np.dtype(d["dtype"]) in (np.int8, np.uint8) and d["quantization"][0]:
+                    convert_out[k] = (float(d["quantization"][0]), int(d["quantization"][1]),
+                                      np.dtype(d["dtype"]))
+                    outputs[k] = TensorSpec(s.name, s.shape, "float32")
         mod = type(interp).__module__.split(".")[0]
         info = {
             "runtime": mod,
@@ -265,7 +376,9 @@ class TFLiteBackend:
             "signature": key,
             "load_seconds": round(time.perf_counter() - t0, 3),
         }
-        return TFLiteSession(
+        if artifact.precision == "int8":
+            info["io"] = io
+        session = TFLiteSession(
             interp,
             [int(by_in[n]["index"]) for n in want_in],
             [int(by_out[n]["index"]) for n in want_out],
@@ -273,3 +386,6 @@ class TFLiteBackend:
             outputs,
             info,
         )
+        if any(convert_in) or any(convert_out):
+            session._convert_in, session._convert_out = convert_in, convert_out
+        return session

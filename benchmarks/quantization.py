@@ -1,0 +1,365 @@
+"""int8 on the zoo's real tasks: fp32 vs edgekit PTQ vs edgekit QAT vs each runtime's own
+default int8 flow, per runtime: test accuracy, file size and median latency (all sessions of a
+model timed side by side, interleaved, in one run).
+
+    python benchmarks/quantization.py [--models cnn,mobilenet_v2,ds_cnn,lstm,transformer]
+                                      [--runs 200] [--threads 1] [--epochs-scale 0.5]
+
+Native default flows (what a user gets by hand, calibrated on the same 300 training samples):
+* onnxruntime: fp32 ONNX -> quant_pre_process -> quantize_static(QDQ, per_channel=True),
+  everything else default (int8 activations, MinMax);
+* openvino: convert_model(model, example_input=x) -> nncf.quantize defaults;
+* litert: PT2E with litert-torch's symmetric per-channel quantizer.
+OpenVINO sessions (edgekit's and native) run with INFERENCE_PRECISION_HINT=f32, so "fp32" is
+really fp32 (the CPU plugin's default would be bf16 here). Also measured: OpenVINO reading
+edgekit's QDQ ONNX instead of NNCF ("ptq_qdq").
+
+Writes benchmarks/results/quantization.{json,md}. Numbers are measured, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekit.backends import Artifact, get_backend
+from edgekit.bench.accuracy import evaluate_session
+from edgekit.bench.latency import time_interleaved
+from edgekit.models import get_spec
+from edgekit.pipeline import compress
+from edgekit.profiles import load_profile
+from edgekit.quantize.qat import qat_finetune
+from edgekit.train import evaluate, fit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RUNTIMES = ("onnxruntime", "openvino", "tflite")
+FP32 = {"onnxruntime": "x86-onnxruntime-fp32", "openvino": "x86-openvino-fp32",
+        "tflite": "x86-tflite-fp32"}
+INT8 = {"onnxruntime": "x86-onnxruntime-int8", "openvino": "x86-openvino-int8",
+        "tflite": "arm64-tflite-int8"}
+CALIB = 300
+
+
+def log(msg: str) -> None:
+    print(f"[quantization] {msg}", file=sys.stderr, flush=True)
+
+
+def _size(bundle_dir: Path, target: str) -> int:
+    files = [f for f in (bundle_dir / target).iterdir()
+             if f.suffix in (".onnx", ".bin", ".tflite", ".data")]
+    return sum(f.stat().st_size for f in files)
+
+
+def _native(name: str, model, x, spec, task, tmp: Path, fp32_dir: Path, threads: int,
+            fp32_ort=None) -> dict:
+    """Each runtime's default int8 flow; returns {runtime: (session, size_bytes, info)}."""
+    calib = [[t[i:i + 1].numpy() for t in task.train.inputs] for i in range(CALIB)]
+    out: dict = {}
+    # onnxruntime
+    try:
+        from onnxruntime.quantization import QuantFormat, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        src = fp32_dir / FP32["onnxruntime"] / "model.onnx"
+        pre, q = tmp / f"{name}-ort-pre.onnx", tmp / f"{name}-ort-native" / "model.onnx"
+        q.parent.mkdir(parents=True, exist_ok=True)
+        quant_pre_process(str(src), str(pre))
+
+        class R:
+            def __init__(self):
+                self.it = iter([dict(zip(spec.input_names, c)) for c in calib])
+
+            def get_next(self):
+                return next(self.it, None)
+
+        quantize_static(str(pre), str(q), R(), quant_format=QuantFormat.QDQ, per_channel=True)
+        be = get_backend("onnxruntime")
+        art = Artifact("onnxruntime", q.parent, ["model.onnx"], list(fp32_ort.inputs),
+                       list(fp32_ort.outputs), "int8")
+        out["onnxruntime"] = (be.load(art, threads=threads, options={}), q.stat().st_size, {})
+    except Exception as exc:
+        out["onnxruntime"] = (None, None, {"error": f"{type(exc).__name__}: {exc}"[:300]})
+    # openvino + nncf defaults
+    try:
+        import nncf
+        import openvino as ov
+
+        om = ov.convert_model(model, example_input=x)
+        for port, n in zip(om.inputs, spec.input_names):
+            port.get_tensor().set_names({n})
+        for port, n in zip(om.outputs, spec.output_names):
+            port.get_tensor().set_names({n})
+        data = [c if len(c) > 1 else c[0] for c in calib]
+        qm = nncf.quantize(om, nncf.Dataset(data))
+        # convert_model keeps a dynamic input shape; make it static (as edgekit's IR) so both
+        # run the same shape-specialised kernels and the session can bind its input once.
+        qm.reshape({qm.inputs[i]: ov.PartialShape(list(t.shape)) for i, t in enumerate(x)})
+        d = tmp / f"{name}-ov-native"
+        d.mkdir(exist_ok=True)
+        ov.save_model(qm, str(d / "model.xml"), compress_to_fp16=False)
+        from edgekit.backends.openvino import _port_specs
+
+        art = Artifact("openvino", d, ["model.xml", "model.bin"],
+                       _port_specs(qm.inputs, list(spec.input_names)),
+                       _port_specs(qm.outputs, list(spec.output_names)), "int8")
+        sess = get_backend("openvino").load(art, threads=threads,
+                                            options={"inference_precision": "f32"})
+        out["openvino"] = (sess, (d / "model.bin").stat().st_size, {})
+    except Exception as exc:
+        out["openvino"] = (None, None, {"error": f"{type(exc).__name__}: {exc}"[:300]})
+    # litert PT2E defaults
+    try:
+        from edgekit.quantize.config import QuantConfig
+
+        be = get_backend("tflite")
+        d = tmp / f"{name}-tfl-native"
+        art = be.export_int8(model, x, d, input_names=list(spec.input_names),
+                             output_names=list(spec.output_names), options={},
+                             calibration=calib, config=QuantConfig(io="float"))
+        sess = be.load(art, threads=threads, options={"io": "float"})
+        out["tflite"] = (sess, art.size_bytes, {})
+    except Exception as exc:
+        out["tflite"] = (None, None, {"error": f"{type(exc).__name__}: {exc}"[:300]})
+    return out
+
+
+def run_model(name: str, runs: int, threads: int, epochs_scale: float, qat_epochs: int,
+              tmp: Path) -> dict:
+    spec = get_spec(name)
+    task = spec.task()
+    torch.manual_seed(0)
+    model = spec.factory()
+    epochs = max(2, round(spec.default_epochs * epochs_scale))
+    t0 = time.perf_counter()
+    cached = Path(tempfile.gettempdir()) / f"edgekit-qbench-{name}-{epochs}.pt"
+    if cached.is_file():  # reruns of the benchmark reuse the trained weights
+        model.load_state_dict(torch.load(cached))
+    else:
+        fit(model, task, epochs=epochs, seed=0, progress=False)
+        torch.save(model.state_dict(), cached)
+    model.eval()
+    fp32_acc = evaluate(model, task.test, task)
+    log(f"{name}: trained {epochs} epochs in {time.perf_counter() - t0:.0f} s, "
+        f"test {task.metric} {fp32_acc:.2f}")
+    x = spec.example_inputs(1)
+    kw = dict(input_names=spec.input_names, output_names=spec.output_names, task=task,
+              verify_samples=200, progress=False)
+    rows: dict = {"model": name, "epochs": epochs, "fp32_pytorch": fp32_acc, "variants": {}}
+    sessions, sizes, notes = {}, {}, {}
+
+    def add_bundle(tag: str, out: Path, targets: dict, **extra) -> None:
+        t0 = time.perf_counter()
+        try:
+            extra = dict(extra)
+            bundle = compress(model if tag != "qat" else extra.pop("qat_model"), x,
+                              targets=list(targets.values()), out_dir=out, **kw, **extra)
+        except Exception as exc:
+            log(f"{name} {tag}: FAILED {type(exc).__name__}: {str(exc)[:400]}")
+            for rt in targets:
+                notes[f"{tag}/{rt}"] = {"error": f"{type(exc).__name__}: {exc}"[:600]}
+            return
+        log(f"{name} {tag}: built in {time.perf_counter() - t0:.0f} s")
+        man = json.loads((out / "manifest.json").read_text())
+        for rt, target in targets.items():
+            sessions[f"{tag}/{rt}"] = bundle.load(target, threads=threads)
+            sizes[f"{tag}/{rt}"] = _size(out, target)
+            e = man["targets"][target]
+            q = e.get("quantization", {})
+            notes[f"{tag}/{rt}"] = {
+                "executed_precision": e["runtime"].get("precision"),
+                "float_layers": q.get("float_layers"),
+                "int8_layers": e["artifact_info"].get("quantization", {}).get("int8_layers"),
+                "float_compute_layers": e["artifact_info"].get("quantization", {}).get(
+                    "float_layers"),
+                "dynamic_range_nodes": e["artifact_info"].get("quantization", {}).get(
+                    "dynamic_range_nodes"),
+            }
+
+    add_bundle("fp32", tmp / f"{name}-fp32", FP32)
+    for rt, target in INT8.items():  # one bundle per target: a failure stays local
+        add_bundle("ptq", tmp / f"{name}-ptq-{rt}", {rt: target})
+    add_bundle("ptq_qdq", tmp / f"{name}-ptq-qdq", {"openvino": INT8["openvino"]},
+               quantization={"openvino_source": "qdq"})
+    try:
+        t0 = time.perf_counter()
+        qat_model = qat_finetune(model, task, x, epochs=qat_epochs, teacher=model)
+        log(f"{name}: QAT {qat_epochs} epoch(s) in {time.perf_counter() - t0:.0f} s")
+        for rt, target in INT8.items():
+            add_bundle("qat", tmp / f"{name}-qat-{rt}", {rt: target}, qat_model=qat_model)
+    except Exception as exc:
+        log(f"{name} qat: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+        for rt in RUNTIMES:
+            notes[f"qat/{rt}"] = {"error": f"{type(exc).__name__}: {exc}"[:600]}
+    for rt, (sess, size, info) in _native(name, model, x, spec, task, tmp, tmp / f"{name}-fp32",
+                                          threads, sessions.get("fp32/onnxruntime")).items():
+        if sess is not None:
+            sessions[f"native/{rt}"] = sess
+            sizes[f"native/{rt}"] = size
+        notes[f"native/{rt}"] = info or {"executed_precision": sess.info.get("precision")}
+        if info.get("error"):
+            log(f"{name} native {rt}: FAILED {info['error'][:200]}")
+    acc = {}
+    for key, sess in sessions.items():
+        try:
+            acc[key] = evaluate_session(sess, task.test, task, batch=1)
+        except Exception as exc:
+            notes.setdefault(key, {})["eval_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    feeds = {k: [t.numpy() for t in x] for k in sessions}
+    timed = dict(sessions)
+    for key, sess in sessions.items():
+        # TFLite int8 files take int8 tensors; the float-I/O session converts in Python, which
+        # would be timed too. Time the interpreter alone with pre-quantized feeds.
+        conv = getattr(sess, "_convert_in", None)
+        if conv is not None:
+            from edgekit.backends.tflite import _quantize
+
+            plain = copy.copy(sess)
+            plain._convert_in = plain._convert_out = None
+            plain._check = lambda f: f
+            timed[key] = plain
+            feeds[key] = [x_ if c is None else _quantize(x_, *c)
+                          for x_, c in zip(feeds[key], conv)]
+    sessions = timed
+    for key in list(sessions):  # a session that cannot run is reported, not timed
+        try:
+            sessions[key].run(feeds[key])
+        except Exception as exc:
+            notes.setdefault(key, {})["run_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            del sessions[key]
+    stats = time_interleaved(sessions, feeds, warmup=30, runs=runs)
+    for key in sorted(set(list(sessions) + list(notes))):
+        st = stats.get(key)
+        rows["variants"][key] = {
+            "accuracy": None if key not in acc else round(acc[key], 3),
+            "size_bytes": sizes.get(key),
+            "median_ms": None if st is None else round(st.median_ms, 4),
+            **notes.get(key, {}),
+        }
+    return rows
+
+
+def ratios(rows: dict) -> dict:
+    v = rows["variants"]
+    out = {}
+    for rt in RUNTIMES:
+        fp = v.get(f"fp32/{rt}", {})
+        r = {}
+        for tag in ("ptq", "qat", "native", "ptq_qdq"):
+            q = v.get(f"{tag}/{rt}")
+            if not q or q.get("median_ms") is None:
+                continue
+            r[tag] = {
+                "acc_drop": None if fp.get("accuracy") is None or q.get("accuracy") is None
+                else round(fp["accuracy"] - q["accuracy"], 3),
+                "speedup_vs_fp32": None if not fp.get("median_ms") else
+                round(fp["median_ms"] / q["median_ms"], 3),
+                "size_ratio_vs_fp32": None if not fp.get("size_bytes") else
+                round(q["size_bytes"] / fp["size_bytes"], 3),
+            }
+        nat = v.get(f"native/{rt}")
+        for tag in ("ptq", "qat"):
+            q = v.get(f"{tag}/{rt}")
+            if q and nat and q.get("median_ms") and nat.get("median_ms"):
+                r[f"{tag}_vs_native"] = {
+                    "accuracy_points": None if q["accuracy"] is None or nat["accuracy"] is None
+                    else round(q["accuracy"] - nat["accuracy"], 3),
+                    "latency_ratio": round(q["median_ms"] / nat["median_ms"], 3),
+                    "speed_ratio": round(nat["median_ms"] / q["median_ms"], 3),
+                }
+        out[rt] = r
+    return out
+
+
+def to_markdown(report: dict) -> str:
+    lines = ["# int8 quantization: edgekit PTQ / QAT vs each runtime's default flow", "",
+             f"Machine: {report['machine']}; threads per runtime: {report['threads']}; "
+             f"{report['runs']} timed calls per artifact, interleaved; batch 1; "
+             "accuracy = task metric on the test split (360 samples, 1 sample = 0.28 points).",
+             "TFLite int8 latency is the interpreter with int8 feeds (the float-I/O wrapper converts in Python). OpenVINO runs with INFERENCE_PRECISION_HINT=f32 everywhere (its default would be "
+             "bf16). Sizes: weight-bearing files (.onnx, .bin, .tflite).", ""]
+    for rows in report["models"]:
+        if "error" in rows:
+            lines += [f"## {rows['model']}", "", f"FAILED: {rows['error']}", ""]
+            continue
+        lines += [f"## {rows['model']} (PyTorch fp32 {rows['fp32_pytorch']:.2f}, "
+                  f"{rows['epochs']} epochs)", "",
+                  "| runtime | variant | accuracy | size kB | median ms | speedup vs fp32 | "
+                  "executed | note |", "|---|---|---:|---:|---:|---:|---|---|"]
+        rat = rows["ratios"]
+        for rt in RUNTIMES:
+            for tag in ("fp32", "ptq", "qat", "native", "ptq_qdq"):
+                v = rows["variants"].get(f"{tag}/{rt}")
+                if v is None:
+                    continue
+                sp = rat.get(rt, {}).get(tag, {}).get("speedup_vs_fp32")
+                note = v.get("error") or v.get("eval_error") or ""
+                if v.get("float_layers"):
+                    note += f" float: {v['float_layers']}"
+                if v.get("dynamic_range_nodes"):
+                    note += f" dynamic-range: {v['dynamic_range_nodes']}"
+                if v.get("float_compute_layers"):
+                    note += f" {v['float_compute_layers']} compute op(s) float"
+                acc = "-" if v.get("accuracy") is None else f"{v['accuracy']:.2f}"
+                size = "-" if v.get("size_bytes") is None else f"{v['size_bytes'] / 1024:.1f}"
+                ms = "-" if v.get("median_ms") is None else f"{v['median_ms']:.4f}"
+                sps = "-" if sp is None else f"{sp:.2f}x"
+                lines.append(f"| {rt} | {tag} | {acc} | {size} | {ms} | {sps} | "
+                             f"{v.get('executed_precision') or '-'} | {note.strip()[:160]} |")
+        lines += ["", "edgekit / native (accuracy in points, speed = native ms / edgekit ms):", ""]
+        for rt in RUNTIMES:
+            for tag in ("ptq", "qat"):
+                r = rat.get(rt, {}).get(f"{tag}_vs_native")
+                if r:
+                    lines.append(f"- {rt} {tag}: accuracy {r['accuracy_points']:+.2f} points, "
+                                 f"speed {r['speed_ratio']:.2f}x native")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="cnn,mobilenet_v2,ds_cnn,lstm,transformer")
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--epochs-scale", type=float, default=0.5,
+                    help="fraction of each zoo model's default training epochs")
+    ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    report = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+              "threads": args.threads, "runs": args.runs, "calibration_samples": CALIB,
+              "epochs_scale": args.epochs_scale, "qat_epochs": args.qat_epochs, "models": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            t0 = time.perf_counter()
+            try:
+                rows = run_model(name, args.runs, args.threads, args.epochs_scale,
+                                 args.qat_epochs, Path(tmp))
+                rows["ratios"] = ratios(rows)
+            except Exception as exc:
+                traceback.print_exc()
+                rows = {"model": name, "error": f"{type(exc).__name__}: {exc}"[:600]}
+            rows["seconds"] = round(time.perf_counter() - t0, 1)
+            report["models"].append(rows)
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "quantization.json").write_text(json.dumps(report, indent=2) + "\n")
+            (out / "quantization.md").write_text(to_markdown(report))
+            log(f"{name}: done in {rows['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Structured pruning: :func:`prune` a model on torch-pruning's dependency graph, :func:`replay`
+the recorded history on a fresh model, recover accuracy with :func:`fine_tune` /
+:func:`prune_and_fine_tune`, or prune to a measured latency with :func:`prune_to_latency`.
+
+Names load lazily so ``edgekit prune --help`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "prune": "core", "replay": "core", "PruneResult": "core", "default_ignored_layers": "core",
+    "layers_feeding_outputs": "core", "count_macs": "core", "count_params": "core",
+    "IMPORTANCES": "core", "HISTORY_FORMAT": "core", "build_graph": "core",
+    "LSTMPruner": "lstm",
+    "fine_tune": "recover", "prune_and_fine_tune": "recover", "merge_histories": "recover",
+    "measure_latency": "latency", "prune_to_latency": "latency",
+}
+#: ``edgekit.prune_model`` is :func:`prune` (``edgekit.prune`` is this package).
+_ALIASES = {"prune_model": "prune"}
+
+__all__ = sorted([*_EXPORTS, *_ALIASES])
+
+
+def __getattr__(name: str) -> Any:
+    target = _ALIASES.get(name, name)
+    if target in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[target]}"), target)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

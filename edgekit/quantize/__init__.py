@@ -1,0 +1,42 @@
+"""int8 quantization for every runtime: calibration, PTQ, QAT, sensitivity and fallback.
+
+* :func:`calibration_batches` - user data -> calibration feeds (checks and warnings).
+* :class:`QuantConfig` - method (minmax / percentile / entropy), per-channel, activation type,
+  TFLite I/O type, layers kept in float, automatic fallback.
+* :func:`layer_sensitivity` - SQNR of the output with only one layer quantized.
+* :func:`qat_prepare` / :func:`compress` with ``quantization`` - see ``edgekit.quantize.qat``.
+
+``edgekit.compress(model, x, targets=["x86-onnxruntime-int8"], task=task)`` builds int8 artifacts.
+"""
+
+from __future__ import annotations
+
+from .calibration import CalibrationRangeWarning, calibration_batches, range_statistics
+from .config import METHODS, QuantConfig
+from .sensitivity import layer_sensitivity, quantizable_layers, sqnr_db
+
+__all__ = [
+    "QuantConfig", "METHODS", "calibration_batches", "CalibrationRangeWarning",
+    "range_statistics", "layer_sensitivity", "quantizable_layers", "sqnr_db",
+    "missing_int8_packages",
+]
+
+_INT8_PACKAGES = {
+    "onnxruntime": ["onnxruntime.quantization"],
+    "openvino": ["nncf"],
+    "tflite": ["litert_torch", "torchao"],
+}
+
+
+def missing_int8_packages(backend: str) -> list[str]:
+    """Python packages an int8 build for ``backend`` needs that are not importable."""
+    import importlib.util
+
+    out = []
+    for mod in _INT8_PACKAGES.get(backend, []):
+        try:
+            if importlib.util.find_spec(mod) is None:
+                out.append(mod.split(".")[0])
+        except (ImportError, ValueError):
+            out.append(mod.split(".")[0])
+    return out

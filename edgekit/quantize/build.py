@@ -1,0 +1,224 @@
+"""One int8 target: export, sanity-check, accuracy gate and automatic layer fallback.
+
+Used by :func:`edgekit.pipeline.compress` for every profile with ``precision = "int8"``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..backends import Artifact, Session
+from ..data.task import Task
+from ..errors import QuantizationError
+from ..profiles import TargetProfile
+from ..train import evaluate
+from .config import QuantConfig
+from .sensitivity import layer_sensitivity, quantizable_layers
+
+__all__ = ["Int8Result", "build_int8", "check_outputs_sane"]
+
+
+@dataclass
+class Int8Result:
+    artifact: Artifact
+    session: Session
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[edgekit] {message}", file=sys.stderr, flush=True)
+
+
+def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where: str,
+                       model: torch.nn.Module | None = None) -> None:
+    """NaN/inf outputs fail; so do outputs that stay constant over the calibration inputs while
+    the fp32 model's vary (by more than 1% of their magnitude)."""
+    batches = batches[: min(len(batches), 32)]
+    outs = [session.run(b) for b in batches]
+    refs = None
+    if model is not None:
+        with torch.no_grad():
+            refs = []
+            for b in batches:
+                r = model(*(torch.from_numpy(np.asarray(a)) for a in b))
+                r = r if isinstance(r, (tuple, list)) else (r,)
+                refs.append([t.numpy() for t in r])
+    for i, spec in enumerate(session.outputs):
+        vals = np.stack([np.asarray(o[i], dtype=np.float64) for o in outs])
+        if not np.isfinite(vals).all():
+            raise QuantizationError(
+                f"{where}: output {spec.name!r} is NaN or infinite after quantization "
+                f"({int((~np.isfinite(vals)).sum())} of {vals.size} values)",
+                hint="check the calibration data's range; keep the failing layers in float")
+        varies = True
+        if refs is not None:
+            ref = np.stack([np.asarray(r[i], dtype=np.float64) for r in refs])
+            varies = float(ref.std(axis=0).max()) > 0.01 * max(float(np.abs(ref).max()), 1e-12)
+        if len(outs) > 1 and varies and float(vals.std(axis=0).max()) == 0.0:
+            raise QuantizationError(
+                f"{where}: output {spec.name!r} is constant over {len(outs)} calibration "
+                f"batches after quantization (value {float(vals.reshape(-1)[0]):.4g})",
+                hint="calibration data may be degenerate (all equal?) or a layer collapsed; "
+                "keep the most sensitive layers in float")
+
+
+def _drop(task: Task, ref: float, got: float) -> float:
+    return (ref - got) if task.higher_is_better else (got - ref)
+
+
+def build_int8(
+    backend: Any,
+    profile: TargetProfile,
+    model: torch.nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    target_dir: Path,
+    *,
+    in_names: list[str],
+    out_names: list[str],
+    calibration: list[list[np.ndarray]],
+    config: QuantConfig,
+    task: Task | None,
+    batch: int,
+    progress: bool = True,
+    cache: dict[str, Any] | None = None,
+    prepared: Any = None,
+    check: Any = None,
+) -> Int8Result:
+    """Export the int8 artifact; with a task, meet ``profile.max_accuracy_drop`` on
+    ``task.test`` by keeping the most sensitive layers (measured on the calibration data) in
+    float, else raise :class:`QuantizationError` with the per-layer table. ``check(session)``
+    (the pipeline's verification against the profile's tolerance) returns a report with
+    ``passed``; a failing check also triggers the fallback."""
+    from ..bench.accuracy import evaluate_session
+
+    cache = cache if cache is not None else {}
+    qat = getattr(model, "edgekit_qat_prepared", None)
+    if prepared is None and qat is not None and profile.backend == "tflite":
+        import copy
+
+        prepared = copy.deepcopy(qat)
+    budget = float(profile.max_accuracy_drop)
+    load_options = dict(profile.options)
+    if profile.backend == "tflite":
+        # Verification feeds float data: the session converts at the int8 boundary. A user who
+        # chose io="int8" gets int8 tensors from Bundle.load (the artifact records it).
+        load_options["io"] = "float"
+
+    def sensitivity() -> list[dict[str, Any]]:
+        if "sensitivity" not in cache:
+            cache["sensitivity"] = layer_sensitivity(model, calibration,
+                                                     per_channel=config.per_channel)
+        return cache["sensitivity"]
+
+    reports: list[Any] = []
+
+    def attempt(keep: list[str]) -> tuple[Artifact, Session, float | None]:
+        if target_dir.exists():
+            shutil.rmtree(target_dir)
+        target_dir.mkdir(parents=True)
+        kwargs: dict[str, Any] = {}
+        if prepared is not None:
+            kwargs["prepared"] = prepared
+        art = backend.export_int8(model, inputs, target_dir, input_names=in_names,
+                                  output_names=out_names, options=dict(profile.options),
+                                  calibration=calibration, config=config, keep_float=keep,
+                                  **kwargs)
+        sess = backend.load(art, threads=profile.threads, options=load_options)
+        check_outputs_sane(sess, calibration, f"target {profile.name}", model)
+        score = None
+        if task is not None:
+            score = evaluate_session(sess, task.test, task, batch=batch)
+        reports.append(check(sess) if check is not None else None)
+        return art, sess, score
+
+    def ok(score: float | None) -> bool:
+        verified = reports[-1] is None or reports[-1].passed
+        within = task is None or score is None or _drop(task, ref_score, score) <= budget
+        return verified and within
+
+    def why(score: float | None) -> str:
+        parts = []
+        if task is not None and score is not None and _drop(task, ref_score, score) > budget:
+            parts.append(f"int8 {task.metric} on {task.name} test is {score:.2f} against fp32 "
+                         f"{ref_score:.2f}: a drop of {_drop(task, ref_score, score):.2f} "
+                         f"points, over the budget of {budget}")
+        if reports[-1] is not None and not reports[-1].passed:
+            bad = [f"{o.name}: " + "; ".join(o.failures) for o in reports[-1].outputs
+                   if not o.passed]
+            parts.append("it misses the profile's tolerance (" + " | ".join(bad) + ")")
+        return " and ".join(parts)
+
+    ref_score = None
+    if task is not None:
+        if "ref_score" not in cache:
+            cache["ref_score"] = evaluate(model, task.test, task)
+        ref_score = cache["ref_score"]
+    keep = list(config.keep_float)
+    art, sess, score = attempt(keep)
+    tried = [{"keep_float": list(keep), "score": score}]
+    fallback: list[str] = []
+    if not ok(score):
+        _log(progress, f"{profile.name}: {why(score)}; measuring per-layer sensitivity")
+        ranked = [r["layer"] for r in sensitivity() if r["layer"] not in keep]
+        if config.fallback and prepared is not None:
+            # The QAT graph's learned ranges missed: calibrate the QAT-tuned weights instead,
+            # which also lets the per-layer fallback below run.
+            _log(progress, f"{profile.name}: QAT ranges missed; calibrating the tuned weights")
+            prepared = None
+            art, sess, score = attempt(keep)
+            tried.append({"keep_float": list(keep), "score": score, "qat_ranges": False})
+        if config.fallback and prepared is None and not ok(score):
+            k = 1
+            while k <= min(config.max_fallback, len(ranked)):
+                trial = keep + ranked[:k]
+                _log(progress, f"{profile.name}: retrying with {trial} in float")
+                art, sess, score = attempt(trial)
+                tried.append({"keep_float": list(trial), "score": score})
+                if ok(score):
+                    fallback = ranked[:k]
+                    break
+                k *= 2
+        if not ok(score):
+            if target_dir.exists():
+                shutil.rmtree(target_dir)
+            table = [{**r, "precision": "fp32" if r["layer"] in keep else "int8"}
+                     for r in sensitivity()]
+            raise QuantizationError(
+                f"target {profile.name}: {why(score)} (tried {len(tried)} layer choice(s)). "
+                "Per-layer sensitivity (SQNR of the output with only that layer quantized; "
+                "lowest first):",
+                table=table, suggested_float=keep + ranked[: max(1, min(3, len(ranked)))])
+    keep_all = keep + fallback
+    layers = quantizable_layers(model)
+    rows = {r["layer"]: r for r in cache.get("sensitivity", [])}
+    per_layer = [{"layer": n, "kind": k, "precision": "fp32" if n in keep_all else "int8",
+                  "reason": ("kept in float by the user" if n in keep else
+                             "automatic fallback (accuracy budget)" if n in fallback else None),
+                  **({"sqnr_db": rows[n]["sqnr_db"]} if n in rows else {})}
+                 for n, k in layers]
+    manifest = {
+        "config": config.to_json(),
+        "mode": "qat" if qat is not None else "ptq",
+        "qat_ranges": ("learned (fake-quantized graph converted)" if prepared is not None else
+                       "calibrated on the QAT-tuned weights") if qat is not None else None,
+        "calibration_samples": len(calibration) * batch,
+        "float_layers": keep_all,
+        "fallback_layers": fallback,
+        "layers": per_layer,
+        "attempts": tried,
+        "executed_precision": sess.info.get("precision"),
+        "size_bytes": art.size_bytes,
+    }
+    if task is not None:
+        manifest["accuracy"] = {"metric": task.metric, "split": "test", "fp32": ref_score,
+                                "int8": score, "drop": round(_drop(task, ref_score, score), 4),
+                                "budget": budget}
+    return Int8Result(art, sess, manifest)

@@ -1,0 +1,82 @@
+"""Quantization settings (``compress(..., quantization=...)`` or a recipe's ``[quantization]``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import UsageError
+
+__all__ = ["QuantConfig", "METHODS"]
+
+#: Calibration methods: min-max, percentile (clips the outer 0.01%), entropy (KL histogram).
+METHODS = ("minmax", "percentile", "entropy")
+ACTIVATION_TYPES = ("auto", "uint8", "int8")
+IO_TYPES = ("float", "int8")
+OPENVINO_SOURCES = ("nncf", "qdq")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How int8 artifacts are built.
+
+    * ``method``: calibration method, one of :data:`METHODS`.
+    * ``samples``: calibration samples taken at most.
+    * ``per_channel``: per-output-channel weight scales (fixes the depthwise-conv collapse).
+    * ``activation_type``: ONNX Runtime activation type; ``"auto"`` = uint8, which ORT's x86
+      kernels prefer (int8 activations were slower than fp32 on two models, BASELINE.md).
+    * ``io``: TFLite model inputs/outputs, ``"float"`` (quantize inside the model) or
+      ``"int8"`` (the caller quantizes with the tensor's scale / zero point).
+    * ``keep_float``: PyTorch module names kept in float on every runtime.
+    * ``fallback``: with a task, keep the most sensitive layers in float until the profile's
+      accuracy budget is met (at most ``max_fallback`` layers).
+    * ``openvino_source``: ``"nncf"`` (nncf.quantize on the OpenVINO model) or ``"qdq"`` (read
+      the ONNX Runtime QDQ model).
+    * ``preset``: NNCF preset, ``"auto"`` = MIXED for models with recurrent layers, else
+      PERFORMANCE.
+    """
+
+    method: str = "minmax"
+    samples: int = 300
+    per_channel: bool = True
+    activation_type: str = "auto"
+    io: str = "float"
+    keep_float: tuple[str, ...] = ()
+    fallback: bool = True
+    max_fallback: int = 8
+    openvino_source: str = "nncf"
+    preset: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = {"method": METHODS, "activation_type": ACTIVATION_TYPES, "io": IO_TYPES,
+                  "openvino_source": OPENVINO_SOURCES,
+                  "preset": ("auto", "mixed", "performance")}
+        for key, allowed in checks.items():
+            if getattr(self, key) not in allowed:
+                raise UsageError(f"quantization {key} {getattr(self, key)!r} is not one of "
+                                 f"{list(allowed)}")
+        if int(self.samples) < 1:
+            raise UsageError(f"quantization samples must be >= 1, got {self.samples}")
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+
+    @classmethod
+    def coerce(cls, value: QuantConfig | Mapping[str, Any] | None) -> QuantConfig:
+        if value is None:
+            return cls()
+        if isinstance(value, QuantConfig):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = set(value) - known
+            if unknown:
+                raise UsageError(f"unknown quantization key(s) {sorted(unknown)}; known: "
+                                 f"{sorted(known)}")
+            return cls(**dict(value))
+        raise UsageError(f"quantization must be a QuantConfig or a dict, got {type(value).__name__}")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keep_float"] = list(self.keep_float)
+        return d

@@ -1,0 +1,105 @@
+"""Automatic fallback (the loop that keeps the most sensitive layers in float), with a fake
+backend so it runs in a second; and the NaN / constant-output checks."""
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit.backends import Artifact, TensorSpec
+from edgekit.data.tasks import digit_classification
+from edgekit.errors import QuantizationError
+from edgekit.profiles import load_profile
+from edgekit.quantize import QuantConfig, calibration_batches, layer_sensitivity
+from edgekit.quantize.build import build_int8, check_outputs_sane
+from edgekit.train import fit
+
+from conftest import tiny_net
+
+pytestmark = pytest.mark.slow
+
+
+class FakeSession:
+    backend = "fake"
+
+    def __init__(self, model, good, mode="ok"):
+        self.model, self.good, self.mode = model, good, mode
+        self.inputs = [TensorSpec("image", (1, 1, 8, 8), "float32")]
+        self.outputs = [TensorSpec("logits", (1, 10), "float32")]
+        self.info = {"precision": "int8"}
+
+    def run(self, feeds):
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(feeds[0])).numpy()
+        if self.mode == "nan":
+            out[:] = np.nan
+        if self.mode == "const":
+            out = np.ones_like(out)
+        return [out if self.good else np.roll(out, 1, axis=1)]
+
+
+class FakeBackend:
+    """int8 'export' that is accurate only once ``needed`` is kept in float."""
+
+    name = "fake"
+
+    def __init__(self, needed):
+        self.needed = needed
+        self.calls = []
+
+    def export_int8(self, model, inputs, out_dir, *, keep_float, **kw):
+        self.calls.append(list(keep_float))
+        (out_dir / "model.bin").write_bytes(b"x")
+        return Artifact("fake", out_dir, ["model.bin"], [], [], "int8",
+                        {"keep": list(keep_float)})
+
+    def load(self, artifact, *, threads, options):
+        return FakeSession(self.model, self.needed in artifact.info["keep"])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    task = digit_classification("digits8")
+    model = tiny_net()
+    fit(model, task, epochs=1, progress=False)
+    calib = calibration_batches(task, example_inputs=(torch.zeros(1, 1, 8, 8),),
+                                input_names=["image"], limit=32)
+    return model, task, calib
+
+
+def _build(trained, tmp_path, backend, **cfg):
+    model, task, calib = trained
+    backend.model = model
+    return build_int8(backend, load_profile("x86-onnxruntime-int8"), model,
+                      (torch.zeros(1, 1, 8, 8),), tmp_path / "t", in_names=["image"],
+                      out_names=["logits"], calibration=calib, config=QuantConfig(**cfg),
+                      task=task, batch=1, progress=False)
+
+
+def test_fallback_keeps_most_sensitive_layer_in_float(trained, tmp_path):
+    model, task, calib = trained
+    most = layer_sensitivity(model, calib)[0]["layer"]
+    backend = FakeBackend(needed=most)
+    result = _build(trained, tmp_path, backend)
+    assert backend.calls == [[], [most]]
+    m = result.manifest
+    assert m["fallback_layers"] == [most] and m["float_layers"] == [most]
+    row = {r["layer"]: r for r in m["layers"]}[most]
+    assert row["precision"] == "fp32" and row["reason"] == "automatic fallback (accuracy budget)"
+    assert m["accuracy"]["drop"] <= 1.0 and len(m["attempts"]) == 2
+
+
+def test_no_fallback_fails_with_table_and_suggestion(trained, tmp_path):
+    model, task, calib = trained
+    with pytest.raises(QuantizationError) as err:
+        _build(trained, tmp_path, FakeBackend(needed="nothing"), fallback=False)
+    assert err.value.suggested_float and {r["layer"] for r in err.value.table} == {"conv", "head"}
+    assert "sqnr_db" in str(err.value) and not (tmp_path / "t").exists()
+
+
+def test_nan_and_constant_outputs_are_errors(trained):
+    model, task, calib = trained
+    with pytest.raises(QuantizationError, match="NaN"):
+        check_outputs_sane(FakeSession(model, True, "nan"), calib, "t")
+    with pytest.raises(QuantizationError, match="constant"):
+        check_outputs_sane(FakeSession(model, True, "const"), calib, "t", model)
+    check_outputs_sane(FakeSession(model, True), calib, "t", model)
