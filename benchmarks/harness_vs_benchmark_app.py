@@ -77,7 +77,8 @@ def benchmark_app(xml: Path, threads: int, niter: int, folder: Path) -> dict:
     return {"median_ms": found["Median"], "avg_ms": found.get("Average"),
             "min_ms": found.get("Min"), "throughput_fps": found.get("fps"),
             "json_latency_ms": stats.get("execution_results", {}).get("latency (ms)"),
-            "command": cmd}
+            # As typed by a user: no paths of this machine in the committed results.
+            "command": ["benchmark_app", "-m", xml.name, *cmd[3:-1], folder.name]}
 
 
 def harness(xml: Path, threads: int, niter: int) -> dict:
