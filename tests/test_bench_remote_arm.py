@@ -192,10 +192,10 @@ def test_device_lock_serialises_per_device(tmp_path):
 
 def test_ssh_commands_are_argument_lists():
     dev = RemoteDevice(host="h", port=2200, user="u", key="/k")
-    cmd = dev.ssh_cmd(["python3", "/tmp/x y/r.py", "--model", "a;rm -rf /"])
+    cmd = dev.ssh_cmd(["python3", "work dir/r.py", "--model", "a;rm -rf /"])
     assert cmd[:3] == ["ssh", "-p", "2200"] and "BatchMode=yes" in cmd
     assert any(c.startswith("ConnectTimeout=") for c in cmd)
-    assert cmd[-1] == "python3 '/tmp/x y/r.py' --model 'a;rm -rf /'"
+    assert cmd[-1] == "python3 'work dir/r.py' --model 'a;rm -rf /'"
     assert RemoteDevice.parse("pi@10.0.0.5:2222").port == 2222
     assert RemoteDevice.parse("board").user is None
     assert shutil.which("ssh") or os.name != "posix"

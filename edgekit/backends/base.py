@@ -97,4 +97,24 @@ class Backend(Protocol):
         """Write the fp32 artifact into ``out_dir`` (which exists and is empty)."""
         ...
 
+    def export_int8(
+        self,
+        model: torch.nn.Module,
+        example_inputs: tuple[torch.Tensor, ...],
+        out_dir: Path,
+        *,
+        input_names: list[str],
+        output_names: list[str],
+        options: dict[str, Any],
+        calibration: list[list[np.ndarray]],
+        config: Any,
+        keep_float: list[str] | tuple[str, ...] = (),
+    ) -> Artifact:
+        """Write the int8 artifact, calibrated on ``calibration`` (batches in input order).
+
+        ``config`` is an :class:`edgekit.quantize.QuantConfig`; ``keep_float`` names PyTorch
+        modules to leave in float. (TFLite also takes ``prepared``, a QAT-prepared graph.)
+        """
+        ...
+
     def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> Session: ...

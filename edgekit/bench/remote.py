@@ -189,9 +189,9 @@ def run_remote(
         np.savez(inputs, **{f"input.{i}": np.ascontiguousarray(x) for i, x in enumerate(feeds)})
         t0 = time.perf_counter()
         say(f"{device.name}: connecting")
-        proc = _call(device.ssh_cmd(["mktemp", "-d", "/tmp/edgekit-bench-XXXXXX"]),
+        proc = _call(device.ssh_cmd(["mktemp", "-d", "-t", "edgekit-bench-XXXXXX"]),
                      device.connect_timeout + 20, "mktemp", device, result)
-        if proc.returncode != 0 or not proc.stdout.strip().startswith("/tmp/edgekit-bench-"):
+        if proc.returncode != 0 or "/edgekit-bench-" not in proc.stdout:
             raise RemoteError(f"{device.name}: cannot make a work folder: {proc.stderr.strip()}",
                               partial={**result, "partial": True})
         rdir = proc.stdout.strip().splitlines()[-1]
