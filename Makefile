@@ -5,8 +5,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgekit-installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast bench bench-quick install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,14 @@ install: $(STAMP)
 ## demo: train the seed CNN on the bundled digits, export for three runtimes, verify, benchmark
 demo: $(STAMP)
 	$(PY) -m edgekit demo --out build/demo
+
+## bench: the benchmark suite, full matrix (hours on 2 cores); writes benchmarks/results/ and
+## the README's performance section. bench-quick: the two-model smoke run, into build/.
+bench: $(STAMP)
+	$(PY) -m benchmarks.suite --full --readme $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.suite --quick --out build/bench-quick
 
 ## test: the whole suite, slow end-to-end tests included (what CI runs)
 test: $(STAMP)

@@ -94,6 +94,27 @@ def run_model(name: str, runs: int, threads: int, tmp: Path) -> dict:
     }
 
 
+def row_from_suite(rep: dict) -> dict:
+    """A pruning row from the benchmark suite's per-model JSON (benchmarks/results/suite/),
+    where the unpruned and pruned artifacts were also timed side by side in one run."""
+    pr, cells = rep["pruning"], rep["cells"]
+    latency = {}
+    for rt in TARGETS:
+        a, b = cells[f"fp32/{rt}"], cells[f"pruned/{rt}"]
+        latency[rt] = {"unpruned_ms": a["median_ms"], "pruned_ms": b["median_ms"],
+                       "speedup": round(a["median_ms"] / b["median_ms"], 3),
+                       "noisy": bool(a.get("noisy") or b.get("noisy"))}
+    return {"model": rep["model"], "task": rep["task"], "metric": rep["metric"],
+            "plan": pr["plan"], "macs": pr["macs"], "params": pr["params"],
+            "macs_reduction_x": pr["macs_reduction_x"],
+            "params_reduction_x": pr["params_reduction_x"],
+            "metric_before": pr["metric_before"], "metric_after_prune": pr["metric_after_prune"],
+            "metric_after_fine_tune": pr["metric_after_fine_tune"], "steps": pr["steps"],
+            "latency": latency, "train_seconds": rep["train"].get("train_seconds"),
+            "prune_fine_tune_seconds": pr.get("prune_fine_tune_seconds"),
+            "source": f"benchmarks/results/suite/{rep['model']}.json"}
+
+
 def verdict(row: dict) -> list[str]:
     notes = []
     drop = row["metric_before"] - row["metric_after_fine_tune"]  # top1 is in percent
@@ -154,15 +175,25 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--combine", nargs="+", metavar="JSON",
                     help="only merge the rows of earlier runs' pruning.json files (split runs of "
-                    "one benchmark) into --out, in PLANS order")
+                    "one benchmark) and of the suite's per-model JSON files "
+                    "(benchmarks/results/suite/<model>.json) into --out, in PLANS order")
     args = ap.parse_args()
     if args.combine:
         runs = [json.loads(Path(f).read_text()) for f in args.combine]
-        by_model = {r["model"]: r for run in runs for r in run["rows"]}
+        by_model = {}
+        for run in runs:  # later files win
+            suite_row = "cells" in run and "macs" in run.get("pruning", {})
+            for r in ([row_from_suite(run)] if suite_row else run.get("rows", [])):
+                by_model[r["model"]] = r
         rows = [by_model[m] for m in PLANS if m in by_model]
-        meta = {**runs[0]["meta"], "notes": [
-            "Rows were measured in separate runs of this script on the same machine "
-            "(unpruned and pruned of each model always side by side in one run)."]}
+        for r in rows:
+            r["below_bar"] = verdict(r)
+        meta = {**next(r["meta"] for r in runs if "meta" in r), "notes": [
+            "Rows were measured in separate runs on the same machine (unpruned and pruned of "
+            "each model always side by side in one run). Rows with a `source` come from the "
+            "benchmark suite (`python -m benchmarks.suite`, 1 thread, 300 interleaved calls, "
+            "fine-tune epochs = half the training epochs): "
+            + ", ".join(r["model"] for r in rows if r.get("source")) + "."]}
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "pruning.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

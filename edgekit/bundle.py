@@ -14,6 +14,7 @@ build succeeded. A failed or interrupted build leaves the previous bundle untouc
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -75,6 +76,31 @@ def _check_writable(parent: Path) -> None:
         )
 
 
+_FULL = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_DENIED = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_failure(exc: BaseException, where: Path) -> str | None:
+    """A full disk / quota / read-only or unwritable output behind ``exc`` (anywhere in its
+    cause chain, including converters that wrap the OSError), described; else None."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    where_s = str(Path(where).absolute())
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _FULL:
+            return f"{os.strerror(cur.errno).lower()} ({cur.filename or 'while writing'})"
+        if isinstance(cur, OSError) and cur.errno in _DENIED and cur.filename \
+                and str(Path(str(cur.filename)).absolute()).startswith(where_s):
+            return f"{os.strerror(cur.errno).lower()} ({cur.filename})"
+        text = str(cur)
+        for needle in ("No space left on device", "Disk quota exceeded", "File too large"):
+            if needle in text:
+                return needle.lower()
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 @contextmanager
 def staged_bundle(dest: Path) -> Iterator[Path]:
     """Yield an empty staging folder; on success it atomically becomes ``dest``.
@@ -92,8 +118,19 @@ def staged_bundle(dest: Path) -> Iterator[Path]:
         raise OutputPathError(f"cannot write in {dest.parent}: {exc.strerror}") from exc
     try:
         yield stage
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
+        failed = write_failure(exc, dest.parent)
+        if failed is not None and not isinstance(exc, OutputPathError):
+            kept = (f"the previous bundle at {dest} is untouched" if dest.exists()
+                    else f"nothing was written at {dest}")
+            full = any(w in failed for w in ("space", "quota", "large"))
+            raise OutputPathError(
+                f"writing the bundle in {dest.parent} failed: {failed}; the partial bundle was "
+                f"removed and {kept}",
+                hint="free some disk space (or choose another --out) and build again" if full
+                else "choose a folder you can write to",
+            ) from exc
         raise
     old = None
     if dest.exists():
@@ -171,6 +208,11 @@ class Bundle:
 
 def _check_record(root: Path, rec: dict[str, Any]) -> None:
     path = root / rec["path"]
+    if path.is_symlink() or not path.resolve().is_relative_to(Path(root).resolve()):
+        raise BundleError(
+            f"bundle {root}: file {rec['path']} is a link or resolves outside the bundle "
+            f"({path.resolve()}): refused",
+            hint="bundles hold regular files only; rebuild or re-unpack the bundle")
     if not path.is_file():
         raise BundleError(
             f"bundle {root}: file {rec['path']} is missing",
@@ -183,6 +225,23 @@ def _check_record(root: Path, rec: dict[str, Any]) -> None:
             f"(manifest {rec['sha256'][:12]}…, file {actual[:12]}…)",
             hint="the file was altered after the build; rebuild the bundle",
         )
+
+
+def _check_file_entry(manifest_path: Path, rec: Any) -> None:
+    if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) \
+            or not isinstance(rec.get("sha256"), str) or not rec.get("sha256"):
+        raise BundleError(f"{manifest_path}: incomplete file entry {rec!r}")
+    text = rec["path"]
+    rel = Path(text)
+    if (not text or "\0" in text or "\\" in text or rel.is_absolute() or ".." in rel.parts
+            or text.strip() in (".", "")):
+        raise BundleError(f"{manifest_path}: unsafe or incomplete file entry {rec!r}")
+
+
+def _valid_spec(spec: Any) -> bool:
+    return (isinstance(spec, dict) and isinstance(spec.get("name"), str)
+            and isinstance(spec.get("dtype"), str) and isinstance(spec.get("shape"), list)
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in spec["shape"]))
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -212,12 +271,27 @@ def load_bundle(path: str | Path) -> Bundle:
     for key in ("name", "targets"):
         if key not in manifest:
             raise BundleError(f"{manifest_path}: missing key {key!r}")
+    if not isinstance(manifest["name"], str) or not isinstance(manifest["targets"], dict):
+        raise BundleError(f"{manifest_path}: 'name' must be a string and 'targets' an object")
     for target, entry in manifest["targets"].items():
+        if not isinstance(entry, dict):
+            raise BundleError(f"{manifest_path}: target {target!r} must be an object")
         for key in ("backend", "precision", "files", "inputs", "outputs"):
             if key not in entry:
                 raise BundleError(f"{manifest_path}: target {target!r} lacks {key!r}")
+        for key in ("backend", "precision"):
+            if not isinstance(entry[key], str):
+                raise BundleError(f"{manifest_path}: target {target!r}: {key!r} must be a string")
+        if not isinstance(entry["files"], list) or not entry["files"]:
+            raise BundleError(f"{manifest_path}: target {target!r}: 'files' must be a non-empty "
+                              "list")
         for rec in entry["files"]:
-            rel = Path(rec.get("path", ""))
-            if rel.is_absolute() or ".." in rel.parts or not rec.get("sha256"):
-                raise BundleError(f"{manifest_path}: unsafe or incomplete file entry {rec!r}")
+            _check_file_entry(manifest_path, rec)
+        for key in ("inputs", "outputs"):
+            specs = entry[key]
+            if not isinstance(specs, list) or not all(_valid_spec(s) for s in specs):
+                raise BundleError(f"{manifest_path}: target {target!r}: {key!r} must be a list "
+                                  "of {name, shape (list of integers), dtype}")
+    if "reference" in manifest:
+        _check_file_entry(manifest_path, manifest["reference"])
     return Bundle(root=root, manifest=manifest)

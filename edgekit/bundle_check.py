@@ -118,9 +118,10 @@ def verify_bundle(path: str | Path, targets: Sequence[str] | None = None) -> dic
             "status": "passed" if result.passed else "failed",
             "backend": entry["backend"],
             "tolerance": result.tolerance.to_json(),
+            "runtime": {k: result.session_info.get(k) for k in ("runtime", "version")},
             "outputs": [
-                {k: o[k] for k in ("name", "passed", "max_abs", "cosine", "top1_agreement",
-                                   "failures")}
+                {k: o[k] for k in ("name", "passed", "max_abs", "max_rel", "cosine",
+                                   "top1_agreement", "failures")}
                 for o in result.to_json()["outputs"]
             ],
         }

@@ -57,10 +57,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
             "build needs a MODEL and at least one --target (or --recipe FILE)",
             hint="e.g. `edgekit build cnn -t x86-onnxruntime-fp32 -o build/cnn`",
         )
-    if args.depfile:
+    if args.depfile or args.trust_checkpoint:
         from .errors import UsageError
 
-        raise UsageError("--depfile needs --recipe")
+        raise UsageError(f"{'--depfile' if args.depfile else '--trust-checkpoint'} needs --recipe")
     if ":" not in args.model:
         if args.model not in list_models():
             from .errors import UnknownNameError
@@ -120,6 +120,8 @@ def _cmd_build_recipe(args: argparse.Namespace) -> int:
         raise UsageError(f"{', '.join(ignored)} cannot be combined with --recipe",
                          hint="put the setting in the recipe file")
     recipe = load_recipe(args.recipe)
+    if args.trust_checkpoint:
+        recipe.trust_weights = True
     bundle = build_recipe(recipe, args.out, targets=args.target or None,
                           cache=not args.no_cache, progress=not args.quiet)
     if args.depfile:
@@ -174,14 +176,32 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             elif "error" in t:
                 print(f"  {name:<22} FAILED: {t['error']}")
             else:
-                print(f"  {name:<22} {t['status']}")
+                rt = " ".join(str(v) for v in (t.get("runtime") or {}).values() if v)
+                print(f"  {name:<22} {t['status']}" + (f"  ({rt})" if rt else ""))
                 for o in t["outputs"]:
                     mark = "ok" if o["passed"] else "FAILED " + "; ".join(o["failures"])
-                    print(f"    {o['name']:<20} max abs diff {o['max_abs']:.2e}  "
+                    rel = o.get("max_rel")
+                    rel_s = f"max rel {rel:.2e}  " if isinstance(rel, float) else ""
+                    print(f"    {o['name']:<20} max abs diff {o['max_abs']:.2e}  {rel_s}"
                           f"cosine {o['cosine']:.6f}  {mark}")
     if not report["passed"]:
         print("edgekit: error: verification failed", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from .archive import pack_bundle
+
+    print(pack_bundle(args.bundle, args.out or f"{str(args.bundle).rstrip('/')}.tar.gz"))
+    return 0
+
+
+def _cmd_unpack(args: argparse.Namespace) -> int:
+    from .archive import unpack_bundle
+
+    bundle = unpack_bundle(args.archive, args.out)
+    print(f"bundle: {bundle.root} (checksums ok)")
     return 0
 
 
@@ -248,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depfile", metavar="FILE",
                    help="recipe builds: write a Makefile-style depfile of the files read")
     p.add_argument("--depfile-target", metavar="PATH", help="the depfile's target (default --out)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="recipe builds: unpickle the weights file fully even when safe "
+                   "(weights_only) loading refuses it; this runs code from the file, so only "
+                   "for files you trust")
     p.add_argument("--target", "-t", action="append",
                    help="target profile name or .toml path; repeat for several")
     p.add_argument("--out", "-o", required=True, help="bundle folder to write (replaced atomically)")
@@ -294,6 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser(
+        "pack", help="pack a bundle folder into one .tar.gz",
+        description="Check a bundle's checksums and write it as a deterministic .tar.gz.",
+    )
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--out", "-o", help="archive path (default BUNDLE.tar.gz)")
+    p.set_defaults(func=_cmd_pack)
+
+    p = sub.add_parser(
+        "unpack", help="safely unpack a bundle archive and check its checksums",
+        description="Unpack a .tar.gz written by `edgekit pack` into a bundle folder. Members "
+        "that are links, devices, absolute paths or climb out with '..' are refused before "
+        "anything is written; every file is checked against the manifest's sha256; the folder "
+        "appears (atomically) only when all checks pass.",
+    )
+    p.add_argument("archive", help="a .tar.gz from `edgekit pack`")
+    p.add_argument("--out", "-o", required=True,
+                   help="bundle folder to write (replaced atomically)")
+    p.set_defaults(func=_cmd_unpack)
+
+    p = sub.add_parser(
         "cmake-dir", help="print the folder of edgekit's CMake module",
         description="Print the folder holding Edgekit.cmake and edgekit-config.cmake, for "
         "CMAKE_MODULE_PATH (include(Edgekit)) or find_package(edgekit CONFIG PATHS ...).",
@@ -326,16 +370,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ._signals import exit_code_for, last_signal, terminate_as_interrupt
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with terminate_as_interrupt():  # SIGTERM/SIGHUP are handled like Ctrl-C
+            return int(args.func(args))
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("edgekit: interrupted; nothing was half-written", file=sys.stderr)
-        return 130
+        sig = last_signal()
+        print(f"edgekit: interrupted ({sig or 'Ctrl-C'}); nothing was half-written: the previous "
+              "output is intact and partial work was removed", file=sys.stderr)
+        return exit_code_for(sig)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,23 @@ def _tensor_macros(prefix: str, kind: str, specs: Sequence[dict[str, Any]]) -> l
     return lines
 
 
+def _require_static(entry: dict[str, Any], target: str) -> None:
+    """Firmware needs every dimension fixed at compile time: ShapeError naming the tensor and
+    the dimension otherwise (the header's _ELEMENTS would silently be wrong)."""
+    from .errors import ShapeError
+
+    for kind in ("inputs", "outputs"):
+        for spec in entry.get(kind, []):
+            for d, dim in enumerate(spec.get("shape", [])):
+                if not isinstance(dim, int) or dim < 0:
+                    raise ShapeError(
+                        f"target {target}: {kind[:-1]} {spec.get('name')!r} has a dynamic "
+                        f"dimension {d} (shape {spec.get('shape')}); embedding for firmware needs "
+                        "static shapes",
+                        hint="export again with example inputs of the exact shape the device "
+                        "uses (edgekit exports static shapes from the example inputs)")
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="ascii", newline="\n") as fh:
@@ -202,6 +219,11 @@ def embed_artifact(
     src, entry, target, bundle_name = _resolve(Path(path), target, file)
     if not src.is_file():
         raise UsageError(f"artifact {src} is not a file")
+    from .modelfile import check_model_file
+
+    check_model_file(src)  # truncated, garbage or mislabelled -> BundleError naming the file
+    if entry is not None:
+        _require_static(entry, str(target))
     if identifier is None:
         base = f"{bundle_name}_{target}" if entry is not None else src.name
         identifier = sanitize_identifier(base)

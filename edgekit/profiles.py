@@ -161,7 +161,7 @@ def parse_profile(data: dict[str, Any], *, source: str = "<dict>") -> TargetProf
     for key, value in tol_raw.items():
         if key not in tol_fields:
             raise fail(f"unknown key tolerance.{key}", hint=f"allowed: {', '.join(tol_fields)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise fail(f"tolerance.{key} must be a non-negative number, got {value!r}")
         tol[key] = float(value)
     for key in ("min_cosine", "min_top1_agreement"):
@@ -173,7 +173,7 @@ def parse_profile(data: dict[str, Any], *, source: str = "<dict>") -> TargetProf
         if key != "max_drop":
             raise fail(f"unknown key accuracy.{key}", hint="allowed: max_drop")
     drop = acc.get("max_drop", 1.0)
-    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or drop < 0:
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not drop >= 0:
         raise fail(f"accuracy.max_drop must be a non-negative number, got {drop!r}")
 
     return TargetProfile(

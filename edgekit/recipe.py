@@ -46,6 +46,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "epochs": int,
     "seed": int,
     "weights": str,
+    "trust_weights": bool,  # unpickle `weights` fully (runs code from it): trusted files only
     "name": str,
     "verify_samples": int,
     "prune": dict,  # optional [prune] table, zoo models only: see edgekit.prune.recipe
@@ -64,6 +65,7 @@ class Recipe:
     epochs: int | None = None
     seed: int = 0
     weights: str | None = None
+    trust_weights: bool = False
     name: str | None = None
     verify_samples: int = 200
     raw: dict[str, Any] = field(default_factory=dict)
@@ -186,6 +188,7 @@ def parse_recipe(data: dict[str, Any], *, source: str = "<dict>",
         epochs=data.get("epochs"),
         seed=data.get("seed", 0),
         weights=data.get("weights"),
+        trust_weights=bool(data.get("trust_weights", False)),
         name=data.get("name"),
         verify_samples=data.get("verify_samples", 200),
         raw=dict(data),
@@ -206,11 +209,16 @@ def _load_weights(recipe: Recipe, model: torch.nn.Module) -> None:
     path = recipe.weights_path()
     if path is None:
         return
+    from .checkpoint import load_checkpoint
+    from .errors import DataError
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise _fail(recipe.source, f"weights = {recipe.weights!r}: cannot load {path} as a "
-                    f"state_dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        state = load_checkpoint(path, trust=recipe.trust_weights)
+    except DataError as exc:  # refused globals, truncated files, non-tensor payloads
+        raise _fail(recipe.source, f"weights = {recipe.weights!r}: {exc.message}",
+                    hint=exc.hint) from exc
+    if recipe.trust_weights and isinstance(state, torch.nn.Module):
+        state = state.state_dict()
     if not isinstance(state, dict):
         raise _fail(recipe.source, f"weights = {recipe.weights!r}: {path} holds a "
                     f"{type(state).__name__}, not a state_dict")

@@ -114,12 +114,24 @@ class VerifyReport:
         bad = [o for o in self.outputs if not o.passed]
         if not bad:
             return
-        lines = [f"output {o.name!r}: " + "; ".join(o.failures) for o in bad]
+        lines = [f"output {o.name!r}: " + "; ".join(o.failures)
+                 + f" (max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}, cosine {o.cosine:.6f})"
+                 for o in bad]
+        worst = max(bad, key=lambda o: (o.max_abs if math.isfinite(o.max_abs) else math.inf))
+        info = self.session_info or {}
+        runtime = " ".join(str(info[k]) for k in ("runtime", "version") if info.get(k))
+        versions = info.get("versions")
+        if isinstance(versions, dict) and versions:
+            runtime += " (" + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + ")"
         raise VerificationError(
             (f"{context}: " if context else "")
             + f"{self.backend or 'artifact'} disagrees with the PyTorch reference on "
             f"{len(bad)} of {len(self.outputs)} output(s) over {self.num_samples} sample(s):\n  "
-            + "\n  ".join(lines),
+            + "\n  ".join(lines)
+            + f"\n  worst output: {worst.name!r} (max abs diff {worst.max_abs:.3g}, max rel "
+            f"{worst.max_rel:.3g})"
+            + f"\n  runtime: {runtime or self.backend or 'unknown'}; torch "
+            f"{torch.__version__.split('+')[0]}",
             hint="check the export (ops, dtypes, layout) or loosen the tolerance if the "
             "difference is expected (e.g. reduced precision)",
         )

@@ -17,3 +17,32 @@ class TinyNet(nn.Module):
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)
     return TinyNet().eval()
+
+
+def tiny_tflite_bytes(size: int = 24, fill: bytes = b"") -> bytes:
+    """A structurally valid TFLite flatbuffer of exactly ``size`` bytes: an empty Model
+    (version 3) and, from 64 bytes on, one buffer whose data (the tail of ``fill``, or zeros)
+    runs to the end of the file, so cutting the file breaks it. Passes edgekit's file checks;
+    runs nowhere (no subgraphs)."""
+    import struct
+
+    fill = fill or bytes(size)
+    if size < 64:
+        head = (struct.pack("<I", 16) + b"TFL3"            # root table at 16, identifier
+                + struct.pack("<HHH", 6, 8, 4) + b"\0\0"   # vtable: 6 bytes, table 8, field 0
+                + struct.pack("<iI", 8, 3))                # table: vtable 8 back, version 3
+        return head + fill[len(head):size]
+    head = (struct.pack("<I", 24) + b"TFL3"
+            # Model vtable at 8: 14 bytes, table 12 bytes, version at +4, buffers (field 4) at +8
+            + struct.pack("<7H", 14, 12, 4, 0, 0, 0, 8) + b"\0\0"
+            # Model table at 24: vtable 16 back, version 3, buffers vector at 36 (36 - 32)
+            + struct.pack("<iII", 16, 3, 4)
+            # buffers vector at 36: one Buffer table at 52 (52 - 40)
+            + struct.pack("<II", 1, 12)
+            # Buffer vtable at 44: 6 bytes, table 8 bytes, data (field 0) at +4
+            + struct.pack("<3H", 6, 8, 4) + b"\0\0"
+            # Buffer table at 52: vtable 8 back, data vector at 60 (60 - 56)
+            + struct.pack("<iI", 8, 4)
+            # data vector at 60: size - 64 bytes
+            + struct.pack("<I", size - 64))
+    return head + fill[len(head):size]

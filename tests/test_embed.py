@@ -12,7 +12,11 @@ from edgekit.cli import main
 from edgekit.embed import check_identifier, embed_artifact, sanitize_identifier
 from edgekit.errors import BundleError, UsageError
 
-PAYLOAD = bytes(range(256)) * 3 + b"edgekit"  # 775 bytes, not a multiple of 12 or 16
+from conftest import tiny_tflite_bytes
+
+# 775 bytes, not a multiple of 12 or 16; a structurally valid (empty) TFLite flatbuffer first,
+# since embed checks the file before reading it.
+PAYLOAD = tiny_tflite_bytes(775, fill=bytes(range(256)) * 3 + b"edgekit")
 
 
 @pytest.fixture

@@ -44,7 +44,9 @@ def test_ptq_all_runtimes_really_int8_and_within_budget(cnn, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
     spec, model, task = cnn
-    bundle = _build(cnn, tmp_path / "b", [ORT, OV, TFL], task=task)
+    # latency check off: it may move a layer to float for speed (tests/test_quant_latency.py)
+    bundle = _build(cnn, tmp_path / "b", [ORT, OV, TFL], task=task,
+                    quantization={"latency_check": False})
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     fp32 = _fp32_size(cnn)
     for name in (ORT, OV, TFL):
@@ -83,7 +85,8 @@ def test_ptq_all_runtimes_really_int8_and_within_budget(cnn, tmp_path):
 
 def test_keep_float_moves_named_layers_to_float_in_manifest(cnn, tmp_path):
     _build(cnn, tmp_path / "b", [ORT, TFL, OV], calibration=cnn[2].val,
-           quantization={"keep_float": ["head"], "method": "percentile", "samples": 64})
+           quantization={"keep_float": ["head"], "method": "percentile", "samples": 64,
+                         "latency_check": False})
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     for name in (ORT, OV, TFL):
         q = manifest["targets"][name]["quantization"]

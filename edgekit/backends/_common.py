@@ -116,6 +116,40 @@ def check_export_args(
     return outs
 
 
+#: protobuf's limit on one serialized message, so on an .onnx file without external data.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def parameter_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers (each tensor once), from their sizes alone:
+    nothing is read or copied, so it also works for meta tensors."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+
+def check_protobuf_size(model: torch.nn.Module, backend: str, *, external_data: bool,
+                        what: str = "") -> int:
+    """Before exporting: ExportError when the weights cannot fit one protobuf file and no
+    external data is written. Returns the parameter bytes."""
+    n = parameter_bytes(model)
+    if not external_data and n > PROTOBUF_LIMIT:
+        raise ExportError(
+            f"the model holds {n / 2**30:.2f} GiB of parameters, over the 2 GiB limit of an "
+            f"ONNX file without external data (protobuf){f'; {what}' if what else ''}",
+            backend=backend,
+            hint="export with external data (profile [options] external_data = true, the "
+            "default for fp32 ONNX: weights go to model.onnx.data next to the model), or "
+            "shrink the model first (prune, or fewer/smaller layers)",
+        )
+    return n
+
+
 def list_files(out_dir: Path, main: str) -> list[str]:
     """Every file under ``out_dir`` (relative), the main one first."""
     rest = sorted(
@@ -193,6 +227,9 @@ def check_artifact_backend(artifact: Artifact, backend: str) -> Path:
     path = artifact.path
     if not path.is_file():
         raise BundleError(f"artifact file {path} does not exist")
+    from ..modelfile import check_format
+
+    check_format(path)  # empty, or another format than the extension says -> BundleError
     return path
 
 
@@ -269,8 +306,9 @@ def _layer_of(node: Any) -> tuple[str, str] | None:
 
 def _find_in_graph(
     model: torch.nn.Module, example_inputs: tuple[Any, ...], ops: list[str]
-) -> tuple[str, str, str] | None:
-    """(op target, module path, class name) of the first graph node matching one of ``ops``."""
+) -> tuple[str, str, str, str] | None:
+    """(op target, module path, class name, node name) of the first graph node matching one of
+    ``ops``."""
     try:
         ep = torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception:  # the graph cannot be captured at all: nothing to map
@@ -293,7 +331,7 @@ def _find_in_graph(
                     if hit:
                         layer = _layer_of(node) or ("<root>", type(model).__name__)
                         target = str(node.target)
-                        return target, layer[0], layer[1]
+                        return target, layer[0], layer[1], node.name
     return None
 
 
@@ -318,9 +356,9 @@ def export_failure(
             ops.append(m.group(2))
     ov_layer = _OV_MODULE.search(text)
     found = _find_in_graph(model, example_inputs, ops) if ops else None
-    op = layer = cls = None
+    op = layer = cls = node = None
     if found:
-        op, layer, cls = found
+        op, layer, cls, node = found
     elif ov_layer:
         layer, op = ov_layer.group(1), ov_layer.group(2)
     elif ops:
@@ -331,6 +369,8 @@ def export_failure(
         msg = f"{op} is not supported by the {backend} converter{conv}"
         if layer:
             msg += f"; it is used in layer {layer!r}" + (f" ({cls})" if cls else "")
+            if node:
+                msg += f", graph node {node!r}"
         msg += f"; converter said: {_said(text)}"
         hint = (
             f"rewrite layer {layer!r} without {op}, or use another backend"

@@ -24,6 +24,7 @@ from ._common import (
     bad_file,
     check_artifact_backend,
     check_export_args,
+    check_protobuf_size,
     check_threads,
     eval_mode,
     export_failure,
@@ -53,8 +54,19 @@ def _onnx_specs(values: Any) -> list[TensorSpec]:
 def check_onnx_file(path: Path) -> Any:
     """Load and check an .onnx file (with its external data); BundleError naming it if bad."""
     onnx = require("onnx", backend=_NAME, extra=_EXTRA)
+    from ..modelfile import check_format, check_onnx_external_data
+
+    check_format(path, "onnx")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise bad_file(path, "ONNX model", exc) from exc
+    # External data is checked (inside the folder, inside the file) before a byte is read.
+    check_onnx_external_data(model, path)
+    try:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(Path(path).parent))
         onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else str(path))
     except Exception as exc:
         raise bad_file(path, "ONNX model", exc) from exc
@@ -109,7 +121,10 @@ class OnnxRuntimeBackend:
         output_names: list[str],
         options: dict[str, Any],
     ) -> Artifact:
-        """Options: ``opset`` (int, default: torch's), ``optimize`` (bool, default True)."""
+        """Options: ``opset`` (int, default: torch's), ``optimize`` (bool, default True),
+        ``external_data`` (bool, default True: weights in ``model.onnx.data``)."""
+        external = bool(options.get("external_data", True))
+        check_protobuf_size(model, _NAME, external_data=external)
         require("onnx", backend=_NAME, extra=_EXTRA)
         require("onnxscript", backend=_NAME, extra=_EXTRA)
         out_dir = Path(out_dir)
@@ -129,6 +144,7 @@ class OnnxRuntimeBackend:
                     output_names=list(output_names),
                     opset_version=options.get("opset"),
                     optimize=bool(options.get("optimize", True)),
+                    external_data=external,
                     verbose=False,
                 )
             except Exception as exc:
@@ -184,6 +200,9 @@ class OnnxRuntimeBackend:
 
         from ..quantize.onnx import quantize_onnx
 
+        check_protobuf_size(model, _NAME, external_data=False,
+                            what="the int8 path (onnxruntime quantization) writes one "
+                            "self-contained .onnx file")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

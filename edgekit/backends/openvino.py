@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +80,9 @@ def _port_specs(ports: Any, names: list[str] | None = None) -> list[TensorSpec]:
 def check_ir_files(xml_path: Path) -> Path:
     """Check an IR pair cheaply: XML parses, .bin exists and holds every constant the XML
     points at. Returns the .bin path; raises BundleError naming the bad file."""
-    try:
-        root = ET.parse(xml_path).getroot()
-    except (ET.ParseError, OSError) as exc:
-        raise bad_file(xml_path, "OpenVINO IR .xml file", exc) from exc
+    from ..modelfile import parse_ir_xml
+
+    root = parse_ir_xml(xml_path)  # DTDs/entities refused; BundleError naming the file
     if root.tag != "net":
         raise bad_file(xml_path, f"OpenVINO IR .xml file (root element <{root.tag}>, not <net>)")
     bin_path = xml_path.with_suffix(".bin")
@@ -93,9 +91,13 @@ def check_ir_files(xml_path: Path) -> Path:
         data = layer.find("data")
         if data is not None and "offset" in data.attrib and "size" in data.attrib:
             try:
-                need = max(need, int(data.attrib["offset"]) + int(data.attrib["size"]))
+                offset, size = int(data.attrib["offset"]), int(data.attrib["size"])
             except ValueError as exc:
                 raise bad_file(xml_path, "OpenVINO IR .xml file", exc) from exc
+            if offset < 0 or size < 0:
+                raise bad_file(xml_path, f"OpenVINO IR .xml file (layer {layer.get('name')!r} "
+                               f"has offset {offset}, size {size})")
+            need = max(need, offset + size)
     if need:
         if not bin_path.is_file():
             raise BundleError(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import struct
 import sys
 import time
 from pathlib import Path
@@ -69,26 +68,17 @@ def _interpreter_module() -> Any:
 
 
 def check_tflite_file(path: Path) -> None:
-    """Cheap structural check before the interpreter sees the file (it may crash on garbage):
-    the flatbuffer identifier ``TFL3`` at bytes 4..8 and a root table offset inside the file."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise bad_file(path, "TFLite flatbuffer", exc) from exc
-    if size < 16 or len(head) < 8:
-        raise bad_file(path, f"TFLite flatbuffer (only {size} bytes)")
-    if head[4:8] != b"TFL3":
-        raise bad_file(path, f"TFLite flatbuffer (identifier {head[4:8]!r}, expected b'TFL3')")
-    (root,) = struct.unpack("<I", head[:4])
-    if root + 4 > size:
-        raise bad_file(path, f"TFLite flatbuffer (root table at byte {root}, file has {size})")
+    """Structural check before the interpreter sees the file (it may crash on garbage): the
+    flatbuffer identifier ``TFL3``, and every table, vector and buffer inside the file (see
+    :func:`edgekit.modelfile.check_tflite_file`)."""
+    from ..modelfile import check_tflite_file as _check
+
+    _check(path)
 
 
 def _open_interpreter(path: Path, threads: int) -> Any:
-    mod = _interpreter_module()
-    check_tflite_file(path)
+    mod = _interpreter_module()  # a missing runtime is reported first
+    check_tflite_file(path)  # then the file is checked before the interpreter sees a byte
     try:
         interp = mod.Interpreter(model_path=str(path), num_threads=threads)
         interp.allocate_tensors()

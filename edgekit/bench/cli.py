@@ -92,9 +92,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
     else:
         print(summary_text(report))
     if report["interrupted"]:
-        print("edgekit: interrupted; the results measured so far are kept and marked "
-              "interrupted", file=sys.stderr)
-        return 130
+        from .._signals import exit_code_for
+
+        by = report.get("interrupted_by")
+        print(f"edgekit: interrupted ({by or 'Ctrl-C'}); the results measured so far are kept "
+              "and marked interrupted", file=sys.stderr)
+        return exit_code_for(by if by != "SIGINT" else None)
     if report["errors"]:
         for e in report["errors"]:
             print(f"edgekit: error: {e['error']}", file=sys.stderr)

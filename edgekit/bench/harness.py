@@ -75,6 +75,9 @@ def artifact_from_file(path: str | Path) -> Artifact:
                          hint="pass a bundle folder or a .onnx, .xml or .tflite file")
     if not path.is_file():
         raise UsageError(f"{path} does not exist")
+    from ..modelfile import check_format
+
+    check_format(path)  # empty, or bytes of another format than the suffix -> BundleError
     files = [path.name]
     precision = "fp32"
     info: dict[str, Any] = {"source": "file"}
@@ -98,7 +101,12 @@ def artifact_from_file(path: str | Path) -> Artifact:
 
         ov = require("openvino", backend="openvino", extra="openvino")
         bin_path = check_ir_files(path)
-        model = ov.Core().read_model(str(path))
+        try:
+            model = ov.Core().read_model(str(path))
+        except Exception as exc:
+            from ..backends._common import bad_file
+
+            raise bad_file(path, "OpenVINO IR", exc) from exc
         inputs = _port_specs(model.inputs)
         outputs = _port_specs(model.outputs)
         if any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
@@ -246,11 +254,27 @@ def check_data_fits(cand: Candidate, inputs: Sequence[np.ndarray], what: str) ->
         want = tuple(s.shape[1:])
         got = tuple(x.shape[1:])
         if len(want) != len(got) or any(w > 0 and w != g for w, g in zip(want, got)):
+            layout = ""
+            if len(want) == len(got) and sorted(want) == sorted(got):
+                layout = " (same sizes in another order: a layout mismatch, e.g. NHWC vs NCHW?)"
             raise ShapeError(
                 f"{what}: input {s.name!r} of {cand.name} expects samples of shape "
                 f"{list(want)} (artifact shape {list(s.shape)}), the data has {list(got)} "
-                f"(array shape {list(x.shape)})",
+                f"(array shape {list(x.shape)}){layout}",
                 hint="give data laid out as the model's input, samples on axis 0")
+        want_dt, got_dt = np.dtype(s.dtype), np.asarray(x).dtype
+        if got_dt.kind not in "biuf" or (want_dt.kind in "iub" and got_dt.kind == "f"):
+            raise ShapeError(
+                f"{what}: input {s.name!r} of {cand.name} takes {want_dt}, the data is "
+                f"{got_dt}, which does not convert safely",
+                hint=f"store the data as {want_dt} (e.g. token ids as integers)")
+        if got_dt.kind == "f" and x.size and not np.isfinite(x).all():
+            from ..errors import DataError
+
+            raise DataError(
+                f"{what}: input {s.name!r} holds {int((~np.isfinite(x)).sum())} NaN or "
+                f"infinite value(s) of {x.size}",
+                hint="clean the evaluation data; a NaN makes every metric meaningless")
 
 
 def _batch(cand: Candidate) -> int:
@@ -571,8 +595,13 @@ def bench(
                 report["method"]["memory"] = f"not measured on {device} (host RSS says nothing " \
                                              "about GPU memory)"
     except KeyboardInterrupt:
-        report.update(status="interrupted", partial=True, interrupted=True)
-        report["errors"].append({"stage": stage, "error": "interrupted (Ctrl-C)"})
+        from .._signals import last_signal
+
+        sig = last_signal()
+        report.update(status="interrupted", partial=True, interrupted=True,
+                      interrupted_by=sig or "SIGINT")
+        report["errors"].append({"stage": stage,
+                                 "error": f"interrupted ({sig or 'Ctrl-C'})"})
         for r in rows.values():
             if r["status"] == "pending":
                 r.update(status="partial" if r["load_ms"] is not None else "not_run",

@@ -153,6 +153,13 @@ def _call(cmd: list[str], timeout: float, what: str, device: RemoteDevice,
     if proc.returncode == 255 and cmd[0] in ("ssh", "scp"):
         partial["partial"] = True
         msg = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        if "remote_dir" in partial:  # it was reachable: the connection dropped mid-run
+            raise RemoteError(
+                f"lost the connection to {device.name} during {what}: {msg}",
+                hint="the device disconnected mid-benchmark (network, reboot, power); the "
+                "results so far are kept and marked partial; its work folder "
+                f"{partial['remote_dir']} may be left behind; run again when it is back",
+                partial=partial)
         raise RemoteError(f"cannot reach {device.name} ({what}): {msg}",
                           hint="check host, port, user and key (ssh -i KEY -p PORT user@host)",
                           partial=partial)

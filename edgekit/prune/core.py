@@ -446,6 +446,7 @@ def prune(
                                tp.ops.TORCH_EMBED],
         )
     dg = pruner.DG
+    _check_concat_into_grouped(model, dg, names, ignored)
     groups: list[dict[str, Any]] = []
     reached = False
     for step in range(iterative_steps):
@@ -494,6 +495,40 @@ def prune(
     }
     return PruneResult(model, history, macs0, count_macs(model, inputs), params0,
                        count_params(model), ignored=[names.get(m, "") for m in ignored])
+
+
+def _check_concat_into_grouped(model: nn.Module, dg: tp.DependencyGraph, names: dict,
+                               ignored: list[nn.Module]) -> None:
+    """torch-pruning maps a concatenation's channels wrongly into a grouped (not depthwise)
+    convolution's per-group inputs; refuse before anything is pruned, naming the group, unless
+    the grouped conv and every concatenated layer keep their width."""
+    for module in model.modules():
+        if not isinstance(module, nn.Conv2d | nn.Conv1d) or module.groups == 1 or \
+                module.groups == module.in_channels or module not in dg.module2node:
+            continue
+        seen, todo, sources, concat = set(), list(dg.module2node[module].inputs), [], False
+        kept = module in ignored
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.type == tp.ops.OPTYPE.CONCAT:
+                concat = True
+            if isinstance(node.module, _prunable_types()):
+                sources.append(names.get(node.module, type(node.module).__name__))
+                kept = kept and node.module in ignored
+                continue
+            todo.extend(node.inputs)
+        if concat and not kept:
+            name = names.get(module, type(module).__name__)
+            raise ConfigError(
+                f"coupled group not prunable: the concatenation of {sorted(sources)} feeds "
+                f"grouped convolution {name!r} (groups={module.groups}); torch-pruning cannot "
+                "map concatenated channels into its per-group inputs, so pruning would "
+                "corrupt the layer. Nothing was pruned.",
+                hint=f"keep these widths: keep_layers={sorted(sources) + [name]!r}, or make "
+                f"{name!r} depthwise or plain")
 
 
 def _check_not_emptied(group, names: dict, dg: tp.DependencyGraph, round_to) -> None:

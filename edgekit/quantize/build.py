@@ -5,8 +5,10 @@ Used by :func:`edgekit.pipeline.compress` for every profile with ``precision = "
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from ..errors import QuantizationError
 from ..profiles import TargetProfile
 from ..train import evaluate
 from .config import QuantConfig
+from .latency import Variant, latency_choice
 from .sensitivity import layer_sensitivity, quantizable_layers
 
 __all__ = ["Int8Result", "build_int8", "check_outputs_sane"]
@@ -120,16 +123,17 @@ def build_int8(
 
     reports: list[Any] = []
 
-    def attempt(keep: list[str]) -> tuple[Artifact, Session, float | None]:
-        if target_dir.exists():
-            shutil.rmtree(target_dir)
-        target_dir.mkdir(parents=True)
+    def attempt(keep: list[str], cfg: QuantConfig = config,
+                where: Path = target_dir) -> tuple[Artifact, Session, float | None]:
+        if where.exists():
+            shutil.rmtree(where)
+        where.mkdir(parents=True)
         kwargs: dict[str, Any] = {}
         if prepared is not None:
             kwargs["prepared"] = prepared
-        art = backend.export_int8(model, inputs, target_dir, input_names=in_names,
+        art = backend.export_int8(model, inputs, where, input_names=in_names,
                                   output_names=out_names, options=dict(profile.options),
-                                  calibration=calibration, config=config, keep_float=keep,
+                                  calibration=calibration, config=cfg, keep_float=keep,
                                   **kwargs)
         sess = backend.load(art, threads=profile.threads, options=load_options)
         check_outputs_sane(sess, calibration, f"target {profile.name}", model)
@@ -197,25 +201,57 @@ def build_int8(
                 "lowest first):",
                 table=table, suggested_float=keep + ranked[: max(1, min(3, len(ranked)))])
     keep_all = keep + fallback
+
+    # Latency: int8 must not be slower than fp32 without saying so (and trying the faster
+    # alternatives the runtime offers).
+    def build_variant(cfg: QuantConfig, trial_keep: list[str],
+                      where: Path) -> tuple[Artifact, Session, float | None, str | None]:
+        v_art, v_sess, v_score = attempt(trial_keep, cfg, where)
+        return v_art, v_sess, v_score, None if ok(v_score) else why(v_score)
+
+    base = Variant("as configured", config, list(keep_all), {}, art, sess, score, target_dir)
+    workdir = Path(tempfile.mkdtemp(prefix="edgekit-int8-variants-"))
+    try:
+        chosen, latency = latency_choice(
+            backend=backend, profile=profile, model=model, inputs=inputs, in_names=in_names,
+            out_names=out_names, config=config, base=base, build=build_variant,
+            workdir=workdir, allow_layer_fallback=prepared is None and config.fallback,
+            log=lambda m: _log(progress, m))
+        if chosen is not base:
+            assert chosen.where is not None and chosen.art is not None
+            shutil.rmtree(target_dir)
+            shutil.move(str(chosen.where), str(target_dir))
+            art = dataclasses.replace(chosen.art, root=target_dir)
+            sess = backend.load(art, threads=profile.threads, options=load_options)
+            score = chosen.score
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    effective = chosen.config
+    speed_float = [n for n in chosen.keep if n not in keep_all]
+    keep_all = list(chosen.keep)
     layers = quantizable_layers(model)
     rows = {r["layer"]: r for r in cache.get("sensitivity", [])}
     per_layer = [{"layer": n, "kind": k, "precision": "fp32" if n in keep_all else "int8",
                   "reason": ("kept in float by the user" if n in keep else
-                             "automatic fallback (accuracy budget)" if n in fallback else None),
+                             "automatic fallback (accuracy budget)" if n in fallback else
+                             "latency fallback (faster in float)" if n in speed_float else
+                             None),
                   **({"sqnr_db": rows[n]["sqnr_db"]} if n in rows else {})}
                  for n, k in layers]
     manifest = {
-        "config": config.to_json(),
+        "config": effective.to_json(),
         "mode": "qat" if qat is not None else "ptq",
         "qat_ranges": ("learned (fake-quantized graph converted)" if prepared is not None else
                        "calibrated on the QAT-tuned weights") if qat is not None else None,
         "calibration_samples": len(calibration) * batch,
         "float_layers": keep_all,
         "fallback_layers": fallback,
+        "latency_fallback_layers": speed_float,
         "layers": per_layer,
         "attempts": tried,
         "executed_precision": sess.info.get("precision"),
         "size_bytes": art.size_bytes,
+        "latency_check": latency,
     }
     if task is not None:
         manifest["accuracy"] = {"metric": task.metric, "split": "test", "fp32": ref_score,

@@ -35,6 +35,19 @@ class QuantConfig:
       the ONNX Runtime QDQ model).
     * ``preset``: NNCF preset, ``"auto"`` = MIXED for models with recurrent layers, else
       PERFORMANCE.
+    * ``latency_check``: after the accuracy gate, time the int8 artifact against the same
+      model's fp32 artifact on the same runtime (interleaved, batch of the example inputs). When
+      int8 is below ``min_speedup`` x fp32, try the runtime's cheap alternatives (ONNX Runtime:
+      the other activation type; OpenVINO: the other source and preset; then, with
+      ``fallback`` on, single layers kept in float, smallest first) - at most
+      ``latency_variants`` rebuilds, each through the same accuracy gate - and keep the
+      fastest. If none reaches ``min_speedup``, the int8 artifact stays, the
+      manifest says so and a :class:`~edgekit.quantize.Int8SlowerWarning` names the faster
+      choice. Skipped for targets of another CPU architecture than this machine's (the timing
+      would not be the target's). Measurements are timings: the chosen variant can differ run to
+      run on a noisy machine; turn it off for reproducible artifacts.
+    * ``latency_runs`` / ``latency_max_seconds``: timed rounds per measurement, and its cap in
+      seconds.
     """
 
     method: str = "minmax"
@@ -47,6 +60,11 @@ class QuantConfig:
     max_fallback: int = 8
     openvino_source: str = "nncf"
     preset: str = "auto"
+    latency_check: bool = True
+    latency_runs: int = 200
+    latency_max_seconds: float = 2.0
+    min_speedup: float = 0.97
+    latency_variants: int = 6
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -59,6 +77,14 @@ class QuantConfig:
                                  f"{list(allowed)}")
         if int(self.samples) < 1:
             raise UsageError(f"quantization samples must be >= 1, got {self.samples}")
+        if int(self.latency_runs) < 1 or float(self.latency_max_seconds) <= 0:
+            raise UsageError("quantization latency_runs must be >= 1 and latency_max_seconds > 0, "
+                             f"got {self.latency_runs} and {self.latency_max_seconds}")
+        if float(self.min_speedup) <= 0:
+            raise UsageError(f"quantization min_speedup must be > 0, got {self.min_speedup}")
+        if int(self.latency_variants) < 0:
+            raise UsageError("quantization latency_variants must be >= 0, got "
+                             f"{self.latency_variants}")
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
 
     @classmethod

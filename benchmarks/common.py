@@ -1,0 +1,150 @@
+"""Pieces the benchmark scripts share: trained zoo models (cached), artifact sizes, and a
+timing view of a session that leaves Python-side conversions out of the timed call."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RUNTIMES = ("onnxruntime", "openvino", "tflite")
+FP32 = {"onnxruntime": "x86-onnxruntime-fp32", "openvino": "x86-openvino-fp32",
+        "tflite": "x86-tflite-fp32"}
+INT8 = {"onnxruntime": "x86-onnxruntime-int8", "openvino": "x86-openvino-int8",
+        "tflite": "arm64-tflite-int8"}
+WEIGHT_SUFFIXES = (".onnx", ".bin", ".tflite", ".data")
+
+
+def log(tag: str, msg: str) -> None:
+    print(f"[{tag}] {msg}", file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    """Trained weights for benchmarks: ``$EDGEKIT_CACHE_DIR/bench`` or ~/.cache/edgekit/bench."""
+    base = os.environ.get("EDGEKIT_CACHE_DIR")
+    root = (Path(base) if base else Path.home() / ".cache" / "edgekit") / "bench"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, torch.Tensor):
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(p, dict):
+            for k in sorted(p):
+                h.update(k.encode())
+                h.update(_digest(p[k]).encode())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    return _digest(model.state_dict())
+
+
+def trained(name: str, epochs: int | None = None, seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    """A zoo model trained on its real task (``epochs`` None = the zoo default), in eval mode.
+
+    Cached by the model's initial weights (architecture + seed), the training split's bytes,
+    the epochs and torch's version, so a rerun of a benchmark does not retrain.
+    """
+    from edgekit.models import build, get_spec
+    from edgekit.train import fit
+
+    spec = get_spec(name)
+    task = spec.task()
+    epochs = spec.default_epochs if epochs is None else epochs
+    torch.manual_seed(seed)
+    model = build(name)
+    key = _digest(model.state_dict(), {"x": task.train.inputs[0]}, epochs, seed,
+                  torch.__version__)
+    path = cache_root() / f"{name}-{epochs}e-{key}.pt"
+    meta_path = path.with_suffix(".json")
+    if path.is_file() and meta_path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval(), json.loads(meta_path.read_text())
+    t0 = time.perf_counter()
+    fit(model, task, epochs=epochs, seed=seed, progress=False)
+    meta = {"epochs": epochs, "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1)}
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    meta_path.write_text(json.dumps(meta))
+    return model.eval(), meta
+
+
+def pruned(name: str, model: torch.nn.Module, plan: dict, *, teacher_epochs: int | None = None,
+           progress: bool = False) -> tuple[torch.nn.Module, dict]:
+    """``model`` pruned by ``plan`` (prune_and_fine_tune arguments plus ``steps`` and
+    ``epochs_scale``) with distillation from the unpruned model; cached like :func:`trained`
+    (the pruned structure is rebuilt from its history, then the weights loaded)."""
+    from edgekit.models import build, get_spec
+    from edgekit.prune import prune_and_fine_tune, replay
+
+    spec = get_spec(name)
+    plan = dict(plan)
+    key = _digest(weights_digest(model), plan)
+    path = cache_root() / f"{name}-pruned-{key}.pt"
+    meta_path = path.with_suffix(".json")
+    x = spec.example_inputs(1)
+    if path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        fresh = build(name)
+        replay(fresh, meta["history"], x)
+        fresh.load_state_dict(torch.load(path, weights_only=True))
+        return fresh.eval(), meta
+    task = spec.task()
+    scale = plan.pop("epochs_scale", 1.0)
+    steps = plan.pop("steps", 1)
+    final = max(2, round(spec.default_epochs * scale))
+    per_step = max(2, final // 2)
+    work = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    res, rep = prune_and_fine_tune(work, x, task, steps=steps, epochs_per_step=per_step,
+                                   final_epochs=final, teacher=copy.deepcopy(model),
+                                   progress=progress, **plan)
+    meta = {"history": res.to_json(), "macs": [res.macs_before, res.macs_after],
+            "params": [res.params_before, res.params_after],
+            "macs_reduction_x": round(res.macs_ratio, 3),
+            "params_reduction_x": round(res.params_ratio, 3),
+            "metric_before": round(rep["before"], 4),
+            "metric_after_prune": round(rep["after_prune"], 4),
+            "metric_after_fine_tune": round(rep["after_fine_tune"], 4),
+            "steps": rep["steps"], "fine_tune_epochs": final,
+            "prune_fine_tune_seconds": round(time.perf_counter() - t0, 1)}
+    tmp = path.with_suffix(".tmp")
+    torch.save(work.state_dict(), tmp)
+    os.replace(tmp, path)
+    meta_path.write_text(json.dumps(meta))
+    return work.eval(), meta
+
+
+def artifact_size(target_dir: Path) -> int:
+    """Bytes of the weight-bearing files of one exported target folder."""
+    return sum(f.stat().st_size for f in Path(target_dir).iterdir()
+               if f.suffix in WEIGHT_SUFFIXES)
+
+
+def timing_view(session: Any, feed: list[np.ndarray]) -> tuple[Any, list[np.ndarray]]:
+    """A TFLite session with float I/O around an int8 file converts in Python; time the
+    interpreter alone, fed pre-quantized tensors. Other sessions are returned unchanged."""
+    conv = getattr(session, "_convert_in", None)
+    if conv is None:
+        return session, feed
+    from edgekit.backends.tflite import _quantize
+
+    plain = copy.copy(session)
+    plain._convert_in = plain._convert_out = None
+    plain._check = lambda f: f
+    return plain, [x if c is None else _quantize(x, *c) for x, c in zip(feed, conv)]

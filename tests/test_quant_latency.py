@@ -1,0 +1,132 @@
+"""int8 latency check: every int8 build is timed against its fp32 artifact on the same runtime
+(real runtimes, real timings); a slower int8 artifact is flagged with the faster choice, and
+the variants tried on the way are recorded."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from edgekit.errors import UsageError
+from edgekit.models import get_spec
+from edgekit.pipeline import compress
+from edgekit.quantize import Int8SlowerWarning, QuantConfig
+
+ORT, OV, TFL = "x86-onnxruntime-int8", "x86-openvino-int8", "arm64-tflite-int8"
+
+
+def _build(tmp_path, targets, name="cnn", **quant):
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    model = spec.factory().eval()
+    out = tmp_path / "b"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bundle = compress(model, spec.example_inputs(1), targets=targets, out_dir=out,
+                          input_names=list(spec.input_names),
+                          output_names=list(spec.output_names), calibration=spec.task().train,
+                          quantization={"samples": 16, **quant}, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    slower = [str(w.message) for w in caught if issubclass(w.category, Int8SlowerWarning)]
+    return spec, bundle, manifest, slower
+
+
+def test_config_validates_latency_settings():
+    assert QuantConfig().latency_check is True and QuantConfig().min_speedup == 0.97
+    for bad in ({"min_speedup": 0}, {"latency_runs": 0}, {"latency_max_seconds": 0},
+                {"latency_variants": -1}):
+        with pytest.raises(UsageError):
+            QuantConfig(**bad)
+
+
+@pytest.mark.slow
+def test_manifest_records_measured_latency_per_runtime(tmp_path):
+    # no variants: one measurement of the int8 artifact as built against fp32
+    spec, bundle, manifest, slower = _build(tmp_path, [ORT, OV, TFL], latency_variants=0,
+                                            latency_runs=100)
+    for target in (ORT, OV):
+        check = manifest["targets"][target]["quantization"]["latency_check"]
+        assert check["runtime"] == manifest["targets"][target]["backend"]
+        assert check["fp32_ms"] > 0 and check["int8_ms"] > 0
+        assert check["speedup"] == pytest.approx(check["fp32_ms"] / check["int8_ms"], rel=1e-3)
+        assert check["batch"] == 1 and check["min_speedup"] == 0.97
+        assert check["slower_than_fp32"] == (check["speedup"] < 1.0)
+        assert check["below_min_speedup"] == (check["speedup"] < 0.97)
+        assert [v["name"] for v in check["variants_tried"]] == ["as configured"]
+        assert check["chosen"] == "as configured" and check["variants_tried"][0]["chosen"]
+        # a flagged artifact says so on stderr (a warning) and in the manifest, with the choice
+        flagged = [m for m in slower if m.startswith(f"target {target}:")]
+        if check["below_min_speedup"]:
+            fp32 = target.replace("int8", "fp32")
+            assert check["advice"].startswith(f"use {fp32} for this model: int8 is "
+                                              f"{check['speedup']:.2f}x")
+            assert len(flagged) == 1 and check["advice"] in flagged[0]
+        else:
+            assert check["advice"] is None and not flagged
+        (out,) = bundle.load(target).run([spec.example_inputs(1)[0].numpy()])
+        assert out.shape == (1, 10)
+    # an arm64 target is not timed on this x86 machine: recorded as skipped, with the reason
+    tfl = manifest["targets"][TFL]["quantization"]["latency_check"]
+    assert "aarch64" in tfl["skipped"] and "fp32_ms" not in tfl
+
+
+@pytest.mark.slow
+def test_int8_below_required_speedup_is_flagged_and_variants_recorded(tmp_path):
+    # min_speedup 100: no int8 artifact is 100x its fp32, so the slower-than-required path runs
+    # on real measurements: variants are built, gated and timed, and the int8 artifact still
+    # ships, flagged.
+    spec, bundle, manifest, slower = _build(tmp_path, [ORT], min_speedup=100.0,
+                                            latency_variants=2, latency_runs=100)
+    entry = manifest["targets"][ORT]
+    q = entry["quantization"]
+    check = q["latency_check"]
+    tried = check["variants_tried"]
+    # the requested build, then the other activation type, then the smallest layer in float
+    assert [v["name"] for v in tried] == ["as configured", "int8 activations", "conv in float"]
+    assert tried[1]["changes"]["activation_type"] == "int8"
+    assert "conv" in tried[2]["keep_float"]
+    for v in tried:
+        assert v["passed_gate"] is True and v["int8_ms"] > 0 and v["speedup"] > 0
+    # exactly one is chosen, and the artifact is the chosen one
+    assert sum(v["chosen"] for v in tried) == 1
+    chosen = next(v for v in tried if v["chosen"])
+    assert check["chosen"] == chosen["name"]
+    assert q["config"]["activation_type"] == chosen["changes"].get("activation_type", "auto")
+    assert q["float_layers"] == chosen["keep_float"] == check["chosen_changes"]["keep_float"]
+    assert q["latency_fallback_layers"] == chosen["keep_float"]
+    layers = {r["layer"]: r for r in q["layers"]}
+    for name in chosen["keep_float"]:
+        assert layers[name]["precision"] == "fp32"
+        assert layers[name]["reason"] == "latency fallback (faster in float)"
+    act = entry["artifact_info"]["quantization"]["activation_type"]
+    assert act == chosen["changes"].get("activation_type", "uint8")
+    # flagged: manifest and warning name the target, the measured speedup and the fp32 choice
+    assert check["below_min_speedup"] is True and check["min_speedup"] == 100.0
+    assert check["slower_than_fp32"] == (check["speedup"] < 1.0)
+    assert "use x86-onnxruntime-fp32 for this model" in check["advice"]
+    assert f"int8 is {check['speedup']:.2f}x" in check["advice"]
+    assert len(slower) == 1 and slower[0].startswith(f"target {ORT}: use x86-onnxruntime-fp32")
+    # still an int8 artifact that runs
+    assert entry["precision"] == "int8" and entry["runtime"]["precision"].startswith("int8")
+    (out,) = bundle.load(ORT).run([spec.example_inputs(1)[0].numpy()])
+    assert out.shape == (1, 10)
+    # timings go to the progress log, not the manifest (check_seconds is dropped)
+    assert "check_seconds" not in check
+
+
+@pytest.mark.slow
+def test_openvino_alternatives_and_check_off(tmp_path):
+    _, _, manifest, slower = _build(tmp_path, [OV], min_speedup=100.0, latency_variants=1,
+                                    latency_runs=50, fallback=False)
+    check = manifest["targets"][OV]["quantization"]["latency_check"]
+    # OpenVINO's first alternative is the other source; fallback off: no layer moves to float
+    assert [v["name"] for v in check["variants_tried"]] == ["as configured",
+                                                            "ONNX Runtime QDQ source"]
+    assert check["variants_tried"][1]["changes"] == {"openvino_source": "qdq"}
+    assert manifest["targets"][OV]["quantization"]["float_layers"] == []
+    assert check["below_min_speedup"] and len(slower) == 1
+    _, _, manifest, slower = _build(tmp_path, [OV], latency_check=False)
+    check = manifest["targets"][OV]["quantization"]["latency_check"]
+    assert check == {"skipped": "turned off (quantization latency_check = false)"}
+    assert not slower
