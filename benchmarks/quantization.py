@@ -287,7 +287,8 @@ def to_markdown(report: dict) -> str:
              f"{report['runs']} timed calls per artifact, interleaved; batch 1; "
              "accuracy = task metric on the test split (360 samples, 1 sample = 0.28 points).",
              "TFLite int8 latency is the interpreter with int8 feeds (the float-I/O wrapper converts in Python). OpenVINO runs with INFERENCE_PRECISION_HINT=f32 everywhere (its default would be "
-             "bf16). Sizes: weight-bearing files (.onnx, .bin, .tflite).", ""]
+             "bf16). Sizes: weight-bearing files (.onnx, .bin, .tflite).",
+             *([f"Note: {report['note']}."] if report.get("note") else []), ""]
     for rows in report["models"]:
         if "error" in rows:
             lines += [f"## {rows['model']}", "", f"FAILED: {rows['error']}", ""]
@@ -336,7 +337,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="fraction of each zoo model's default training epochs")
     ap.add_argument("--qat-epochs", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--combine", nargs="+", metavar="JSON",
+                    help="only merge the models of earlier runs' quantization.json files (split "
+                    "runs of one benchmark, each model measured side by side in its own run) "
+                    "into --out; later files win")
     args = ap.parse_args(argv)
+    if args.combine:
+        runs = [json.loads(Path(f).read_text()) for f in args.combine]
+        by_model = {m["model"]: m for run in runs for m in run["models"]}
+        report = {**runs[0], "models": list(by_model.values()),
+                  "note": "models measured in separate runs of this script on the same machine"}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "quantization.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "quantization.md").write_text(to_markdown(report))
+        return 0
     torch.set_num_threads(2)
     report = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
               "threads": args.threads, "runs": args.runs, "calibration_samples": CALIB,

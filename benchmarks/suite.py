@@ -350,23 +350,14 @@ def machine() -> dict[str, Any]:
     import onnxruntime
     import openvino
 
+    from edgekit.bench.harness import _machine
+
     try:
         import ai_edge_litert
         litert = getattr(ai_edge_litert, "__version__", "installed")
     except ImportError:
         litert = "missing"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+    return {**_machine(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "openvino": openvino.get_version().split("-")[0], "ai_edge_litert": litert}
 
 

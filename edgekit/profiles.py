@@ -157,15 +157,19 @@ def parse_profile(data: dict[str, Any], *, source: str = "<dict>") -> TargetProf
 
     tol_raw = data.get("tolerance", {})
     tol_fields = {f: float for f in Tolerance.__dataclass_fields__}
-    tol: dict[str, float] = {}
+    tol: dict[str, float | None] = {}
     for key, value in tol_raw.items():
         if key not in tol_fields:
             raise fail(f"unknown key tolerance.{key}", hint=f"allowed: {', '.join(tol_fields)}")
+        if value is False:  # `max_abs = false`: this check is off
+            tol[key] = None
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise fail(f"tolerance.{key} must be a non-negative number, got {value!r}")
+            raise fail(f"tolerance.{key} must be a non-negative number (or false to switch "
+                       f"the check off), got {value!r}")
         tol[key] = float(value)
     for key in ("min_cosine", "min_top1_agreement"):
-        if key in tol and tol[key] > 1:
+        if tol.get(key) is not None and tol[key] > 1:
             raise fail(f"tolerance.{key} = {tol[key]} must be at most 1")
 
     acc = data.get("accuracy", {})
