@@ -144,7 +144,8 @@ def timing_view(session: Any, feed: list[np.ndarray]) -> tuple[Any, list[np.ndar
         return session, feed
     from edgekit.backends.tflite import _quantize
 
+    arrays = session._check(feed)  # the session's own dtype/shape conversion, done once
     plain = copy.copy(session)
     plain._convert_in = plain._convert_out = None
     plain._check = lambda f: f
-    return plain, [x if c is None else _quantize(x, *c) for x, c in zip(feed, conv)]
+    return plain, [x if c is None else _quantize(x, *c) for x, c in zip(arrays, conv)]

@@ -20,8 +20,6 @@ Writes benchmarks/results/quantization.{json,md}. Numbers are measured, not asse
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import json
 import platform
 import sys
@@ -30,15 +28,14 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from common import timing_view
 from edgekit.backends import Artifact, get_backend
 from edgekit.bench.accuracy import evaluate_session
 from edgekit.bench.latency import time_interleaved
 from edgekit.models import get_spec
 from edgekit.pipeline import compress
-from edgekit.profiles import load_profile
 from edgekit.quantize.qat import qat_finetune
 from edgekit.train import evaluate, fit
 
@@ -219,17 +216,8 @@ def run_model(name: str, runs: int, threads: int, epochs_scale: float, qat_epoch
     timed = dict(sessions)
     for key, sess in sessions.items():
         # TFLite int8 files take int8 tensors; the float-I/O session converts in Python, which
-        # would be timed too. Time the interpreter alone with pre-quantized feeds.
-        conv = getattr(sess, "_convert_in", None)
-        if conv is not None:
-            from edgekit.backends.tflite import _quantize
-
-            plain = copy.copy(sess)
-            plain._convert_in = plain._convert_out = None
-            plain._check = lambda f: f
-            timed[key] = plain
-            feeds[key] = [x_ if c is None else _quantize(x_, *c)
-                          for x_, c in zip(feeds[key], conv)]
+        # would be timed too: time the interpreter alone with pre-quantized feeds.
+        timed[key], feeds[key] = timing_view(sess, feeds[key])
     sessions = timed
     for key in list(sessions):  # a session that cannot run is reported, not timed
         try:
@@ -304,7 +292,8 @@ def to_markdown(report: dict) -> str:
                 if v is None:
                     continue
                 sp = rat.get(rt, {}).get(tag, {}).get("speedup_vs_fp32")
-                note = v.get("error") or v.get("eval_error") or ""
+                note = v.get("error") or v.get("eval_error") or v.get("run_error") or ""
+                note = " ".join(note.split()).replace("|", "/")
                 if v.get("float_layers"):
                     note += f" float: {v['float_layers']}"
                 if v.get("dynamic_range_nodes"):

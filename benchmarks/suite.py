@@ -317,6 +317,13 @@ class ModelRun:
                 self.cells.setdefault(f"{variant}/{rt}", {"status": "not run"})
 
 
+def _threads(rt: str) -> str:
+    """The thread count the int8 profile (and so the build's latency check) uses."""
+    from edgekit.profiles import load_profile
+
+    return f"{load_profile(INT8[rt]).threads} threads"
+
+
 def _round(v: float | None, nd: int) -> float | None:
     return None if v is None else round(v, nd)
 
@@ -372,6 +379,9 @@ def _fmt(v: Any, spec: str = ".2f", none: str = "-") -> str:
 def _metric_fmt(report: dict[str, Any], v: float | None) -> str:
     if v is None:
         return "-"
+    v = v + 0.0  # no "-0"
+    if abs(v) < 5e-5:
+        v = 0.0
     return f"{v:.2f}" if report["metric"] in ("top1", "retrieval_top1") else f"{v:.4g}"
 
 
@@ -385,18 +395,31 @@ def losses(models: list[dict[str, Any]]) -> list[str]:
             e, n = cells.get(f"int8/{rt}", {}), cells.get(f"native_int8/{rt}", {})
             sp = e.get("speedup_vs_fp32")
             if sp is not None and sp < 0.97:
+                lc = e.get("latency_check") or {}
+                if lc.get("below_min_speedup"):
+                    built = (f"the build flagged it (Int8SlowerWarning, {lc['speedup']:.2f}x "
+                             f"at {_threads(rt)}; {len(lc.get('variants_tried', []))} variants "
+                             "tried) and advises the fp32 target")
+                elif lc.get("speedup"):
+                    built = (f"the build's own check measured {lc['speedup']:.2f}x at "
+                             f"{_threads(rt)} and kept '{lc.get('chosen')}'; with 1 thread it "
+                             "loses")
+                else:
+                    built = "the build did not time it (" + str(lc.get("skipped") or
+                                                               "no latency check") + ")"
+                why = (" Calls this short are dominated by per-op overhead that int8 does not "
+                       "shrink." if e["median_ms"] < 0.2 else "")
                 out.append(f"{rep['model']} int8 on {RT_LABEL[rt]} is {sp:.2f}x its fp32 "
-                           "(slower): use the fp32 target for this model on this runtime; "
-                           "small models spend their time in per-op overhead that int8 does "
-                           "not shrink. Next: choose fp32 or per-layer fallback by measured "
-                           "latency at build time.")
+                           f"(slower): {built}.{why} Next: per-op timing from the runtime's "
+                           "profiler to choose which ops stay float, and the latency check at "
+                           "the deployment's thread count.")
             if e.get("median_ms") and n.get("median_ms") and e["median_ms"] > 1.05 * n[
                     "median_ms"]:
                 out.append(f"{rep['model']} int8 on {RT_LABEL[rt]}: edgekit "
                            f"{e['median_ms']:.4f} ms vs native {n['median_ms']:.4f} ms "
                            f"({e['median_ms'] / n['median_ms']:.2f}x slower)"
-                           + (f"; edgekit keeps {len(e['float_layers'])} layer(s) in float for "
-                              "accuracy" if e.get("float_layers") else "")
+                           + (f"; edgekit keeps {', '.join(e['float_layers'])} in float"
+                              if e.get("float_layers") else "")
                            + ". Next: weigh latency in the fallback choice.")
             if e.get("metric_drop") is not None and n.get("metric_drop") is not None and \
                     e["metric_drop"] > n["metric_drop"] + 1e-9 and e["metric_drop"] > 0:
@@ -473,12 +496,14 @@ def _short(status: str) -> str:
 def _native_section(doc: dict[str, Any]) -> list[str]:
     lines = ["## edgekit int8 beside each runtime's default int8 flow", "",
              "Ratios edgekit / native: latency (below 1 = edgekit faster) and accuracy drop "
-             "(points; lower is better). `hand` = the same native flow measured by hand "
-             "earlier on the development machine (accuracy change, speed-up over fp32), "
-             "which the native column reproduces.", "",
+             "(points; lower is better). `hand baseline` = the same native flow measured by "
+             "hand on the development machine kind (AMD EPYC Zen 5 with AVX-512 VNNI + BF16, 1 "
+             "thread): its accuracy effects are what the native column must reproduce "
+             "(`same drop` = within one point); its speed-ups belong to that CPU, so on another "
+             "CPU they are context, not a target.", "",
              "| model | runtime | edgekit int8: drop, speed-up | native int8: drop, speed-up "
-             "| hand baseline | latency edgekit / native |",
-             "|---|---|---|---|---|---|"]
+             "| hand baseline | same drop | latency edgekit / native |",
+             "|---|---|---|---|---|---|---|"]
     for rep in doc["models"]:
         cells = rep.get("cells", {})
         for rt in RUNTIMES:
@@ -486,10 +511,13 @@ def _native_section(doc: dict[str, Any]) -> list[str]:
             hand = HAND_BASELINE.get((rep["model"], rt))
             ratio = (f"{e['median_ms'] / n['median_ms']:.2f}" if e.get("median_ms")
                      and n.get("median_ms") else "-")
+            same = "-"
+            if hand and n.get("metric_drop") is not None:
+                same = "yes" if abs(n["metric_drop"] - (0.0 - hand[0])) <= 1.0 else "no"
             lines.append(
                 f"| {rep['model']} | {RT_LABEL[rt]} | {_pair(rep, e)} | {_pair(rep, n)} | "
                 + (f"{0.0 - hand[0]:+.1f} drop, {hand[1]:.2f}x" if hand else "-")
-                + f" | {ratio} |")
+                + f" | {same} | {ratio} |")
     return lines + [""]
 
 
@@ -605,7 +633,8 @@ def write_report(out: Path, mode: str, readme: bool) -> dict[str, Any]:
     for name in meta["models"]:
         f = run_dir / f"{name}.json"
         models.append(json.loads(f.read_text()) if f.is_file()
-                      else {"model": name, "error": "not run yet (the run stopped before it)"})
+                      else {"model": name, "error": "not measured yet: the run stopped before "
+                            "this model (`python -m benchmarks.suite --full --resume` goes on)"})
     for rep in models:  # % of peak against the peak on record (it may be re-measured)
         for key, cell in rep.get("cells", {}).items():
             peak = meta["peak"]["int8" if "int8" in key.split("/")[0] else "fp32"]["ops_per_s"]
