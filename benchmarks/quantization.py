@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from common import timing_view
+import native
+from common import FP32, INT8, RUNTIMES, timing_view
 from edgekit.backends import Artifact, get_backend
 from edgekit.bench.accuracy import evaluate_session
 from edgekit.bench.latency import time_interleaved
@@ -40,11 +41,6 @@ from edgekit.quantize.qat import qat_finetune
 from edgekit.train import evaluate, fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNTIMES = ("onnxruntime", "openvino", "tflite")
-FP32 = {"onnxruntime": "x86-onnxruntime-fp32", "openvino": "x86-openvino-fp32",
-        "tflite": "x86-tflite-fp32"}
-INT8 = {"onnxruntime": "x86-onnxruntime-int8", "openvino": "x86-openvino-int8",
-        "tflite": "arm64-tflite-int8"}
 CALIB = 300
 
 
@@ -65,26 +61,10 @@ def _native(name: str, model, x, spec, task, tmp: Path, fp32_dir: Path, threads:
     out: dict = {}
     # onnxruntime
     try:
-        from onnxruntime.quantization import QuantFormat, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
         src = fp32_dir / FP32["onnxruntime"] / "model.onnx"
-        pre, q = tmp / f"{name}-ort-pre.onnx", tmp / f"{name}-ort-native" / "model.onnx"
-        q.parent.mkdir(parents=True, exist_ok=True)
-        quant_pre_process(str(src), str(pre))
-
-        class R:
-            def __init__(self):
-                self.it = iter([dict(zip(spec.input_names, c)) for c in calib])
-
-            def get_next(self):
-                return next(self.it, None)
-
-        quantize_static(str(pre), str(q), R(), quant_format=QuantFormat.QDQ, per_channel=True)
-        be = get_backend("onnxruntime")
-        art = Artifact("onnxruntime", q.parent, ["model.onnx"], list(fp32_ort.inputs),
-                       list(fp32_ort.outputs), "int8")
-        out["onnxruntime"] = (be.load(art, threads=threads, options={}), q.stat().st_size, {})
+        out["onnxruntime"] = (*native.ort_int8(src, tmp / f"{name}-ort-native", calib,
+                                               list(spec.input_names), fp32_ort.inputs,
+                                               fp32_ort.outputs, threads), {})
     except Exception as exc:
         out["onnxruntime"] = (None, None, {"error": f"{type(exc).__name__}: {exc}"[:300]})
     # openvino + nncf defaults
@@ -117,15 +97,8 @@ def _native(name: str, model, x, spec, task, tmp: Path, fp32_dir: Path, threads:
         out["openvino"] = (None, None, {"error": f"{type(exc).__name__}: {exc}"[:300]})
     # litert PT2E defaults
     try:
-        from edgekit.quantize.config import QuantConfig
-
-        be = get_backend("tflite")
-        d = tmp / f"{name}-tfl-native"
-        art = be.export_int8(model, x, d, input_names=list(spec.input_names),
-                             output_names=list(spec.output_names), options={},
-                             calibration=calib, config=QuantConfig(io="float"))
-        sess = be.load(art, threads=threads, options={"io": "float"})
-        out["tflite"] = (sess, art.size_bytes, {})
+        out["tflite"] = (*native.tflite_int8(model, x, tmp / f"{name}-tfl-native", calib,
+                                             spec.input_names, spec.output_names, threads), {})
     except Exception as exc:
         out["tflite"] = (None, None, {"error": f"{type(exc).__name__}: {exc}"[:300]})
     return out

@@ -38,6 +38,7 @@ from _readme import RESULTS, update_readme_section  # noqa: E402
 from common import (FP32, INT8, RUNTIMES, artifact_size, log, pruned,  # noqa: E402
                     timing_view, trained)
 
+from edgekit.bench.accuracy import session_outputs  # noqa: E402
 from edgekit.bench.fidelity import compare_outputs  # noqa: E402
 from edgekit.bench.latency import time_interleaved  # noqa: E402
 from edgekit.bench.peak import measure_peak, percent_of_peak  # noqa: E402
@@ -268,14 +269,14 @@ class ModelRun:
         classifier = task.kind == "classification"
         for key, sess in self.sessions.items():
             try:
-                outs = _run_split(sess, task.test)
+                outs = session_outputs(sess, task.test)
                 acc = float(task.score(outs, task.test.targets.numpy(),
                                        [t.numpy() for t in task.test.inputs]))
                 fid = compare_outputs(self.reference, outs, list(self.spec.output_names),
                                       classifier=classifier)
                 self.cells[key].update({
-                    "metric": round(acc, 4), "metric_drop": round(_drop(task, report[
-                        "pytorch_fp32"], acc), 4),
+                    "metric": round(acc, 4),
+                    "metric_drop": round(task.drop(report["pytorch_fp32"], acc), 4),
                     "fidelity": {"top1_agreement": fid["top1_agreement"],
                                  "cosine_min": round(fid["cosine_min"], 6),
                                  "sqnr_db": fid["sqnr_db"] if isinstance(fid["sqnr_db"], str)
@@ -326,20 +327,6 @@ def _threads(rt: str) -> str:
 
 def _round(v: float | None, nd: int) -> float | None:
     return None if v is None else round(v, nd)
-
-
-def _drop(task: Any, ref: float, got: float) -> float:
-    """Metric lost against the fp32 PyTorch model (positive = worse)."""
-    return (ref - got) if task.higher_is_better else (got - ref)
-
-
-def _run_split(sess: Any, split: Any) -> list[np.ndarray]:
-    arrays = [t.numpy() for t in split.inputs]
-    outs: list[list[np.ndarray]] = [[] for _ in sess.outputs]
-    for i in range(len(split)):
-        for j, o in enumerate(sess.run([a[i:i + 1] for a in arrays])):
-            outs[j].append(o)
-    return [np.concatenate(o, axis=0) for o in outs]
 
 
 def run_model(name: str, mode: Mode, tmp: Path, peak: dict[str, Any]) -> dict[str, Any]:

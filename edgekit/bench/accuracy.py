@@ -15,8 +15,8 @@ def split_batches(split: Split, batch: int, limit: int | None = None) -> list[li
     return [[a[i : i + batch] for a in arrays] for i in range(0, n - batch + 1, batch)]
 
 
-def evaluate_session(session: Session, split: Split, task: Task, *, batch: int = 1) -> float:
-    """Run every sample of ``split`` through ``session`` and score it with ``task.score``."""
+def session_outputs(session: Session, split: Split, *, batch: int = 1) -> list[np.ndarray]:
+    """Run every whole batch of ``split`` through ``session``; one stacked array per output."""
     batches = split_batches(split, batch)
     if not batches:
         raise ValueError(f"split has {len(split)} samples, fewer than one batch of {batch}")
@@ -24,7 +24,12 @@ def evaluate_session(session: Session, split: Split, task: Task, *, batch: int =
     for feeds in batches:
         for i, out in enumerate(session.run(feeds)):
             outs[i].append(out)
-    used = len(batches) * batch
-    stacked = [np.concatenate(o, axis=0) for o in outs]
+    return [np.concatenate(o, axis=0) for o in outs]
+
+
+def evaluate_session(session: Session, split: Split, task: Task, *, batch: int = 1) -> float:
+    """Run every sample of ``split`` through ``session`` and score it with ``task.score``."""
+    stacked = session_outputs(session, split, batch=batch)
+    used = len(stacked[0])
     inputs = [t[:used].detach().cpu().numpy() for t in split.inputs]
     return float(task.score(stacked, split.targets[:used].detach().cpu().numpy(), inputs))

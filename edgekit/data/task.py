@@ -49,3 +49,7 @@ class Task:
     score: Callable[[Sequence[np.ndarray], np.ndarray, Sequence[np.ndarray]], float]
     num_classes: int | None = None
     description: str = ""
+
+    def drop(self, reference: float, got: float) -> float:
+        """How much of the metric ``got`` lost against ``reference`` (positive = worse)."""
+        return (reference - got) if self.higher_is_better else (got - reference)

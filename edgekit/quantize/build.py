@@ -73,10 +73,6 @@ def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where:
                 "keep the most sensitive layers in float")
 
 
-def _drop(task: Task, ref: float, got: float) -> float:
-    return (ref - got) if task.higher_is_better else (got - ref)
-
-
 def build_int8(
     backend: Any,
     profile: TargetProfile,
@@ -145,14 +141,14 @@ def build_int8(
 
     def ok(score: float | None) -> bool:
         verified = reports[-1] is None or reports[-1].passed
-        within = task is None or score is None or _drop(task, ref_score, score) <= budget
+        within = task is None or score is None or task.drop(ref_score, score) <= budget
         return verified and within
 
     def why(score: float | None) -> str:
         parts = []
-        if task is not None and score is not None and _drop(task, ref_score, score) > budget:
+        if task is not None and score is not None and task.drop(ref_score, score) > budget:
             parts.append(f"int8 {task.metric} on {task.name} test is {score:.2f} against fp32 "
-                         f"{ref_score:.2f}: a drop of {_drop(task, ref_score, score):.2f} "
+                         f"{ref_score:.2f}: a drop of {task.drop(ref_score, score):.2f} "
                          f"points, over the budget of {budget}")
         if reports[-1] is not None and not reports[-1].passed:
             bad = [f"{o.name}: " + "; ".join(o.failures) for o in reports[-1].outputs
@@ -255,6 +251,6 @@ def build_int8(
     }
     if task is not None:
         manifest["accuracy"] = {"metric": task.metric, "split": "test", "fp32": ref_score,
-                                "int8": score, "drop": round(_drop(task, ref_score, score), 4),
+                                "int8": score, "drop": round(task.drop(ref_score, score), 4),
                                 "budget": budget}
     return Int8Result(art, sess, manifest)
