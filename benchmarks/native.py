@@ -20,6 +20,7 @@ Every flow is calibrated on the same samples (the first ``n`` of the validation 
 from __future__ import annotations
 
 import copy
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,12 @@ def ort_int8(fp32_onnx: Path, out_dir: Path, calib: list[list[np.ndarray]],
 
     out_dir.mkdir(parents=True, exist_ok=True)
     pre, q = out_dir / "pre.onnx", out_dir / "model.onnx"
-    quant_pre_process(str(fp32_onnx), str(pre))
+    try:  # the pre-processing step onnxruntime's documentation asks for before quantize_static
+        quant_pre_process(str(fp32_onnx), str(pre))
+    except Exception as exc:
+        where = " <- ".join(f.name for f in reversed(traceback.extract_tb(exc.__traceback__)[-2:]))
+        raise RuntimeError(f"onnxruntime's quant_pre_process failed in {where}: "
+                           f"{type(exc).__name__}: {exc}") from exc
 
     class Reader:
         def __init__(self) -> None:

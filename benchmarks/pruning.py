@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
+from common import trained
 from edgekit.bench.latency import time_interleaved
-from edgekit.models import build, get_spec
+from edgekit.models import get_spec
 from edgekit.pipeline import compress
 from edgekit.prune import prune_and_fine_tune
-from edgekit.train import evaluate, fit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"onnxruntime": "x86-onnxruntime-fp32", "openvino": "x86-openvino-fp32",
@@ -48,11 +48,8 @@ def run_model(name: str, runs: int, threads: int, tmp: Path) -> dict:
     spec = get_spec(name)
     plan = dict(PLANS[name])
     task = spec.task()
-    torch.manual_seed(0)
-    model = build(name)
-    t0 = time.perf_counter()
-    fit(model, task, seed=0, progress=False)
-    train_s = time.perf_counter() - t0
+    model, meta = trained(name)  # the zoo's default epochs, seed 0; cached across runs
+    train_s = meta["train_seconds"]
     unpruned = copy.deepcopy(model).eval()
     x = spec.example_inputs(1)
     steps = plan.pop("steps")

@@ -31,14 +31,14 @@ from pathlib import Path
 import torch
 
 import native
-from common import FP32, INT8, RUNTIMES, timing_view
+from common import FP32, INT8, RUNTIMES, timing_view, trained
 from edgekit.backends import Artifact, get_backend
 from edgekit.bench.accuracy import evaluate_session
 from edgekit.bench.latency import time_interleaved
 from edgekit.models import get_spec
 from edgekit.pipeline import compress
 from edgekit.quantize.qat import qat_finetune
-from edgekit.train import evaluate, fit
+from edgekit.train import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CALIB = 300
@@ -108,19 +108,10 @@ def run_model(name: str, runs: int, threads: int, epochs_scale: float, qat_epoch
               tmp: Path) -> dict:
     spec = get_spec(name)
     task = spec.task()
-    torch.manual_seed(0)
-    model = spec.factory()
     epochs = max(2, round(spec.default_epochs * epochs_scale))
-    t0 = time.perf_counter()
-    cached = Path(tempfile.gettempdir()) / f"edgekit-qbench-{name}-{epochs}.pt"
-    if cached.is_file():  # reruns of the benchmark reuse the trained weights
-        model.load_state_dict(torch.load(cached))
-    else:
-        fit(model, task, epochs=epochs, seed=0, progress=False)
-        torch.save(model.state_dict(), cached)
-    model.eval()
+    model, meta = trained(name, epochs)  # cached across runs (and shared with the suite)
     fp32_acc = evaluate(model, task.test, task)
-    log(f"{name}: trained {epochs} epochs in {time.perf_counter() - t0:.0f} s, "
+    log(f"{name}: trained {epochs} epochs in {meta['train_seconds']:.0f} s, "
         f"test {task.metric} {fp32_acc:.2f}")
     x = spec.example_inputs(1)
     kw = dict(input_names=spec.input_names, output_names=spec.output_names, task=task,
@@ -295,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="cnn,mobilenet_v2,ds_cnn,lstm,transformer")
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--epochs-scale", type=float, default=0.5,
+    ap.add_argument("--epochs-scale", type=float, default=1.0,
                     help="fraction of each zoo model's default training epochs")
     ap.add_argument("--qat-epochs", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS))

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -476,8 +477,18 @@ def to_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _short(status: str) -> str:
-    return status.replace("|", "/")[:90]
+def _short(status: str, width: int = 90) -> str:
+    """A cell's status for a table: a failed gate reduced to its numbers, cut at a word."""
+    gate = re.match(r"accuracy gate failed: target \S+: (.*?) \(tried", status)
+    if gate:
+        why = gate.group(1)
+        tol = re.fullmatch(r"it misses the profile's tolerance \(logits: (.*)\)", why)
+        drop = re.search(r"a drop of (\S+) points?, over the budget of (\S+)", why)
+        why = (tol.group(1) if tol else
+               f"drop {drop.group(1)} > budget {drop.group(2)}" if drop else why)
+        status = "gate failed: " + re.sub(r"(\d\.\d\d)\d+", r"\1", why.replace("tolerance ", ""))
+    status = status.replace("|", "/")
+    return status if len(status) <= width else status[: width - 1].rsplit(" ", 1)[0] + " ..."
 
 
 def _native_section(doc: dict[str, Any]) -> list[str]:

@@ -146,3 +146,39 @@ def test_qat_ends_in_the_same_int8_artifacts(cnn, tmp_path):
         assert q["mode"] == "qat" and q["accuracy"]["drop"] <= 1.0
     assert manifest["targets"][TFL]["artifact_info"]["quantization"]["qat"] is True
     assert bundle.load(TFL).run([spec.example_inputs(1)[0].numpy()])[0].shape == (1, 10)
+
+
+def test_qat_keeps_the_calibrated_start_when_fine_tuning_makes_it_worse(cnn):
+    from edgekit.quantize.qat import qat_finetune
+    from edgekit.train import evaluate
+
+    spec, model, task = cnn
+    # A learning rate this large wrecks the weights in the first steps: no epoch can beat the
+    # fake-quantized starting point on the validation split, so QAT must hand back the start.
+    qat_model = qat_finetune(model, task, spec.example_inputs(1), epochs=1, lr=5.0)
+    hist = qat_model.edgekit_qat_history
+    assert hist["best_epoch"] == -1 and hist["val"][0] < hist["start_val"]
+    assert evaluate(qat_model.edgekit_qat_prepared, task.val, task) == pytest.approx(
+        hist["start_val"])
+    for name, p in model.state_dict().items():
+        assert torch.equal(qat_model.state_dict()[name], p), name
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_qat_freezes_batch_norm_statistics(freeze_bn):
+    from edgekit.quantize.qat import qat_finetune
+
+    spec = get_spec("ds_cnn")
+    task = spec.task()
+    torch.manual_seed(0)
+    model = spec.factory().eval()  # untrained: any epoch of training beats the start
+    qat_model = qat_finetune(model, task, spec.example_inputs(1), epochs=1, lr=1e-2,
+                             freeze_bn=freeze_bn)
+    assert qat_model.edgekit_qat_history["best_epoch"] == 0
+    stats = [k for k in model.state_dict() if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    before, after = model.state_dict(), qat_model.state_dict()
+    same = [torch.equal(before[k], after[k]) for k in stats]
+    assert all(same) if freeze_bn else not any(same)
+    changed = [k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])]
+    assert changed  # the weights did train

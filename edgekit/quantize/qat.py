@@ -16,6 +16,7 @@ fine-tuned weights with their own calibration (the weights were trained to be ro
 from __future__ import annotations
 
 import copy
+import types
 from typing import Any
 
 import torch
@@ -47,13 +48,22 @@ def qat_finetune(
     batch_size: int = 64,
     seed: int = 0,
     progress: bool = False,
+    freeze_bn: bool = True,
+    calibration_batches: int = 8,
 ) -> torch.nn.Module:
     """Fine-tune a fake-quantized copy of ``model``; return a float copy with the tuned weights
-    and the prepared graph attached (``model`` itself is not changed)."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    and the prepared graph attached (``model`` itself is not changed).
+
+    The recipe for a model that is already trained: the fake-quantize ranges start from
+    ``calibration_batches`` training batches (not from the first training step) and move only
+    in training steps, never in an evaluation; batch-norm
+    statistics stay frozen (``freeze_bn``), so small fine-tuning batches cannot shift them; and
+    the starting point (the fake-quantized model before any step, i.e. PTQ) competes with every
+    epoch on the validation split, so QAT never returns weights that validate worse than it.
+    """
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    from ..train import fit
+    from ..train import evaluate, fit
 
     config = QuantConfig.coerce(config)
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
@@ -77,20 +87,70 @@ def qat_finetune(
     # torchao 0.18): annotate conv and bn separately instead.
     quantizer.STATIC_QAT_ONLY_OPS = []
     prepared = prepare_qat_pt2e(gm, quantizer)
-    allow_exported_model_train_eval(prepared)
+    _observe_only_in_training(prepared, freeze_bn)
+    _calibrate(prepared, task, calibration_batches, batch_size)
+    start_val = evaluate(prepared, task.val, task)
+    start_state = copy.deepcopy(prepared.state_dict())
     if lr is None:
         lr = float(getattr(model, "DEFAULT_LR", 1e-3)) * 0.1
     history = fit(prepared, task, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                   progress=progress, teacher=teacher, spec=False or _NoSpec())
+    history["start_val"] = start_val
+    better = (history["best_val"] > start_val if task.higher_is_better
+              else history["best_val"] < start_val)
+    if not better:  # no epoch beat the calibrated starting point: keep it
+        prepared.load_state_dict(start_state)
+        history["best_val"], history["best_epoch"] = start_val, -1
     prepared.eval()
     tuned = copy.deepcopy(model).eval()
     own = tuned.state_dict()
     new = {k: v for k, v in prepared.state_dict().items() if k in own and own[k].shape == v.shape}
     tuned.load_state_dict(new, strict=False)
     tuned.edgekit_qat_prepared = prepared  # type: ignore[attr-defined]
-    tuned.edgekit_qat_history = {k: history[k] for k in ("val", "best_val", "best_epoch")}
+    tuned.edgekit_qat_history = {k: history[k]
+                                 for k in ("start_val", "val", "best_val", "best_epoch")}
     tuned.edgekit_qat_updated = sorted(new)  # type: ignore[attr-defined]
     return tuned
+
+
+def _observe_only_in_training(prepared: torch.nn.Module, freeze_bn: bool) -> None:
+    """The fake-quantize ranges move only in training steps (an evaluation leaves them as they
+    are); with ``freeze_bn``, batch norm keeps its inference behaviour in training too."""
+    from torchao.quantization.pt2e import (
+        disable_observer,
+        enable_observer,
+        move_exported_model_to_eval,
+        move_exported_model_to_train,
+    )
+
+    def train(self, mode=True):  # methods of the graph itself, so a deep copy keeps working
+        if not mode:
+            return self.eval()
+        self.apply(enable_observer)
+        if not freeze_bn:
+            move_exported_model_to_train(self)
+        return self
+
+    def eval(self):
+        move_exported_model_to_eval(self)
+        self.apply(disable_observer)
+        return self
+
+    prepared.train = types.MethodType(train, prepared)
+    prepared.eval = types.MethodType(eval, prepared)
+
+
+@torch.no_grad()
+def _calibrate(prepared: torch.nn.Module, task: Task, batches: int, batch_size: int) -> None:
+    """Let the fake-quantize observers see ``batches`` training batches before any step."""
+    from torchao.quantization.pt2e import disable_observer, enable_observer
+
+    prepared.eval()
+    prepared.apply(enable_observer)
+    train = task.train
+    for i in range(0, min(len(train), max(1, batches) * batch_size), batch_size):
+        prepared(*(t[i : i + batch_size] for t in train.inputs))
+    prepared.apply(disable_observer)
 
 
 class _NoSpec:
