@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import re
 import sys
@@ -291,7 +292,11 @@ class ModelRun:
                 continue
             timed[key], feeds[key] = timing_view(sess, feed0)
         _say(f"{self.name}: timing {len(timed)} sessions side by side, {mode.runs} rounds")
+        before = _cpu_use()
         stats = time_interleaved(timed, feeds, warmup=mode.warmup, runs=mode.runs)
+        # Other work on the machine distorts some runtimes more than others (OpenVINO's
+        # worker thread most): record how many cores other processes kept busy meanwhile.
+        report["timing_load"] = _other_cores(before, _cpu_use())
         for key, st in stats.items():
             variant = key.split("/")[0]
             base = "native_fp32" if variant == "native_int8" else "fp32"
@@ -324,6 +329,25 @@ def _threads(rt: str) -> str:
     from edgekit.profiles import load_profile
 
     return f"{load_profile(INT8[rt]).threads} threads"
+
+
+def _cpu_use() -> tuple[float, float, float] | None:
+    """(wall s, CPU s busy on the whole machine, CPU s of this process), Linux only."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle, iowait
+    return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def _other_cores(a, b) -> dict[str, Any] | None:
+    """Cores kept busy by other processes between two :func:`_cpu_use` readings."""
+    if a is None or b is None or b[0] <= a[0]:
+        return None
+    other = max(0.0, (b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0])
+    return {"other_cores": round(other, 2), "cores": os.cpu_count(),
+            "seconds": round(b[0] - a[0], 1)}
 
 
 def _round(v: float | None, nd: int) -> float | None:
@@ -541,6 +565,14 @@ def _model_section(rep: dict[str, Any]) -> list[str]:
                     f"{pr['fine_tune_epochs']} epochs of distillation fine-tune.")
     elif pr.get("error"):
         head.append(f"Pruning failed: {pr['error']}")
+    load = rep.get("timing_load")
+    if load:
+        busy = load["other_cores"] >= 0.25
+        head.append(f"While timing ({load['seconds']} s), other processes kept "
+                    f"{load['other_cores']} of {load['cores']} cores busy"
+                    + (": the medians, OpenVINO's most, are distorted." if busy else "."))
+    else:
+        head.append("Other processes' CPU use while timing: not recorded in this run.")
     npr = rep.get("native_pruning")
     if npr:
         head.append(f"torch-pruning by hand: {npr['macs'][0] / 1e6:.3f} M -> "

@@ -130,3 +130,37 @@ def test_openvino_alternatives_and_check_off(tmp_path):
     check = manifest["targets"][OV]["quantization"]["latency_check"]
     assert check == {"skipped": "turned off (quantization latency_check = false)"}
     assert not slower
+
+
+def test_a_realisation_that_misses_the_gate_gives_way_to_the_runtimes_alternative(tmp_path):
+    from types import SimpleNamespace
+
+    from edgekit.backends import get_backend
+    from edgekit.profiles import load_profile
+    from edgekit.quantize.build import build_int8
+
+    spec = get_spec("cnn")
+    torch.manual_seed(0)
+    model = spec.factory().eval()
+    train = spec.task().train
+    calib = [[t[i : i + 1].numpy() for t in train.inputs] for i in range(8)]
+    checked = []
+
+    def check(session):  # verification: the configured (NNCF) artifact fails, the next passes
+        checked.append(session)
+        passed = len(checked) > 1
+        return SimpleNamespace(passed=passed, outputs=[SimpleNamespace(
+            name="logits", passed=passed, failures=[] if passed else ["cosine 0.5 < 0.9"])])
+
+    res = build_int8(get_backend("openvino"), load_profile(OV), model, spec.example_inputs(1),
+                     tmp_path / "t", in_names=list(spec.input_names),
+                     out_names=list(spec.output_names), calibration=calib,
+                     config=QuantConfig(latency_check=False), task=None, batch=1,
+                     progress=False, check=check)
+    q = res.manifest
+    assert q["config"]["openvino_source"] == "qdq" and q["float_layers"] == []
+    assert q["attempts"][1] == {"keep_float": [], "score": None,
+                                "config": {"openvino_source": "qdq"}, "passed": True}
+    assert q["accuracy_alternative"].startswith("ONNX Runtime QDQ source")
+    assert len(checked) == 2 and res.session.run([spec.example_inputs(1)[0].numpy()])[0].shape \
+        == (1, 10)

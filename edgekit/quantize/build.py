@@ -22,7 +22,7 @@ from ..errors import QuantizationError
 from ..profiles import TargetProfile
 from ..train import evaluate
 from .config import QuantConfig
-from .latency import Variant, latency_choice
+from .latency import Variant, config_alternatives, latency_choice
 from .sensitivity import layer_sensitivity, quantizable_layers
 
 __all__ = ["Int8Result", "build_int8", "check_outputs_sane"]
@@ -162,6 +162,7 @@ def build_int8(
             cache["ref_score"] = evaluate(model, task.test, task)
         ref_score = cache["ref_score"]
     keep = list(config.keep_float)
+    active, alternative = config, None  # the config the artifact is built with
     art, sess, score = attempt(keep)
     tried = [{"keep_float": list(keep), "score": score}]
     fallback: list[str] = []
@@ -175,6 +176,19 @@ def build_int8(
             prepared = None
             art, sess, score = attempt(keep)
             tried.append({"keep_float": list(keep), "score": score, "qat_ranges": False})
+        if config.fallback and prepared is None and not ok(score):
+            # The runtime's other int8 realisations first (OpenVINO: the QDQ model instead of
+            # NNCF, the other preset; ONNX Runtime: the other activation type): one of them
+            # may pass with every layer in int8.
+            for label, changes in config_alternatives(profile, config, model):
+                alt = dataclasses.replace(config, **changes)
+                _log(progress, f"{profile.name}: retrying with {label}")
+                a_art, a_sess, a_score = attempt(keep, alt)
+                tried.append({"keep_float": list(keep), "score": a_score, "config": changes,
+                              "passed": ok(a_score)})
+                if ok(a_score):
+                    art, sess, score, active, alternative = a_art, a_sess, a_score, alt, label
+                    break
         if config.fallback and prepared is None and not ok(score):
             k = 1
             while k <= min(config.max_fallback, len(ranked)):
@@ -205,12 +219,13 @@ def build_int8(
         v_art, v_sess, v_score = attempt(trial_keep, cfg, where)
         return v_art, v_sess, v_score, None if ok(v_score) else why(v_score)
 
-    base = Variant("as configured", config, list(keep_all), {}, art, sess, score, target_dir)
+    base = Variant(alternative or "as configured", active, list(keep_all), {}, art, sess, score,
+                   target_dir)
     workdir = Path(tempfile.mkdtemp(prefix="edgekit-int8-variants-"))
     try:
         chosen, latency = latency_choice(
             backend=backend, profile=profile, model=model, inputs=inputs, in_names=in_names,
-            out_names=out_names, config=config, base=base, build=build_variant,
+            out_names=out_names, config=active, base=base, build=build_variant,
             workdir=workdir, allow_layer_fallback=prepared is None and config.fallback,
             log=lambda m: _log(progress, m))
         if chosen is not base:
@@ -245,6 +260,9 @@ def build_int8(
         "latency_fallback_layers": speed_float,
         "layers": per_layer,
         "attempts": tried,
+        "accuracy_alternative": (f"{alternative}: the configured realisation missed the "
+                                 "accuracy budget or the tolerance, this one met it with every "
+                                 "layer in int8" if alternative else None),
         "executed_precision": sess.info.get("precision"),
         "size_bytes": art.size_bytes,
         "latency_check": latency,

@@ -88,7 +88,7 @@ def _measure(sessions: dict[str, Session], feeds: list[np.ndarray],
     return {k: _stats(v) for k, v in got.samples.items()}
 
 
-def _config_alternatives(profile: TargetProfile, config: QuantConfig,
+def config_alternatives(profile: TargetProfile, config: QuantConfig,
                          model: torch.nn.Module) -> list[tuple[str, dict[str, Any]]]:
     """(name, QuantConfig changes) for the runtime's cheap alternatives to ``config``."""
     act = "int8" if config.activation_type == "int8" else "uint8"
@@ -244,7 +244,7 @@ def _search(*, profile: TargetProfile, model: torch.nn.Module, config: QuantConf
         else:
             shutil.rmtree(where, ignore_errors=True)
 
-    for name, changes in _config_alternatives(profile, config, model):
+    for name, changes in config_alternatives(profile, config, model):
         if count >= budget or best_speedup >= min_speedup:
             break
         trial(name, changes, list(best.keep))
