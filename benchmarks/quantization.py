@@ -278,7 +278,45 @@ def to_markdown(report: dict) -> str:
                     lines.append(f"- {rt} {tag}: accuracy {r['accuracy_points']:+.2f} points, "
                                  f"speed {r['speed_ratio']:.2f}x native")
         lines.append("")
+    lines += ["## Against the bar", "",
+              "Aim: PTQ within 1.0 point and QAT within 0.5 of fp32 on cnn, mobilenet_v2 and "
+              "ds_cnn; never below the runtime's own default flow on accuracy; int8 speed-up over "
+              "fp32 reported everywhere, slower included.", ""]
+    lines += [f"- {m}" for m in against_the_bar(report)] or ["- met everywhere."]
     return "\n".join(lines) + "\n"
+
+
+BAR_MODELS, PTQ_BAR, QAT_BAR = ("cnn", "mobilenet_v2", "ds_cnn"), 1.0, 0.5
+
+
+def against_the_bar(report: dict) -> list[str]:
+    """Each place a measured number misses the aim, in words."""
+    out = []
+    for rows in report["models"]:
+        name = rows["model"]
+        if "error" in rows:
+            out.append(f"{name}: not measured ({rows['error'][:120]})")
+            continue
+        for rt in RUNTIMES:
+            rat, v = rows["ratios"].get(rt, {}), rows["variants"]
+            for tag, bar in (("ptq", PTQ_BAR), ("qat", QAT_BAR)):
+                r = rat.get(tag)
+                if r is None:
+                    if name in BAR_MODELS:
+                        out.append(f"{name} {tag} on {rt}: no artifact "
+                                   f"({(v.get(f'{tag}/{rt}') or {}).get('error', '?')[:120]})")
+                    continue
+                if name in BAR_MODELS and r["acc_drop"] is not None and r["acc_drop"] > bar:
+                    out.append(f"{name} {tag} on {rt}: drop {r['acc_drop']:.2f} points "
+                               f"(aim: at most {bar})")
+                nat = rat.get(f"{tag}_vs_native")
+                if nat and nat["accuracy_points"] is not None and nat["accuracy_points"] < 0:
+                    out.append(f"{name} {tag} on {rt}: {-nat['accuracy_points']:.2f} points below "
+                               "the native default flow")
+                if r["speedup_vs_fp32"] is not None and r["speedup_vs_fp32"] < 1.0:
+                    out.append(f"{name} {tag} on {rt}: int8 is slower than fp32 "
+                               f"({r['speedup_vs_fp32']:.2f}x)")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
