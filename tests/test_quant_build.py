@@ -173,7 +173,7 @@ def test_qat_freezes_batch_norm_statistics(freeze_bn):
     torch.manual_seed(0)
     model = spec.factory().eval()  # untrained: any epoch of training beats the start
     qat_model = qat_finetune(model, task, spec.example_inputs(1), epochs=1, lr=1e-2,
-                             freeze_bn=freeze_bn)
+                             freeze_bn=freeze_bn, fold_bn=False)
     assert qat_model.edgekit_qat_history["best_epoch"] == 0
     stats = [k for k in model.state_dict() if k.endswith(("running_mean", "running_var"))]
     assert stats
@@ -182,3 +182,29 @@ def test_qat_freezes_batch_norm_statistics(freeze_bn):
     assert all(same) if freeze_bn else not any(same)
     changed = [k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])]
     assert changed  # the weights did train
+
+
+def test_qat_folds_batch_norm_so_the_tflite_artifact_matches_ptq(tmp_path):
+    from edgekit.quantize.qat import qat_finetune
+
+    spec = get_spec("ds_cnn")
+    task = spec.task()
+    torch.manual_seed(0)
+    model = spec.factory().eval()
+    fit(model, task, epochs=1, progress=False)
+    qat_model = qat_finetune(model, task, spec.example_inputs(1), epochs=1)
+    assert qat_model.edgekit_qat_bn_folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in qat_model.modules())
+    x = spec.example_inputs(4)
+    with torch.no_grad():  # folding keeps the float function (before any tuning step here:
+        # one epoch on an undertrained model may or may not win, so compare shapes only)
+        assert qat_model(*x).shape == model(*x).shape
+    sizes = {}
+    for tag, m in (("ptq", model), ("qat", qat_model)):
+        compress(m, spec.example_inputs(1), targets=[TFL], out_dir=tmp_path / tag,
+                 input_names=list(spec.input_names), output_names=list(spec.output_names),
+                 calibration=task.train, progress=False,
+                 quantization={"samples": 32, "latency_check": False})
+        sizes[tag] = (tmp_path / tag / TFL / "model.tflite").stat().st_size
+    # the learned-range graph converts to as many int8 ops as PTQ: no unfolded batch norm left
+    assert sizes["qat"] <= sizes["ptq"] * 1.05, sizes

@@ -28,10 +28,6 @@ from .pt2e import litert_quantizer
 __all__ = ["qat_finetune", "is_qat_model"]
 
 
-class _QATWrapper(torch.nn.Module):
-    """A float copy of the model with QAT-tuned weights (``edgekit_qat_prepared`` attached)."""
-
-
 def is_qat_model(model: torch.nn.Module) -> bool:
     return getattr(model, "edgekit_qat_prepared", None) is not None
 
@@ -49,10 +45,15 @@ def qat_finetune(
     seed: int = 0,
     progress: bool = False,
     freeze_bn: bool = True,
+    fold_bn: bool = True,
     calibration_batches: int = 8,
 ) -> torch.nn.Module:
     """Fine-tune a fake-quantized copy of ``model``; return a float copy with the tuned weights
     and the prepared graph attached (``model`` itself is not changed).
+
+    With ``fold_bn``, batch norm is first folded into the convolution before it (torch.fx), so
+    the fake-quantized weights are the ones the runtimes run and the TFLite artifact keeps no
+    separate batch-norm ops; the returned model is then that folded module.
 
     The recipe for a model that is already trained: the fake-quantize ranges start from
     ``calibration_batches`` training batches (not from the first training step) and move only
@@ -67,7 +68,7 @@ def qat_finetune(
 
     config = QuantConfig.coerce(config)
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    base = copy.deepcopy(model).eval()
+    base, folded = _fold_batch_norm(model) if fold_bn else (copy.deepcopy(model).eval(), False)
     # Two samples and a dynamic batch dimension, so the training loop can use any batch size.
     batch = torch.export.Dim("batch", min=1, max=4096)
     ex2 = tuple(torch.cat([t, t]) if t.shape[0] == 1 else t for t in inputs)
@@ -102,7 +103,7 @@ def qat_finetune(
         prepared.load_state_dict(start_state)
         history["best_val"], history["best_epoch"] = start_val, -1
     prepared.eval()
-    tuned = copy.deepcopy(model).eval()
+    tuned = copy.deepcopy(base).eval()
     own = tuned.state_dict()
     new = {k: v for k, v in prepared.state_dict().items() if k in own and own[k].shape == v.shape}
     tuned.load_state_dict(new, strict=False)
@@ -110,7 +111,25 @@ def qat_finetune(
     tuned.edgekit_qat_history = {k: history[k]
                                  for k in ("start_val", "val", "best_val", "best_epoch")}
     tuned.edgekit_qat_updated = sorted(new)  # type: ignore[attr-defined]
+    tuned.edgekit_qat_bn_folded = folded  # type: ignore[attr-defined]
     return tuned
+
+
+def _fold_batch_norm(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+    """A copy of ``model`` with each conv + batch norm folded into one conv (torch.fx), and
+    whether anything was folded; a plain copy when there is no batch norm or fx cannot trace
+    the model (its batch norm then stays, with frozen statistics)."""
+    from torch.fx.experimental.optimization import fuse
+
+    plain = copy.deepcopy(model).eval()
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return plain, False
+    try:
+        fused = fuse(copy.deepcopy(model).eval())
+    except Exception:  # not symbolically traceable
+        return plain, False
+    left = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    return fused.eval(), not left or len(fused.state_dict()) < len(plain.state_dict())
 
 
 def _observe_only_in_training(prepared: torch.nn.Module, freeze_bn: bool) -> None:
