@@ -165,7 +165,11 @@ class ModelRun:
                     "int8_compute_ops": qi.get("int8_layers"),
                     "float_compute_ops": qi.get("float_layers"),
                     "dynamic_range_nodes": qi.get("dynamic_range_nodes"),
-                    "latency_check": q.get("latency_check")} if "int8" in variant else {}),
+                    "latency_check": q.get("latency_check"),
+                    **({"openvino_source": (q.get("config") or {}).get("openvino_source"),
+                        "openvino_source_choice": q.get("openvino_source_choice")}
+                       if rt == "openvino" else {}),
+                    } if "int8" in variant else {}),
             }
 
     def _native(self, variant: str, rt: str, make) -> None:
@@ -595,6 +599,8 @@ def _model_section(rep: dict[str, Any]) -> list[str]:
                 note.append(f"same file as {c['same_as'].split('/')[0]}")
             if c.get("float_layers"):
                 note.append(f"float: {', '.join(c['float_layers'])}")
+            if c.get("openvino_source"):
+                note.append(f"from {c['openvino_source'].upper()}")
             if c.get("dynamic_range_nodes"):
                 note.append(f"dynamic-range: {c['dynamic_range_nodes']}")
             if c.get("noisy"):

@@ -118,7 +118,7 @@ def test_int8_below_required_speedup_is_flagged_and_variants_recorded(tmp_path):
 @pytest.mark.slow
 def test_openvino_alternatives_and_check_off(tmp_path):
     _, _, manifest, slower = _build(tmp_path, [OV], min_speedup=100.0, latency_variants=1,
-                                    latency_runs=50, fallback=False)
+                                    latency_runs=50, fallback=False, openvino_source="nncf")
     check = manifest["targets"][OV]["quantization"]["latency_check"]
     # OpenVINO's first alternative is the other source; fallback off: no layer moves to float
     assert [v["name"] for v in check["variants_tried"]] == ["as configured",
@@ -155,7 +155,8 @@ def test_a_realisation_that_misses_the_gate_gives_way_to_the_runtimes_alternativ
     res = build_int8(get_backend("openvino"), load_profile(OV), model, spec.example_inputs(1),
                      tmp_path / "t", in_names=list(spec.input_names),
                      out_names=list(spec.output_names), calibration=calib,
-                     config=QuantConfig(latency_check=False), task=None, batch=1,
+                     config=QuantConfig(latency_check=False, openvino_source="nncf"),
+                     task=None, batch=1,
                      progress=False, check=check)
     q = res.manifest
     assert q["config"]["openvino_source"] == "qdq" and q["float_layers"] == []
@@ -164,3 +165,17 @@ def test_a_realisation_that_misses_the_gate_gives_way_to_the_runtimes_alternativ
     assert q["accuracy_alternative"].startswith("ONNX Runtime QDQ source")
     assert len(checked) == 2 and res.session.run([spec.example_inputs(1)[0].numpy()])[0].shape \
         == (1, 10)
+
+
+def test_openvino_auto_builds_both_sources_and_keeps_the_faster_passing_one(tmp_path):
+    _, bundle, manifest, _ = _build(tmp_path, [OV], latency_runs=50)
+    q = manifest["targets"][OV]["quantization"]
+    choice = q["openvino_source_choice"]
+    assert set(choice["sources"]) == {"nncf", "qdq"}
+    assert q["config"]["openvino_source"] == choice["kept"]
+    passed = [k for k, v in choice["sources"].items() if v["passed"]]
+    assert choice["kept"] in passed
+    if len(passed) == 2:  # both pass: timed against each other, the faster kept
+        ms = {k: choice["sources"][k]["median_ms"] for k in passed}
+        assert ms[choice["kept"]] == min(ms.values()) and "faster" in choice["why"]
+    assert bundle.load(OV).run([get_spec("cnn").example_inputs(1)[0].numpy()])[0].shape == (1, 10)

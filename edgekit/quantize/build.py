@@ -73,6 +73,67 @@ def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where:
                 "keep the most sensitive layers in float")
 
 
+def _choose_openvino_source(config, profile, keep, inputs, target_dir, attempt, ok, why,
+                            load_options, backend, reports):
+    """Build and gate OpenVINO int8 from NNCF and from the ONNX Runtime QDQ model; keep the one
+    that passes (both: the faster, timed against each other; where a timing here would not be
+    the target's, the higher score, then NNCF). Returns the kept build, its config and the
+    manifest's ``openvino_source_choice``."""
+    from .latency import _host_arch, _measure
+
+    built: dict[str, dict[str, Any]] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="edgekit-ov-source-"))
+    try:
+        for src in ("nncf", "qdq"):
+            cfg = dataclasses.replace(config, openvino_source=src)
+            try:
+                a, s_, sc = attempt(keep, cfg, workdir / src)
+            except Exception as exc:  # this source failed or collapsed: the other may not
+                built[src] = {"passed": False, "why": f"{type(exc).__name__}: "
+                              f"{(str(exc).splitlines() or [''])[0]}"[:300]}
+                continue
+            built[src] = {"cfg": cfg, "art": a, "sess": s_, "score": sc, "passed": ok(sc),
+                          "why": None if ok(sc) else why(sc), "report": reports[-1]}
+        usable = [k for k in built if "art" in built[k]]
+        if not usable:
+            raise QuantizationError(f"target {profile.name}: neither OpenVINO int8 source gave "
+                                    f"a usable model: " + "; ".join(
+                                        f"{k}: {v['why']}" for k, v in built.items()),
+                                    hint="keep the failing layers in float (keep_float)")
+        passing = [k for k in usable if built[k]["passed"]] or usable
+        timed = None
+        if len(passing) == 2 and config.latency_check and profile.arch == _host_arch():
+            feeds = [t.detach().numpy() for t in inputs]
+            timed = _measure({k: built[k]["sess"] for k in passing}, feeds, config)
+            kept = min(passing, key=lambda k: timed[k])
+            reason = (f"both pass; {kept} is faster ({timed[kept]:.4f} ms vs "
+                      f"{max(timed.values()):.4f} ms, timed against each other)")
+        else:
+            scores = {k: built[k]["score"] for k in passing}
+            kept = passing[0] if len(passing) == 1 or None in scores.values() else max(
+                passing, key=lambda k: (scores[k], k == "nncf"))
+            reason = ("the only one that passes the gate" if len(passing) == 1 and
+                      len(usable) == 2 and built[passing[0]]["passed"] else
+                      "neither passes the gate yet: the fallback goes on from the better one"
+                      if not built[passing[0]]["passed"] else
+                      "both pass; not timed here (another CPU architecture or latency_check "
+                      "off): the higher score, then NNCF")
+        if target_dir.exists():
+            shutil.rmtree(target_dir)
+        shutil.move(str(workdir / kept), str(target_dir))
+        chosen = built[kept]
+        reports.append(chosen["report"])  # the gate's verdict below is the kept build's
+        art = dataclasses.replace(chosen["art"], root=target_dir)
+        sess = backend.load(art, threads=profile.threads, options=load_options)
+        entry = {"kept": kept, "why": reason, "sources": {
+            k: {"score": v.get("score"), "passed": v["passed"], "why_failed": v.get("why"),
+                **({"median_ms": round(timed[k], 5)} if timed and k in timed else {})}
+            for k, v in built.items()}}
+        return art, sess, chosen["score"], chosen["cfg"], entry
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def build_int8(
     backend: Any,
     profile: TargetProfile,
@@ -163,8 +224,16 @@ def build_int8(
         ref_score = cache["ref_score"]
     keep = list(config.keep_float)
     active, alternative = config, None  # the config the artifact is built with
-    art, sess, score = attempt(keep)
-    tried = [{"keep_float": list(keep), "score": score}]
+    source_choice = None
+    if profile.backend == "openvino" and config.openvino_source == "auto":
+        art, sess, score, active, source_choice = _choose_openvino_source(
+            config, profile, keep, inputs, target_dir, attempt, ok, why, load_options, backend,
+            reports)
+        tried = [{"keep_float": list(keep), "score": score,
+                  "config": {"openvino_source": active.openvino_source}}]
+    else:
+        art, sess, score = attempt(keep)
+        tried = [{"keep_float": list(keep), "score": score}]
     fallback: list[str] = []
     if not ok(score):
         _log(progress, f"{profile.name}: {why(score)}; measuring per-layer sensitivity")
@@ -180,8 +249,11 @@ def build_int8(
             # The runtime's other int8 realisations first (OpenVINO: the QDQ model instead of
             # NNCF, the other preset; ONNX Runtime: the other activation type): one of them
             # may pass with every layer in int8.
-            for label, changes in config_alternatives(profile, config, model):
-                alt = dataclasses.replace(config, **changes)
+            for label, changes in config_alternatives(profile, active, model):
+                if source_choice and changes.get("openvino_source", active.openvino_source) \
+                        != active.openvino_source:
+                    continue  # both sources were built and gated already
+                alt = dataclasses.replace(active, **changes)
                 _log(progress, f"{profile.name}: retrying with {label}")
                 a_art, a_sess, a_score = attempt(keep, alt)
                 tried.append({"keep_float": list(keep), "score": a_score, "config": changes,
@@ -194,7 +266,7 @@ def build_int8(
             while k <= min(config.max_fallback, len(ranked)):
                 trial = keep + ranked[:k]
                 _log(progress, f"{profile.name}: retrying with {trial} in float")
-                art, sess, score = attempt(trial)
+                art, sess, score = attempt(trial, active)
                 tried.append({"keep_float": list(trial), "score": score})
                 if ok(score):
                     fallback = ranked[:k]
@@ -260,6 +332,7 @@ def build_int8(
         "latency_fallback_layers": speed_float,
         "layers": per_layer,
         "attempts": tried,
+        "openvino_source_choice": source_choice,
         "accuracy_alternative": (f"{alternative}: the configured realisation missed the "
                                  "accuracy budget or the tolerance, this one met it with every "
                                  "layer in int8" if alternative else None),
