@@ -80,12 +80,16 @@ def test_fallback_keeps_most_sensitive_layer_in_float(trained, tmp_path):
     most = layer_sensitivity(model, calib)[0]["layer"]
     backend = FakeBackend(needed=most)
     result = _build(trained, tmp_path, backend)
-    assert backend.calls == [[], [most]]
+    # the runtime's other realisation (ONNX Runtime: int8 activations) first, all in int8;
+    # then the most sensitive layer in float
+    assert backend.calls == [[], [], [most]]
     m = result.manifest
+    assert m["attempts"][1]["config"] == {"activation_type": "int8"}
+    assert m["attempts"][1]["passed"] is False and m["accuracy_alternative"] is None
     assert m["fallback_layers"] == [most] and m["float_layers"] == [most]
     row = {r["layer"]: r for r in m["layers"]}[most]
     assert row["precision"] == "fp32" and row["reason"] == "automatic fallback (accuracy budget)"
-    assert m["accuracy"]["drop"] <= 1.0 and len(m["attempts"]) == 2
+    assert m["accuracy"]["drop"] <= 1.0 and len(m["attempts"]) == 3
 
 
 def test_no_fallback_fails_with_table_and_suggestion(trained, tmp_path):
