@@ -146,7 +146,11 @@ def run_model(name: str, runs: int, threads: int, epochs_scale: float, qat_epoch
                     "float_layers"),
                 "dynamic_range_nodes": e["artifact_info"].get("quantization", {}).get(
                     "dynamic_range_nodes"),
-                "openvino_source": (q.get("openvino_source_choice") or {}).get("kept"),
+                # what the build shipped: the source choice, then the latency check (run at
+                # the profile's thread count) may have switched to a faster variant
+                "openvino_source": ((q.get("config") or {}).get("openvino_source")
+                                    if rt == "openvino" else None),
+                "latency_variant": (q.get("latency_check") or {}).get("chosen"),
             }
 
     add_bundle("fp32", tmp / f"{name}-fp32", FP32)
@@ -264,7 +268,9 @@ def to_markdown(report: dict) -> str:
                 if v.get("float_layers"):
                     note += f" float: {v['float_layers']}"
                 if v.get("openvino_source"):
-                    note += f" source kept: {v['openvino_source']}"
+                    note += f" source: {v['openvino_source']}"
+                if v.get("latency_variant") not in (None, "as configured"):
+                    note += f" latency check kept: {v['latency_variant']}"
                 if v.get("dynamic_range_nodes"):
                     note += f" dynamic-range: {v['dynamic_range_nodes']}"
                 if v.get("float_compute_layers"):

@@ -102,20 +102,24 @@ def _choose_openvino_source(config, profile, keep, inputs, target_dir, attempt, 
                                     hint="keep the failing layers in float (keep_float)")
         passing = [k for k in usable if built[k]["passed"]] or usable
         timed = None
-        if len(passing) == 2 and config.latency_check and profile.arch == _host_arch():
+        both_pass = len(passing) == 2 and built[passing[0]]["passed"]
+        if both_pass and config.latency_check and profile.arch == _host_arch():
             feeds = [t.detach().numpy() for t in inputs]
             timed = _measure({k: built[k]["sess"] for k in passing}, feeds, config)
             kept = min(passing, key=lambda k: timed[k])
             reason = (f"both pass; {kept} is faster ({timed[kept]:.4f} ms vs "
                       f"{max(timed.values()):.4f} ms, timed against each other)")
+        elif not built[passing[0]]["passed"]:
+            # Neither passes: the layer fallback goes on from NNCF (in the benchmark suite,
+            # image_audio's QDQ model still failed parity with 8 layers in float, while the
+            # NNCF build of the same model passed the gate).
+            kept = "nncf" if "nncf" in usable else usable[0]
+            reason = "neither passes the gate yet: the fallback goes on from " + kept
         else:
             scores = {k: built[k]["score"] for k in passing}
             kept = passing[0] if len(passing) == 1 or None in scores.values() else max(
                 passing, key=lambda k: (scores[k], k == "nncf"))
-            reason = ("the only one that passes the gate" if len(passing) == 1 and
-                      len(usable) == 2 and built[passing[0]]["passed"] else
-                      "neither passes the gate yet: the fallback goes on from the better one"
-                      if not built[passing[0]]["passed"] else
+            reason = ("the only one that passes the gate" if len(passing) == 1 else
                       "both pass; not timed here (another CPU architecture or latency_check "
                       "off): the higher score, then NNCF")
         if target_dir.exists():
