@@ -3,6 +3,7 @@
 the variants tried on the way are recorded."""
 
 import json
+import re
 import warnings
 
 import pytest
@@ -105,7 +106,8 @@ def test_int8_below_required_speedup_is_flagged_and_variants_recorded(tmp_path):
     assert check["below_min_speedup"] is True and check["min_speedup"] == 100.0
     assert check["slower_than_fp32"] == (check["speedup"] < 1.0)
     assert "use x86-onnxruntime-fp32 for this model" in check["advice"]
-    assert f"int8 is {check['speedup']:.2f}x" in check["advice"]
+    said = re.search(r"int8 is (\d+\.\d\d)x", check["advice"])
+    assert said and abs(float(said.group(1)) - check["speedup"]) <= 0.006
     assert len(slower) == 1 and slower[0].startswith(f"target {ORT}: use x86-onnxruntime-fp32")
     # still an int8 artifact that runs
     assert entry["precision"] == "int8" and entry["runtime"]["precision"].startswith("int8")

@@ -44,7 +44,8 @@ class QuantConfig:
       model's fp32 artifact on the same runtime (interleaved, batch of the example inputs). When
       int8 is below ``min_speedup`` x fp32, try the runtime's cheap alternatives (ONNX Runtime:
       the other activation type; OpenVINO: the other source and preset; then, with
-      ``fallback`` on, single layers kept in float, smallest first) - at most
+      ``fallback`` on, single layers kept in float, smallest first, none holding over a
+      quarter of the weights) - at most
       ``latency_variants`` rebuilds, each through the same accuracy gate - and keep the
       fastest. If none reaches ``min_speedup``, the int8 artifact stays, the
       manifest says so and a :class:`~edgekit.quantize.Int8SlowerWarning` names the faster

@@ -8,7 +8,8 @@ hits both alike. Below ``min_speedup``, variants are rebuilt, gated and timed:
 * ONNX Runtime: the other activation type (uint8 <-> int8);
 * OpenVINO: the other source (NNCF <-> ONNX Runtime QDQ), the other NNCF preset;
 * every runtime: single layers kept in float, smallest first (their int8 weights save the least
-  and their quantize/dequantize steps cost the most), kept when measurably faster.
+  and their quantize/dequantize steps cost the most), kept when measurably faster; never a
+  layer holding over a quarter of the weights.
 
 The fastest variant that passes the gate is kept; when none reaches ``min_speedup`` the int8
 artifact still ships (the user asked for int8), the manifest records it and an
@@ -251,7 +252,11 @@ def _search(*, profile: TargetProfile, model: torch.nn.Module, config: QuantConf
     if allow_layer_fallback:
         sizes = {n: sum(p.numel() for p in model.get_submodule(n).parameters())
                  for n, _ in quantizable_layers(model)}
-        order = sorted((n for n in sizes if n not in best.keep), key=lambda n: (sizes[n], n))
+        # A layer holding over a quarter of the weights is never kept in float for speed: the
+        # int8 file would give up most of its size gain (cnn's fc kept float left it at 98%).
+        total = sum(sizes.values()) or 1
+        order = sorted((n for n in sizes if n not in best.keep and sizes[n] <= total / 4),
+                       key=lambda n: (sizes[n], n))
         for layer in order:
             int8_left = [n for n in sizes if n not in best.keep and n != layer]
             if count >= budget or best_speedup >= min_speedup or not int8_left:
