@@ -43,6 +43,8 @@ from edgekit.train import evaluate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CALIB = 300
+#: The builds measured per model and runtime, in table order (each compared with "fp32").
+VARIANTS = ("ptq", "qat", "native", "ptq_nncf", "ptq_qdq")
 
 
 def log(msg: str) -> None:
@@ -214,7 +216,7 @@ def ratios(rows: dict) -> dict:
     for rt in RUNTIMES:
         fp = v.get(f"fp32/{rt}", {})
         r = {}
-        for tag in ("ptq", "qat", "native", "ptq_nncf", "ptq_qdq"):
+        for tag in VARIANTS:
             q = v.get(f"{tag}/{rt}")
             if not q or q.get("median_ms") is None:
                 continue
@@ -258,7 +260,7 @@ def to_markdown(report: dict) -> str:
                   "executed | note |", "|---|---|---:|---:|---:|---:|---|---|"]
         rat = rows["ratios"]
         for rt in RUNTIMES:
-            for tag in ("fp32", "ptq", "qat", "native", "ptq_nncf", "ptq_qdq"):
+            for tag in ("fp32", *VARIANTS):
                 v = rows["variants"].get(f"{tag}/{rt}")
                 if v is None:
                     continue

@@ -395,8 +395,7 @@ def _fmt(v: Any, spec: str = ".2f", none: str = "-") -> str:
 def _metric_fmt(report: dict[str, Any], v: float | None) -> str:
     if v is None:
         return "-"
-    v = v + 0.0  # no "-0"
-    if abs(v) < 5e-5:
+    if abs(v) < 5e-5:  # no "-0.00"
         v = 0.0
     return f"{v:.2f}" if report["metric"] in ("top1", "retrieval_top1") else f"{v:.4g}"
 

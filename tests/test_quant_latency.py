@@ -170,7 +170,9 @@ def test_a_realisation_that_misses_the_gate_gives_way_to_the_runtimes_alternativ
 
 
 def test_openvino_auto_builds_both_sources_and_keeps_the_faster_passing_one(tmp_path):
-    _, bundle, manifest, _ = _build(tmp_path, [OV], latency_runs=50)
+    # min_speedup 100 makes the latency check search its variants after the source choice
+    _, bundle, manifest, _ = _build(tmp_path, [OV], latency_runs=50, min_speedup=100.0,
+                                    latency_variants=2)
     q = manifest["targets"][OV]["quantization"]
     choice = q["openvino_source_choice"]
     assert set(choice["sources"]) == {"nncf", "qdq"}
@@ -180,4 +182,7 @@ def test_openvino_auto_builds_both_sources_and_keeps_the_faster_passing_one(tmp_
     if len(passed) == 2:  # both pass: timed against each other, the faster kept
         ms = {k: choice["sources"][k]["median_ms"] for k in passed}
         assert ms[choice["kept"]] == min(ms.values()) and "faster" in choice["why"]
+    # the latency check does not rebuild the source the choice already compared
+    tried = q["latency_check"]["variants_tried"]
+    assert len(tried) == 3 and not any("openvino_source" in v["changes"] for v in tried)
     assert bundle.load(OV).run([get_spec("cnn").example_inputs(1)[0].numpy()])[0].shape == (1, 10)

@@ -79,7 +79,7 @@ def _choose_openvino_source(config, profile, keep, inputs, target_dir, attempt, 
     that passes (both: the faster, timed against each other; where a timing here would not be
     the target's, the higher score, then NNCF). Returns the kept build, its config and the
     manifest's ``openvino_source_choice``."""
-    from .latency import _host_arch, _measure
+    from .latency import host_arch, time_sessions
 
     built: dict[str, dict[str, Any]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="edgekit-ov-source-"))
@@ -103,9 +103,9 @@ def _choose_openvino_source(config, profile, keep, inputs, target_dir, attempt, 
         passing = [k for k in usable if built[k]["passed"]] or usable
         timed = None
         both_pass = len(passing) == 2 and built[passing[0]]["passed"]
-        if both_pass and config.latency_check and profile.arch == _host_arch():
+        if both_pass and config.latency_check and profile.arch == host_arch():
             feeds = [t.detach().numpy() for t in inputs]
-            timed = _measure({k: built[k]["sess"] for k in passing}, feeds, config)
+            timed = time_sessions({k: built[k]["sess"] for k in passing}, feeds, config)
             kept = min(passing, key=lambda k: timed[k])
             reason = (f"both pass; {kept} is faster ({timed[kept]:.4f} ms vs "
                       f"{max(timed.values()):.4f} ms, timed against each other)")
@@ -253,10 +253,8 @@ def build_int8(
             # The runtime's other int8 realisations first (OpenVINO: the QDQ model instead of
             # NNCF, the other preset; ONNX Runtime: the other activation type): one of them
             # may pass with every layer in int8.
-            for label, changes in config_alternatives(profile, active, model):
-                if source_choice and changes.get("openvino_source", active.openvino_source) \
-                        != active.openvino_source:
-                    continue  # both sources were built and gated already
+            for label, changes in config_alternatives(profile, active, model,
+                                                      sources_compared=bool(source_choice)):
                 alt = dataclasses.replace(active, **changes)
                 _log(progress, f"{profile.name}: retrying with {label}")
                 a_art, a_sess, a_score = attempt(keep, alt)
@@ -303,7 +301,7 @@ def build_int8(
             backend=backend, profile=profile, model=model, inputs=inputs, in_names=in_names,
             out_names=out_names, config=active, base=base, build=build_variant,
             workdir=workdir, allow_layer_fallback=prepared is None and config.fallback,
-            log=lambda m: _log(progress, m))
+            sources_compared=bool(source_choice), log=lambda m: _log(progress, m))
         if chosen is not base:
             assert chosen.where is not None and chosen.art is not None
             shutil.rmtree(target_dir)

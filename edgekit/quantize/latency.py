@@ -69,7 +69,7 @@ class Variant:
 Builder = Callable[[QuantConfig, list[str], Path], tuple[Artifact, Session, Any, str | None]]
 
 
-def _host_arch() -> str:
+def host_arch() -> str:
     m = platform.machine().lower()
     return _ARCH_ALIASES.get(m, m)
 
@@ -78,7 +78,7 @@ def _stats(samples: list[float]) -> float:
     return float(np.median(np.asarray(samples, dtype=np.float64))) * 1e3
 
 
-def _measure(sessions: dict[str, Session], feeds: list[np.ndarray],
+def time_sessions(sessions: dict[str, Session], feeds: list[np.ndarray],
              config: QuantConfig) -> dict[str, float]:
     """Median ms per session, timed interleaved."""
     from ..bench.latency import collect_interleaved
@@ -89,9 +89,11 @@ def _measure(sessions: dict[str, Session], feeds: list[np.ndarray],
     return {k: _stats(v) for k, v in got.samples.items()}
 
 
-def config_alternatives(profile: TargetProfile, config: QuantConfig,
-                         model: torch.nn.Module) -> list[tuple[str, dict[str, Any]]]:
-    """(name, QuantConfig changes) for the runtime's cheap alternatives to ``config``."""
+def config_alternatives(profile: TargetProfile, config: QuantConfig, model: torch.nn.Module,
+                        *, sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """(name, QuantConfig changes) for the runtime's cheap alternatives to ``config``; with
+    ``sources_compared`` (OpenVINO ``auto`` built, gated and timed both sources already), none
+    that switches the OpenVINO source."""
     act = "int8" if config.activation_type == "int8" else "uint8"
     other_act = "uint8" if act == "int8" else "int8"
     if profile.backend == "onnxruntime":
@@ -102,10 +104,12 @@ def config_alternatives(profile: TargetProfile, config: QuantConfig,
             "mixed" if recurrent else "performance")
         other_preset = "performance" if preset == "mixed" else "mixed"
         if config.openvino_source == "nncf":
-            return [("ONNX Runtime QDQ source", {"openvino_source": "qdq"}),
+            alts = [("ONNX Runtime QDQ source", {"openvino_source": "qdq"}),
                     (f"NNCF {other_preset} preset", {"preset": other_preset})]
-        return [("NNCF source", {"openvino_source": "nncf", "preset": "auto"}),
-                (f"QDQ {other_act} activations", {"activation_type": other_act})]
+        else:
+            alts = [("NNCF source", {"openvino_source": "nncf", "preset": "auto"}),
+                    (f"QDQ {other_act} activations", {"activation_type": other_act})]
+        return [a for a in alts if not (sources_compared and "openvino_source" in a[1])]
     return []
 
 
@@ -127,12 +131,13 @@ def latency_choice(
     build: Builder,
     workdir: Path,
     allow_layer_fallback: bool = True,
+    sources_compared: bool = False,
     log: Callable[[str], None] = lambda _m: None,
 ) -> tuple[Variant, dict[str, Any]]:
     """Return the variant to ship and the manifest's ``latency_check`` entry."""
     if not config.latency_check:
         return base, {"skipped": "turned off (quantization latency_check = false)"}
-    host = _host_arch()
+    host = host_arch()
     if profile.arch != host:
         return base, {"skipped": f"target arch {profile.arch} is not this machine's ({host}): "
                       "a latency measured here would not be the target's"}
@@ -151,7 +156,7 @@ def latency_choice(
             return base, {"skipped": f"the fp32 reference artifact failed: "
                           f"{type(exc).__name__}: {msg}"}
         assert base.sess is not None
-        ms = _measure({"fp32": fp32, "int8": base.sess}, feeds, config)
+        ms = time_sessions({"fp32": fp32, "int8": base.sess}, feeds, config)
         fp32_ms, base_ms = ms["fp32"], ms["int8"]
         tried: list[dict[str, Any]] = [{
             "name": base.name, "changes": {}, "keep_float": list(base.keep), "passed_gate": True,
@@ -164,10 +169,11 @@ def latency_choice(
             best = _search(
                 profile=profile, model=model, config=config, base=base, build=build,
                 workdir=workdir, fp32=fp32, feeds=feeds, tried=tried,
-                allow_layer_fallback=allow_layer_fallback, log=log, min_speedup=min_speedup)
+                allow_layer_fallback=allow_layer_fallback, log=log, min_speedup=min_speedup,
+                sources_compared=sources_compared)
             if best is not base:  # re-measure the choice on its own, against fp32
                 assert best.sess is not None
-                ms = _measure({"fp32": fp32, "int8": best.sess}, feeds, config)
+                ms = time_sessions({"fp32": fp32, "int8": best.sess}, feeds, config)
                 fp32_ms, int8_ms = ms["fp32"], ms["int8"]
         speedup = fp32_ms / int8_ms
     flagged = speedup < min_speedup
@@ -205,7 +211,8 @@ def latency_choice(
 def _search(*, profile: TargetProfile, model: torch.nn.Module, config: QuantConfig,
             base: Variant, build: Builder, workdir: Path, fp32: Session,
             feeds: list[np.ndarray], tried: list[dict[str, Any]], allow_layer_fallback: bool,
-            log: Callable[[str], None], min_speedup: float) -> Variant:
+            log: Callable[[str], None], min_speedup: float,
+            sources_compared: bool = False) -> Variant:
     """Build, gate and time variants (at most ``config.latency_variants``); return the best."""
     best = base
     best_speedup = tried[0]["speedup"]
@@ -232,7 +239,7 @@ def _search(*, profile: TargetProfile, model: torch.nn.Module, config: QuantConf
             shutil.rmtree(where, ignore_errors=True)
             return
         assert best.sess is not None
-        ms = _measure({"fp32": fp32, "best": best.sess, "cand": sess}, feeds, config)
+        ms = time_sessions({"fp32": fp32, "best": best.sess, "cand": sess}, feeds, config)
         speedup = ms["fp32"] / ms["cand"]
         row.update(int8_ms=round(ms["cand"], 5), speedup=round(speedup, 4))
         if ms["cand"] < ms["best"] * NOISE:
@@ -245,7 +252,8 @@ def _search(*, profile: TargetProfile, model: torch.nn.Module, config: QuantConf
         else:
             shutil.rmtree(where, ignore_errors=True)
 
-    for name, changes in config_alternatives(profile, config, model):
+    for name, changes in config_alternatives(profile, config, model,
+                                             sources_compared=sources_compared):
         if count >= budget or best_speedup >= min_speedup:
             break
         trial(name, changes, list(best.keep))

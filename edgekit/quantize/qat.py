@@ -95,7 +95,7 @@ def qat_finetune(
     if lr is None:
         lr = float(getattr(model, "DEFAULT_LR", 1e-3)) * 0.1
     history = fit(prepared, task, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                  progress=progress, teacher=teacher, spec=False or _NoSpec())
+                  progress=progress, teacher=teacher, spec=_NoSpec())
     history["start_val"] = start_val
     better = (history["best_val"] > start_val if task.higher_is_better
               else history["best_val"] < start_val)
@@ -121,15 +121,17 @@ def _fold_batch_norm(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
     the model (its batch norm then stays, with frozen statistics)."""
     from torch.fx.experimental.optimization import fuse
 
-    plain = copy.deepcopy(model).eval()
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return plain, False
-    try:
-        fused = fuse(copy.deepcopy(model).eval())
-    except Exception:  # not symbolically traceable
-        return plain, False
-    left = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
-    return fused.eval(), not left or len(fused.state_dict()) < len(plain.state_dict())
+    def norms(m: torch.nn.Module) -> int:
+        return sum(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in m.modules())
+
+    before = norms(model)
+    if before:
+        try:
+            fused = fuse(copy.deepcopy(model).eval())
+            return fused.eval(), norms(fused) < before
+        except Exception:  # not symbolically traceable
+            pass
+    return copy.deepcopy(model).eval(), False
 
 
 def _observe_only_in_training(prepared: torch.nn.Module, freeze_bn: bool) -> None:
