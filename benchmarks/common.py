@@ -147,5 +147,5 @@ def timing_view(session: Any, feed: list[np.ndarray]) -> tuple[Any, list[np.ndar
     arrays = session._check(feed)  # the session's own dtype/shape conversion, done once
     plain = copy.copy(session)
     plain._convert_in = plain._convert_out = None
-    plain._check = lambda f: f
+    plain._check = lambda f, **_: f
     return plain, [x if c is None else _quantize(x, *c) for x, c in zip(arrays, conv)]

@@ -72,6 +72,9 @@ def verify_bundle(path: str | Path, targets: Sequence[str] | None = None) -> dic
     checked = check_checksums(bundle)
     if "reference" not in bundle.manifest:
         raise BundleError(f"bundle {bundle.root} has no reference data to verify against")
+    from ._npz import check_npz
+
+    check_npz(bundle.root / REFERENCE, "reference data")  # declared sizes before numpy allocates
     with np.load(bundle.root / REFERENCE, allow_pickle=False) as npz:
         ref = {k: npz[k] for k in npz.files}
     model = bundle.manifest.get("model", {})

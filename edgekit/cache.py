@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -39,8 +40,9 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bundle import Bundle, load_bundle, staged_bundle
-from .errors import EdgekitError
+from .bundle import MANIFEST, Bundle, load_bundle, remove_dead_partials, staged_bundle
+from .errors import BundleError, EdgekitError
+from .fsio import CHUNK
 from .profiles import TargetProfile
 
 __all__ = ["cache_dir", "compress_key", "recipe_key", "restore", "store", "source_fingerprint"]
@@ -160,32 +162,100 @@ def _log(progress: bool, message: str) -> None:
 
 
 def restore(
-    key: str, out_dir: str | Path, *, cache_dir: bool | str | Path = True, progress: bool = True
+    key: str, out_dir: str | Path, *, cache_dir: bool | str | Path = True, progress: bool = True,
+    overwrite: bool = False,
 ) -> Bundle | None:
     """Copy the cached bundle for ``key`` into ``out_dir`` (atomically); None on a miss."""
     entry = _entry(key, cache_dir)
-    if not entry.is_dir():
+    if not entry.is_dir() and not entry.is_symlink():
         _log(progress, f"cache miss {key[:16]}")
         return None
     try:
+        if entry.is_symlink() or entry.parent.is_symlink():
+            raise BundleError(f"{entry} is reached through a symbolic link")
+        files = _entry_files(entry)  # before reading anything in it
         cached = load_bundle(entry)
         cached.check_files()
+        _check_listed(files, cached)
     except EdgekitError as exc:
         _log(progress, f"cache entry {key[:16]} is damaged ({exc.message}); rebuilding")
-        shutil.rmtree(entry, ignore_errors=True)
+        _drop(entry)
         return None
-    with staged_bundle(Path(out_dir)) as stage:
-        for src in sorted(entry.rglob("*")):
-            rel = src.relative_to(entry)
-            if src.is_dir():
-                (stage / rel).mkdir(parents=True, exist_ok=True)
-            else:
+    try:
+        with staged_bundle(Path(out_dir), overwrite=overwrite) as stage:
+            for rel in files:
                 (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, stage / rel)
+                _copy_regular(entry / rel, stage / rel)
+    except _Damaged as exc:  # the entry changed under us (a link swapped in): rebuild
+        _log(progress, f"cache entry {key[:16]} is damaged ({exc.message}); rebuilding")
+        _drop(entry)
+        return None
     _log(progress, f"cache hit {key[:16]}: bundle restored to {out_dir} without rebuilding")
     bundle = load_bundle(out_dir)
     bundle.cache_hit = True
     return bundle
+
+
+def _entry_files(entry: Path) -> list[str]:
+    """The entry's files (relative POSIX paths), if it holds only folders and regular files:
+    a symbolic link anywhere (to a file or a folder, inside or out), a FIFO or a device makes
+    it damaged (:class:`BundleError`)."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(entry, followlinks=False):
+        for name in sorted([*dirnames, *filenames]):
+            path = Path(dirpath, name)
+            rel = path.relative_to(entry).as_posix()
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                raise BundleError(f"{rel} is a symbolic link (cache entries hold regular files "
+                                  "only)")
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise BundleError(f"{rel} is not a regular file")
+            files.append(rel)
+    return sorted(files)
+
+
+def _check_listed(files: list[str], cached: Bundle) -> None:
+    """Every file of the entry is one its manifest lists (edgekit stores nothing else)."""
+    m = cached.manifest
+    listed = {MANIFEST, *(r["path"] for t in cached.targets for r in m["targets"][t]["files"])}
+    if "reference" in m:
+        listed.add(m["reference"]["path"])
+    for rel in files:
+        if rel not in listed:
+            raise BundleError(f"{rel} is not listed in the entry's manifest")
+
+
+class _Damaged(BundleError):
+    """A cache entry that changed while it was being copied."""
+
+
+def _copy_regular(src: Path, dst: Path) -> None:
+    """Copy ``src`` to a new ``dst`` without following a link at ``src`` (``O_NOFOLLOW``) and
+    only if the opened file is regular, so a link swapped in after the walk is refused."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(src, flags)
+    except OSError as exc:
+        raise _Damaged(f"{src.name} cannot be opened as a regular file "
+                       f"({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Damaged(f"{src.name} is not a regular file")
+        with open(dst, "xb") as out:
+            shutil.copyfileobj(fh, out, CHUNK)
+
+
+def _drop(entry: Path) -> None:
+    """Remove a damaged entry; a link (the entry or its shard folder) is removed itself,
+    never what it points at."""
+    for path in (entry.parent, entry):
+        if path.is_symlink():
+            path.unlink(missing_ok=True)
+            return
+    shutil.rmtree(entry, ignore_errors=True)
 
 
 def store(key: str, bundle_dir: str | Path, *, cache_dir: bool | str | Path = True) -> None:
@@ -195,9 +265,11 @@ def store(key: str, bundle_dir: str | Path, *, cache_dir: bool | str | Path = Tr
         return
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.partial-", dir=entry.parent))
+        remove_dead_partials(entry.parent)  # staging of killed runs; the pid names its owner
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.partial-{os.getpid()}-",
+                                    dir=entry.parent))
         try:
-            shutil.copytree(bundle_dir, tmp / "b")
+            shutil.copytree(bundle_dir, tmp / "b", symlinks=True)  # never copy through a link
             os.rename(tmp / "b", entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -35,8 +35,7 @@ def load_checkpoint(path: str | Path, *, trust: bool = False, map_location: str 
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist")
+    _check_is_checkpoint(path)
     if trust:
         print(f"edgekit: warning: unpickling {path} fully (trusted): it can run any code",
               file=sys.stderr)
@@ -67,6 +66,39 @@ def load_checkpoint(path: str | Path, *, trust: bool = False, map_location: str 
                             f"format): {type(exc).__name__}: {_first(exc)}") from exc
         raise DataError(f"cannot load checkpoint {path}: {type(exc).__name__}: {_first(exc)}"
                         ) from exc
+
+
+def _check_is_checkpoint(path: Path) -> None:
+    """DataError naming the file and what it really is when it cannot be a torch.save file
+    (a zip archive, or a legacy pickle): a text file, an image, an ONNX model... Also refuses a
+    missing file, a FIFO or a device before anything reads it."""
+    from .errors import BundleError
+    from .fsio import open_regular
+    from .modelfile import FORMAT_NAMES, _sniff
+
+    try:
+        with open_regular(path, "checkpoint") as fh:
+            head = fh.read(512)
+    except BundleError as exc:
+        raise DataError(exc.message, hint=exc.hint) from None
+    except OSError as exc:
+        raise DataError(f"cannot read checkpoint {path}: {exc.strerror}") from exc
+    found = _sniff(head)
+    if found in ("zip", "pickle"):
+        return
+    if found == "unknown" and _is_text(head):
+        what = "a text file"
+    else:
+        what = FORMAT_NAMES.get(found, found)
+    raise DataError(
+        f"{path} is {what}, not a PyTorch checkpoint (torch.save writes a zip archive or, in "
+        "the legacy format, a pickle)",
+        hint="point the weights at a file written by torch.save(model.state_dict(), path)")
+
+
+def _is_text(head: bytes) -> bool:
+    text = head.decode("utf-8", errors="replace").rstrip("\ufffd")  # a cut last character
+    return bool(text) and all(c.isprintable() or c in "\t\r\n" for c in text)
 
 
 def _first(exc: BaseException) -> str:

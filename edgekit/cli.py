@@ -13,6 +13,9 @@ from typing import Any
 
 from .errors import EdgekitError
 
+FORCE_HELP = ("replace --out even if it is not an edgekit bundle or holds files its manifest "
+              "does not list (never the root, home or current folder, or a mount point)")
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import get_spec, list_models
@@ -42,12 +45,20 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out(out: str, force: bool) -> None:
+    """Refuse a dangerous or foreign --out before any work (see bundle.check_out_dir)."""
+    from .bundle import check_out_dir
+
+    check_out_dir(out, overwrite=force)
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     from .api import build_zoo_model, load_factory, parse_input_spec
     from .models import list_models
     from .pipeline import compress
 
     progress = not args.quiet
+    _check_out(args.out, args.force)
     if args.recipe:
         return _cmd_build_recipe(args)
     if not args.model or not args.target:
@@ -72,7 +83,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             raise UsageError("--input-shape is only for user models (module:factory)")
         bundle, _ = build_zoo_model(
             args.model, targets=args.target, out_dir=args.out, epochs=args.epochs,
-            train=not args.no_train, seed=args.seed, progress=progress,
+            train=not args.no_train, seed=args.seed, progress=progress, overwrite=args.force,
         )
     else:
         if not args.input_shape:
@@ -93,6 +104,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             calibration=getattr(args, "calibration", None),
             quantization=({"method": args.quant_method}
                           if getattr(args, "quant_method", None) else None),
+            overwrite=args.force,
         )
     summary = _bundle_summary(bundle)
     if args.json:
@@ -123,7 +135,8 @@ def _cmd_build_recipe(args: argparse.Namespace) -> int:
     if args.trust_checkpoint:
         recipe.trust_weights = True
     bundle = build_recipe(recipe, args.out, targets=args.target or None,
-                          cache=not args.no_cache, progress=not args.quiet)
+                          cache=not args.no_cache, progress=not args.quiet,
+                          overwrite=args.force)
     if args.depfile:
         _write_depfile(args.depfile, args.depfile_target or args.out, recipe.dependencies())
     if bundle.cache_hit:
@@ -200,7 +213,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 def _cmd_unpack(args: argparse.Namespace) -> int:
     from .archive import unpack_bundle
 
-    bundle = unpack_bundle(args.archive, args.out)
+    _check_out(args.out, args.force)
+    bundle = unpack_bundle(args.archive, args.out, overwrite=args.force)
     print(f"bundle: {bundle.root} (checksums ok)")
     return 0
 
@@ -226,10 +240,13 @@ def _bundle_summary(bundle: Any) -> dict[str, Any]:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .demo import run_demo
 
+    _check_out(str(Path(args.out) / args.model), args.force)
     report = run_demo(out_dir=args.out, model=args.model, runs=args.runs,
-                      threads=args.threads, progress=not args.quiet)
+                      threads=args.threads, progress=not args.quiet, overwrite=args.force)
     if args.json:
         print(json.dumps(report, indent=2))
     return 0
@@ -275,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", "-t", action="append",
                    help="target profile name or .toml path; repeat for several")
     p.add_argument("--out", "-o", required=True, help="bundle folder to write (replaced atomically)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--epochs", type=int, help="training epochs (zoo models; default: the model's)")
     p.add_argument("--no-train", action="store_true", help="export the randomly initialised model")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -301,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="bundle: which of the target's files (default: its only one)")
     p.add_argument("--out", "-o", default=".", help="output folder (default .)")
     p.add_argument("--name", help="C identifier (default: sanitised from the file or bundle name)")
-    p.add_argument("--max-bytes", type=int, help="fail if the artifact is larger than this")
+    p.add_argument("--max-bytes", type=int,
+                   help="fail if the artifact is larger than this (default 64 MiB)")
     p.add_argument("--json", action="store_true", help="print the written paths as JSON")
     p.set_defaults(func=_cmd_embed)
 
@@ -335,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive", help="a .tar.gz from `edgekit pack`")
     p.add_argument("--out", "-o", required=True,
                    help="bundle folder to write (replaced atomically)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.set_defaults(func=_cmd_unpack)
 
     p = sub.add_parser(
@@ -352,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
         "OpenVINO and TFLite, verify, benchmark on this CPU, print a table, write a report.",
     )
     p.add_argument("--out", "-o", default="build/demo", help="output folder (default build/demo)")
+    p.add_argument("--force", action="store_true", help="replace OUT/MODEL even if it is not an "
+                   "edgekit bundle or holds files its manifest does not list")
     p.add_argument("--model", default="cnn", help="zoo model (default cnn)")
     p.add_argument("--runs", type=int, default=300, help="timed calls per runtime (default 300)")
     p.add_argument("--threads", type=int, default=None, help="threads per runtime (default: profile's)")

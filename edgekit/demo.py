@@ -61,6 +61,7 @@ def run_demo(
     warmup: int = 30,
     threads: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the whole job; returns the harness report with the demo ``rows`` added.
 
@@ -72,7 +73,8 @@ def run_demo(
 
     out = Path(out_dir)
     bundle, torch_model = build_zoo_model(
-        model, targets=list(DEMO_TARGETS), out_dir=out / model, progress=progress
+        model, targets=list(DEMO_TARGETS), out_dir=out / model, progress=progress,
+        overwrite=overwrite,
     )
     report = bench(
         [bundle.root], models={"pytorch": torch_model}, threads=threads, runs=runs,

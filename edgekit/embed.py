@@ -6,20 +6,25 @@ its sha256. Given a bundle and a target, the header also carries the model's inp
 names, shapes, dtypes and (where the manifest has them) quantization scale and zero point.
 
 The output depends only on the artifact's bytes and the manifest: no dates, no paths, so the
-same artifact always gives the same ``.c``/``.h`` bytes. Both files are written atomically,
-after every check passed.
+same artifact always gives the same ``.c``/``.h`` bytes. Both files are written atomically
+(temporary files created exclusively, never through a planted link), after every check passed.
+The generated files are ASCII: a non-ASCII file name (``modèle.tflite``) gives an ASCII
+identifier and stays escaped in comments and strings; tensor names from the manifest must be
+printable; NaN/inf or non-numeric quantization parameters are refused naming the tensor.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .bundle import MANIFEST, load_bundle, sha256_file
+from .bundle import MANIFEST, load_bundle
 from .errors import BundleError, UsageError
+from .fsio import atomic_write, check_tensor_name, iter_chunks
 
 __all__ = ["embed_artifact", "check_identifier", "sanitize_identifier"]
 
@@ -92,6 +97,47 @@ def _c_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def _c_comment(text: str) -> str:
+    """``text`` safe inside a ``/* */`` comment of an ASCII file: non-ASCII and control
+    characters as ``\\xNN``/``\\uNNNN`` escapes, and no ``*/`` that would end the comment."""
+    return text.encode("ascii", "backslashreplace").decode("ascii") \
+        .replace("*/", "*\\/").translate({c: f"\\x{c:02x}" for c in (*range(32), 127)})
+
+
+#: the largest finite float32: a scale above it would silently become inf in the C header
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _quant_numbers(value: Any, what: str, *, integer: bool) -> list[float] | list[int]:
+    """A quantization parameter (one number or a per-channel list) as a list of finite
+    float32 scales or integer zero points; :class:`BundleError` naming ``what`` otherwise
+    (NaN/inf would make a header that does not compile, or a model that cannot work)."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise BundleError(f"{what} is an empty list", hint=_REBUILD)
+    out: list[Any] = []
+    for x in items:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise BundleError(f"{what} holds {x!r}, not a number", hint=_REBUILD)
+        if not math.isfinite(x):
+            raise BundleError(f"{what} is {x!r}: NaN/inf quantization parameters cannot be "
+                              "embedded (a NaN/inf scale or zero point cannot dequantize)",
+                              hint=_REBUILD)
+        if integer:
+            if x != int(x) or not -(2**31) <= x < 2**31:
+                raise BundleError(f"{what} is {x!r}, not a 32-bit integer", hint=_REBUILD)
+            out.append(int(x))
+        else:
+            if abs(x) > _FLOAT32_MAX:
+                raise BundleError(f"{what} is {x!r}, outside the float32 range", hint=_REBUILD)
+            out.append(float(x))
+    return out
+
+
+_REBUILD = ("the manifest's quantization parameters are damaged or hand-edited; rebuild the "
+            "bundle (edgekit writes only finite ones)")
+
+
 def _c_number(x: float) -> str:
     text = repr(float(x))
     if "e" not in text and "." not in text and "inf" not in text and "nan" not in text:
@@ -99,10 +145,18 @@ def _c_number(x: float) -> str:
     return text + "f"
 
 
-def _tensor_macros(prefix: str, kind: str, specs: Sequence[dict[str, Any]]) -> list[str]:
+def _tensor_macros(prefix: str, kind: str, specs: Sequence[dict[str, Any]],
+                   target: str) -> list[str]:
     lines = [f"#define {prefix}_NUM_{kind}S {len(specs)}"]
     for i, spec in enumerate(specs):
         p = f"{prefix}_{kind}_{i}"
+        try:  # names from the manifest go into C strings (escaped); refuse NUL and controls
+            check_tensor_name(spec.get("name"), f"{kind.lower()} {i} name",
+                              where=f"target {target}", from_artifact=True)
+        except UsageError as exc:
+            raise BundleError(exc.message, hint=_REBUILD.replace("quantization parameters",
+                                                                 "tensor names")) from None
+        what = f"target {target}: {kind.lower()} {spec['name']!r} quantization"
         shape = [int(d) for d in spec["shape"]]
         elements = 1
         for d in shape:
@@ -117,20 +171,20 @@ def _tensor_macros(prefix: str, kind: str, specs: Sequence[dict[str, Any]]) -> l
         for d, dim in enumerate(shape):
             lines.append(f"#define {p}_DIM_{d} {dim}")
         quant = spec.get("quantization") or {}
+        if not isinstance(quant, dict):
+            raise BundleError(f"{what} is {type(quant).__name__}, not a table", hint=_REBUILD)
         if "scale" in quant:
-            scale = quant["scale"]
-            scale = scale[0] if isinstance(scale, list) and len(scale) == 1 else scale
-            if isinstance(scale, list):
-                lines.append(f"#define {p}_SCALES {{{', '.join(_c_number(s) for s in scale)}}}")
+            scales = _quant_numbers(quant["scale"], f"{what} scale", integer=False)
+            if isinstance(quant["scale"], list) and len(scales) > 1:
+                lines.append(f"#define {p}_SCALES {{{', '.join(_c_number(s) for s in scales)}}}")
             else:
-                lines.append(f"#define {p}_SCALE {_c_number(scale)}")
+                lines.append(f"#define {p}_SCALE {_c_number(scales[0])}")
         if "zero_point" in quant:
-            zp = quant["zero_point"]
-            zp = zp[0] if isinstance(zp, list) and len(zp) == 1 else zp
-            if isinstance(zp, list):
-                lines.append(f"#define {p}_ZERO_POINTS {{{', '.join(str(int(z)) for z in zp)}}}")
+            zps = _quant_numbers(quant["zero_point"], f"{what} zero point", integer=True)
+            if isinstance(quant["zero_point"], list) and len(zps) > 1:
+                lines.append(f"#define {p}_ZERO_POINTS {{{', '.join(str(z) for z in zps)}}}")
             else:
-                lines.append(f"#define {p}_ZERO_POINT {int(zp)}")
+                lines.append(f"#define {p}_ZERO_POINT {zps[0]}")
     return lines
 
 
@@ -152,10 +206,37 @@ def _require_static(entry: dict[str, Any], target: str) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="ascii", newline="\n") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    # an exclusively created temporary file (O_EXCL, random name), renamed over ``path``
+    atomic_write(path, text.encode("ascii"))
+
+
+#: Artifacts larger than this are refused unless ``max_bytes`` says otherwise (firmware models
+#: are kilobytes to a few megabytes; the C source is about six times the artifact).
+MAX_EMBED_BYTES = 64 * 2**20
+
+
+def _hex_lines(src: Path, size: int, limit: int) -> tuple[list[str], str]:
+    """The artifact as C initializer lines of 12 bytes, and its sha256, from one read in
+    blocks (a FIFO or device refused, never more than ``limit`` bytes read)."""
+    digest = hashlib.sha256()
+    lines: list[str] = []
+    rest, seen = b"", 0
+    for block in iter_chunks(src, "artifact", size=12 << 16, max_bytes=limit):
+        digest.update(block)
+        seen += len(block)
+        if seen > limit:
+            break
+        rest += block
+        cut = len(rest) - len(rest) % 12
+        lines += ["  " + ", ".join(f"0x{b:02x}" for b in rest[i:i + 12]) + ","
+                  for i in range(0, cut, 12)]
+        rest = rest[cut:]
+    if rest:
+        lines.append("  " + ", ".join(f"0x{b:02x}" for b in rest) + ",")
+    if seen != size:
+        raise BundleError(f"artifact {src} changed while it was read ({size} bytes, then "
+                          f"{seen}): refused", hint="embed it again once nothing writes to it")
+    return lines, digest.hexdigest()
 
 
 def _resolve(
@@ -229,17 +310,16 @@ def embed_artifact(
         identifier = sanitize_identifier(base)
     check_identifier(identifier)
     size = src.stat().st_size
-    if max_bytes is not None:
-        if max_bytes <= 0:
-            raise UsageError(f"--max-bytes must be positive, got {max_bytes}")
-        if size > max_bytes:
-            raise UsageError(
-                f"artifact {src.name} is {size:,} bytes, over the limit of {max_bytes:,} bytes "
-                f"by {size - max_bytes:,}",
-                hint="shrink the model (prune/quantize) or raise --max-bytes",
-            )
-    data = src.read_bytes()
-    digest = sha256_file(src)
+    if max_bytes is not None and max_bytes <= 0:
+        raise UsageError(f"--max-bytes must be positive, got {max_bytes}")
+    limit = MAX_EMBED_BYTES if max_bytes is None else max_bytes
+    if size > limit:
+        raise UsageError(
+            f"artifact {src.name} is {size:,} bytes, over the limit of {limit:,} bytes "
+            f"by {size - limit:,}",
+            hint="shrink the model (prune/quantize) or raise --max-bytes",
+        )
+    hex_lines, digest = _hex_lines(src, size, limit)
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -249,7 +329,8 @@ def embed_artifact(
     upper = identifier.upper()
     guard = f"EDGEKIT_{upper}_H_"
     header = [
-        f"/* {identifier}.h: generated by `edgekit embed` from {src.name}; do not edit. */",
+        f"/* {identifier}.h: generated by `edgekit embed` from {_c_comment(src.name)}; do not "
+        "edit. */",
         f"#ifndef {guard}",
         f"#define {guard}",
         "",
@@ -271,9 +352,9 @@ def embed_artifact(
             f"#define {upper}_BACKEND {_c_string(str(entry['backend']))}",
             f"#define {upper}_PRECISION {_c_string(str(entry['precision']))}",
             "",
-            *_tensor_macros(upper, "INPUT", entry["inputs"]),
+            *_tensor_macros(upper, "INPUT", entry["inputs"], str(target)),
             "",
-            *_tensor_macros(upper, "OUTPUT", entry["outputs"]),
+            *_tensor_macros(upper, "OUTPUT", entry["outputs"], str(target)),
         ]
     header += [
         "",
@@ -290,7 +371,8 @@ def embed_artifact(
         "",
     ]
     body = [
-        f"/* {identifier}.c: generated by `edgekit embed` from {src.name}; do not edit. */",
+        f"/* {identifier}.c: generated by `edgekit embed` from {_c_comment(src.name)}; do not "
+        "edit. */",
         f'#include "{identifier}.h"',
         "",
         "#if defined(__cplusplus)",
@@ -307,9 +389,8 @@ def embed_artifact(
         "",
         f"EDGEKIT_ALIGNAS_16 const unsigned char {identifier}[{max(size, 1)}] = {{",
     ]
-    for i in range(0, len(data), 12):
-        body.append("  " + ", ".join(f"0x{b:02x}" for b in data[i:i + 12]) + ",")
-    if not data:
+    body += hex_lines
+    if not size:
         body.append("  0x00,  /* empty artifact: one padding byte, size is 0 */")
     body += ["};", ""]
     c_path, h_path = out / f"{identifier}.c", out / f"{identifier}.h"

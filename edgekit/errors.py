@@ -8,6 +8,7 @@
     ├── DataError                unreadable or malformed user data        (exit code 2)
     ├── BackendMissingError      an optional runtime is not installed     (exit code 2)
     ├── ExportError              a conversion failed; names the op and layer
+    ├── ModelRunError            a runtime failed running a model; names the op and node
     ├── VerificationError        an artifact disagrees with the reference beyond tolerance
     │   └── QuantizationError    an int8 build misses its accuracy budget (per-layer table)
     ├── BundleError              a bundle cannot be written, read or trusted
@@ -36,6 +37,7 @@ __all__ = [
     "OutputPathError",
     "NotSupportedError",
     "QuantizationError",
+    "ModelRunError",
 ]
 
 
@@ -117,6 +119,23 @@ class ExportError(EdgekitError):
 
 class VerificationError(EdgekitError):
     pass
+
+
+class ModelRunError(EdgekitError):
+    """A model failed when a runtime ran it (e.g. a node allocates more memory than there is).
+
+    ``op`` and ``node`` name the graph node where the runtime said; ``requested_bytes`` is the
+    allocation that failed, when known.
+    """
+
+    def __init__(self, message: str, *, backend: str, op: str | None = None,
+                 node: str | None = None, requested_bytes: int | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.backend = backend
+        self.op = op
+        self.node = node
+        self.requested_bytes = requested_bytes
 
 
 class BundleError(EdgekitError):

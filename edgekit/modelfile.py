@@ -20,6 +20,7 @@ Nothing here imports a runtime (``onnx`` is imported by the ONNX check only).
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import xml.etree.ElementTree as ET
@@ -28,11 +29,20 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import BundleError
+from .fsio import check_not_sparse, open_regular, regular_file
 
 __all__ = [
     "FORMAT_NAMES", "SUFFIX_FORMATS", "sniff_format", "check_format", "check_model_file",
-    "check_tflite_file", "check_onnx_external_data", "parse_ir_xml",
+    "check_tflite_file", "check_onnx_external_data", "parse_ir_xml", "model_file_stat",
+    "MAX_MODEL_BYTES", "MAX_XML_BYTES", "MAX_PROTOBUF_BYTES",
 ]
+
+#: Largest model or weights file edgekit reads (checked from stat, before reading).
+MAX_MODEL_BYTES = 16 * 2**30
+#: Largest OpenVINO IR .xml (parsed in memory; the weights live in the .bin).
+MAX_XML_BYTES = 256 * 2**20
+#: A protobuf (.onnx without external data) cannot be larger than 2 GiB.
+MAX_PROTOBUF_BYTES = 2**31
 
 #: Human names of the formats :func:`sniff_format` returns.
 FORMAT_NAMES = {
@@ -66,7 +76,7 @@ def sniff_format(path: str | Path) -> str:
     """The file's format from its first bytes (a key of :data:`FORMAT_NAMES`)."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, "model file") as fh:  # a FIFO or device never blocks
             head = fh.read(512)
     except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc.strerror}") from exc
@@ -192,13 +202,19 @@ def check_tflite_file(path: str | Path) -> None:
     (inline, or ``offset``/``size`` past the flatbuffer for large models), all inside the file.
     Reads bytes only."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BundleError(f"cannot read {path}: {exc.strerror}") from exc
-    size = len(data)
+    size = model_file_stat(path).st_size
     if size < 16:
         raise _bad(path, f"TFLite flatbuffer (only {size} bytes)")
+    try:
+        with open_regular(path, "model file") as fh, \
+                mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            _check_tflite_bytes(path, data, len(data))
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") \
+            from exc
+
+
+def _check_tflite_bytes(path: Path, data: Any, size: int) -> None:
     if data[4:8] != b"TFL3":
         found = _sniff(data[:512])
         if found not in ("unknown", "tflite"):
@@ -304,11 +320,11 @@ def check_onnx_external_data(model: Any, path: str | Path) -> list[Path]:
             raise BundleError(f"{where} at {location!r}, which resolves to {resolved}, outside "
                               f"the model's folder {folder} (a symlink?): refused",
                               hint="copy the data file next to the model instead of linking it")
-        if not resolved.is_file():
+        if not os.path.lexists(resolved):
             raise BundleError(f"{where} in {location!r}, which is missing next to the model",
                               hint="keep the model and its .data file together")
         if resolved not in sizes:
-            sizes[resolved] = os.stat(resolved).st_size
+            sizes[resolved] = model_file_stat(resolved, "external data file").st_size
         have = sizes[resolved]
         try:
             offset = int(info.get("offset", 0))
@@ -340,7 +356,8 @@ def parse_ir_xml(path: str | Path) -> ET.Element:
     entity expansion at all); raises :class:`BundleError` naming the file."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open_regular(path, "OpenVINO IR file", max_bytes=MAX_XML_BYTES) as fh:
+            data = fh.read()
     except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc.strerror}") from exc
     guard = xml.parsers.expat.ParserCreate()
@@ -362,8 +379,9 @@ def check_model_file(path: str | Path) -> str:
     """The checks for a model file by its extension (.onnx, .tflite, .xml), before a runtime
     or ``embed`` reads it; other files only have their format sniffed. Returns the format."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise BundleError(f"model file {path} does not exist")
+    st = model_file_stat(path)
     fmt = check_format(path)
     suffix = path.suffix.lower()
     if suffix == ".tflite":
@@ -379,6 +397,10 @@ def check_model_file(path: str | Path) -> str:
             onnx = require("onnx", backend="onnxruntime", extra="onnxruntime")
         except Exception:  # onnx not installed: the sniff above is all we can do
             return fmt
+        if st.st_size > MAX_PROTOBUF_BYTES:
+            raise BundleError(f"{path} is {st.st_size} bytes; an ONNX protobuf holds at most "
+                              f"{MAX_PROTOBUF_BYTES} bytes: refused before reading it",
+                              hint="large models keep their weights in external data files")
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as exc:
@@ -386,3 +408,10 @@ def check_model_file(path: str | Path) -> str:
                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
         check_onnx_external_data(proto, path)
     return fmt
+
+
+def model_file_stat(path: str | Path, what: str = "model file", *,
+                    max_bytes: int = MAX_MODEL_BYTES) -> os.stat_result:
+    """``stat`` of a model or weights file, refused (BundleError naming it) before a byte is
+    read when it is a FIFO, device, folder, sparse or over ``max_bytes``."""
+    return check_not_sparse(path, regular_file(path, what, max_bytes=max_bytes), what)

@@ -20,9 +20,10 @@ from ._npz import save_npz
 from .backends import Artifact, Backend, TensorSpec, get_backend
 from .bench.accuracy import split_batches
 from .bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, Bundle, file_record, load_bundle
-from .bundle import staged_bundle, write_json
+from .bundle import check_out_dir, staged_bundle, write_json
 from .data.task import Task
 from .errors import BackendMissingError, NotSupportedError, ShapeError, UsageError
+from .fsio import check_name, check_tensor_name
 from .profiles import TargetProfile, load_profile
 from .verify import verify
 
@@ -44,6 +45,8 @@ def resolve_targets(targets: Sequence[str | Path | TargetProfile]) -> list[Targe
     if not targets:
         raise UsageError("no targets given", hint="pass at least one; `edgekit targets` lists them")
     profiles = [t if isinstance(t, TargetProfile) else load_profile(t) for t in targets]
+    for profile in profiles:  # the name becomes the target's folder: never a path
+        check_name(profile.name, "target name", where=profile.source or None)
     names = [p.name for p in profiles]
     if len(set(names)) != len(names):
         raise UsageError(f"a target is named twice: {', '.join(names)}")
@@ -116,7 +119,9 @@ def check_example_inputs(
 def _names(given: Sequence[str] | None, count: int, prefix: str) -> list[str]:
     if given is None:
         return [f"{prefix}_{i}" for i in range(count)] if count > 1 else [prefix]
-    names = list(given)
+    if isinstance(given, str):
+        given = [given]
+    names = [check_tensor_name(n, f"{prefix} name") for n in given]
     if len(names) != count:
         raise UsageError(f"{len(names)} {prefix} names given ({', '.join(names)}) for {count} {prefix}s")
     if len(set(names)) != count:
@@ -154,11 +159,14 @@ def compress(
     cache: bool | str | Path = False,
     calibration: Any = None,
     quantization: Any = None,
+    overwrite: bool = False,
 ) -> Bundle:
     """Export ``model`` for every target, verify each artifact, and write one bundle.
 
     The bundle folder ``out_dir`` is replaced only when every target exported and verified;
-    otherwise the previous bundle (if any) stays as it was.
+    otherwise the previous bundle (if any) stays as it was. An existing ``out_dir`` that is
+    not an edgekit bundle (or holds files its manifest does not list) is refused before any
+    work unless ``overwrite=True``; the root, home and current folders never are replaced.
 
     Example::
 
@@ -180,7 +188,13 @@ def compress(
     float until it does, else :class:`edgekit.errors.QuantizationError` (per-layer table,
     suggested float layers) and no bundle is written.
     """
+    check_out_dir(out_dir, overwrite=overwrite)  # before any work
     profiles = resolve_targets(targets)
+    if name is not None:
+        try:
+            check_name(name, "bundle name")
+        except UsageError as exc:
+            raise UsageError(exc.message, hint="use a plain bundle name such as 'kws'") from None
     inputs, ref_outputs = check_example_inputs(model, example_inputs)
     in_names = _names(input_names, len(inputs), "input")
     out_names = _names(output_names, len(ref_outputs), "output")
@@ -220,7 +234,8 @@ def compress(
             model, inputs, in_names=in_names, out_names=out_names, name=name, task=task,
             verify_samples=verify_samples, recipe=recipe, history=history, profiles=profiles,
         )
-        hit = _cache.restore(cache_key, out_dir, cache_dir=cache, progress=progress)
+        hit = _cache.restore(cache_key, out_dir, cache_dir=cache, progress=progress,
+                            overwrite=overwrite)
         if hit is not None:
             return hit
 
@@ -237,7 +252,7 @@ def compress(
         "numpy": np.__version__,
     }
     quant_cache: dict[str, Any] = {}
-    with staged_bundle(Path(out_dir)) as stage:
+    with staged_bundle(Path(out_dir), overwrite=overwrite) as stage:
         for profile in profiles:
             backend: Backend = get_backend(profile.backend)
             versions.update(backend.versions())

@@ -8,7 +8,10 @@ with how many threads, and how close to the PyTorch reference the result must be
     'onnxruntime'
 
 Bundled profiles live in the top-level ``targets/`` folder (the ``edgekit.targets`` package);
-a path to a ``.toml`` file of the same shape works wherever a name does.
+a path to a ``.toml`` file of the same shape works wherever a name does. A profile's ``name``
+becomes its target's folder in every bundle, so it must be a plain name
+(:func:`edgekit.fsio.check_name`: letters, digits, ``.``, ``_``, ``-``, ``+``, at most 128
+characters, never a path or a reserved bundle file name); the file is refused before any work.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, UnknownNameError, UsageError
+from .errors import BundleError, ConfigError, UnknownNameError, UsageError
+from .fsio import check_name, open_regular
 
 __all__ = ["Tolerance", "TargetProfile", "load_profile", "list_profiles", "PRECISIONS"]
 
@@ -28,6 +32,8 @@ PRECISIONS = ("fp32", "int8")
 ARCHES = ("x86_64", "aarch64", "armv7l")
 DEVICES = ("cpu", "cuda", "remote")
 LAYOUTS = ("nchw", "nhwc")
+#: a profile is a few hundred bytes; refuse anything far larger before reading it
+MAX_PROFILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -106,14 +112,21 @@ def load_profile(name_or_path: str | Path) -> TargetProfile:
     text_path = str(name_or_path)
     if text_path.endswith(".toml") or "/" in text_path:
         path = Path(text_path)
-        if not path.is_file():
-            raise ConfigError(f"target profile file {path} does not exist")
+        try:
+            with open_regular(path, "target profile file", max_bytes=MAX_PROFILE_BYTES) as fh:
+                blob = fh.read()
+        except (BundleError, OSError, ValueError) as exc:
+            reason = exc.message if isinstance(exc, BundleError) else \
+                f"target profile file {str(path)!r} cannot be read: {exc}"
+            raise ConfigError(reason, hint="pass the path of a .toml target profile") from None
     else:
+        check_name(text_path, "target")  # a name, never a path: UsageError before any lookup
         path = _bundled_dir() / f"{text_path}.toml"
         if not path.is_file():
             raise UnknownNameError("target", text_path, list_profiles())
+        blob = path.read_bytes()
     try:
-        raw = path.read_bytes().decode("utf-8")
+        raw = blob.decode("utf-8")
         data = tomllib.loads(raw)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"target profile {path} is not UTF-8 text ({exc.reason})") from exc
@@ -142,6 +155,10 @@ def parse_profile(data: dict[str, Any], *, source: str = "<dict>") -> TargetProf
     for key in ("name", "backend"):
         if key not in data:
             raise fail(f"missing required key {key!r}")
+    try:
+        check_name(data["name"], "name")
+    except UsageError as exc:  # the name becomes the target's folder in every bundle
+        raise fail(exc.message, hint=exc.hint) from None
     for key, choices in _CHOICES.items():
         if key in data and data[key] not in choices:
             raise fail(f"{key} = {data[key]!r} is not one of {', '.join(choices)}")

@@ -17,6 +17,12 @@ Example (a user model from an importable factory, with trained weights)::
     targets = ["x86-tflite-fp32", "targets/my-board.toml"]
     name = "kws"                         # optional bundle name (default: the output folder's)
 
+Names are checked when the recipe is read (ConfigError naming the key and the file): target
+names and ``name`` as plain file names (:func:`edgekit.fsio.check_name`), ``input_names`` and
+``output_names`` as tensor names (:func:`edgekit.fsio.check_tensor_name`: letters, digits, ``_``,
+``.``, ``:``, ``-``); an entry of ``targets`` ending in ``.toml`` or holding ``/`` is a profile
+file.
+
 Relative paths (``weights``, profile ``.toml`` files) are read relative to the recipe's folder,
 and the recipe's folder is importable for ``module:factory``. The manifest stores the recipe as
 written (no absolute paths) plus the weights file's sha256.
@@ -33,7 +39,8 @@ from typing import Any
 import torch
 
 from .bundle import Bundle
-from .errors import ConfigError, EdgekitError
+from .errors import ConfigError, EdgekitError, UsageError
+from .fsio import check_name, check_tensor_name
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "build_recipe"]
 
@@ -105,6 +112,27 @@ def _fail(source: str, msg: str, hint: str | None = None) -> ConfigError:
     return ConfigError(f"recipe {source}: {msg}", hint=hint)
 
 
+def _check_names(data: dict[str, Any], source: str) -> None:
+    """Target, bundle and tensor names as plain names (never paths), named by key and file.
+    A target given as a path (``*.toml`` or with '/') is a profile file; its own ``name`` is
+    checked when the profile is loaded."""
+    try:
+        for target in data["targets"]:
+            if not (target.endswith(".toml") or "/" in target):
+                check_name(target, "targets: target")
+        if "name" in data:
+            try:
+                check_name(data["name"], "name")
+            except UsageError as exc:
+                raise UsageError(exc.message, hint="use a plain bundle name such as 'kws'") \
+                    from None
+        for key in ("input_names", "output_names"):
+            for value in data.get(key, []):
+                check_tensor_name(value, f"{key}: name")
+    except UsageError as exc:
+        raise _fail(source, exc.message, hint=exc.hint) from None
+
+
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
@@ -143,6 +171,7 @@ def parse_recipe(data: dict[str, Any], *, source: str = "<dict>",
             raise _fail(source, f"{key!r} must be a list of non-empty strings, got {data[key]!r}")
     if not data["targets"]:
         raise _fail(source, "'targets' is empty", hint="e.g. targets = [\"x86-tflite-fp32\"]")
+    _check_names(data, source)
     model = data["model"]
     if ":" in model:
         if not data.get("input_shapes"):
@@ -195,7 +224,9 @@ def parse_recipe(data: dict[str, Any], *, source: str = "<dict>",
     )
     wp = recipe.weights_path()
     if wp is not None and not wp.is_file():
-        raise _fail(source, f"weights = {recipe.weights!r}: file {wp} does not exist")
+        what = "does not exist" if not wp.exists() else \
+            "is not a regular file (a FIFO, device or folder): refused"
+        raise _fail(source, f"weights = {recipe.weights!r}: file {wp} {what}")
     return recipe
 
 
@@ -236,18 +267,22 @@ def build_recipe(
     targets: list[str] | None = None,
     cache: bool | str | Path = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Bundle:
     """Build a recipe into a bundle at ``out_dir``.
 
     ``targets`` restricts the build to some of the recipe's targets. With ``cache`` a zoo model
     that would be trained gets a key over the recipe before training (a hit skips training);
     every other recipe is keyed by :func:`edgekit.compress` over the model's weights.
+    ``overwrite``: see :func:`edgekit.compress`.
     """
     from . import cache as _cache
     from .api import load_factory, parse_input_spec
+    from .bundle import check_out_dir
     from .models import get_spec
     from .pipeline import compress, resolve_targets
 
+    check_out_dir(out_dir, overwrite=overwrite)  # before any training
     chosen = list(recipe.targets)
     if targets:
         unknown = [t for t in targets if t not in recipe.targets]
@@ -271,7 +306,8 @@ def build_recipe(
         if cache and train:
             key = _cache.recipe_key({**manifest_recipe, "epochs": epochs, "name": name},
                                     weights_sha256=weights_sha, profiles=profiles)
-            hit = _cache.restore(key, out_dir, cache_dir=cache, progress=progress)
+            hit = _cache.restore(key, out_dir, cache_dir=cache, progress=progress,
+                                 overwrite=overwrite)
             if hit is not None:
                 return hit
         torch.manual_seed(recipe.seed)
@@ -298,7 +334,7 @@ def build_recipe(
             model, spec.example_inputs(1), targets=profiles, out_dir=out_dir, name=name,
             input_names=spec.input_names, output_names=spec.output_names, task=task,
             recipe=manifest_recipe, history=history, verify_samples=recipe.verify_samples,
-            progress=progress, cache=cache if not train else False,
+            progress=progress, cache=cache if not train else False, overwrite=overwrite,
         )
         if key is not None:
             _cache.store(key, out_dir, cache_dir=cache)
@@ -314,6 +350,6 @@ def build_recipe(
     return compress(
         model, inputs, targets=profiles, out_dir=out_dir, name=recipe.name,
         input_names=recipe.input_names, output_names=recipe.output_names,
-        recipe=manifest_recipe, progress=progress, cache=cache,
+        recipe=manifest_recipe, progress=progress, cache=cache, overwrite=overwrite,
     )
 

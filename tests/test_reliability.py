@@ -780,23 +780,10 @@ def _wait_for(cond, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def _tree(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
-            if p.is_file()}
-
-
-@rel(case=11, behaviour="SIGTERM or SIGINT to `edgekit build` mid-export (real subprocess, real "
-     "signal): exit 143/130, the previous bundle byte-identical, the staging folder removed")
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_sigterm_during_build_keeps_previous_bundle(sig, tmp_path):
+def _stalled_build(tmp_path: Path) -> subprocess.Popen:
+    """A real `edgekit build` of the slow model into tmp_path/out, stalled mid-export (its
+    staging folder exists); the caller signals it and reaps it with :func:`_reap`."""
     _slow_factory(tmp_path)
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "t").mkdir()
-    (out / "t" / "model.onnx").write_bytes(b"previous")
-    write_json(out / "manifest.json", {"schema_version": SCHEMA_VERSION, "name": "previous",
-                                       "targets": {}})
-    before = _tree(out)
     marker = tmp_path / "stalled"
     env = {**os.environ, "SLOW_DIR": str(tmp_path), "SLOW_MARKER": str(marker)}
     proc = subprocess.Popen(
@@ -806,13 +793,45 @@ def test_sigterm_during_build_keeps_previous_bundle(sig, tmp_path):
     try:
         _wait_for(lambda: marker.exists() or proc.poll() is not None, 120, "the build to stall")
         assert proc.poll() is None, proc.communicate()
-        assert list(tmp_path.glob(".out.partial-*")), "expected a staging folder mid-build"
-        proc.send_signal(getattr(signal, sig))
-        _, err = proc.communicate(timeout=60)
+    except BaseException:
+        _reap(proc)
+        raise
+    return proc
+
+
+def _reap(proc: subprocess.Popen, sig: int | None = None) -> str:
+    """Send ``sig`` (if given) and wait for the process; kill it if it lingers. Its stderr."""
+    try:
+        if sig is not None:
+            proc.send_signal(sig)
+        return proc.communicate(timeout=60)[1] or ""
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@rel(case=11, behaviour="SIGTERM or SIGINT to `edgekit build` mid-export (real subprocess, real "
+     "signal): exit 143/130, the previous bundle byte-identical, the staging folder removed")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_sigterm_during_build_keeps_previous_bundle(sig, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "t").mkdir()
+    (out / "t" / "model.onnx").write_bytes(b"previous")
+    write_json(out / "manifest.json", {"schema_version": SCHEMA_VERSION, "name": "previous",
+                                       "targets": {"t": {"files": [{"path": "t/model.onnx"}]}}})
+    before = _tree(out)
+    proc = _stalled_build(tmp_path)
+    try:
+        assert list(tmp_path.glob(".out.partial-*")), "expected a staging folder mid-build"
+    finally:
+        err = _reap(proc, getattr(signal, sig))
     assert proc.returncode == (143 if sig == "SIGTERM" else 130), err
     assert f"interrupted ({'SIGTERM' if sig == 'SIGTERM' else 'Ctrl-C'})" in err
     assert "Traceback" not in err
@@ -887,7 +906,7 @@ def tiny_mount(tmp_path):
 
 def _prepare_previous(dest: Path) -> dict[str, str]:
     dest.mkdir()
-    (dest / "manifest.json").write_text('{"previous": true}\n')
+    (dest / "manifest.json").write_text('{"schema_version": 1, "targets": {}, "previous": true}\n')
     return _tree(dest)
 
 
@@ -1368,11 +1387,21 @@ def test_no_machine_paths_or_secrets_in_outputs(tmp_path, monkeypatch):
         assert f"/{getpass.getuser()}/" not in blob
 
 
-@rel(case="all", behaviour="every case 1-15 has at least one reliability test")
+@rel(case="all", behaviour="every numbered case of the table has at least one reliability "
+                          "test (all tests/test_reliability*.py files)")
 def test_every_case_has_a_test():
+    import ast
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from reliability_table import CASES
+
     cases = set()
-    for obj in globals().values():
-        for mark in getattr(obj, "pytestmark", []):
-            if mark.name == "reliability":
-                cases.add(mark.kwargs.get("case"))
-    assert set(range(1, 16)) <= cases, sorted(set(range(1, 16)) - cases)
+    for path in sorted((ROOT / "tests").glob("test_reliability*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "rel"
+                    or isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "reliability"):
+                for kw in node.keywords:
+                    if kw.arg == "case" and isinstance(kw.value, ast.Constant):
+                        cases.add(kw.value.value)
+    numbered = {c for c in CASES if isinstance(c, int)}
+    assert numbered <= cases, sorted(numbered - cases)

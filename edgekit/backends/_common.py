@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BundleError, ExportError, ShapeError, UsageError
+from ..errors import (
+    BundleError,
+    DataError,
+    EdgekitError,
+    ExportError,
+    ModelRunError,
+    ShapeError,
+    UsageError,
+)
 from .base import Artifact, TensorSpec
 
 # --------------------------------------------------------------------------- packages
@@ -165,8 +173,18 @@ class FeedChecker:
     """Checks and casts ``Session.run`` feeds against the artifact's input specs.
 
     Built once in ``load``; ``__call__`` is on the timed path, so it precomputes everything.
-    Casts are allowed within a kind (float64 -> float32, int64 -> int32 when the values fit);
-    anything else raises :class:`ShapeError` naming the input.
+
+    * ``feeds`` is a list (or tuple) with one entry per model input, in model order; a single
+      array, a dict or anything else is refused with :class:`UsageError`.
+    * Each entry is a numpy array, a torch tensor or a nested list of numbers. Torch tensors are
+      detached (``requires_grad`` is fine), moved to the CPU and made contiguous; a bfloat16 or
+      float16 tensor for a float32 input is widened to float32 (lossless). Other casts are
+      allowed within a kind (float64 -> float32 rounds like ``astype``; int64 -> int32 when the
+      values fit); anything else raises :class:`ShapeError` naming the input, its position, its
+      dtype and the expected one.
+    * Float inputs holding NaN or +-inf raise :class:`DataError` naming the input and the count
+      on every runtime (OpenVINO's CPU plugin would return finite outputs, the others NaN), unless
+      ``allow_nonfinite=True``; then each runtime's own handling applies.
     """
 
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
@@ -176,14 +194,21 @@ class FeedChecker:
         self._dynamic = [any(d < 0 for d in s.shape) for s in specs]
         self._n = len(specs)
 
-    def __call__(self, feeds: Sequence[Any]) -> list[np.ndarray]:
+    def __call__(self, feeds: Sequence[Any], *, allow_nonfinite: bool = False
+                 ) -> list[np.ndarray]:
+        if not isinstance(feeds, (list, tuple)):
+            names = [s.name for s in self.specs]
+            raise UsageError(
+                f"Session.run takes a list with one array per model input {names}, got a "
+                f"{type(feeds).__name__}",
+                hint="wrap a single input in a list: session.run([x])")
         if len(feeds) != self._n:
             names = [s.name for s in self.specs]
             raise ShapeError(f"expected {self._n} inputs {names}, got {len(feeds)}")
         out = []
         for i, x in enumerate(feeds):
             if not isinstance(x, np.ndarray):
-                x = np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x)
+                x = self._to_array(i, x)
             if x.shape != self._shapes[i] and not (
                 self._dynamic[i] and self._fits(x.shape, self._shapes[i])
             ):
@@ -195,8 +220,52 @@ class FeedChecker:
                 )
             if x.dtype != self._dtypes[i]:
                 x = self._cast(i, x)
+            if not allow_nonfinite and x.dtype.kind in "fc" and not np.isfinite(x.sum()):
+                self._check_finite(i, x)
             out.append(x)
         return out
+
+    def _where(self, i: int) -> str:
+        s = self.specs[i]
+        return f"input {s.name!r} (position {i}, {s.dtype} of shape {list(s.shape)})"
+
+    def _to_array(self, i: int, x: Any) -> np.ndarray:
+        if isinstance(x, torch.Tensor):
+            t = x.detach()
+            if t.device.type != "cpu":
+                t = t.cpu()
+            if t.is_complex() or t.is_quantized or t.layout != torch.strided:
+                raise ShapeError(f"{self._where(i)}: got a {t.dtype} {t.layout} tensor, which "
+                                 "does not convert", hint="pass a dense real-valued tensor")
+            if t.dtype in (torch.bfloat16, torch.float16) and self._dtypes[i] == np.float32:
+                t = t.float()  # widening: lossless
+            elif t.dtype == torch.bfloat16:  # numpy has no bfloat16
+                raise ShapeError(
+                    f"{self._where(i)}: got a torch.bfloat16 tensor, expected "
+                    f"{self._dtypes[i]}", hint="convert it first, e.g. x.to(torch.float32)")
+            return t.contiguous().numpy()
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot hold
+            raise ShapeError(f"{self._where(i)}: got a {type(x).__name__} that is not an "
+                             f"array ({first_line(exc)})",
+                             hint="pass a numpy array or a torch tensor") from None
+        if arr.dtype.kind not in "biuf":
+            raise ShapeError(f"{self._where(i)}: got a {type(x).__name__} ({arr.dtype}), "
+                             "not an array of numbers",
+                             hint="pass a numpy array or a torch tensor")
+        return arr
+
+    def _check_finite(self, i: int, x: np.ndarray) -> None:
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        if bad:  # (a finite array whose sum overflowed lands here with bad == 0)
+            nan = int(np.count_nonzero(np.isnan(x)))
+            raise DataError(
+                f"input {self.specs[i].name!r} (position {i}) holds {bad} non-finite value(s) "
+                f"of {x.size} ({nan} NaN, {bad - nan} inf); runtimes disagree on those "
+                "(OpenVINO returns finite outputs, the others NaN)",
+                hint="clean the input, or pass allow_nonfinite=True to Session.run to feed them "
+                "anyway")
 
     @staticmethod
     def _fits(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
@@ -207,8 +276,9 @@ class FeedChecker:
         name = self.specs[i].name
         if not np.can_cast(x.dtype, want, casting="same_kind"):
             raise ShapeError(
-                f"input {name!r}: expected dtype {want}, got {x.dtype}, which does not convert "
-                "safely"
+                f"input {name!r} (position {i}): expected dtype {want}, got {x.dtype}, which "
+                "does not convert safely",
+                hint=f"convert it first, e.g. x.astype(np.{want})",
             )
         if want.kind in "iu" and x.size:
             info = np.iinfo(want)
@@ -233,9 +303,16 @@ def check_artifact_backend(artifact: Artifact, backend: str) -> Path:
     return path
 
 
+#: The most threads a session may ask for (10000 made runtimes abort the process).
+MAX_THREADS = 256
+
+
 def check_threads(threads: int) -> int:
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise UsageError(f"threads must be a positive integer, got {threads!r}")
+    """``threads`` if it is an integer in 1..:data:`MAX_THREADS`, else :class:`UsageError`."""
+    if not isinstance(threads, int) or isinstance(threads, bool) or not \
+            1 <= threads <= MAX_THREADS:
+        raise UsageError(f"threads must be an integer from 1 to {MAX_THREADS}, got {threads!r}",
+                         hint="use about as many threads as the machine has cores")
     return threads
 
 
@@ -381,3 +458,60 @@ def export_failure(
         msg = f"{stage} failed: {type(exc).__name__}: {first_line(exc)}"
         hint = "run torch.export.export(model, example_inputs) to check the model exports"
     return ExportError(msg, backend=backend, op=op, layer=layer, hint=hint)
+
+
+# --------------------------------------------------------------------------- run-time failures
+
+
+# onnxruntime: "running ConstantOfShape node. Name:'huge_fill' Status Message: ..."
+_ORT_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)'")
+# OpenVINO CPU plugin: "Node huge_range of type Range"
+_OV_NODE = re.compile(r"Node (\S+) of type (\w+)")
+_ALLOC = re.compile(r"bad_alloc|failed to allocate|out of memory|cannot allocate|"
+                    r"allocation failed|std::length_error", re.IGNORECASE)
+_BYTES = re.compile(r"(?:buffer of size|allocate) (\d+)")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def run_failure(backend: str, exc: BaseException, path: Path | str | None, *,
+                guess: tuple[str, str] | None = None, stage: str = "run") -> EdgekitError:
+    """Map a runtime's exception (or MemoryError) while loading or running a model to a
+    :class:`ModelRunError` naming the node (op type and name, from the runtime's message, else
+    ``guess``) and saying when the model allocates more memory than there is."""
+    if isinstance(exc, EdgekitError):
+        return exc
+    text = _error_text(exc)
+    op = node = None
+    m = _ORT_NODE.search(text)
+    if m:
+        op, node = m.group(1), m.group(2)
+    elif (m := _OV_NODE.search(text)) is not None:
+        node, op = m.group(1), m.group(2)
+    elif guess is not None:
+        op, node = guess
+    where = f" at node {node!r} ({op})" if node else ""
+    what = f"{path}" if path is not None else "the model"
+    sizes = [int(b) for b in _BYTES.findall(text)]
+    requested = max(sizes) if sizes else None
+    if isinstance(exc, MemoryError) or _ALLOC.search(text):
+        asked = f" (it asked for {_size(requested)})" if requested else ""
+        return ModelRunError(
+            f"{what}: {backend} ran out of memory{where}: the model allocates too much at "
+            f"{stage} time{asked}",
+            backend=backend, op=op, node=node, requested_bytes=requested,
+            hint=(f"check the shapes node {node!r} builds (a ConstantOfShape/Range/Expand with "
+                  "a huge or input-dependent size?)" if node else
+                  "check the shapes the model builds (ConstantOfShape/Range/Expand with huge "
+                  "sizes?)") + "; a model that needs more memory than the machine has cannot "
+                  "run here")
+    return ModelRunError(
+        f"{what}: {backend} failed to {stage} the model{where}: {_said(text)}",
+        backend=backend, op=op, node=node,
+        hint="check the inputs against the model's specs; if they fit, the model itself is "
+        "broken: export it again")

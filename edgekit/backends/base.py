@@ -67,7 +67,10 @@ class Session(Protocol):
     #: What the runtime really executes, e.g. {"precision": "fp32", "threads": 2, "device": "CPU"}
     info: dict[str, Any]
 
-    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]: ...
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        """The edgekit backends also take torch tensors and ``allow_nonfinite=True`` (NaN/inf
+        inputs raise DataError otherwise), and raise ModelRunError naming a failing node."""
+        ...
 
 
 @runtime_checkable

@@ -31,6 +31,7 @@ from ._common import (
     list_files,
     missing_modules,
     package_versions,
+    run_failure,
 )
 from .base import Artifact, TensorSpec
 
@@ -81,8 +82,9 @@ class OnnxRuntimeSession:
     backend = _NAME
 
     def __init__(self, sess: Any, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                 info: dict[str, Any]) -> None:
+                 info: dict[str, Any], path: Path | None = None) -> None:
         self._sess = sess
+        self._path = path
         self.inputs = inputs
         self.outputs = outputs
         self.info = info
@@ -90,9 +92,16 @@ class OnnxRuntimeSession:
         self._in_names = [s.name for s in inputs]
         self._out_names = [s.name for s in outputs]
 
-    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
-        arrays = self._check(feeds)
-        return self._sess.run(self._out_names, dict(zip(self._in_names, arrays)))
+    def run(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
+            ) -> list[np.ndarray]:
+        """Feeds in model order (numpy arrays or torch tensors; see :class:`FeedChecker`).
+        NaN/inf inputs raise DataError unless ``allow_nonfinite``; a failing node (e.g. one
+        that allocates terabytes) raises :class:`ModelRunError` naming it."""
+        arrays = self._check(feeds, allow_nonfinite=allow_nonfinite)
+        try:
+            return self._sess.run(self._out_names, dict(zip(self._in_names, arrays)))
+        except Exception as exc:  # onnxruntime's Fail/RuntimeException, MemoryError
+            raise run_failure(_NAME, exc, self._path) from exc
 
 
 class OnnxRuntimeBackend:
@@ -256,6 +265,8 @@ class OnnxRuntimeBackend:
         try:
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:
+            if isinstance(exc, MemoryError) or "allocat" in str(exc).lower():
+                raise run_failure(_NAME, exc, path, stage="load") from exc
             raise bad_file(path, "model for onnxruntime", exc) from exc
         dtype_map = {
             "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
@@ -291,4 +302,4 @@ class OnnxRuntimeBackend:
             "graph_optimization_level": level,
             "load_seconds": round(time.perf_counter() - t0, 3),
         }
-        return OnnxRuntimeSession(sess, inputs, outputs, info)
+        return OnnxRuntimeSession(sess, inputs, outputs, info, path)

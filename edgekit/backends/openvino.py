@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ import torch
 
 from .._deps import require
 from ..errors import BundleError, ExportError, UsageError
+from ..fsio import check_not_sparse, regular_file
+from ..modelfile import MAX_MODEL_BYTES
 from ._common import (
     FeedChecker,
     bad_file,
@@ -36,6 +39,7 @@ from ._common import (
     list_files,
     missing_modules,
     package_versions,
+    run_failure,
 )
 from .base import Artifact, TensorSpec
 
@@ -77,6 +81,63 @@ def _port_specs(ports: Any, names: list[str] | None = None) -> list[TensorSpec]:
     return specs
 
 
+#: Bits per element of the IR's element types (string and dynamic types are not checked).
+_ELEMENT_BITS = {
+    "f64": 64, "f32": 32, "f16": 16, "bf16": 16, "f8e4m3": 8, "f8e5m2": 8, "f8e8m0": 8,
+    "f4e2m1": 4, "nf4": 4, "i64": 64, "i32": 32, "i16": 16, "i8": 8, "i4": 4, "u64": 64,
+    "u32": 32, "u16": 16, "u8": 8, "u6": 6, "u4": 4, "u3": 3, "u2": 2, "u1": 1, "boolean": 8,
+}
+
+
+def _check_const(xml_path: Path, layer: Any, attrib: dict[str, str], size: int) -> None:
+    """BundleError naming the layer and the file when a Const's declared element type and
+    shape do not add up to its byte size in the .bin (OpenVINO only says "inconsistent")."""
+    bits = _ELEMENT_BITS.get(attrib.get("element_type", ""))
+    shape_text = attrib.get("shape")
+    if bits is None or shape_text is None:
+        return
+    try:
+        dims = [int(d) for d in shape_text.split(",") if d.strip()]
+    except ValueError as exc:
+        raise bad_file(xml_path, f"OpenVINO IR .xml file (Const layer {layer.get('name')!r} "
+                       f"has shape {shape_text!r})", exc) from exc
+    count = 1
+    for d in dims:
+        if d < 0:
+            raise bad_file(xml_path, f"OpenVINO IR .xml file (Const layer {layer.get('name')!r} "
+                           f"has a negative dimension in shape [{shape_text}])")
+        count *= d
+    want = (count * bits + 7) // 8
+    if want != size:
+        raise BundleError(
+            f"{xml_path}: Const layer {layer.get('name')!r} (id {layer.get('id')}) declares "
+            f"{attrib.get('element_type')} of shape [{shape_text}] ({want} bytes) but holds "
+            f"{size} bytes in {xml_path.with_suffix('.bin').name}",
+            hint="the IR was edited or its .xml and .bin do not belong together; export again")
+
+
+def _largest_op(model: Any) -> tuple[str, str] | None:
+    """(type, name) of the op whose static output is the largest, else of the first op whose
+    output size depends on values (Range, Broadcast, Tile...): where an allocation failure most
+    likely happened, for runtimes that do not say."""
+    best, best_bytes, dynamic = None, 0, None
+    try:
+        for op in model.get_ordered_ops():
+            for out in op.outputs():
+                ps = out.get_partial_shape()
+                if ps.is_static:
+                    n = out.get_element_type().size
+                    for d in ps.to_shape():
+                        n *= int(d)
+                    if n > best_bytes:
+                        best, best_bytes = (op.get_type_name(), op.get_friendly_name()), n
+                elif dynamic is None and op.get_type_name() in ("Range", "Broadcast", "Tile"):
+                    dynamic = (op.get_type_name(), op.get_friendly_name())
+    except Exception:  # the model cannot be walked: name no node
+        return None
+    return best if best is not None and best_bytes >= 2**30 else dynamic or best
+
+
 def check_ir_files(xml_path: Path) -> Path:
     """Check an IR pair cheaply: XML parses, .bin exists and holds every constant the XML
     points at. Returns the .bin path; raises BundleError naming the bad file."""
@@ -86,6 +147,10 @@ def check_ir_files(xml_path: Path) -> Path:
     if root.tag != "net":
         raise bad_file(xml_path, f"OpenVINO IR .xml file (root element <{root.tag}>, not <net>)")
     bin_path = xml_path.with_suffix(".bin")
+    if os.path.lexists(bin_path):  # OpenVINO opens it whatever the XML says: never a FIFO
+        check_not_sparse(bin_path, regular_file(bin_path, "OpenVINO weights file",
+                                                max_bytes=MAX_MODEL_BYTES),
+                         "OpenVINO weights file")
     need = 0
     for layer in root.iter("layer"):
         data = layer.find("data")
@@ -98,6 +163,8 @@ def check_ir_files(xml_path: Path) -> Path:
                 raise bad_file(xml_path, f"OpenVINO IR .xml file (layer {layer.get('name')!r} "
                                f"has offset {offset}, size {size})")
             need = max(need, offset + size)
+            if layer.get("type") == "Const":
+                _check_const(xml_path, layer, data.attrib, size)
     if need:
         if not bin_path.is_file():
             raise BundleError(
@@ -123,8 +190,9 @@ class OpenVinoSession:
     backend = _NAME
 
     def __init__(self, compiled: Any, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                 info: dict[str, Any]) -> None:
+                 info: dict[str, Any], path: Path | None = None) -> None:
         self._compiled = compiled
+        self._path = path
         self.inputs = inputs
         self.outputs = outputs
         self.info = info
@@ -134,13 +202,21 @@ class OpenVinoSession:
         self._in_views = [t.data for t in self._in_tensors]
         self._n_out = len(outputs)
 
-    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
-        arrays = self._check(feeds)
+    def run(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
+            ) -> list[np.ndarray]:
+        """Feeds in model order (numpy arrays or torch tensors; see :class:`FeedChecker`).
+        NaN/inf inputs raise DataError unless ``allow_nonfinite`` (the CPU plugin would return
+        finite outputs for them); a failing node raises :class:`ModelRunError` naming it."""
+        arrays = self._check(feeds, allow_nonfinite=allow_nonfinite)
         for view, x in zip(self._in_views, arrays):
             np.copyto(view, x)
         req = self._req
-        req.infer()
-        return [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+        try:
+            req.infer()
+            return [req.get_output_tensor(i).data.copy() for i in range(self._n_out)]
+        except Exception as exc:  # RuntimeError from the plugin, MemoryError
+            raise run_failure(_NAME, exc, self._path,
+                              guess=_largest_op(self._compiled.get_runtime_model())) from exc
 
 
 class OpenVinoBackend:
@@ -339,6 +415,9 @@ class OpenVinoBackend:
         try:
             compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
+            if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
+                raise run_failure(_NAME, exc, xml_path, guess=_largest_op(model),
+                                  stage="load") from exc
             raise bad_file(xml_path, "model for the OpenVINO CPU plugin", exc) from exc
         ran = compiled.get_property("INFERENCE_PRECISION_HINT")
         ran_name = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
@@ -359,4 +438,4 @@ class OpenVinoBackend:
         }
         inputs = _port_specs(compiled.inputs, names_in)
         outputs = _port_specs(compiled.outputs, names_out)
-        return OpenVinoSession(compiled, inputs, outputs, info)
+        return OpenVinoSession(compiled, inputs, outputs, info, xml_path)

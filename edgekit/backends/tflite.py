@@ -45,6 +45,7 @@ from ._common import (
     list_files,
     missing_modules,
     package_versions,
+    run_failure,
 )
 from .base import Artifact, TensorSpec
 
@@ -137,15 +138,23 @@ class TFLiteSession:
 
     _convert_in: list | None = None
     _convert_out: list | None = None
+    _path: Path | None = None
 
-    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
-        arrays = self._check(feeds)
+    def run(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
+            ) -> list[np.ndarray]:
+        """Feeds in model order (numpy arrays or torch tensors; see :class:`FeedChecker`).
+        NaN/inf inputs raise DataError unless ``allow_nonfinite``; a failing invoke raises
+        :class:`ModelRunError`."""
+        arrays = self._check(feeds, allow_nonfinite=allow_nonfinite)
         if self._convert_in is not None:
             arrays = [x if c is None else _quantize(x, *c)
                       for x, c in zip(arrays, self._convert_in)]
         for idx, x in zip(self._in_idx, arrays):
             self._set(idx, x)
-        self._invoke()
+        try:
+            self._invoke()
+        except Exception as exc:  # RuntimeError from the interpreter, MemoryError
+            raise run_failure(_NAME, exc, self._path) from exc
         if self._convert_out is not None:
             return [self._get(idx) if c is None else
                     ((self._get(idx).astype(np.float32) - c[1]) * np.float32(c[0]))
@@ -378,4 +387,5 @@ class TFLiteBackend:
         )
         if any(convert_in) or any(convert_out):
             session._convert_in, session._convert_out = convert_in, convert_out
+        session._path = path
         return session

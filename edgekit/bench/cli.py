@@ -29,11 +29,14 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--target", "-t", action="append", help="bundle target(s) to include")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt", "gpu"],
                    help="where to run (default cpu); GPU paths without a GPU fail with exit 2")
-    p.add_argument("--threads", type=int, help="threads per runtime (default: the profile's)")
+    p.add_argument("--threads", help="threads per runtime, 1-256 (default: the profile's)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--runs", type=int, default=None, help="timed rounds (default 200)")
-    g.add_argument("--duration", type=float, help="time for this many seconds instead")
-    p.add_argument("--warmup", type=int, default=20, help="untimed calls first (default 20)")
+    g.add_argument("--runs", default=None,
+                   help="timed rounds, 1 to 1000000 (default 200)")
+    g.add_argument("--duration", help="time for this many seconds instead (at most 3600; "
+                   "timing also stops at 1000000 rounds)")
+    p.add_argument("--warmup", default="20", help="untimed calls first, 0 to 100000 "
+                   "(default 20)")
     p.add_argument("--data", help="labelled .npz for accuracy (default: the bundle's zoo task; "
                    "'none' to skip)")
     p.add_argument("--input-key", action="append",
@@ -41,7 +44,7 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--target-key", default="y", help="--data: key of the labels (default y)")
     p.add_argument("--metric", choices=["top1", "mse", "auc"],
                    help="metric for --data without a zoo task (default top1)")
-    p.add_argument("--limit", type=int, help="score at most this many samples")
+    p.add_argument("--limit", help="score at most this many samples (>= 1)")
     p.add_argument("--baseline", help="result name the ratios are taken against "
                    "(default: the first fp32 one)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
@@ -52,9 +55,9 @@ def add_bench_parser(sub: Any) -> None:
                    help="run the artifacts on this device over SSH instead")
     p.add_argument("--remote-key", help="SSH private key for --remote")
     p.add_argument("--remote-python", default="python3", help="Python on the device")
-    p.add_argument("--remote-timeout", type=float, default=600.0,
+    p.add_argument("--remote-timeout", default="600",
                    help="seconds for each remote command (default 600)")
-    p.add_argument("--connect-timeout", type=float, default=10.0,
+    p.add_argument("--connect-timeout", default="10",
                    help="SSH connect timeout in seconds (default 10)")
     p.add_argument("--emulated", action="store_true",
                    help="label the remote device's timings as emulated")
@@ -64,24 +67,30 @@ def add_bench_parser(sub: Any) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from .harness import bench
+    from .harness import _seconds_arg, bench, check_bench_args
     from .report import summary_text
 
+    # every number checked (NaN, inf, zero, negative, huge) before anything is loaded
+    runs, duration, warmup, threads, limit = check_bench_args(
+        runs=args.runs if args.runs is not None or args.duration is not None else 200,
+        duration=args.duration, warmup=args.warmup, threads=args.threads, limit=args.limit,
+        flag="--")
+    remote_timeout = _seconds_arg("remote-timeout", args.remote_timeout, 86400.0, "--")
+    connect_timeout = _seconds_arg("connect-timeout", args.connect_timeout, 3600.0, "--")
     remote = None
     if args.remote:
         from .remote import RemoteDevice
 
         remote = RemoteDevice.parse(args.remote, key=args.remote_key, python=args.remote_python,
-                                    command_timeout=args.remote_timeout,
-                                    connect_timeout=args.connect_timeout, emulated=args.emulated)
+                                    command_timeout=remote_timeout,
+                                    connect_timeout=connect_timeout, emulated=args.emulated)
     if args.format and not args.out:
         raise UsageError("--format needs --out")
     report = bench(
-        args.sources, targets=args.target, device=args.device, threads=args.threads,
-        runs=args.runs if args.runs is not None else (None if args.duration else 200),
-        duration=args.duration, warmup=args.warmup, data=args.data,
+        args.sources, targets=args.target, device=args.device, threads=threads,
+        runs=runs, duration=duration, warmup=warmup, data=args.data,
         input_keys=tuple(args.input_key or ("x",)), target_key=args.target_key,
-        metric=args.metric, limit=args.limit, baseline=args.baseline,
+        metric=args.metric, limit=limit, baseline=args.baseline,
         memory=not args.no_memory, remote=remote, out_dir=args.out,
         formats=tuple(args.format or ("json", "md", "png")), progress=not args.quiet,
     )

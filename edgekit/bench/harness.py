@@ -29,7 +29,8 @@ from .fidelity import compare_outputs, plain_metric
 from .latency import LatencyStats, collect_interleaved
 from .memory import METHOD as MEMORY_METHOD
 
-__all__ = ["SCHEMA_VERSION", "Candidate", "artifact_from_file", "bench", "collect_candidates"]
+__all__ = ["SCHEMA_VERSION", "Candidate", "artifact_from_file", "bench", "check_bench_args",
+           "collect_candidates"]
 
 #: Version of the report's JSON layout (``schema`` = "edgekit.bench").
 SCHEMA_VERSION = 1
@@ -322,6 +323,9 @@ def _reference(cand: Candidate) -> dict[str, np.ndarray] | None:
     path = Path(cand.bundle.root) / REFERENCE
     if not path.is_file():
         return None
+    from .._npz import check_npz
+
+    check_npz(path, "reference data")  # declared sizes before numpy allocates
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 
@@ -382,6 +386,71 @@ def pareto_front(points: dict[str, tuple[float, float]], higher_is_better: bool)
     return front
 
 
+#: Bounds of the timing arguments (``bench --runs`` and friends, ``edgekit.bench(...)``).
+MAX_RUNS = 1_000_000
+MAX_WARMUP = 100_000
+MAX_DURATION_S = 3600.0
+#: Latency samples kept per artifact whatever the arguments: ``duration`` timing stops here.
+MAX_SAMPLES = MAX_RUNS
+
+
+def _int_arg(name: str, value: Any, lo: int, hi: int | None, flag: str) -> int:
+    what = f"{flag}{name}"
+    allowed = f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
+    number = value
+    if isinstance(value, str):  # from the command line: "200", also "1e3"
+        try:
+            number = float(value) if any(c in value for c in ".eEnN") else int(value)
+        except ValueError:
+            raise UsageError(f"{what} {value} is not a number; give {allowed}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float, np.integer, np.floating)):
+        raise UsageError(f"{what} {value} is not a number; give {allowed}")
+    if isinstance(number, (float, np.floating)):
+        if not math.isfinite(number) or number != int(number):
+            raise UsageError(f"{what} {value} is not an integer; give {allowed}")
+    number = int(number)
+    if number < lo or (hi is not None and number > hi):
+        raise UsageError(f"{what} {value} is out of range; give {allowed}")
+    return number
+
+
+def _seconds_arg(name: str, value: Any, hi: float, flag: str) -> float:
+    what = f"{flag}{name}"
+    allowed = f"a number of seconds > 0 and <= {hi:g}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} {value} is not a number; give {allowed}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise UsageError(f"{what} {value} is not a finite number; give {allowed}")
+    if not 0 < number <= hi:
+        raise UsageError(f"{what} {value} is out of range; give {allowed}")
+    return number
+
+
+def check_bench_args(*, runs: Any = None, duration: Any = None, warmup: Any = 20,
+                     threads: Any = None, limit: Any = None, flag: str = ""
+                     ) -> tuple[int | None, float | None, int, int | None, int | None]:
+    """Validate the timing arguments before anything is loaded; :class:`UsageError` naming the
+    argument (``flag`` + name: ``--runs`` on the command line), its value and the allowed range.
+
+    ``runs`` 1..:data:`MAX_RUNS`, ``duration`` seconds in (0, :data:`MAX_DURATION_S`],
+    ``warmup`` 0..:data:`MAX_WARMUP`, ``threads`` 1..``MAX_THREADS`` (256), ``limit`` >= 1;
+    NaN, inf, zero, negative and fractional counts are refused. Returns them converted.
+    """
+    from ..backends._common import MAX_THREADS
+
+    if runs is None and duration is None:
+        raise UsageError("give a number of runs or a duration")
+    return (
+        None if runs is None else _int_arg("runs", runs, 1, MAX_RUNS, flag),
+        None if duration is None else _seconds_arg("duration", duration, MAX_DURATION_S, flag),
+        _int_arg("warmup", warmup, 0, MAX_WARMUP, flag),
+        None if threads is None else _int_arg("threads", threads, 1, MAX_THREADS, flag),
+        None if limit is None else _int_arg("limit", limit, 1, None, flag),
+    )
+
+
 def bench(
     sources: Sequence[str | Path] | str | Path = (),
     *,
@@ -422,10 +491,8 @@ def bench(
         raise UsageError(f"unknown device {device!r}", hint=f"choose one of {', '.join(DEVICES)}")
     if remote is not None and device != "cpu":
         raise UsageError("--device applies to this machine; remote devices run on their CPU")
-    if runs is None and duration is None:
-        raise UsageError("give a number of runs or a duration")
-    if (runs is not None and runs < 1) or warmup < 0 or (duration is not None and duration <= 0):
-        raise UsageError("runs must be >= 1, warmup >= 0 and duration > 0")
+    runs, duration, warmup, threads, limit = check_bench_args(
+        runs=runs, duration=duration, warmup=warmup, threads=threads, limit=limit)
     bad = [f for f in formats if f not in ("json", "md", "png")]
     if bad:
         raise UsageError(f"unknown output format {bad[0]!r}", hint="choose from json, md, png")
@@ -565,9 +632,17 @@ def bench(
                 what = f"{runs} rounds" if duration is None else f"{duration:g} s"
                 say(f"timing {len(sessions)} artifact(s) interleaved: {warmup} warm-up calls, "
                     f"then {what}")
-                got = collect_interleaved(sessions, feeds, warmup=warmup,
-                                          runs=runs if duration is None else runs,
+                # samples are kept in memory: whatever the duration, stop at MAX_SAMPLES rounds
+                cap = runs if duration is None else min(runs or MAX_SAMPLES, MAX_SAMPLES)
+                got = collect_interleaved(sessions, feeds, warmup=warmup, runs=cap,
                                           duration_s=duration, progress=say)
+                if duration is not None and got.rounds >= cap and not got.interrupted \
+                        and got.seconds < duration:
+                    note = (f"timing stopped at {cap} rounds after {got.seconds:.1f} s of the "
+                            f"{duration:g} s asked for: the cap on kept samples")
+                    report["settings"]["sample_cap"] = cap
+                    report["notes"] = [*report.get("notes", []), note]
+                    say(note)
                 for name, samples in got.samples.items():
                     _set_latency(rows[name], samples, _batch(next(c for c in live
                                                                    if c.name == name)))

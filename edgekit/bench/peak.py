@@ -39,7 +39,6 @@ def _seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> tuple[floa
 
 
 def _ort_matmul(n: int, threads: int, integer: bool) -> Callable[[], Any]:
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

@@ -42,8 +42,11 @@ def load_npz(
     path = Path(path)
     if isinstance(input_keys, str):
         input_keys = (input_keys,)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"data file {path} does not exist", hint="check the path")
+    from .._npz import check_npz
+
+    check_npz(path, "data file", error=DataError)  # FIFO, declared sizes, objects
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # zipfile.BadZipFile, ValueError, OSError ...

@@ -26,6 +26,9 @@ def add_prune_parser(sub: Any) -> None:
     p.add_argument("--target", "-t", action="append", required=True,
                    help="target profile name or .toml path; repeat for several")
     p.add_argument("--out", "-o", required=True, help="bundle folder to write")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if it is not an edgekit bundle or holds files its "
+                   "manifest does not list")
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--ratio", type=float, help="fraction of channels removed per layer")
     goal.add_argument("--macs-reduction", type=float,
@@ -63,9 +66,12 @@ def run_prune(args: argparse.Namespace) -> int:
     from .latency import prune_to_latency
     from .recover import fine_tune, prune_and_fine_tune
 
+    from ..bundle import check_out_dir
+
     progress = not args.quiet
+    check_out_dir(args.out, overwrite=args.force)  # fail fast, before any training
     spec = get_spec(args.model)
-    profiles = resolve_targets(args.target)  # fail fast, before any training
+    profiles = resolve_targets(args.target)
     if args.steps < 1:
         raise UsageError(f"--steps must be at least 1, got {args.steps}")
     torch.manual_seed(args.seed)
@@ -121,7 +127,8 @@ def run_prune(args: argparse.Namespace) -> int:
                   if v is not None}}
     bundle = compress(model, x, targets=profiles, out_dir=args.out, name=args.model,
                       input_names=spec.input_names, output_names=spec.output_names, task=task,
-                      recipe=recipe, history=history, progress=progress)
+                      recipe=recipe, history=history, progress=progress,
+                      overwrite=args.force)
     summary = {"bundle": str(bundle.root), "macs": [res.macs_before, res.macs_after],
                "params": [res.params_before, res.params_after], "metric": task.metric,
                "before": report["before"], "after_prune": report["after_prune"],

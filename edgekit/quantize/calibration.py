@@ -79,8 +79,11 @@ def _items(item: Any, names: list[str]) -> list[Any]:
 
 
 def _from_npz(path: Path, names: list[str]) -> list[np.ndarray]:
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"calibration file {path} does not exist")
+    from .._npz import check_npz
+
+    check_npz(path, "calibration file", error=DataError)  # FIFO, declared sizes, objects
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
