@@ -51,7 +51,8 @@ def run_capped(args: list[str], *, cap_gib: float = 4.0, cwd: str | Path | None 
                               env=full_env, capture_output=True, text=True, timeout=timeout,
                               preexec_fn=limit)
         took = time.perf_counter() - start
-        # the child's own ru_maxrss (KiB on Linux), written at exit; -1 if it died by a signal
+        # the child's own peak resident memory (KiB), written at exit; -1 if it died by a
+        # signal
         peak = int(peak_file.read_text()) * 1024 if peak_file.exists() else -1
     return Capped(proc.returncode, proc.stdout, proc.stderr, peak, took)
 
@@ -60,8 +61,16 @@ def run_capped(args: list[str], *, cap_gib: float = 4.0, cwd: str | Path | None 
 _BOOT = """
 import atexit, os, resource, runpy, sys
 def _peak():
+    # VmHWM (KiB) belongs to this program's own memory map; ru_maxrss would carry the forking
+    # parent's peak across exec on Linux
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with open("/proc/self/status") as st:
+            kib = next(int(l.split()[1]) for l in st if l.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        pass
     with open(os.environ["EDGEKIT_TEST_PEAK_FILE"], "w") as fh:
-        fh.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        fh.write(str(kib))
 atexit.register(_peak)
 module = sys.argv[1]
 sys.argv = [module, *sys.argv[2:]]
