@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
@@ -135,17 +134,3 @@ def artifact_size(target_dir: Path) -> int:
     return sum(f.stat().st_size for f in Path(target_dir).iterdir()
                if f.suffix in WEIGHT_SUFFIXES)
 
-
-def timing_view(session: Any, feed: list[np.ndarray]) -> tuple[Any, list[np.ndarray]]:
-    """A TFLite session with float I/O around an int8 file converts in Python; time the
-    interpreter alone, fed pre-quantized tensors. Other sessions are returned unchanged."""
-    conv = getattr(session, "_convert_in", None)
-    if conv is None:
-        return session, feed
-    from edgekit.backends.tflite import _quantize
-
-    arrays = session._check(feed)  # the session's own dtype/shape conversion, done once
-    plain = copy.copy(session)
-    plain._convert_in = plain._convert_out = None
-    plain._check = lambda f, **_: f
-    return plain, [x if c is None else _quantize(x, *c) for x, c in zip(arrays, conv)]

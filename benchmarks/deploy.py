@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import FP32, INT8, RUNTIMES, artifact_size, log, timing_view
+from benchmarks.common import FP32, INT8, RUNTIMES, artifact_size, log
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: published int8-over-fp32 speed-ups, for context (other CPUs; not targets on this one)
@@ -105,17 +105,13 @@ def real_inputs(name: str, n: int) -> list[list[np.ndarray]]:
 
 
 def fidelity(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    r, o = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
-    rc, oc = r - r.mean(), o - o.mean()
+    """Cosine and centred cosine of all held-out outputs flattened as one sample, and SQNR."""
+    from edgekit.measure.metrics import centred_cosine, cosine, sqnr_db
 
-    def cos(a: np.ndarray, b: np.ndarray) -> float:
-        d = np.linalg.norm(a) * np.linalg.norm(b)
-        return float(a @ b / d) if d > 0 else float("nan")
-
-    noise = float(np.sum((r - o) ** 2))
-    return {"cosine": round(cos(r, o), 5), "centred_cosine": round(cos(rc, oc), 5),
-            "sqnr_db": round(10 * np.log10(float(np.sum(r ** 2)) / noise), 2) if noise > 0
-            else float("inf")}
+    r, o = ref.reshape(1, -1), out.reshape(1, -1)
+    return {"cosine": round(float(cosine(r, o)[0]), 5),
+            "centred_cosine": round(float(centred_cosine(r, o)[0]), 5),
+            "sqnr_db": round(sqnr_db(r, o), 2)}
 
 
 # --------------------------------------------------------------------------- one model
@@ -189,13 +185,10 @@ def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, 
         cells[key]["fidelity"] = fidelity(np.concatenate(refs), np.concatenate(outs))
 
     feed0 = data[0]
-    timed, feeds = {}, {}
-    for key, sess in sessions.items():
-        timed[key], feeds[key] = timing_view(sess, feed0)
-    from edgekit.bench.latency import collect_interleaved
+    from edgekit.measure.timing import collect_interleaved
 
     t0 = time.perf_counter()
-    got = collect_interleaved(timed, feeds, warmup=5, runs=runs)
+    got = collect_interleaved(sessions, {key: feed0 for key in sessions}, warmup=5, runs=runs)
     for key, samples in got.samples.items():
         ms = np.asarray(samples) * 1e3
         med = float(np.median(ms))

@@ -133,9 +133,9 @@ def tflite_int8(model: torch.nn.Module, x: tuple[torch.Tensor, ...], out_dir: Pa
     from edgekit.quantize.config import QuantConfig
 
     be = get_backend("tflite")
-    art = be.export_int8(model, x, out_dir, input_names=list(input_names),
-                         output_names=list(output_names), options={}, calibration=calib,
-                         config=QuantConfig(io="float", fallback=False))
+    art = be.quantize(model, x, out_dir, input_names=list(input_names),
+                      output_names=list(output_names), options={}, calibration=calib,
+                      config=QuantConfig(io="float", fallback=False))
     return be.load(art, threads=threads, options={"io": "float"}), art.size_bytes
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from common import trained
-from edgekit.bench.latency import time_interleaved
+from edgekit.measure.timing import time_interleaved
 from edgekit.models import get_spec
 from edgekit.pipeline import compress
 from edgekit.prune import prune_and_fine_tune

@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 import native
-from common import FP32, INT8, RUNTIMES, timing_view, trained
+from common import FP32, INT8, RUNTIMES, trained
 from edgekit.backends import Artifact, get_backend
-from edgekit.bench.accuracy import evaluate_session
-from edgekit.bench.latency import time_interleaved
+from edgekit.measure.scoring import evaluate_session
+from edgekit.measure.timing import time_interleaved
 from edgekit.models import get_spec
 from edgekit.pipeline import compress
 from edgekit.quantize.qat import qat_finetune
@@ -186,12 +186,6 @@ def run_model(name: str, runs: int, threads: int, epochs_scale: float, qat_epoch
         except Exception as exc:
             notes.setdefault(key, {})["eval_error"] = f"{type(exc).__name__}: {exc}"[:300]
     feeds = {k: [t.numpy() for t in x] for k in sessions}
-    timed = dict(sessions)
-    for key, sess in sessions.items():
-        # TFLite int8 files take int8 tensors; the float-I/O session converts in Python, which
-        # would be timed too: time the interpreter alone with pre-quantized feeds.
-        timed[key], feeds[key] = timing_view(sess, feeds[key])
-    sessions = timed
     for key in list(sessions):  # a session that cannot run is reported, not timed
         try:
             sessions[key].run(feeds[key])

@@ -36,14 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import native  # noqa: E402
 from _readme import RESULTS, update_readme_section  # noqa: E402
-from common import (FP32, INT8, RUNTIMES, artifact_size, log, pruned,  # noqa: E402
-                    timing_view, trained)
+from common import FP32, INT8, RUNTIMES, artifact_size, log, pruned, trained  # noqa: E402
 
-from edgekit.bench.accuracy import session_outputs  # noqa: E402
-from edgekit.bench.fidelity import compare_outputs  # noqa: E402
-from edgekit.bench.latency import time_interleaved  # noqa: E402
 from edgekit.bench.peak import measure_peak, percent_of_peak  # noqa: E402
 from edgekit.errors import EdgekitError, QuantizationError  # noqa: E402
+from edgekit.measure.metrics import compare_outputs  # noqa: E402
+from edgekit.measure.scoring import session_outputs  # noqa: E402
+from edgekit.measure.timing import time_interleaved  # noqa: E402
 from edgekit.models import get_spec, list_models  # noqa: E402
 from edgekit.models.zoo import count_macs  # noqa: E402
 from edgekit.pipeline import compress  # noqa: E402
@@ -293,7 +292,7 @@ class ModelRun:
         for key, sess in self.sessions.items():
             if self.cells[key]["status"] != "ok":
                 continue
-            timed[key], feeds[key] = timing_view(sess, feed0)
+            timed[key], feeds[key] = sess, feed0
         _say(f"{self.name}: timing {len(timed)} sessions side by side, {mode.runs} rounds")
         before = _cpu_use()
         stats = time_interleaved(timed, feeds, warmup=mode.warmup, runs=mode.runs)

@@ -43,7 +43,7 @@ def build_zoo_model(
     against). ``overwrite``: see :func:`edgekit.compress`.
     """
     from .bundle import check_out_dir
-    from .pipeline import resolve_targets
+    from .profiles import resolve_targets
     from .train import evaluate, fit
 
     spec = get_spec(name)

@@ -17,6 +17,13 @@ canonical JSON document of everything that decides the bundle's bytes:
     contents, the tool versions and the edgekit source fingerprint (which covers the zoo
     model code, the training code and the bundled datasets).
 
+``decisions_key`` (one int8 target of a build)
+    the ``compress_key`` of the build, the target's profile, the quantization config and the
+    calibration data (sha256 of every batch). Under it a :class:`DecisionFile`
+    (``<cache>/decisions/<key[:2]>/<key>.json``) keeps what the int8 search chose where a
+    timing decided (the source, the latency variant, the layers kept in float), so a rebuild
+    of the same inputs reuses the choice instead of timing again and gives the same bytes.
+
 Entries are written atomically (copy to a temporary folder, then one rename) and checked
 against their own checksums before use; a damaged entry is dropped and rebuilt.
 """
@@ -45,7 +52,8 @@ from .errors import BundleError, EdgekitError
 from .fsio import CHUNK
 from .profiles import TargetProfile
 
-__all__ = ["cache_dir", "compress_key", "recipe_key", "restore", "store", "source_fingerprint"]
+__all__ = ["DecisionFile", "cache_dir", "compress_key", "decisions_key", "recipe_key", "restore",
+           "source_fingerprint", "store"]
 
 KEY_SCHEMA = 1
 
@@ -275,3 +283,53 @@ def store(key: str, bundle_dir: str | Path, *, cache_dir: bool | str | Path = Tr
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError:
         pass  # another process stored it first, or the cache is read-only
+
+
+def decisions_key(build_key: str, profile: TargetProfile, config: dict[str, Any],
+                  calibration: Sequence[Sequence[np.ndarray]]) -> str:
+    """The key of one int8 target's decisions: the build's ``compress_key``, the target's
+    profile, the quantization config (``QuantConfig.to_json()``) and the calibration data."""
+    calib = hashlib.sha256()
+    for batch in calibration:
+        for array in batch:
+            a = np.ascontiguousarray(array)
+            calib.update(f"{a.dtype.str}{a.shape}".encode())
+            calib.update(a.tobytes())
+    return _digest({"schema": KEY_SCHEMA, "kind": "int8-decisions", "build": build_key,
+                    "profile": profile.to_json(), "quantization": config,
+                    "calibration": calib.hexdigest()})
+
+
+class DecisionFile:
+    """One int8 target's recorded decisions: a JSON object in the cache folder, written
+    atomically; a missing, unreadable or malformed file reads as None (the search runs)."""
+
+    def __init__(self, key: str, cache: bool | str | Path = True) -> None:
+        self.path = cache_dir(cache) / "decisions" / key[:2] / f"{key}.json"
+        self.where = f"cache {key[:16]}"
+
+    def load(self) -> dict[str, Any] | None:
+        """The recorded object, or None."""
+        try:
+            if self.path.is_symlink() or not self.path.is_file():
+                return None
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def save(self, record: dict[str, Any]) -> None:
+        """Write ``record`` (temp file + rename). A cache that cannot be written is not an
+        error."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump(record, fh, indent=1)
+                os.replace(tmp, self.path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except (OSError, TypeError, ValueError):
+            pass

@@ -13,6 +13,9 @@ from typing import Any
 
 from .errors import EdgekitError
 
+VERBOSE_HELP = ("show third-party output (converter progress, runtime logs and warnings); "
+                "by default it is captured and shown only when a step fails "
+                "(also: EDGEKIT_VERBOSE=1)")
 FORCE_HELP = ("replace --out even if it is not an edgekit bundle or holds files its manifest "
               "does not list (never the root, home or current folder, or a mount point)")
 
@@ -306,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="user models, int8 targets: calibration method (default minmax)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    p.add_argument("--verbose", "-v", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser(
@@ -379,34 +383,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="threads per runtime (default: profile's)")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    p.add_argument("--verbose", "-v", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=_cmd_demo)
 
     from .bench.cli import add_bench_parser
 
     add_bench_parser(sub)
 
-    from .prune.cli import add_prune_parser
+    from .prune_cli import add_prune_parser
 
     add_prune_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ._quiet import set_verbose
     from ._signals import exit_code_for, last_signal, terminate_as_interrupt
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_verbose(True if getattr(args, "verbose", False) else None)
     try:
         with terminate_as_interrupt():  # SIGTERM/SIGHUP are handled like Ctrl-C
             return int(args.func(args))
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):  # e.g. a failed step's captured output
+            print(note, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         sig = last_signal()
         print(f"edgekit: interrupted ({sig or 'Ctrl-C'}); nothing was half-written: the previous "
               "output is intact and partial work was removed", file=sys.stderr)
         return exit_code_for(sig)
+    finally:
+        set_verbose(None)
 
 
 if __name__ == "__main__":

@@ -300,7 +300,7 @@ def embed_artifact(
     src, entry, target, bundle_name = _resolve(Path(path), target, file)
     if not src.is_file():
         raise UsageError(f"artifact {src} is not a file")
-    from .modelfile import check_model_file
+    from .backends import check_model_file
 
     check_model_file(src)  # truncated, garbage or mislabelled -> BundleError naming the file
     if entry is not None:

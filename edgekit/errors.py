@@ -3,6 +3,7 @@
     EdgekitError                 base; every message says what, where and what to do
     ├── UsageError               bad command line or API arguments        (exit code 2)
     │   ├── UnknownNameError     unknown model / target / backend name, with suggestions
+    │   ├── DeviceUnavailableError  the requested device (GPU) is not there for a runtime
     │   └── ShapeError           example inputs or data that do not fit the model
     ├── ConfigError              malformed target profile or recipe       (exit code 2)
     ├── DataError                unreadable or malformed user data        (exit code 2)
@@ -38,6 +39,7 @@ __all__ = [
     "NotSupportedError",
     "QuantizationError",
     "ModelRunError",
+    "DeviceUnavailableError",
 ]
 
 
@@ -68,6 +70,11 @@ class UnknownNameError(UsageError):
         )
         self.name = name
         self.suggestions = close
+
+
+class DeviceUnavailableError(UsageError):
+    """The requested device is not present for a runtime, or the runtime would fall back to
+    the CPU (CPU numbers are never reported as GPU numbers)."""
 
 
 class ShapeError(UsageError):

@@ -3,7 +3,9 @@
 Runtimes are native code; given a truncated or hostile file some of them crash, hang or read
 files they were never meant to read. Every path that hands a file to a runtime (``Backend.load``,
 ``edgekit bench`` on lone files, ``edgekit verify``, ``edgekit embed``) first calls the checks
-here, which read bytes only and raise :class:`~edgekit.errors.BundleError` naming the file:
+here (through each backend's ``check_file``, see
+:func:`edgekit.backends.check_model_file`), which read bytes only and raise
+:class:`~edgekit.errors.BundleError` naming the file:
 
 * :func:`sniff_format` tells the format from the bytes (TFLite flatbuffer ``TFL3``, OpenVINO IR
   XML, ONNX protobuf, and formats that are none of them: zip/PyTorch, pickle, gzip, tar, HDF5,
@@ -32,7 +34,7 @@ from .errors import BundleError
 from .fsio import check_not_sparse, open_regular, regular_file
 
 __all__ = [
-    "FORMAT_NAMES", "SUFFIX_FORMATS", "sniff_format", "check_format", "check_model_file",
+    "FORMAT_NAMES", "SUFFIX_FORMATS", "sniff_format", "check_format",
     "check_tflite_file", "check_onnx_external_data", "parse_ir_xml", "model_file_stat",
     "MAX_MODEL_BYTES", "MAX_XML_BYTES", "MAX_PROTOBUF_BYTES",
 ]
@@ -370,44 +372,6 @@ def parse_ir_xml(path: str | Path) -> ET.Element:
     except (ValueError, ET.ParseError, xml.parsers.expat.ExpatError) as exc:
         raise _bad(path, f"OpenVINO IR .xml file ({exc})") from exc
     return root
-
-
-# --------------------------------------------------------------------------- all formats
-
-
-def check_model_file(path: str | Path) -> str:
-    """The checks for a model file by its extension (.onnx, .tflite, .xml), before a runtime
-    or ``embed`` reads it; other files only have their format sniffed. Returns the format."""
-    path = Path(path)
-    if not os.path.lexists(path):
-        raise BundleError(f"model file {path} does not exist")
-    st = model_file_stat(path)
-    fmt = check_format(path)
-    suffix = path.suffix.lower()
-    if suffix == ".tflite":
-        check_tflite_file(path)
-    elif suffix == ".xml":
-        from .backends.openvino import check_ir_files
-
-        check_ir_files(path)
-    elif suffix == ".onnx":
-        from ._deps import require
-
-        try:
-            onnx = require("onnx", backend="onnxruntime", extra="onnxruntime")
-        except Exception:  # onnx not installed: the sniff above is all we can do
-            return fmt
-        if st.st_size > MAX_PROTOBUF_BYTES:
-            raise BundleError(f"{path} is {st.st_size} bytes; an ONNX protobuf holds at most "
-                              f"{MAX_PROTOBUF_BYTES} bytes: refused before reading it",
-                              hint="large models keep their weights in external data files")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:
-            raise _bad(path, f"ONNX model ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
-        check_onnx_external_data(proto, path)
-    return fmt
 
 
 def model_file_stat(path: str | Path, what: str = "model file", *,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,18 @@ import torch
 
 from . import __version__
 from ._npz import save_npz
+from ._quiet import quiet
 from .backends import Artifact, Backend, TensorSpec, get_backend
-from .bench.accuracy import split_batches
 from .bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, Bundle, file_record, load_bundle
 from .bundle import check_out_dir, staged_bundle, write_json
 from .data.task import Task
-from .errors import BackendMissingError, NotSupportedError, ShapeError, UsageError
+from .errors import ShapeError, UsageError
 from .fsio import check_name, check_tensor_name
-from .profiles import TargetProfile, load_profile
+from .measure.scoring import split_batches
+from .profiles import TargetProfile, resolve_targets
 from .verify import verify
 
-__all__ = ["compress", "resolve_targets", "check_example_inputs"]
+__all__ = ["compress", "check_example_inputs"]
 
 #: Reference input/output pairs stored in the bundle (the example inputs come first).
 REFERENCE_PAIRS = 4
@@ -36,47 +37,6 @@ REFERENCE_PAIRS = 4
 def _log(progress: bool, message: str) -> None:
     if progress:
         print(f"[edgekit] {message}", file=sys.stderr, flush=True)
-
-
-def resolve_targets(targets: Sequence[str | Path | TargetProfile]) -> list[TargetProfile]:
-    """Load profiles and check that this edgekit can build them and their runtime is installed."""
-    if isinstance(targets, (str, Path, TargetProfile)):
-        targets = [targets]
-    if not targets:
-        raise UsageError("no targets given", hint="pass at least one; `edgekit targets` lists them")
-    profiles = [t if isinstance(t, TargetProfile) else load_profile(t) for t in targets]
-    for profile in profiles:  # the name becomes the target's folder: never a path
-        check_name(profile.name, "target name", where=profile.source or None)
-    names = [p.name for p in profiles]
-    if len(set(names)) != len(names):
-        raise UsageError(f"a target is named twice: {', '.join(names)}")
-    for profile in profiles:
-        if profile.precision not in ("fp32", "int8"):
-            raise NotSupportedError(
-                f"target {profile.name} asks for {profile.precision}; this edgekit version "
-                "builds fp32 and int8 artifacts",
-                hint=f"use an fp32 or int8 target, e.g. "
-                f"{profile.name.replace(profile.precision, 'fp32')}",
-            )
-        if profile.device != "cpu":
-            raise NotSupportedError(
-                f"target {profile.name} is for device {profile.device!r}; builds run for cpu only"
-            )
-        backend = get_backend(profile.backend)
-        reason = backend.available()
-        if reason is not None:
-            raise BackendMissingError(profile.backend, reason, backend.extra)
-        if profile.precision == "int8" and not hasattr(backend, "export_int8"):
-            raise NotSupportedError(f"backend {profile.backend} has no int8 export "
-                                    f"(target {profile.name})")
-        if profile.precision == "int8":
-            from .quantize import missing_int8_packages
-
-            missing = missing_int8_packages(profile.backend)
-            if missing:
-                raise BackendMissingError(profile.backend, f"int8 needs {', '.join(missing)}",
-                                          backend.extra)
-    return profiles
 
 
 def _describe(tensors: Sequence[Any]) -> str:
@@ -160,6 +120,7 @@ def compress(
     calibration: Any = None,
     quantization: Any = None,
     overwrite: bool = False,
+    verbose: bool = False,
 ) -> Bundle:
     """Export ``model`` for every target, verify each artifact, and write one bundle.
 
@@ -167,6 +128,10 @@ def compress(
     otherwise the previous bundle (if any) stays as it was. An existing ``out_dir`` that is
     not an edgekit bundle (or holds files its manifest does not list) is refused before any
     work unless ``overwrite=True``; the root, home and current folders never are replaced.
+
+    Third-party output (converter progress, runtime logs, their warnings) is captured and shown
+    only when a target fails (its last lines, as a note on the error) or with ``verbose=True``
+    (or ``EDGEKIT_VERBOSE=1``); edgekit's own ``[edgekit]`` lines always reach stderr.
 
     Example::
 
@@ -183,7 +148,8 @@ def compress(
     int8 targets (``precision = "int8"``) are post-training quantized with ``calibration``
     data (a DataLoader, an iterable of arrays, a ``.npz`` path, a Task or Split; default: the
     task's train split), configured by ``quantization`` (a :class:`edgekit.quantize.QuantConfig`
-    or a dict). With a task, an int8 artifact must stay within the profile's
+    or a dict; it overrides the target profile's ``[quantization]`` table key by key, and a
+    QuantConfig replaces it whole). With a task, an int8 artifact must stay within the profile's
     ``[accuracy] max_drop`` on the task's test split: the most sensitive layers are kept in
     float until it does, else :class:`edgekit.errors.QuantizationError` (per-layer table,
     suggested float layers) and no bundle is written.
@@ -205,29 +171,30 @@ def compress(
     name = name or Path(out_dir).name
     history = [_without_timings(dict(h)) for h in history]
 
-    qconfig = None
-    calib_batches: list[list[np.ndarray]] | None = None
-    if any(p.precision == "int8" for p in profiles):
-        from .quantize import QuantConfig, calibration_batches
+    qconfigs = _quant_configs(profiles, quantization)
+    calib: dict[int, list[list[np.ndarray]]] = {}  # calibration feeds per sample count
+    if qconfigs:
+        from .quantize import calibration_batches
 
-        qconfig = QuantConfig.coerce(quantization)
         source = calibration if calibration is not None else task
         if source is None:
             raise UsageError(
                 "int8 targets need calibration data: pass calibration= (a DataLoader, arrays, "
                 "a .npz file) or task=",
                 hint="a few hundred representative samples, scaled like the training data")
-        reference = None
-        if task is not None and calibration is not None:
-            reference = [t[: qconfig.samples].numpy() for t in task.train.inputs]
-        calib_batches = calibration_batches(source, example_inputs=inputs, input_names=in_names,
-                                            limit=qconfig.samples, reference=reference)
+        for limit in sorted({c.samples for c in qconfigs.values()}):
+            reference = None
+            if task is not None and calibration is not None:
+                reference = [t[:limit].numpy() for t in task.train.inputs]
+            calib[limit] = calibration_batches(source, example_inputs=inputs,
+                                               input_names=in_names, limit=limit,
+                                               reference=reference)
     elif calibration is not None or quantization is not None:
         raise UsageError("calibration/quantization given, but no target is int8",
                          hint="add an int8 target, e.g. x86-onnxruntime-int8")
 
     cache_key = None
-    if cache and qconfig is None:
+    if cache and not qconfigs:
         from . import cache as _cache
 
         cache_key = _cache.compress_key(
@@ -238,6 +205,15 @@ def compress(
                             overwrite=overwrite)
         if hit is not None:
             return hit
+
+    build_key = None  # int8 targets record their timed decisions under this key
+    if cache and qconfigs:
+        from . import cache as _cache
+
+        build_key = _cache.compress_key(
+            model, inputs, in_names=in_names, out_names=out_names, name=name, task=task,
+            verify_samples=verify_samples, recipe=recipe, history=history, profiles=profiles,
+        )
 
     samples: list[list[np.ndarray]] = [[t.numpy() for t in inputs]]
     if task is not None:
@@ -251,8 +227,9 @@ def compress(
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
-    quant_cache: dict[str, Any] = {}
-    with staged_bundle(Path(out_dir), overwrite=overwrite) as stage:
+    quant_caches: dict[str, dict[str, Any]] = {}  # per QuantConfig: what its targets share
+    with staged_bundle(Path(out_dir), overwrite=overwrite) as stage, \
+            quiet(f"the build of {name}", verbose=verbose):
         for profile in profiles:
             backend: Backend = get_backend(profile.backend)
             versions.update(backend.versions())
@@ -260,7 +237,7 @@ def compress(
             target_dir.mkdir()
             _log(progress, f"{profile.name}: exporting with {profile.backend}")
             start = time.perf_counter()
-            quant_entry = None
+            quant_entry, report = None, None
             if profile.precision == "int8":
                 from .quantize.build import build_int8
 
@@ -268,11 +245,19 @@ def compress(
                     return verify(model, sess, samples, tolerance=_tol,
                                   classifier_outputs=classifier)
 
+                qconfig = qconfigs[profile.name]
+                decisions = None
+                if build_key is not None:
+                    decisions = _cache.DecisionFile(_cache.decisions_key(
+                        build_key, profile, qconfig.to_json(), calib[qconfig.samples]), cache)
                 result = build_int8(
                     backend, profile, model, inputs, target_dir, in_names=in_names,
-                    out_names=out_names, calibration=calib_batches, config=qconfig, task=task,
-                    batch=batch, progress=progress, cache=quant_cache, check=_check)
+                    out_names=out_names, calibration=calib[qconfig.samples], config=qconfig,
+                    task=task, batch=batch, progress=progress,
+                    cache=quant_caches.setdefault(repr(qconfig), {}), check=_check,
+                    decisions=decisions)
                 artifact, session, quant_entry = result.artifact, result.session, result.manifest
+                report = result.report  # the gate verified the shipped artifact
                 export_s, load_s = time.perf_counter() - start, 0.0
             else:
                 artifact = backend.export(
@@ -288,11 +273,14 @@ def compress(
                 session = backend.load(artifact, threads=profile.threads,
                                        options=dict(profile.options))
                 load_s = time.perf_counter() - start
-            _log(progress, f"{profile.name}: exported and loaded in {export_s + load_s:.2f} s; "
-                 f"verifying on {len(samples)} batches")
-            report = verify(
-                model, session, samples, tolerance=profile.tolerance, classifier_outputs=classifier
-            )
+            if report is None:
+                _log(progress, f"{profile.name}: exported and loaded in "
+                     f"{export_s + load_s:.2f} s; verifying on {len(samples)} batches")
+                report = verify(model, session, samples, tolerance=profile.tolerance,
+                                classifier_outputs=classifier)
+            else:
+                _log(progress, f"{profile.name}: built in {export_s:.2f} s; verified on "
+                     f"{len(samples)} batches")
             report.raise_for_failure(context=f"target {profile.name}")
             manifest_targets[profile.name] = _target_entry(
                 profile, artifact, stage, session.info, report.to_json()
@@ -334,6 +322,34 @@ def compress(
 
         _cache.store(cache_key, out_dir, cache_dir=cache)
     return load_bundle(out_dir)
+
+
+def _quant_configs(profiles: Sequence[TargetProfile], quantization: Any) -> dict[str, Any]:
+    """Each int8 target's :class:`~edgekit.quantize.QuantConfig`, by target name.
+
+    Precedence: the defaults < the profile's ``[quantization]`` < ``quantization`` (a dict
+    sets its keys, checked like a TOML table; a QuantConfig replaces the whole). A recipe's
+    ``[quantization]`` arrives here merged into ``quantization`` by
+    :func:`edgekit.recipe.build_recipe`.
+    """
+    from .quantize import QuantConfig
+
+    if quantization is not None and not isinstance(quantization, (QuantConfig, Mapping)):
+        raise UsageError("quantization must be a QuantConfig or a dict, got "
+                         f"{type(quantization).__name__}")
+    configs: dict[str, Any] = {}
+    for profile in profiles:
+        if profile.precision != "int8":
+            continue
+        if isinstance(quantization, QuantConfig):
+            configs[profile.name] = quantization
+            continue
+        config = QuantConfig.from_table(
+            profile.quantization, f"target profile {profile.source or profile.name} [quantization]")
+        if quantization:
+            config = QuantConfig.from_table(quantization, "quantization=", base=config)
+        configs[profile.name] = config
+    return configs
 
 
 def _without_timings(data: Any) -> Any:

@@ -17,7 +17,7 @@ characters, never a path or a reserved bundle file name); the file is refused be
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -25,13 +25,14 @@ from typing import Any
 
 from .errors import BundleError, ConfigError, UnknownNameError, UsageError
 from .fsio import check_name, open_regular
+from .schema import Field, check_table
 
-__all__ = ["Tolerance", "TargetProfile", "load_profile", "list_profiles", "PRECISIONS"]
+__all__ = ["Tolerance", "TargetProfile", "load_profile", "list_profiles", "resolve_targets",
+           "PRECISIONS"]
 
 PRECISIONS = ("fp32", "int8")
 ARCHES = ("x86_64", "aarch64", "armv7l")
 DEVICES = ("cpu", "cuda", "remote")
-LAYOUTS = ("nchw", "nhwc")
 #: a profile is a few hundred bytes; refuse anything far larger before reading it
 MAX_PROFILE_BYTES = 1 << 20
 
@@ -75,13 +76,16 @@ class TargetProfile:
     arch: str = "x86_64"
     device: str = "cpu"
     precision: str = "fp32"
-    layout: str = "nchw"
     threads: int = 2
     description: str = ""
     tolerance: Tolerance = field(default_factory=Tolerance)
     max_accuracy_drop: float = 1.0
-    #: Backend-specific settings, passed to the backend untouched (e.g. inference_precision).
+    #: Backend-specific settings (e.g. inference_precision), checked by the backend's
+    #: ``options_schema`` when the profile is read.
     options: dict[str, Any] = field(default_factory=dict)
+    #: The ``[quantization]`` table (int8 profiles): QuantConfig fields this target sets; a
+    #: recipe's ``[quantization]`` and ``compress(quantization=...)`` override them.
+    quantization: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -90,12 +94,12 @@ class TargetProfile:
         return data
 
 
-_TOP_KEYS = {
-    "name": str, "description": str, "backend": str, "arch": str, "device": str,
-    "precision": str, "layout": str, "threads": int,
-    "tolerance": dict, "accuracy": dict, "options": dict,
+#: Top-level keys of a profile (``backend``'s choices come from the registry when read).
+_TOP_KEYS: dict[str, Any] = {
+    "name": str, "description": str, "backend": str, "arch": ARCHES, "device": DEVICES,
+    "precision": PRECISIONS, "threads": Field(int, low=1, high=256),
+    "tolerance": dict, "accuracy": dict, "options": dict, "quantization": dict,
 }  # fmt: skip
-_CHOICES = {"precision": PRECISIONS, "arch": ARCHES, "device": DEVICES, "layout": LAYOUTS}
 
 
 def _bundled_dir() -> Path:
@@ -146,12 +150,14 @@ def parse_profile(data: dict[str, Any], *, source: str = "<dict>") -> TargetProf
 
     if not isinstance(data, dict):
         raise fail("the top level must be a table")
-    for key, value in data.items():
-        if key not in _TOP_KEYS:
-            raise fail(f"unknown key {key!r}", hint=f"allowed keys: {', '.join(sorted(_TOP_KEYS))}")
-        want = _TOP_KEYS[key]
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise fail(f"{key!r} must be a {want.__name__}, got {type(value).__name__} {value!r}")
+    if "layout" in data:
+        raise fail("layout is not supported; remove it",
+                   hint="artifacts take inputs in the PyTorch model's layout (NCHW for images)")
+    from .backends import BACKENDS
+
+    where = f"target profile {source}"
+    schema = {**_TOP_KEYS, "backend": tuple(sorted(BACKENDS))}
+    check_table(data, schema, where=where)
     for key in ("name", "backend"):
         if key not in data:
             raise fail(f"missing required key {key!r}")
@@ -159,43 +165,15 @@ def parse_profile(data: dict[str, Any], *, source: str = "<dict>") -> TargetProf
         check_name(data["name"], "name")
     except UsageError as exc:  # the name becomes the target's folder in every bundle
         raise fail(exc.message, hint=exc.hint) from None
-    for key, choices in _CHOICES.items():
-        if key in data and data[key] not in choices:
-            raise fail(f"{key} = {data[key]!r} is not one of {', '.join(choices)}")
-    from .backends import BACKENDS
-
-    if data["backend"] not in BACKENDS:
-        raise fail(
-            f"backend = {data['backend']!r} is not one of {', '.join(sorted(BACKENDS))}"
-        )
     threads = data.get("threads", 2)
-    if not 1 <= threads <= 256:
-        raise fail(f"threads = {threads} must be between 1 and 256")
-
-    tol_raw = data.get("tolerance", {})
-    tol_fields = {f: float for f in Tolerance.__dataclass_fields__}
-    tol: dict[str, float | None] = {}
-    for key, value in tol_raw.items():
-        if key not in tol_fields:
-            raise fail(f"unknown key tolerance.{key}", hint=f"allowed: {', '.join(tol_fields)}")
-        if value is False:  # `max_abs = false`: this check is off
-            tol[key] = None
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise fail(f"tolerance.{key} must be a non-negative number (or false to switch "
-                       f"the check off), got {value!r}")
-        tol[key] = float(value)
-    for key in ("min_cosine", "min_top1_agreement"):
-        if tol.get(key) is not None and tol[key] > 1:
-            raise fail(f"tolerance.{key} = {tol[key]} must be at most 1")
-
-    acc = data.get("accuracy", {})
-    for key in acc:
-        if key != "max_drop":
-            raise fail(f"unknown key accuracy.{key}", hint="allowed: max_drop")
+    tol = check_table(data.get("tolerance", {}), {
+        "max_abs": Field(float, low=0, off=True),
+        "min_cosine": Field(float, low=0, high=1, off=True),
+        "min_top1_agreement": Field(float, low=0, high=1, off=True),
+    }, where=where, prefix="tolerance.")
+    acc = check_table(data.get("accuracy", {}), {"max_drop": Field(float, low=0)},
+                      where=where, prefix="accuracy.")
     drop = acc.get("max_drop", 1.0)
-    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not drop >= 0:
-        raise fail(f"accuracy.max_drop must be a non-negative number, got {drop!r}")
 
     return TargetProfile(
         name=data["name"],
@@ -203,11 +181,80 @@ def parse_profile(data: dict[str, Any], *, source: str = "<dict>") -> TargetProf
         arch=data.get("arch", "x86_64"),
         device=data.get("device", "cpu"),
         precision=data.get("precision", "fp32"),
-        layout=data.get("layout", "nchw"),
         threads=threads,
         description=data.get("description", ""),
         tolerance=Tolerance(**tol),
         max_accuracy_drop=float(drop),
-        options=dict(data.get("options", {})),
+        options=validate_options(data.get("options", {}), data["backend"],
+                                 where=f"target profile {source} [options]"),
+        quantization=_quantization_table(data, source),
         source=source,
     )
+
+
+def validate_options(options: Mapping[str, Any], backend: str, *, where: str) -> dict[str, Any]:
+    """``options`` checked by ``backend``'s ``options_schema``: an unknown key (with the
+    closest known one), a wrong type or value raises ConfigError naming ``where`` and the key."""
+    from .backends import get_backend
+
+    return check_table(options, get_backend(backend).options_schema, where=where)
+
+
+def _quantization_table(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """The profile's ``[quantization]`` table, checked like every quantization table."""
+    table = data.get("quantization", {})
+    if not table:
+        return {}
+    where = f"target profile {source} [quantization]"
+    if data.get("precision", "fp32") != "int8":
+        raise ConfigError(f"{where}: quantization settings need precision = \"int8\"",
+                          hint="remove the [quantization] table or make the profile int8")
+    from .quantize.config import QuantConfig
+
+    QuantConfig.from_table(table, where)
+    return dict(table)
+
+
+def resolve_targets(
+    targets: Sequence[str | Path | TargetProfile] | str | Path | TargetProfile,
+) -> list[TargetProfile]:
+    """Load profiles and check that this edgekit can build them and their runtime is installed:
+    names valid and distinct, precision fp32 or int8, device cpu, backend (and its int8
+    packages) importable; :class:`~edgekit.errors.EdgekitError` subclasses otherwise."""
+    from .backends import get_backend
+    from .errors import BackendMissingError, NotSupportedError
+
+    if isinstance(targets, (str, Path, TargetProfile)):
+        targets = [targets]
+    if not targets:
+        raise UsageError("no targets given", hint="pass at least one; `edgekit targets` lists them")
+    profiles = [t if isinstance(t, TargetProfile) else load_profile(t) for t in targets]
+    for profile in profiles:  # the name becomes the target's folder: never a path
+        check_name(profile.name, "target name", where=profile.source or None)
+    names = [p.name for p in profiles]
+    if len(set(names)) != len(names):
+        raise UsageError(f"a target is named twice: {', '.join(names)}")
+    for profile in profiles:
+        if profile.precision not in ("fp32", "int8"):
+            raise NotSupportedError(
+                f"target {profile.name} asks for {profile.precision}; this edgekit version "
+                "builds fp32 and int8 artifacts",
+                hint=f"use an fp32 or int8 target, e.g. "
+                f"{profile.name.replace(profile.precision, 'fp32')}",
+            )
+        if profile.device != "cpu":
+            raise NotSupportedError(
+                f"target {profile.name} is for device {profile.device!r}; builds run for cpu only"
+            )
+        backend = get_backend(profile.backend)
+        reason = backend.available()
+        if reason is not None:
+            raise BackendMissingError(profile.backend, reason, backend.extra)
+        if profile.precision == "int8" and not hasattr(backend, "quantize"):
+            raise NotSupportedError(f"backend {profile.backend} has no int8 export "
+                                    f"(target {profile.name})")
+        if profile.precision == "int8":
+            missing = backend.int8_available()
+            if missing:
+                raise BackendMissingError(profile.backend, missing, backend.extra)
+    return profiles

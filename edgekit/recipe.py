@@ -17,6 +17,13 @@ Example (a user model from an importable factory, with trained weights)::
     targets = ["x86-tflite-fp32", "targets/my-board.toml"]
     name = "kws"                         # optional bundle name (default: the output folder's)
 
+    [quantization]                       # optional: int8 settings (QuantConfig fields)
+    method = "percentile"
+    keep_float = ["head"]
+
+``[quantization]`` overrides each int8 target profile's own ``[quantization]`` key by key, and
+``build_recipe(..., quantization=...)`` overrides the recipe's (profile < recipe < argument).
+
 Names are checked when the recipe is read (ConfigError naming the key and the file): target
 names and ``name`` as plain file names (:func:`edgekit.fsio.check_name`), ``input_names`` and
 ``output_names`` as tensor names (:func:`edgekit.fsio.check_tensor_name`: letters, digits, ``_``,
@@ -41,22 +48,24 @@ import torch
 from .bundle import Bundle
 from .errors import ConfigError, EdgekitError, UsageError
 from .fsio import check_name, check_tensor_name
+from .schema import Field, check_table
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "build_recipe"]
 
-_KEYS: dict[str, type | tuple[type, ...]] = {
+_KEYS: dict[str, type | Field] = {
     "model": str,
     "targets": list,
     "input_shapes": list,
     "input_names": list,
     "output_names": list,
-    "epochs": int,
-    "seed": int,
+    "epochs": Field(int, low=0),
+    "seed": Field(int, low=0),
     "weights": str,
     "trust_weights": bool,  # unpickle `weights` fully (runs code from it): trusted files only
     "name": str,
-    "verify_samples": int,
+    "verify_samples": Field(int, low=1),
     "prune": dict,  # optional [prune] table, zoo models only: see edgekit.prune.recipe
+    "quantization": dict,  # optional [quantization] table: edgekit.quantize.QuantConfig fields
 }
 
 
@@ -75,6 +84,7 @@ class Recipe:
     trust_weights: bool = False
     name: str | None = None
     verify_samples: int = 200
+    quantization: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -155,14 +165,7 @@ def parse_recipe(data: dict[str, Any], *, source: str = "<dict>",
 
     if not isinstance(data, dict):
         raise _fail(source, "the top level must be a table")
-    for key, value in data.items():
-        if key not in _KEYS:
-            raise _fail(source, f"unknown key {key!r}",
-                        hint=f"allowed keys: {', '.join(sorted(_KEYS))}")
-        want = _KEYS[key]
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise _fail(source, f"{key!r} must be a {getattr(want, '__name__', want)}, "
-                        f"got {type(value).__name__} {value!r}")
+    check_table(data, _KEYS, where=f"recipe {source}")
     for key in ("model", "targets"):
         if key not in data:
             raise _fail(source, f"missing required key {key!r}")
@@ -187,9 +190,6 @@ def parse_recipe(data: dict[str, Any], *, source: str = "<dict>",
         for key in ("input_shapes", "input_names", "output_names"):
             if key in data:
                 raise _fail(source, f"{key!r} is only for user models (module:factory)")
-    for key, low in (("epochs", 0), ("seed", 0), ("verify_samples", 1)):
-        if key in data and data[key] < low:
-            raise _fail(source, f"{key} = {data[key]} must be at least {low}")
     if "prune" in data:
         from .prune.recipe import check_prune_table
 
@@ -197,6 +197,10 @@ def parse_recipe(data: dict[str, Any], *, source: str = "<dict>",
             raise _fail(source, "[prune] is for zoo models (it fine-tunes on the model's task)",
                         hint="prune your model with edgekit.prune.prune, then export it")
         check_prune_table(data["prune"], source)
+    if "quantization" in data:
+        from .quantize.config import QuantConfig
+
+        QuantConfig.from_table(data["quantization"], f"recipe {source} [quantization]")
     if "input_shapes" in data:
         from .api import parse_input_spec
 
@@ -220,6 +224,7 @@ def parse_recipe(data: dict[str, Any], *, source: str = "<dict>",
         trust_weights=bool(data.get("trust_weights", False)),
         name=data.get("name"),
         verify_samples=data.get("verify_samples", 200),
+        quantization=dict(data.get("quantization", {})),
         raw=dict(data),
     )
     wp = recipe.weights_path()
@@ -260,6 +265,22 @@ def _load_weights(recipe: Recipe, model: torch.nn.Module) -> None:
                     f"{type(model).__name__}: {str(exc).splitlines()[0][:300]}") from exc
 
 
+def _quantization(recipe: Recipe, profiles: list[Any], argument: Any) -> Any:
+    """The recipe's ``[quantization]`` overridden by ``argument`` (a QuantConfig wins whole);
+    None when no chosen target is int8 (the table then has nothing to configure)."""
+    from .quantize.config import QuantConfig
+
+    if not any(p.precision == "int8" for p in profiles):
+        return argument
+    if isinstance(argument, QuantConfig):
+        return argument
+    if argument is not None and not isinstance(argument, dict):
+        raise UsageError("quantization must be a QuantConfig or a dict, got "
+                         f"{type(argument).__name__}")
+    merged = {**recipe.quantization, **(argument or {})}
+    return merged or None
+
+
 def build_recipe(
     recipe: Recipe,
     out_dir: str | Path,
@@ -268,19 +289,23 @@ def build_recipe(
     cache: bool | str | Path = True,
     progress: bool = True,
     overwrite: bool = False,
+    quantization: Any = None,
 ) -> Bundle:
     """Build a recipe into a bundle at ``out_dir``.
 
     ``targets`` restricts the build to some of the recipe's targets. With ``cache`` a zoo model
     that would be trained gets a key over the recipe before training (a hit skips training);
     every other recipe is keyed by :func:`edgekit.compress` over the model's weights.
-    ``overwrite``: see :func:`edgekit.compress`.
+    ``overwrite``: see :func:`edgekit.compress`. ``quantization`` (a dict or a QuantConfig)
+    overrides the recipe's ``[quantization]`` as ``compress(quantization=...)`` overrides a
+    profile's.
     """
     from . import cache as _cache
     from .api import load_factory, parse_input_spec
     from .bundle import check_out_dir
     from .models import get_spec
-    from .pipeline import compress, resolve_targets
+    from .pipeline import compress
+    from .profiles import resolve_targets
 
     check_out_dir(out_dir, overwrite=overwrite)  # before any training
     chosen = list(recipe.targets)
@@ -293,7 +318,10 @@ def build_recipe(
     refs = dict(zip(recipe.targets, recipe.target_refs()))
     profiles = resolve_targets([refs[t] for t in chosen])  # fail fast, before any training
     weights_sha = None if recipe.weights_path() is None else _sha256(recipe.weights_path())
+    quant = _quantization(recipe, profiles, quantization)
     manifest_recipe: dict[str, Any] = {**recipe.raw, "targets": chosen}
+    if quantization is not None and quant is not None:  # what was built, for the cache key too
+        manifest_recipe["quantization"] = quant if isinstance(quant, dict) else quant.to_json()
     if weights_sha is not None:
         manifest_recipe["weights_sha256"] = weights_sha
 
@@ -335,6 +363,7 @@ def build_recipe(
             input_names=spec.input_names, output_names=spec.output_names, task=task,
             recipe=manifest_recipe, history=history, verify_samples=recipe.verify_samples,
             progress=progress, cache=cache if not train else False, overwrite=overwrite,
+            quantization=quant,
         )
         if key is not None:
             _cache.store(key, out_dir, cache_dir=cache)
@@ -351,5 +380,6 @@ def build_recipe(
         model, inputs, targets=profiles, out_dir=out_dir, name=recipe.name,
         input_names=recipe.input_names, output_names=recipe.output_names,
         recipe=manifest_recipe, progress=progress, cache=cache, overwrite=overwrite,
+        quantization=quant,
     )
 

@@ -7,15 +7,17 @@ Example::
     print(report.to_json())
     report.raise_for_failure()   # VerificationError naming the output and the numbers
 
-Numbers per output, over all samples:
+Numbers per output, over all samples, each defined once in :mod:`edgekit.measure.metrics`
+(the bench report uses the same functions, so a number means the same in both); a *sample* is
+one call of the session:
 
 * ``max_abs``: max |session - reference| over every element.
 * ``max_rel``: max |session - reference| / max(|reference|, 1e-6) over every element
   (informational: it explodes near zero, so no tolerance uses it).
 * ``cosine``: the *worst* (minimum) per-sample cosine similarity of the flattened output
   (two all-zero vectors count as 1.0); ``mean_cosine`` the mean.
-* ``top1_agreement``: for outputs marked as classifier logits, the fraction of rows (argmax
-  over the last axis, every leading index a row) where session and reference agree.
+* ``top1_agreement``: for outputs marked as classifier logits, the fraction (0..1) of rows
+  (argmax over the last axis, every leading index a row) where session and reference agree.
 """
 
 from __future__ import annotations
@@ -31,18 +33,10 @@ import torch
 from .backends._common import flatten_outputs
 from .backends.base import Session
 from .errors import UsageError, VerificationError
+from .measure.metrics import cosine, json_number, max_abs_error, max_rel_error, top1_matches
 from .profiles import Tolerance
 
 __all__ = ["Tolerance", "OutputReport", "VerifyReport", "verify"]
-
-_REL_FLOOR = 1e-6
-
-
-def _num(x: float | None) -> float | str | None:
-    """JSON-safe number: NaN/inf become strings."""
-    if x is None or math.isfinite(x):
-        return x
-    return str(x)
 
 
 @dataclass
@@ -66,11 +60,11 @@ class OutputReport:
         return {
             "name": self.name,
             "passed": self.passed,
-            "max_abs": _num(self.max_abs),
-            "max_rel": _num(self.max_rel),
-            "cosine": _num(self.cosine),
-            "mean_cosine": _num(self.mean_cosine),
-            "top1_agreement": _num(self.top1_agreement),
+            "max_abs": json_number(self.max_abs),
+            "max_rel": json_number(self.max_rel),
+            "cosine": json_number(self.cosine),
+            "mean_cosine": json_number(self.mean_cosine),
+            "top1_agreement": json_number(self.top1_agreement),
             "num_samples": self.num_samples,
             "failures": list(self.failures),
         }
@@ -149,15 +143,6 @@ class _Acc:
         self.shape_error: str | None = None
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 and nb == 0.0:
-        return 1.0
-    if na == 0.0 or nb == 0.0 or not (math.isfinite(na) and math.isfinite(nb)):
-        return 0.0 if math.isfinite(na) and math.isfinite(nb) else float("nan")
-    return float(np.dot(a, b) / (na * nb))
-
-
 def _to_torch(x: Any) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
@@ -222,22 +207,17 @@ def verify(
                         f"(sample {k})"
                     )
                     continue
-                g64 = g.astype(np.float64).ravel()
-                r64 = r.astype(np.float64).ravel()
-                diff = np.abs(g64 - r64)
-                if diff.size:
-                    acc.max_abs = max(acc.max_abs, float(diff.max()))
-                    acc.max_rel = max(
-                        acc.max_rel, float((diff / np.maximum(np.abs(r64), _REL_FLOOR)).max())
-                    )
-                    if np.isnan(diff).any():
-                        acc.max_abs = acc.max_rel = float("nan")
-                acc.cosines.append(_cosine(g64, r64))
-                if i in classifiers and g.ndim >= 1 and g.shape[-1] > 0:
-                    ga = g.reshape(-1, g.shape[-1]).argmax(-1)
-                    ra = r.reshape(-1, r.shape[-1]).argmax(-1)
-                    acc.agree += int((ga == ra).sum())
-                    acc.rows += int(ga.size)
+                abs_err, rel_err = max_abs_error(r, g), max_rel_error(r, g)
+                if math.isnan(abs_err):
+                    acc.max_abs = acc.max_rel = float("nan")
+                else:
+                    acc.max_abs = max(acc.max_abs, abs_err)
+                    acc.max_rel = max(acc.max_rel, rel_err)
+                acc.cosines.append(float(cosine(r[None], g[None])[0]))
+                if i in classifiers:
+                    agree, rows = top1_matches(r, g)
+                    acc.agree += agree
+                    acc.rows += rows
     finally:
         for m, flag in was_training.items():
             m.training = flag

@@ -11,10 +11,11 @@ import torch
 
 import edgekit
 from edgekit.bench.devices import DeviceUnavailableError, gpu_unavailable_reason
-from edgekit.bench.fidelity import compare_outputs, cosine, plain_metric, sqnr_db, top1_agreement
 from edgekit.bench.harness import pareto_front
-from edgekit.bench.latency import LatencyStats, collect_interleaved
 from edgekit.errors import ShapeError
+from edgekit.measure.metrics import compare_outputs, cosine, sqnr_db, top1_agreement
+from edgekit.measure.scoring import plain_metric
+from edgekit.measure.timing import LatencyStats, collect_interleaved
 
 from conftest import tiny_net
 
@@ -25,7 +26,7 @@ from conftest import tiny_net
 def test_fidelity_metrics_hand_computed():
     ref = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])
     out = np.array([[0.9, 0.1], [1.0, 0.5], [3.0, 4.0]])
-    assert top1_agreement(ref, out) == pytest.approx(200 / 3)  # rows 0 and 2 agree
+    assert top1_agreement(ref, out) == pytest.approx(2 / 3)  # rows 0 and 2 agree
     cos = cosine(ref, out)
     assert cos[0] == pytest.approx(0.9 / math.sqrt(0.82))
     assert cos[1] == pytest.approx(1.0 / (2 * math.sqrt(1.25)))
@@ -34,7 +35,7 @@ def test_fidelity_metrics_hand_computed():
     assert sqnr_db(ref, out) == pytest.approx(10 * math.log10(30 / 3.27))
     assert sqnr_db(ref, ref) == math.inf
     fid = compare_outputs([ref], [out], ["y"], classifier=True)
-    assert fid["top1_agreement"] == pytest.approx(200 / 3)
+    assert fid["top1_agreement"] == pytest.approx(2 / 3)
     assert fid["outputs"][0]["max_abs"] == pytest.approx(1.5)
     assert fid["cosine_min"] == pytest.approx(cos.min())
     assert compare_outputs([ref], [ref], ["y"], classifier=False)["sqnr_db"] == "inf"
@@ -143,7 +144,7 @@ def test_bench_bundle_with_user_data_writes_reports(bundle, labelled, tmp_path):
         assert r["throughput_per_s"] == pytest.approx(1e3 / r["latency"]["mean_ms"])
     for name in ("x86-onnxruntime-fp32", "x86-tflite-fp32"):
         r = rows[name]
-        assert r["fidelity"]["top1_agreement"] == 100.0 and r["fidelity"]["cosine_min"] > 0.9999
+        assert r["fidelity"]["top1_agreement"] == 1.0 and r["fidelity"]["cosine_min"] > 0.9999
         assert r["memory"]["peak_rss_mb"] > 0 and r["memory"]["delta_mb"] >= 0
         assert "clear_refs" in r["memory"]["method"]
     assert rows["x86-onnxruntime-fp32"]["vs_baseline"]["speedup"] == 1.0

@@ -4,8 +4,10 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -238,3 +240,35 @@ def test_build_cli_recipe_usage_errors(tmp_path, capsys):
     with pytest.raises(ConfigError, match="must be a table"):
         parse_recipe([], source="s")  # type: ignore[arg-type]
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_int8_rebuild_reuses_the_timed_decisions_and_is_byte_identical(tmp_path, capsys):
+    # The latency check searches variants (min_speedup 100: none reaches it), so timings decide
+    # what ships; the second build reads those decisions from the cache instead of timing again.
+    targets = ["x86-onnxruntime-int8", "x86-openvino-int8"]
+    for t in ("onnxruntime", "openvino"):
+        if get_backend(t).available() is not None:
+            pytest.skip(f"{t} is not installed")
+    gen = torch.Generator().manual_seed(1)
+    np.savez(tmp_path / "calib.npz", input=torch.rand(16, 1, 8, 8, generator=gen).numpy())
+    quant = {"samples": 16, "min_speedup": 100.0, "latency_variants": 2, "latency_runs": 20}
+    roots = []
+    for run in ("one", "two"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bundle = compress(tiny_net(), _x(), targets=targets, out_dir=tmp_path / run / "b",
+                              calibration=tmp_path / "calib.npz", quantization=quant,
+                              cache=tmp_path / "cache")
+        roots.append(bundle.root)
+        err = capsys.readouterr().err
+        assert ("reusing the recorded int8 decisions" in err) == (run == "two"), err
+    fa, fb = _files(roots[0]), _files(roots[1])
+    assert sorted(fa) == sorted(fb)
+    for rel in fa:
+        assert fa[rel] == fb[rel], f"{rel} differs between two builds of the same int8 recipe"
+    manifest = json.loads(fa["manifest.json"])
+    for t in targets:
+        q = manifest["targets"][t]["quantization"]
+        assert q["latency_check"]["variants_tried"][0]["int8_ms"] > 0  # it was timed, once
+        assert q["decisions"]["keep_float"] == q["float_layers"]

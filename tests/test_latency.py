@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edgekit.bench.latency import LatencyStats, time_interleaved
+from edgekit.measure.timing import LatencyStats, time_interleaved
 from edgekit.bench.report import markdown_table, text_table
 
 

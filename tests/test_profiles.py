@@ -59,6 +59,13 @@ def test_profile_from_path(tmp_path):
         ('name = "x"\nbackend = "onnxruntime"\n[tolerance]\nmin_cosine = 2\n', "at most 1"),
         ('name = "x"\nbackend = "onnxruntime"\n[accuracy]\nmax_dorp = 1\n', "accuracy.max_dorp"),
         ('name = "x\nbackend = 1', "not valid TOML"),
+        ('name = "x"\nbackend = "openvino"\n[options]\ninference_precison = "f32"\n',
+         "unknown key 'inference_precison'"),
+        ('name = "x"\nbackend = "openvino"\n[options]\ninference_precision = 32\n',
+         "'inference_precision' must be a str"),
+        ('name = "x"\nbackend = "onnxruntime"\nlayout = "nhwc"\n', "layout is not supported"),
+        ('name = "x"\nbackend = "onnxruntime"\nprecision = "int8"\n[quantization]\nmethd = 1\n',
+         "unknown key 'methd'"),
     ],
 )
 def test_malformed_profiles_name_file_and_key(tmp_path, text, needle):

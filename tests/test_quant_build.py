@@ -107,12 +107,13 @@ def test_gate_fails_build_over_budget_with_table_and_no_bundle(cnn, tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "old.txt").write_text("previous bundle")
     with pytest.raises(QuantizationError) as err:
-        _build(cnn, tmp_path / "b", [strict], task=task, quantization={"max_fallback": 1})
+        _build(cnn, tmp_path / "b", [strict], task=task, quantization={"max_fallback": 1},
+               overwrite=True)
     msg = str(err.value)
     assert "over the budget of -50.0" in msg and "sqnr_db" in msg
     assert "conv" in msg and "head" in msg and "keep_float" in msg
     assert err.value.suggested_float and err.value.table
-    # the old bundle is untouched, no new bundle marked as good
+    # even with overwrite allowed, the old folder is untouched, no new bundle marked as good
     assert (tmp_path / "b" / "old.txt").read_text() == "previous bundle"
     assert not (tmp_path / "b" / "manifest.json").exists()
 

@@ -41,12 +41,21 @@ class FakeBackend:
     """int8 'export' that is accurate only once ``needed`` is kept in float."""
 
     name = "fake"
+    qat_graph = False
+    options_schema = {}
 
     def __init__(self, needed):
         self.needed = needed
         self.calls = []
 
-    def export_int8(self, model, inputs, out_dir, *, keep_float, **kw):
+    def int8_sources(self, config):
+        return [("fake", {})]
+
+    def int8_alternatives(self, config, model, *, sources_compared=False):
+        other = "uint8" if config.activation_type == "int8" else "int8"
+        return [(f"{other} activations", {"activation_type": other})]
+
+    def quantize(self, model, inputs, out_dir, *, keep_float, **kw):
         self.calls.append(list(keep_float))
         (out_dir / "model.bin").write_bytes(b"x")
         return Artifact("fake", out_dir, ["model.bin"], [], [], "int8",

@@ -186,3 +186,55 @@ def test_openvino_auto_builds_both_sources_and_keeps_the_faster_passing_one(tmp_
     tried = q["latency_check"]["variants_tried"]
     assert len(tried) == 3 and not any("openvino_source" in v["changes"] for v in tried)
     assert bundle.load(OV).run([get_spec("cnn").example_inputs(1)[0].numpy()])[0].shape == (1, 10)
+
+
+def test_openvino_int8_exports_fp32_once_and_ships_the_gates_verification(tmp_path,
+                                                                          monkeypatch):
+    # The source choice (NNCF and QDQ), the accuracy alternative after both miss, and a latency
+    # variant: every build quantizes the one fp32 IR, and the shipped artifact's verification
+    # is the gate's (the pipeline does not verify it again).
+    from types import SimpleNamespace
+
+    from edgekit.backends import get_backend
+    from edgekit.backends.openvino import OpenVinoBackend
+    from edgekit.profiles import load_profile
+    from edgekit.quantize.build import build_int8
+
+    exports = []
+    real_export = OpenVinoBackend.export
+
+    def counted(self, *args, **kwargs):
+        exports.append(args[2])
+        return real_export(self, *args, **kwargs)
+
+    monkeypatch.setattr(OpenVinoBackend, "export", counted)
+    spec = get_spec("cnn")
+    torch.manual_seed(0)
+    model = spec.factory().eval()
+    train = spec.task().train
+    calib = [[t[i : i + 1].numpy() for t in train.inputs] for i in range(8)]
+    reports = []
+
+    def check(session):  # both sources miss the tolerance; every later build passes
+        passed = len(reports) >= 2
+        reports.append(SimpleNamespace(passed=passed, outputs=[SimpleNamespace(
+            name="logits", passed=passed, failures=[] if passed else ["cosine 0.5 < 0.9"])]))
+        return reports[-1]
+
+    res = build_int8(get_backend("openvino"), load_profile(OV), model, spec.example_inputs(1),
+                     tmp_path / "t", in_names=list(spec.input_names),
+                     out_names=list(spec.output_names), calibration=calib,
+                     config=QuantConfig(min_speedup=100.0, latency_variants=1,
+                                        latency_runs=20),
+                     task=None, batch=1, progress=False, check=check)
+    q = res.manifest
+    assert len(exports) == 1
+    choice = q["openvino_source_choice"]
+    assert choice["kept"] == "nncf" and not any(v["passed"] for v in choice["sources"].values())
+    assert q["accuracy_alternative"].startswith("NNCF mixed preset")
+    tried = q["latency_check"]["variants_tried"]
+    assert [v["name"] for v in tried] == ["NNCF mixed preset", "NNCF performance preset"]
+    assert len(reports) == 4
+    assert res.report is (reports[3] if q["latency_check"]["chosen"] == tried[1]["name"]
+                          else reports[2])
+    assert res.session.run([spec.example_inputs(1)[0].numpy()])[0].shape == (1, 10)

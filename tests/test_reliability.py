@@ -447,8 +447,8 @@ def test_onnx_over_2gib_without_external_data(tmp_path):
     assert "2.00 GiB" in msg and "2 GiB limit" in msg and "external data" in msg
     assert "external_data = true" in msg
     with pytest.raises(ExportError, match="int8 path"):
-        be.export_int8(_Huge(), (x,), tmp_path, input_names=["x"], output_names=["y"],
-                       options={}, calibration=[], config=None)
+        be.quantize(_Huge(), (x,), tmp_path, input_names=["x"], output_names=["y"],
+                    options={}, calibration=[], config=None)
     assert not any(tmp_path.iterdir())  # nothing written
 
 

@@ -48,6 +48,12 @@ def missing_modules(modules: Sequence[str]) -> list[str]:
     return missing
 
 
+def int8_needs(modules: Sequence[str]) -> str | None:
+    """None when every module an int8 build needs imports, else "int8 needs <packages>"."""
+    missing = [m.split(".")[0] for m in missing_modules(modules)]
+    return f"int8 needs {', '.join(missing)}" if missing else None
+
+
 def package_versions(packages: Sequence[str]) -> dict[str, str]:
     """Installed distribution versions (from metadata; imports nothing)."""
     out: dict[str, str] = {}

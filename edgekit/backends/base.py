@@ -2,7 +2,9 @@
 
 A backend turns a PyTorch module into a deployable file and loads that file into a
 :class:`Session`. All compile and set-up work happens in :meth:`Backend.load`, so timing
-:meth:`Session.run` measures inference only.
+:meth:`Session.run` measures inference only. Everything else that differs per runtime lives on
+the backend too: checking and inspecting a lone file, loading on a GPU, int8 quantization and
+its alternatives, and the schema of the profile's ``[options]``.
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ class Backend(Protocol):
     name: str  # registry name, e.g. "onnxruntime"
     extra: str  # the pip extra that installs it
     file_suffix: str  # ".onnx", ".xml", ".tflite"
+    #: True where int8 converts a QAT-prepared PT2E graph directly (``quantize(prepared=...)``)
+    qat_graph: bool
+    #: option name -> its type or allowed values, for the profile's ``[options]``
+    options_schema: dict[str, Any]
 
     def available(self) -> str | None:
         """None when the runtime can be imported, else a one-line reason."""
@@ -100,7 +106,12 @@ class Backend(Protocol):
         """Write the fp32 artifact into ``out_dir`` (which exists and is empty)."""
         ...
 
-    def export_int8(
+    def int8_available(self) -> str | None:
+        """None when int8 can be built here (its quantizer packages import), else a one-line
+        reason."""
+        ...
+
+    def quantize(
         self,
         model: torch.nn.Module,
         example_inputs: tuple[torch.Tensor, ...],
@@ -112,12 +123,54 @@ class Backend(Protocol):
         calibration: list[list[np.ndarray]],
         config: Any,
         keep_float: list[str] | tuple[str, ...] = (),
+        fp32: Artifact | None = None,
+        prepared: Any = None,
     ) -> Artifact:
         """Write the int8 artifact, calibrated on ``calibration`` (batches in input order).
 
         ``config`` is an :class:`edgekit.quantize.QuantConfig`; ``keep_float`` names PyTorch
-        modules to leave in float. (TFLite also takes ``prepared``, a QAT-prepared graph.)
+        modules to leave in float; ``fp32`` is an fp32 artifact of the same model and target
+        exported already, used where the runtime quantizes an fp32 file; ``prepared`` is a
+        QAT-prepared PT2E graph (used where :attr:`qat_graph`).
         """
+        ...
+
+    def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
+        """The int8 realisations to build and compare for ``config``: (name, QuantConfig
+        changes); one entry ``(name, {})`` where the runtime has a single one."""
+        ...
+
+    def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
+                          sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """(name, QuantConfig changes) for the runtime's cheap alternatives to ``config``,
+        tried when it misses the accuracy gate or is not faster than fp32; with
+        ``sources_compared`` none that switches a source :meth:`int8_sources` compared
+        already."""
+        ...
+
+    def inspect(self, path: Path) -> Artifact:
+        """An :class:`Artifact` for a lone file of this runtime (I/O specs and precision read
+        from the file); BundleError naming the file when it is not valid."""
+        ...
+
+    def check_file(self, path: Path) -> None:
+        """The format checks on ``path`` before the runtime opens it (bytes only; BundleError
+        naming the file)."""
+        ...
+
+    def device_unavailable_reason(self, device: str) -> str | None:
+        """None when this runtime can run on ``device`` ("cpu", "cuda", ...) here, else why
+        not (one line)."""
+        ...
+
+    def load_on_device(self, artifact: Artifact, device: str, *, threads: int,
+                       options: dict[str, Any]) -> Session:
+        """Load on a non-CPU ``device``; DeviceUnavailableError when the runtime would fall
+        back to the CPU."""
+        ...
+
+    def import_runtime(self) -> None:
+        """Import the runtime's Python module (so a memory baseline does not count it)."""
         ...
 
     def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> Session: ...

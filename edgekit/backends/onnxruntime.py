@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._deps import require
-from ..errors import BundleError, ExportError
+from ..errors import BackendMissingError, BundleError, ExportError
 from ._common import (
     FeedChecker,
     bad_file,
@@ -28,6 +28,7 @@ from ._common import (
     check_threads,
     eval_mode,
     export_failure,
+    int8_needs,
     list_files,
     missing_modules,
     package_versions,
@@ -39,6 +40,22 @@ __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeSession"]
 
 _EXTRA = "onnxruntime"
 _NAME = "onnxruntime"
+
+
+#: Ops that make an ONNX model int8.
+_INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger",
+             "MatMulInteger", "QLinearMatMul"}
+#: device -> the execution provider that runs on it.
+_PROVIDERS = {"cuda": "CUDAExecutionProvider", "gpu": "CUDAExecutionProvider",
+              "tensorrt": "TensorrtExecutionProvider"}
+
+
+def _providers() -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return []
+    return list(ort.get_available_providers())
 
 
 def _onnx_specs(values: Any) -> list[TensorSpec]:
@@ -110,6 +127,13 @@ class OnnxRuntimeBackend:
     name = _NAME
     extra = _EXTRA
     file_suffix = ".onnx"
+    qat_graph = False
+    #: Profile ``[options]`` this backend reads (export: opset, optimize, external_data;
+    #: load: graph_optimization_level).
+    options_schema: dict[str, Any] = {
+        "opset": int, "optimize": bool, "external_data": bool,
+        "graph_optimization_level": ("all", "extended", "basic", "disable"),
+    }
 
     def available(self) -> str | None:
         missing = missing_modules(["onnxruntime", "onnx"])
@@ -191,7 +215,10 @@ class OnnxRuntimeBackend:
             },
         )
 
-    def export_int8(
+    def int8_available(self) -> str | None:
+        return int8_needs(["onnxruntime.quantization"])
+
+    def quantize(
         self,
         model: torch.nn.Module,
         example_inputs: tuple[torch.Tensor, ...],
@@ -203,11 +230,14 @@ class OnnxRuntimeBackend:
         calibration: list[list[np.ndarray]],
         config: Any,
         keep_float: list[str] | tuple[str, ...] = (),
+        fp32: Artifact | None = None,
+        prepared: Any = None,
     ) -> Artifact:
-        """QDQ int8 ONNX: the fp32 export, then ``quantize_static`` (see edgekit.quantize.onnx)."""
+        """QDQ int8 ONNX: ``quantize_static`` on the fp32 export (``fp32`` when given, else
+        exported here); see :mod:`edgekit.backends.onnxruntime_int8`."""
         import tempfile
 
-        from ..quantize.onnx import quantize_onnx
+        from .onnxruntime_int8 import quantize_onnx
 
         check_protobuf_size(model, _NAME, external_data=False,
                             what="the int8 path (onnxruntime quantization) writes one "
@@ -216,9 +246,11 @@ class OnnxRuntimeBackend:
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            fp32 = self.export(model, example_inputs, Path(tmp), input_names=input_names,
-                               output_names=output_names, options=options)
-            fp32_size = fp32.size_bytes
+            if fp32 is None:
+                fp32 = self.export(model, example_inputs, Path(tmp), input_names=input_names,
+                                   output_names=output_names, options=options)
+            else:
+                check_artifact_backend(fp32, _NAME)
             path = out_dir / "model.onnx"
             try:
                 qinfo = quantize_onnx(fp32.path, path, input_names=list(input_names),
@@ -228,6 +260,7 @@ class OnnxRuntimeBackend:
                                   f"{str(exc).splitlines()[0] if str(exc) else ''}",
                                   backend=_NAME) from exc
             info = dict(fp32.info)
+            fp32_size = fp32.size_bytes
         proto = check_onnx_file(path)
         init_names = {i.name for i in proto.graph.initializer}
         info.update({"quantization": qinfo, "fp32_size_bytes": fp32_size,
@@ -237,6 +270,99 @@ class OnnxRuntimeBackend:
             inputs=_onnx_specs(i for i in proto.graph.input if i.name not in init_names),
             outputs=_onnx_specs(proto.graph.output), precision="int8", info=info,
         )
+
+    def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
+        """One realisation: onnxruntime ``quantize_static`` QDQ."""
+        return [("ONNX Runtime QDQ", {})]
+
+    def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
+                          sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """The other activation type (uint8 <-> int8)."""
+        other = "uint8" if config.activation_type == "int8" else "int8"
+        return [(f"{other} activations", {"activation_type": other})]
+
+    def inspect(self, path: Path) -> Artifact:
+        """A lone ``.onnx`` file (with its ``.data`` file when there is one); int8 when it
+        holds quantized ops."""
+        path = Path(path)
+        proto = check_onnx_file(path)
+        init = {i.name for i in proto.graph.initializer}
+        ops = {n.op_type for n in proto.graph.node}
+        files = [path.name]
+        data = path.with_name(path.name + ".data")
+        if data.is_file():
+            files.append(data.name)
+        return Artifact(
+            backend=_NAME, root=path.parent, files=files,
+            inputs=_onnx_specs(i for i in proto.graph.input if i.name not in init),
+            outputs=_onnx_specs(proto.graph.output),
+            precision="int8" if ops & _INT8_OPS else "fp32", info={"source": "file"})
+
+    def check_file(self, path: Path) -> None:
+        """Protobuf size, then every external-data reference (inside the folder, inside the
+        data file), before any tensor byte is read. Without ``onnx`` only the sniff runs."""
+        from ..modelfile import MAX_PROTOBUF_BYTES, _bad, check_format, check_onnx_external_data
+
+        path = Path(path)
+        check_format(path, "onnx")
+        try:
+            onnx = require("onnx", backend=_NAME, extra=_EXTRA)
+        except BackendMissingError:
+            return
+        size = path.stat().st_size
+        if size > MAX_PROTOBUF_BYTES:
+            raise BundleError(f"{path} is {size} bytes; an ONNX protobuf holds at most "
+                              f"{MAX_PROTOBUF_BYTES} bytes: refused before reading it",
+                              hint="large models keep their weights in external data files")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:
+            raise _bad(path, f"ONNX model ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+        check_onnx_external_data(proto, path)
+
+    def device_unavailable_reason(self, device: str) -> str | None:
+        """cuda: the CUDA execution provider; tensorrt: the TensorRT one."""
+        if device == "cpu":
+            return None
+        if device not in ("cuda", "tensorrt", "gpu"):
+            return f"onnxruntime has no {device} path"
+        provs = _providers()
+        need = _PROVIDERS[device]
+        if need not in provs:
+            return (f"onnxruntime has no {need} (available: {', '.join(provs) or 'none'}); "
+                    "install onnxruntime-gpu on a machine with an NVIDIA GPU")
+        return None
+
+    def load_on_device(self, artifact: Artifact, device: str, *, threads: int,
+                       options: dict[str, Any]) -> OnnxRuntimeSession:
+        """An InferenceSession on the CUDA or TensorRT provider; refused when onnxruntime
+        would put the model on the CPU provider instead."""
+        from ..errors import DeviceUnavailableError
+
+        if device == "cpu":
+            return self.load(artifact, threads=threads, options=options)
+        reason = self.device_unavailable_reason(device)
+        if reason:
+            raise DeviceUnavailableError(f"{artifact.path}: cannot run on {device}: {reason}")
+        ort = require("onnxruntime", backend=_NAME, extra=_EXTRA)
+        want = _PROVIDERS[device]
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = check_threads(threads)
+        t0 = time.perf_counter()
+        sess = ort.InferenceSession(str(artifact.path), so,
+                                    providers=[want, "CPUExecutionProvider"])
+        if sess.get_providers()[0] != want:
+            raise DeviceUnavailableError(
+                f"onnxruntime fell back to {sess.get_providers()[0]} instead of {want}; "
+                "refusing to report CPU numbers as GPU numbers")
+        info = {"runtime": "onnxruntime", "version": ort.__version__, "device": device.upper(),
+                "providers": sess.get_providers(), "precision": artifact.precision,
+                "threads": threads, "load_seconds": round(time.perf_counter() - t0, 3)}
+        return OnnxRuntimeSession(sess, artifact.inputs, artifact.outputs, info)
+
+    def import_runtime(self) -> None:
+        require("onnxruntime", backend=_NAME, extra=_EXTRA)
 
     def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> OnnxRuntimeSession:
         """Options: ``graph_optimization_level`` ("all" default, "extended", "basic", "disable")."""

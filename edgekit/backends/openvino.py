@@ -36,6 +36,7 @@ from ._common import (
     eval_mode,
     export_failure,
     first_line,
+    int8_needs,
     list_files,
     missing_modules,
     package_versions,
@@ -138,6 +139,20 @@ def _largest_op(model: Any) -> tuple[str, str] | None:
     return best if best is not None and best_bytes >= 2**30 else dynamic or best
 
 
+def _recurrent(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has LSTM/GRU/RNN layers (NNCF's "auto" preset is MIXED for them)."""
+    recurrent = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN)
+    return any(isinstance(m, recurrent) for name, m in model.named_modules() if name)
+
+
+def _ov_devices() -> list[str]:
+    try:
+        import openvino as ov
+    except ImportError:
+        return []
+    return list(ov.Core().available_devices)
+
+
 def check_ir_files(xml_path: Path) -> Path:
     """Check an IR pair cheaply: XML parses, .bin exists and holds every constant the XML
     points at. Returns the .bin path; raises BundleError naming the bad file."""
@@ -225,6 +240,12 @@ class OpenVinoBackend:
     name = _NAME
     extra = _EXTRA
     file_suffix = ".xml"
+    qat_graph = False
+    #: Profile ``[options]`` this backend reads (export: compress_to_fp16; load: the rest).
+    options_schema: dict[str, Any] = {
+        "inference_precision": _PRECISIONS, "compress_to_fp16": bool,
+        "performance_hint": ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"),
+    }
 
     def available(self) -> str | None:
         missing = missing_modules(["openvino"])
@@ -309,7 +330,10 @@ class OpenVinoBackend:
             },
         )
 
-    def export_int8(
+    def int8_available(self) -> str | None:
+        return int8_needs(["nncf"])
+
+    def quantize(
         self,
         model: torch.nn.Module,
         example_inputs: tuple[torch.Tensor, ...],
@@ -321,13 +345,15 @@ class OpenVinoBackend:
         calibration: list[list[np.ndarray]],
         config: Any,
         keep_float: list[str] | tuple[str, ...] = (),
+        fp32: Artifact | None = None,
+        prepared: Any = None,
     ) -> Artifact:
-        """int8 IR: the fp32 IR quantized by ``nncf.quantize`` (``config.openvino_source ==
-        "nncf"``, default) or the onnxruntime QDQ model read by OpenVINO (``"qdq"``)."""
+        """int8 IR: the fp32 IR (``fp32`` when given, else exported here) quantized by
+        ``nncf.quantize`` (``config.openvino_source == "nncf"``, default) or the onnxruntime
+        QDQ model read by OpenVINO (``"qdq"``)."""
         import tempfile
 
-        from ..quantize.openvino import openvino_precision_summary, quantize_openvino_model
-        from ..quantize.sensitivity import quantizable_layers
+        from .openvino_int8 import openvino_precision_summary, quantize_openvino_model
 
         ov = require("openvino", backend=_NAME, extra=_EXTRA)
         out_dir = Path(out_dir)
@@ -338,7 +364,7 @@ class OpenVinoBackend:
             if config.openvino_source == "qdq":
                 from .onnxruntime import OnnxRuntimeBackend
 
-                qdq = OnnxRuntimeBackend().export_int8(
+                qdq = OnnxRuntimeBackend().quantize(
                     model, example_inputs, Path(tmp) / "qdq", input_names=input_names,
                     output_names=output_names, options={}, calibration=calibration,
                     config=config, keep_float=keep_float)
@@ -347,15 +373,15 @@ class OpenVinoBackend:
                          **{k: v for k, v in qdq.info["quantization"].items()
                             if k not in ("layers",)}}
             else:
-                fp32 = self.export(model, example_inputs, Path(tmp) / "fp32",
-                                   input_names=input_names, output_names=output_names,
-                                   options=options)
-                om = ov.Core().read_model(str(fp32.path))
-                recurrent = any(k in ("lstm", "gru", "rnn") for _, k in quantizable_layers(model))
+                if fp32 is None:
+                    fp32 = self.export(model, example_inputs, Path(tmp) / "fp32",
+                                       input_names=input_names, output_names=output_names,
+                                       options=options)
+                om = ov.Core().read_model(str(check_artifact_backend(fp32, _NAME)))
                 try:
                     om, qinfo = quantize_openvino_model(om, batches=calibration, config=config,
                                                         keep_float=keep_float,
-                                                        recurrent=recurrent)
+                                                        recurrent=_recurrent(model))
                 except Exception as exc:
                     raise ExportError(f"nncf.quantize failed: {first_line(exc)}",
                                       backend=_NAME) from exc
@@ -377,6 +403,90 @@ class OpenVinoBackend:
                   "export_seconds": round(time.perf_counter() - t0, 3),
                   "exporter": "openvino.convert_model + " + qinfo["quantizer"]},
         )
+
+    def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
+        """``openvino_source = "auto"``: NNCF on the IR and the ONNX Runtime QDQ model, both
+        built and compared; otherwise the configured one."""
+        if config.openvino_source == "auto":
+            return [("NNCF", {"openvino_source": "nncf"}),
+                    ("ONNX Runtime QDQ", {"openvino_source": "qdq"})]
+        return [("ONNX Runtime QDQ" if config.openvino_source == "qdq" else "NNCF", {})]
+
+    def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
+                          sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """The other source (NNCF <-> ONNX Runtime QDQ), then the other NNCF preset (NNCF) or
+        activation type (QDQ); with ``sources_compared`` none that switches the source."""
+        act = "int8" if config.activation_type == "int8" else "uint8"
+        other_act = "uint8" if act == "int8" else "int8"
+        preset = config.preset if config.preset != "auto" else (
+            "mixed" if _recurrent(model) else "performance")
+        other_preset = "performance" if preset == "mixed" else "mixed"
+        if config.openvino_source == "nncf":
+            alts = [("ONNX Runtime QDQ source", {"openvino_source": "qdq"}),
+                    (f"NNCF {other_preset} preset", {"preset": other_preset})]
+        else:
+            alts = [("NNCF source", {"openvino_source": "nncf", "preset": "auto"}),
+                    (f"QDQ {other_act} activations", {"activation_type": other_act})]
+        return [a for a in alts if not (sources_compared and "openvino_source" in a[1])]
+
+    def inspect(self, path: Path) -> Artifact:
+        """A lone IR ``.xml`` (with its ``.bin``); int8 when it holds FakeQuantize ops."""
+        ov = require("openvino", backend=_NAME, extra=_EXTRA)
+        path = Path(path)
+        bin_path = check_ir_files(path)
+        try:
+            model = ov.Core().read_model(str(path))
+        except Exception as exc:
+            raise bad_file(path, "OpenVINO IR", exc) from exc
+        int8 = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        return Artifact(
+            backend=_NAME, root=path.parent,
+            files=[path.name] + ([bin_path.name] if bin_path.is_file() else []),
+            inputs=_port_specs(model.inputs), outputs=_port_specs(model.outputs),
+            precision="int8" if int8 else "fp32", info={"source": "file"})
+
+    def check_file(self, path: Path) -> None:
+        """XML parsed with DTDs refused, the .bin there and holding every constant."""
+        from ..modelfile import check_format
+
+        check_format(path, "openvino")
+        check_ir_files(Path(path))
+
+    def device_unavailable_reason(self, device: str) -> str | None:
+        """gpu (and cuda): the OpenVINO GPU plugin."""
+        if device == "cpu":
+            return None
+        if device not in ("gpu", "cuda"):
+            return f"OpenVINO has no {device} path"
+        devs = _ov_devices()
+        if not any(d.startswith("GPU") for d in devs):
+            return f"OpenVINO sees no GPU device (available: {', '.join(devs) or 'none'})"
+        return None
+
+    def load_on_device(self, artifact: Artifact, device: str, *, threads: int,
+                       options: dict[str, Any]) -> OpenVinoSession:
+        """The model compiled for the GPU plugin; refused when it executes anywhere else."""
+        from ..errors import DeviceUnavailableError
+
+        if device == "cpu":
+            return self.load(artifact, threads=threads, options=options)
+        reason = self.device_unavailable_reason(device)
+        if reason:
+            raise DeviceUnavailableError(f"{artifact.path}: cannot run on {device}: {reason}")
+        ov = require("openvino", backend=_NAME, extra=_EXTRA)
+        t0 = time.perf_counter()
+        compiled = ov.Core().compile_model(str(artifact.path), "GPU",
+                                           {"PERFORMANCE_HINT": "LATENCY"})
+        devs = list(compiled.get_property("EXECUTION_DEVICES"))
+        if not any(str(d).startswith("GPU") for d in devs):
+            raise DeviceUnavailableError(f"OpenVINO executes on {devs}, not on a GPU")
+        info = {"runtime": "openvino", "version": ov.get_version(), "device": "GPU",
+                "execution_devices": devs, "precision": artifact.precision,
+                "load_seconds": round(time.perf_counter() - t0, 3)}
+        return OpenVinoSession(compiled, list(artifact.inputs), list(artifact.outputs), info)
+
+    def import_runtime(self) -> None:
+        require("openvino", backend=_NAME, extra=_EXTRA)
 
     def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> OpenVinoSession:
         """Options: ``inference_precision`` ("f32" default, "bf16", "f16"),

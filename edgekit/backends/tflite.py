@@ -42,6 +42,7 @@ from ._common import (
     eval_mode,
     export_failure,
     first_line,
+    int8_needs,
     list_files,
     missing_modules,
     package_versions,
@@ -49,7 +50,7 @@ from ._common import (
 )
 from .base import Artifact, TensorSpec
 
-__all__ = ["TFLiteBackend", "TFLiteSession", "check_tflite_file"]
+__all__ = ["FloatIOSession", "TFLiteBackend", "TFLiteSession", "check_tflite_file"]
 
 _EXTRA = "tflite"
 _NAME = "tflite"
@@ -119,26 +120,24 @@ def _spec(name: str, detail: dict) -> TensorSpec:
 
 
 class TFLiteSession:
-    """A LiteRT interpreter with tensors allocated; ``run`` sets inputs by tensor index."""
+    """A LiteRT interpreter with tensors allocated; ``run`` sets inputs by tensor index, at the
+    model's own I/O types (int8 tensors for an int8 model with int8 I/O)."""
 
     backend = _NAME
 
     def __init__(self, interp: Any, in_idx: list[int], out_idx: list[int],
-                 inputs: list[TensorSpec], outputs: list[TensorSpec], info: dict[str, Any]) -> None:
-        self._interp = interp
+                 inputs: list[TensorSpec], outputs: list[TensorSpec], info: dict[str, Any],
+                 path: Path | None = None) -> None:
         self._in_idx = in_idx
         self._out_idx = out_idx
         self.inputs = inputs
         self.outputs = outputs
         self.info = info
+        self._path = path
         self._check = FeedChecker(inputs)
         self._set = interp.set_tensor
         self._get = interp.get_tensor
         self._invoke = interp.invoke
-
-    _convert_in: list | None = None
-    _convert_out: list | None = None
-    _path: Path | None = None
 
     def run(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
             ) -> list[np.ndarray]:
@@ -146,20 +145,58 @@ class TFLiteSession:
         NaN/inf inputs raise DataError unless ``allow_nonfinite``; a failing invoke raises
         :class:`ModelRunError`."""
         arrays = self._check(feeds, allow_nonfinite=allow_nonfinite)
-        if self._convert_in is not None:
-            arrays = [x if c is None else _quantize(x, *c)
-                      for x, c in zip(arrays, self._convert_in)]
         for idx, x in zip(self._in_idx, arrays):
             self._set(idx, x)
         try:
             self._invoke()
         except Exception as exc:  # RuntimeError from the interpreter, MemoryError
             raise run_failure(_NAME, exc, self._path) from exc
-        if self._convert_out is not None:
-            return [self._get(idx) if c is None else
-                    ((self._get(idx).astype(np.float32) - c[1]) * np.float32(c[0]))
-                    for idx, c in zip(self._out_idx, self._convert_out)]
         return [self._get(idx) for idx in self._out_idx]
+
+
+#: (scale, zero point, integer dtype) of one int8 tensor; None for a tensor left as it is.
+Conversion = tuple[float, int, Any] | None
+
+
+class FloatIOSession:
+    """An int8 model with float I/O (``io = "float"``): float32 in and out, quantized and
+    dequantized at the boundary with each tensor's scale and zero point, as device code does.
+
+    ``run`` includes the conversion. Latency excludes it: ``timed(feeds)`` returns the inner
+    :class:`TFLiteSession` and the feeds already quantized, which
+    :func:`edgekit.measure.timing.timed_call` (and so every timer) uses.
+    """
+
+    backend = _NAME
+
+    def __init__(self, inner: TFLiteSession, convert_in: list[Conversion],
+                 convert_out: list[Conversion]) -> None:
+        self.inner = inner
+        self.inputs = [s if c is None else TensorSpec(s.name, s.shape, "float32")
+                       for s, c in zip(inner.inputs, convert_in)]
+        self.outputs = [s if c is None else TensorSpec(s.name, s.shape, "float32")
+                        for s, c in zip(inner.outputs, convert_out)]
+        self.info = inner.info
+        self._convert_in = convert_in
+        self._convert_out = convert_out
+        self._check = FeedChecker(self.inputs)
+
+    def quantize_feeds(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
+                       ) -> list[np.ndarray]:
+        """Float feeds (checked as ``run`` does) -> the inner session's int8 feeds."""
+        arrays = self._check(feeds, allow_nonfinite=allow_nonfinite)
+        return [x if c is None else _quantize(x, *c) for x, c in zip(arrays, self._convert_in)]
+
+    def run(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
+            ) -> list[np.ndarray]:
+        """Float feeds in model order -> float outputs (see :meth:`TFLiteSession.run`)."""
+        outs = self.inner.run(self.quantize_feeds(feeds, allow_nonfinite=allow_nonfinite))
+        return [o if c is None else (o.astype(np.float32) - c[1]) * np.float32(c[0])
+                for o, c in zip(outs, self._convert_out)]
+
+    def timed(self, feeds: list[np.ndarray]) -> tuple[TFLiteSession, list[np.ndarray]]:
+        """What a latency measures: the inner interpreter call and its pre-quantized feeds."""
+        return self.inner, self.quantize_feeds(feeds)
 
 
 def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: Any) -> np.ndarray:
@@ -173,6 +210,9 @@ class TFLiteBackend:
     name = _NAME
     extra = _EXTRA
     file_suffix = ".tflite"
+    qat_graph = True
+    #: Profile ``[options]`` this backend reads (load: io, the int8 model's I/O type).
+    options_schema: dict[str, Any] = {"io": ("float", "int8")}
 
     def available(self) -> str | None:
         if all(missing_modules([m]) for m in ("ai_edge_litert", "tflite_runtime")):
@@ -249,7 +289,10 @@ class TFLiteBackend:
             },
         )
 
-    def export_int8(
+    def int8_available(self) -> str | None:
+        return int8_needs(["litert_torch", "torchao"])
+
+    def quantize(
         self,
         model: torch.nn.Module,
         example_inputs: tuple[torch.Tensor, ...],
@@ -261,14 +304,17 @@ class TFLiteBackend:
         calibration: list[list[np.ndarray]],
         config: Any,
         keep_float: list[str] | tuple[str, ...] = (),
+        fp32: Artifact | None = None,
         prepared: Any = None,
     ) -> Artifact:
         """int8 .tflite through PT2E with litert-torch's quantizer (symmetric, per-channel
-        weights, int8 activations). ``prepared``: an already fake-quantized (QAT) graph."""
+        weights, int8 activations), from the PyTorch model (``fp32`` is not used: LiteRT
+        quantizes the graph, not a file). ``prepared``: an already fake-quantized (QAT)
+        graph."""
         litert_torch = require("litert_torch", backend=_NAME, extra=_EXTRA)
         from litert_torch.quantize.quant_config import QuantConfig as LiteRTQuantConfig
 
-        from ..quantize.pt2e import litert_quantizer, pt2e_calibrate_convert, pt2e_prepare
+        from .tflite_int8 import litert_quantizer, pt2e_calibrate_convert, pt2e_prepare
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -327,7 +373,56 @@ class TFLiteBackend:
             },
         )
 
-    def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> TFLiteSession:
+    def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
+        """One realisation: PT2E with litert-torch's quantizer."""
+        return [("PT2E litert", {})]
+
+    def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
+                          sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """None: only layers kept in float (tried by the latency check for every runtime)."""
+        return []
+
+    def inspect(self, path: Path) -> Artifact:
+        """A lone ``.tflite`` file, I/O by its signature; int8 when it holds quantized
+        tensors."""
+        path = Path(path)
+        interp = _open_interpreter(path, 1)
+        _, in_det, out_det, sig_in, sig_out = _signature(interp, path)
+        int8 = any(np.dtype(d["dtype"]) in (np.int8, np.uint8)
+                   and d.get("quantization", (0, 0))[0] for d in interp.get_tensor_details())
+        return Artifact(
+            backend=_NAME, root=path.parent, files=[path.name],
+            inputs=[_spec(n, d) for n, d in zip(sig_in, in_det)],
+            outputs=[_spec(n, d) for n, d in zip(sig_out, out_det)],
+            precision="int8" if int8 else "fp32",
+            info={"source": "file", "input_map": {n: n for n in sig_in},
+                  "output_map": {n: n for n in sig_out}})
+
+    def check_file(self, path: Path) -> None:
+        """The flatbuffer's tables, vectors and buffers all inside the file."""
+        check_tflite_file(Path(path))
+
+    def device_unavailable_reason(self, device: str) -> str | None:
+        """CPU only: the LiteRT GPU delegate is not wired in."""
+        if device == "cpu":
+            return None
+        return "the LiteRT GPU delegate is not wired into edgekit's harness (CPU only)"
+
+    def load_on_device(self, artifact: Artifact, device: str, *, threads: int,
+                       options: dict[str, Any]) -> TFLiteSession | FloatIOSession:
+        """The CPU session for ``cpu``; any other device is refused."""
+        from ..errors import DeviceUnavailableError
+
+        reason = self.device_unavailable_reason(device)
+        if reason:
+            raise DeviceUnavailableError(f"{artifact.path}: cannot run on {device}: {reason}")
+        return self.load(artifact, threads=threads, options=options)
+
+    def import_runtime(self) -> None:
+        _interpreter_module()
+
+    def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]
+             ) -> TFLiteSession | FloatIOSession:
         threads = check_threads(threads)
         path = check_artifact_backend(artifact, _NAME)
         t0 = time.perf_counter()
@@ -346,24 +441,13 @@ class TFLiteBackend:
         by_out = dict(zip(sig_out, out_det))
         inputs = [_spec(s.name, by_in[n]) for s, n in zip(artifact.inputs, want_in)]
         outputs = [_spec(s.name, by_out[n]) for s, n in zip(artifact.outputs, want_out)]
-        # int8 artifacts with io="float": the session takes and returns float32 and converts
-        # at the boundary with each tensor's scale and zero point (device code does the same).
+        # int8 artifacts with io="float": a FloatIOSession around the interpreter's session.
         io = str(options.get("io", artifact.info.get("io", "int8")))
-        convert_in: list[tuple[float, int, Any] | None] = [None] * len(inputs)
-        convert_out: list[tuple[float, int, Any] | None] = [None] * len(outputs)
+        convert_in: list[Conversion] = [None] * len(inputs)
+        convert_out: list[Conversion] = [None] * len(outputs)
         if artifact.precision == "int8" and io == "float":
-            for k, (s, n) in enumerate(zip(list(inputs), want_in)):
-                d = by_in[n]
-                if np.dtype(d["dtype"]) in (np.int8, np.uint8) and d["quantization"][0]:
-                    convert_in[k] = (float(d["quantization"][0]), int(d["quantization"][1]),
-                                     np.dtype(d["dtype"]))
-                    inputs[k] = TensorSpec(s.name, s.shape, "float32")
-            for k, (s, n) in enumerate(zip(list(outputs), want_out)):
-                d = by_out[n]
-                if np.dtype(d["dtype"]) in (np.int8, np.uint8) and d["quantization"][0]:
-                    convert_out[k] = (float(d["quantization"][0]), int(d["quantization"][1]),
-                                      np.dtype(d["dtype"]))
-                    outputs[k] = TensorSpec(s.name, s.shape, "float32")
+            convert_in = [_conversion(by_in[n]) for n in want_in]
+            convert_out = [_conversion(by_out[n]) for n in want_out]
         mod = type(interp).__module__.split(".")[0]
         info = {
             "runtime": mod,
@@ -384,8 +468,16 @@ class TFLiteBackend:
             inputs,
             outputs,
             info,
+            path,
         )
         if any(convert_in) or any(convert_out):
-            session._convert_in, session._convert_out = convert_in, convert_out
-        session._path = path
+            return FloatIOSession(session, convert_in, convert_out)
         return session
+
+
+def _conversion(detail: dict[str, Any]) -> Conversion:
+    """The float<->int8 conversion of one interpreter tensor, None when it is not int8."""
+    scale, zero_point = detail["quantization"]
+    if np.dtype(detail["dtype"]) in (np.int8, np.uint8) and scale:
+        return float(scale), int(zero_point), np.dtype(detail["dtype"])
+    return None

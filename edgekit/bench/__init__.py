@@ -9,8 +9,8 @@ import sys as _sys
 import types as _types
 from typing import Any as _Any
 
-from .accuracy import evaluate_session, split_batches
-from .latency import LatencyStats, time_interleaved
+from ..measure.scoring import evaluate_session, split_batches
+from ..measure.timing import LatencyStats, time_interleaved
 from .reference import TorchSession
 
 __all__ = ["LatencyStats", "TorchSession", "bench", "evaluate_session", "split_batches",

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from ..backends import Artifact, TensorSpec
+from ..backends import Artifact, TensorSpec, backend_for_file, known_suffixes
 from ..errors import EdgekitError, ShapeError, UsageError
+from ..measure.metrics import compare_outputs
+from ..measure.scoring import plain_metric
+from ..measure.timing import LatencyStats, collect_interleaved
 from .devices import DEVICES, DeviceUnavailableError, gpu_unavailable_reason, load_on_device
-from .fidelity import compare_outputs, plain_metric
-from .latency import LatencyStats, collect_interleaved
 from .memory import METHOD as MEMORY_METHOD
 
 __all__ = ["SCHEMA_VERSION", "Candidate", "artifact_from_file", "bench", "check_bench_args",
@@ -34,7 +35,6 @@ __all__ = ["SCHEMA_VERSION", "Candidate", "artifact_from_file", "bench", "check_
 
 #: Version of the report's JSON layout (``schema`` = "edgekit.bench").
 SCHEMA_VERSION = 1
-SUFFIX_BACKENDS = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "tflite"}
 
 
 @dataclass
@@ -61,71 +61,17 @@ class Candidate:
 # --------------------------------------------------------------------------- inputs
 
 
-def _quant_tflite(interp: Any) -> bool:
-    return any(np.dtype(d["dtype"]) in (np.int8, np.uint8) and d.get("quantization", (0, 0))[0]
-               for d in interp.get_tensor_details())
-
-
 def artifact_from_file(path: str | Path) -> Artifact:
-    """An :class:`Artifact` for a lone ``.onnx``/``.xml``/``.tflite`` file, I/O specs read from
-    the runtime itself."""
+    """An :class:`Artifact` for a lone model file (a registered backend's suffix), I/O specs
+    read by that backend."""
     path = Path(path).absolute()
-    backend = SUFFIX_BACKENDS.get(path.suffix.lower())
-    if backend is None:
-        raise UsageError(f"{path}: cannot tell the runtime from the suffix {path.suffix!r}",
-                         hint="pass a bundle folder or a .onnx, .xml or .tflite file")
+    backend = backend_for_file(path)
     if not path.is_file():
         raise UsageError(f"{path} does not exist")
     from ..modelfile import check_format
 
     check_format(path)  # empty, or bytes of another format than the suffix -> BundleError
-    files = [path.name]
-    precision = "fp32"
-    info: dict[str, Any] = {"source": "file"}
-    if backend == "onnxruntime":
-        from ..backends.onnxruntime import _onnx_specs, check_onnx_file
-
-        proto = check_onnx_file(path)
-        init = {i.name for i in proto.graph.initializer}
-        inputs = _onnx_specs(i for i in proto.graph.input if i.name not in init)
-        outputs = _onnx_specs(proto.graph.output)
-        ops = {n.op_type for n in proto.graph.node}
-        if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger",
-                  "MatMulInteger", "QLinearMatMul"}:
-            precision = "int8"
-        data = path.with_name(path.name + ".data")
-        if data.is_file():
-            files.append(data.name)
-    elif backend == "openvino":
-        from .._deps import require
-        from ..backends.openvino import _port_specs, check_ir_files
-
-        ov = require("openvino", backend="openvino", extra="openvino")
-        bin_path = check_ir_files(path)
-        try:
-            model = ov.Core().read_model(str(path))
-        except Exception as exc:
-            from ..backends._common import bad_file
-
-            raise bad_file(path, "OpenVINO IR", exc) from exc
-        inputs = _port_specs(model.inputs)
-        outputs = _port_specs(model.outputs)
-        if any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
-            precision = "int8"
-        if bin_path.is_file():
-            files.append(bin_path.name)
-    else:
-        from ..backends.tflite import _open_interpreter, _signature, _spec
-
-        interp = _open_interpreter(path, 1)
-        _, in_det, out_det, sig_in, sig_out = _signature(interp, path)
-        inputs = [_spec(n, d) for n, d in zip(sig_in, in_det)]
-        outputs = [_spec(n, d) for n, d in zip(sig_out, out_det)]
-        if _quant_tflite(interp):
-            precision = "int8"
-        info.update(input_map={n: n for n in sig_in}, output_map={n: n for n in sig_out})
-    return Artifact(backend=backend, root=path.parent, files=files, inputs=inputs,
-                    outputs=outputs, precision=precision, info=info)
+    return backend.inspect(path)
 
 
 def collect_candidates(sources: Sequence[str | Path], targets: Sequence[str] | None = None
@@ -161,14 +107,15 @@ def collect_candidates(sources: Sequence[str | Path], targets: Sequence[str] | N
                 out.append(Candidate(label, entry["backend"], str(b.root), art, b, t,
                                      dict(prof.get("options", {})), prof.get("threads"),
                                      inputs=list(art.inputs), outputs=list(art.outputs)))
-        elif p.suffix.lower() in SUFFIX_BACKENDS:
+        elif p.suffix.lower() in known_suffixes():
             art = artifact_from_file(p)
             out.append(Candidate(p.name, art.backend, str(p.absolute()), art,
                                  inputs=list(art.inputs), outputs=list(art.outputs)))
         elif not p.exists():
             raise UsageError(f"{p} does not exist", hint="pass a bundle folder or artifact files")
         else:
-            raise UsageError(f"{p} is neither a bundle folder nor a .onnx/.xml/.tflite file")
+            raise UsageError(f"{p} is neither a bundle folder nor a "
+                             f"{'/'.join(sorted(known_suffixes()))} file")
     names = [c.name for c in out]
     for i, c in enumerate(out):  # make labels unique (same file name in two folders)
         if names.count(c.name) > 1:

@@ -60,15 +60,7 @@ def _child() -> int:
                         outputs=[TensorSpec.from_json(t) for t in a["outputs"]],
                         precision=a.get("precision", "fp32"), info=dict(a.get("info", {})))
     backend = get_backend(artifact.backend)
-    # Import the runtime itself before the baseline, so its import is not counted.
-    mod = {"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(artifact.backend)
-    if mod:
-        __import__(mod)
-    else:
-        try:
-            __import__("ai_edge_litert.interpreter")
-        except ImportError:
-            __import__("tflite_runtime.interpreter")
+    backend.import_runtime()  # before the baseline, so the import is not counted
     feeds = [np.zeros([d if d > 0 else 1 for d in s.shape], dtype=s.dtype)
              for s in artifact.inputs]
     reset = False

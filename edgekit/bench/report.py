@@ -93,7 +93,8 @@ def bench_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             "throughput": r.get("throughput_per_s"),
             "speedup": (r.get("vs_baseline") or {}).get("speedup"),
             "accuracy": (r.get("accuracy") or {}).get("value"),
-            "agreement": fid.get("top1_agreement"),
+            "agreement": None if fid.get("top1_agreement") is None
+            else 100 * fid["top1_agreement"],
             "cosine": fid.get("cosine_min"),
             "sqnr": float("inf") if sq == "inf" else sq,
             "mem_mb": mem.get("peak_rss_mb"),

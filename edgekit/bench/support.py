@@ -9,14 +9,11 @@ from typing import Any
 
 import torch
 
+from ..backends import BACKENDS
 from ..errors import EdgekitError, ExportError
 
-#: The fp32 target used for each backend's column.
-COLUMN_TARGETS = {
-    "onnxruntime": "x86-onnxruntime-fp32",
-    "openvino": "x86-openvino-fp32",
-    "tflite": "x86-tflite-fp32",
-}
+#: The fp32 target used for each registered backend's column.
+COLUMN_TARGETS = {name: f"x86-{name}-fp32" for name in BACKENDS}
 
 
 def check_cell(

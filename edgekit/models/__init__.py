@@ -4,7 +4,27 @@ from __future__ import annotations
 
 import torch
 
-from .registry import ModelSpec, get_spec, list_models, register
+from ..errors import UnknownNameError
+from .registry import _REGISTRY, ModelSpec, register
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The zoo entry registered as ``name`` (UnknownNameError with suggestions otherwise)."""
+    _load_zoo()
+    if name not in _REGISTRY:
+        raise UnknownNameError("model", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def list_models() -> list[str]:
+    """Every registered model name, sorted."""
+    _load_zoo()
+    return sorted(_REGISTRY)
+
+
+def _load_zoo() -> None:
+    # Importing the zoo package registers every entry once.
+    from . import zoo  # noqa: F401
 
 
 def build(name: str, **kwargs) -> torch.nn.Module:

@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import UnknownNameError
-
 if TYPE_CHECKING:
     from ..data.task import Task
 
@@ -47,20 +45,3 @@ def register(spec: ModelSpec) -> ModelSpec:
         raise ValueError(f"model {spec.name!r} is registered twice")
     _REGISTRY[spec.name] = spec
     return spec
-
-
-def get_spec(name: str) -> ModelSpec:
-    _load_zoo()
-    if name not in _REGISTRY:
-        raise UnknownNameError("model", name, _REGISTRY)
-    return _REGISTRY[name]
-
-
-def list_models() -> list[str]:
-    _load_zoo()
-    return sorted(_REGISTRY)
-
-
-def _load_zoo() -> None:
-    # Importing the zoo package registers every entry once.
-    from . import zoo  # noqa: F401

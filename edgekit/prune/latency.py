@@ -19,10 +19,11 @@ __all__ = ["measure_latency", "prune_to_latency"]
 def measure_latency(model: nn.Module, example_inputs, target: Any = "x86-onnxruntime-fp32", *,
                     runs: int = 100, warmup: int = 10, threads: int | None = None) -> float:
     """Median latency (ms) of ``model`` exported for ``target`` (a profile name, path or
-    :class:`~edgekit.profiles.TargetProfile`), timed with the benchmark harness's timer."""
+    :class:`~edgekit.profiles.TargetProfile`), timed with :mod:`edgekit.measure.timing`, the timer
+    every tool uses."""
     from ..backends import get_backend
-    from ..bench.latency import time_interleaved
-    from ..pipeline import resolve_targets
+    from ..measure.timing import time_interleaved
+    from ..profiles import resolve_targets
 
     profile = resolve_targets([target])[0]
     inputs = _as_inputs(example_inputs)

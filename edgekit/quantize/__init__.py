@@ -11,33 +11,14 @@
 
 from __future__ import annotations
 
+from ..measure.metrics import sqnr_db
 from .calibration import CalibrationRangeWarning, calibration_batches, range_statistics
 from .config import METHODS, QuantConfig
 from .latency import Int8SlowerWarning
-from .sensitivity import layer_sensitivity, quantizable_layers, sqnr_db
+from .sensitivity import layer_sensitivity, quantizable_layers
 
 __all__ = [
     "QuantConfig", "METHODS", "calibration_batches", "CalibrationRangeWarning",
     "range_statistics", "layer_sensitivity", "quantizable_layers", "sqnr_db",
-    "missing_int8_packages", "Int8SlowerWarning",
+    "Int8SlowerWarning",
 ]
-
-_INT8_PACKAGES = {
-    "onnxruntime": ["onnxruntime.quantization"],
-    "openvino": ["nncf"],
-    "tflite": ["litert_torch", "torchao"],
-}
-
-
-def missing_int8_packages(backend: str) -> list[str]:
-    """Python packages an int8 build for ``backend`` needs that are not importable."""
-    import importlib.util
-
-    out = []
-    for mod in _INT8_PACKAGES.get(backend, []):
-        try:
-            if importlib.util.find_spec(mod) is None:
-                out.append(mod.split(".")[0])
-        except (ImportError, ValueError):
-            out.append(mod.split(".")[0])
-    return out

@@ -1,43 +1,70 @@
-"""One int8 target: export, sanity-check, accuracy gate and automatic layer fallback.
+"""One int8 target: export, sanity-check, accuracy gate, automatic fallback and latency check.
 
 Used by :func:`edgekit.pipeline.compress` for every profile with ``precision = "int8"``.
+:class:`Int8Build` runs one search over an fp32 artifact exported once: the runtime's int8
+sources (:meth:`~edgekit.backends.Backend.int8_sources`; OpenVINO ``auto`` builds NNCF and the
+ONNX Runtime QDQ model) are ordinary candidates, each built, checked and gated; a miss goes on
+to the runtime's alternatives, then to layers kept in float; the latency check may then prefer
+a faster variant. The gate's verification of the shipped artifact is the pipeline's: it is
+verified once. The choices a timing made are recorded (``decisions``) and, given a
+:class:`~edgekit.cache.DecisionFile`, reused on a rebuild instead of timing again.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from ..backends import Artifact, Session
+from ..backends import Artifact, Backend, Session
 from ..data.task import Task
-from ..errors import QuantizationError
+from ..errors import EdgekitError, QuantizationError
 from ..profiles import TargetProfile
 from ..train import evaluate
 from .config import QuantConfig
-from .latency import Variant, config_alternatives, latency_choice
+from .latency import Int8SlowerWarning, Variant, host_arch, latency_choice, time_sessions
 from .sensitivity import layer_sensitivity, quantizable_layers
 
-__all__ = ["Int8Result", "build_int8", "check_outputs_sane"]
+__all__ = ["Int8Build", "Int8Result", "build_int8", "check_outputs_sane"]
+
+
+class DecisionStore(Protocol):
+    """Where one target's recorded int8 decisions are read and written."""
+
+    where: str
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, record: dict[str, Any]) -> None: ...
 
 
 @dataclass
 class Int8Result:
+    """The shipped int8 artifact, its session, the manifest's ``quantization`` entry and the
+    verification report of the gate (None when no check was given)."""
+
     artifact: Artifact
     session: Session
     manifest: dict[str, Any] = field(default_factory=dict)
+    report: Any = None
 
 
 def _log(progress: bool, message: str) -> None:
     if progress:
         print(f"[edgekit] {message}", file=sys.stderr, flush=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:300]
 
 
 def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where: str,
@@ -73,69 +100,363 @@ def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where:
                 "keep the most sensitive layers in float")
 
 
-def _choose_openvino_source(config, profile, keep, inputs, target_dir, attempt, ok, why,
-                            load_options, backend, reports):
-    """Build and gate OpenVINO int8 from NNCF and from the ONNX Runtime QDQ model; keep the one
-    that passes (both: the faster, timed against each other; where a timing here would not be
-    the target's, the higher score, then NNCF). Returns the kept build, its config and the
-    manifest's ``openvino_source_choice``."""
-    from .latency import host_arch, time_sessions
+def _source_key(changes: dict[str, Any]) -> str:
+    """The manifest's name for an int8 source: its setting's value (``nncf``, ``qdq``)."""
+    return "/".join(str(v) for v in changes.values()) or "default"
 
-    built: dict[str, dict[str, Any]] = {}
-    workdir = Path(tempfile.mkdtemp(prefix="edgekit-ov-source-"))
-    try:
-        for src in ("nncf", "qdq"):
-            cfg = dataclasses.replace(config, openvino_source=src)
+
+class Int8Build:
+    """The int8 search for one target. :meth:`run` is the whole of it; each step is a method:
+    :meth:`candidates` (the runtime's sources), :meth:`build` (one artifact, checked and
+    gated), :meth:`choose_source`, :meth:`fallback`, :meth:`latency_check`, :meth:`result`."""
+
+    def __init__(self, backend: Backend, profile: TargetProfile, model: torch.nn.Module,
+                 inputs: tuple[torch.Tensor, ...], *, in_names: list[str],
+                 out_names: list[str], calibration: list[list[np.ndarray]],
+                 config: QuantConfig, task: Task | None, batch: int, progress: bool = True,
+                 memo: dict[str, Any] | None = None, prepared: Any = None,
+                 check: Any = None) -> None:
+        self.backend, self.profile, self.model, self.inputs = backend, profile, model, inputs
+        self.in_names, self.out_names = in_names, out_names
+        self.calibration, self.config, self.task, self.batch = calibration, config, task, batch
+        self.progress, self.check = progress, check
+        self.memo = memo if memo is not None else {}
+        self.qat = getattr(model, "edgekit_qat_prepared", None)
+        if prepared is None and self.qat is not None and getattr(backend, "qat_graph", False):
+            prepared = copy.deepcopy(self.qat)
+        self.prepared = prepared
+        self.budget = float(profile.max_accuracy_drop)
+        self.load_options = dict(profile.options)
+        if "io" in getattr(backend, "options_schema", {}):
+            # Verification feeds float data: the session converts at the int8 boundary. A user
+            # who chose io="int8" gets int8 tensors from Bundle.load (the artifact records it).
+            self.load_options["io"] = "float"
+        self.keep = list(config.keep_float)
+        self.attempts: list[dict[str, Any]] = []
+        self.source_choice: dict[str, Any] | None = None
+        self.alternative: str | None = None
+        self.fallback_layers: list[str] = []
+        self.workdir = Path()  # a temporary folder while :meth:`run` runs
+        self._fp32: Artifact | None = None
+        self._count = 0
+        self.ref_score: float | None = None
+        if task is not None:
+            if "ref_score" not in self.memo:
+                self.memo["ref_score"] = evaluate(model, task.test, task)
+            self.ref_score = self.memo["ref_score"]
+
+    # -- pieces -------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        _log(self.progress, f"{self.profile.name}: {message}")
+
+    def sensitivity(self) -> list[dict[str, Any]]:
+        """Per-layer SQNR ranking on the calibration data (computed once per model)."""
+        if "sensitivity" not in self.memo:
+            self.memo["sensitivity"] = layer_sensitivity(self.model, self.calibration,
+                                                         per_channel=self.config.per_channel)
+        return list(self.memo["sensitivity"])
+
+    def fp32(self) -> Artifact | None:
+        """The target's fp32 artifact, exported once (None for a backend without fp32 export)."""
+        if self._fp32 is None and callable(getattr(self.backend, "export", None)):
+            where = self.workdir / "fp32"
+            where.mkdir()
+            self._fp32 = self.backend.export(self.model, self.inputs, where,
+                                             input_names=self.in_names,
+                                             output_names=self.out_names,
+                                             options=dict(self.profile.options))
+        return self._fp32
+
+    def candidates(self) -> list[tuple[str, dict[str, Any]]]:
+        """The runtime's int8 sources for the requested config: (name, config changes)."""
+        return list(self.backend.int8_sources(self.config))
+
+    def build(self, name: str, config: QuantConfig, keep: list[str],
+              changes: dict[str, Any] | None = None) -> Variant:
+        """Quantize, load, sanity-check, score and verify one int8 artifact in its own folder.
+        A failing sanity check raises :class:`QuantizationError`; the gate's verdict is
+        ``failed`` (None when it passed)."""
+        self._count += 1
+        where = self.workdir / f"build{self._count}"
+        where.mkdir()
+        fp32 = None if getattr(self.backend, "qat_graph", False) else self.fp32()
+        art = self.backend.quantize(
+            self.model, self.inputs, where, input_names=self.in_names,
+            output_names=self.out_names, options=dict(self.profile.options),
+            calibration=self.calibration, config=config, keep_float=list(keep), fp32=fp32,
+            prepared=self.prepared)
+        sess = self.backend.load(art, threads=self.profile.threads, options=self.load_options)
+        check_outputs_sane(sess, self.calibration, f"target {self.profile.name}", self.model)
+        score = None
+        if self.task is not None:
+            from ..measure.scoring import evaluate_session
+
+            score = evaluate_session(sess, self.task.test, self.task, batch=self.batch)
+        report = self.check(sess) if self.check is not None else None
+        variant = Variant(name, config, list(keep), dict(changes or {}), art, sess, score, where,
+                          report)
+        variant.failed = self.gate(variant)
+        return variant
+
+    def gate(self, v: Variant) -> str | None:
+        """None when ``v`` is within the accuracy budget and passes verification, else why."""
+        parts = []
+        task, ref = self.task, self.ref_score
+        if task is not None and v.score is not None and ref is not None \
+                and task.drop(ref, v.score) > self.budget:
+            parts.append(f"int8 {task.metric} on {task.name} test is {v.score:.2f} against "
+                         f"fp32 {ref:.2f}: a drop of {task.drop(ref, v.score):.2f} points, "
+                         f"over the budget of {self.budget}")
+        if v.report is not None and not v.report.passed:
+            bad = [f"{o.name}: " + "; ".join(o.failures) for o in v.report.outputs
+                   if not o.passed]
+            parts.append("it misses the profile's tolerance (" + " | ".join(bad) + ")")
+        return " and ".join(parts) or None
+
+    def _drop(self, v: Variant | None) -> None:
+        if v is not None and v.where is not None:
+            shutil.rmtree(v.where, ignore_errors=True)
+
+    # -- the search -----------------------------------------------------------------------
+    def choose_source(self) -> Variant:
+        """Build and gate every source; keep the one that passes (several: the faster, timed
+        against each other, where a timing here is the target's; else the higher score, then
+        the first source). None passing: the fallback goes on from the first usable one."""
+        sources = self.candidates()
+        if len(sources) == 1:
+            name, changes = sources[0]
+            v = self.build(name, dataclasses.replace(self.config, **changes), self.keep, changes)
+            self.attempts.append({"keep_float": list(self.keep), "score": v.score})
+            return v
+        built: dict[str, Variant] = {}
+        errors: dict[str, str] = {}
+        for name, changes in sources:
+            key = _source_key(changes)
             try:
-                a, s_, sc = attempt(keep, cfg, workdir / src)
-            except Exception as exc:  # this source failed or collapsed: the other may not
-                built[src] = {"passed": False, "why": f"{type(exc).__name__}: "
-                              f"{(str(exc).splitlines() or [''])[0]}"[:300]}
-                continue
-            built[src] = {"cfg": cfg, "art": a, "sess": s_, "score": sc, "passed": ok(sc),
-                          "why": None if ok(sc) else why(sc), "report": reports[-1]}
-        usable = [k for k in built if "art" in built[k]]
-        if not usable:
-            raise QuantizationError(f"target {profile.name}: neither OpenVINO int8 source gave "
-                                    f"a usable model: " + "; ".join(
-                                        f"{k}: {v['why']}" for k, v in built.items()),
-                                    hint="keep the failing layers in float (keep_float)")
-        passing = [k for k in usable if built[k]["passed"]] or usable
-        timed = None
-        both_pass = len(passing) == 2 and built[passing[0]]["passed"]
-        if both_pass and config.latency_check and profile.arch == host_arch():
-            feeds = [t.detach().numpy() for t in inputs]
-            timed = time_sessions({k: built[k]["sess"] for k in passing}, feeds, config)
+                built[key] = self.build(name, dataclasses.replace(self.config, **changes),
+                                        self.keep, changes)
+            except Exception as exc:  # noqa: BLE001 - this source failed; another may not
+                errors[key] = _first_line(exc)
+        if not built:
+            raise QuantizationError(
+                f"target {self.profile.name}: no int8 source gave a usable model: "
+                + "; ".join(f"{k}: {w}" for k, w in errors.items()),
+                hint="keep the failing layers in float (keep_float)")
+        order = [_source_key(c) for _, c in sources]
+        passing = [k for k in order if k in built and built[k].failed is None]
+        timed: dict[str, float] = {}
+        if not passing:
+            kept = next(k for k in order if k in built)
+            reason = "neither passes the gate yet: the fallback goes on from " + kept
+        elif len(passing) > 1 and self.config.latency_check and self.profile.arch == host_arch():
+            timed = time_sessions({k: built[k].sess for k in passing},  # type: ignore[misc]
+                                  [t.detach().numpy() for t in self.inputs], self.config)
             kept = min(passing, key=lambda k: timed[k])
             reason = (f"both pass; {kept} is faster ({timed[kept]:.4f} ms vs "
                       f"{max(timed.values()):.4f} ms, timed against each other)")
-        elif not built[passing[0]]["passed"]:
-            # Neither passes: the layer fallback goes on from NNCF (in the benchmark suite,
-            # image_audio's QDQ model still failed parity with 8 layers in float, while the
-            # NNCF build of the same model passed the gate).
-            kept = "nncf" if "nncf" in usable else usable[0]
-            reason = "neither passes the gate yet: the fallback goes on from " + kept
+        elif len(passing) == 1:
+            kept, reason = passing[0], "the only one that passes the gate"
         else:
-            scores = {k: built[k]["score"] for k in passing}
-            kept = passing[0] if len(passing) == 1 or None in scores.values() else max(
-                passing, key=lambda k: (scores[k], k == "nncf"))
-            reason = ("the only one that passes the gate" if len(passing) == 1 else
-                      "both pass; not timed here (another CPU architecture or latency_check "
-                      "off): the higher score, then NNCF")
+            scores = {k: built[k].score for k in passing}
+            kept = passing[0] if None in scores.values() else max(
+                passing, key=lambda k: (scores[k], -order.index(k)))
+            reason = ("both pass; not timed here (another CPU architecture or latency_check "
+                      "off): the higher score, then " + passing[0].upper())
+        self.source_choice = {"kept": kept, "why": reason, "sources": {
+            k: ({"score": built[k].score, "passed": built[k].failed is None,
+                 "why_failed": built[k].failed,
+                 **({"median_ms": round(timed[k], 5)} if k in timed else {})}
+                if k in built else {"score": None, "passed": False, "why_failed": errors[k]})
+            for k in order}}
+        for k, v in built.items():
+            if k != kept:
+                self._drop(v)
+        chosen = built[kept]
+        self.attempts.append({"keep_float": list(self.keep), "score": chosen.score,
+                              "config": dict(chosen.changes)})
+        return chosen
+
+    def fallback(self, v: Variant) -> Variant:
+        """``v`` missed the gate: QAT ranges -> calibrated, the runtime's alternatives, then the
+        most sensitive layers in float (1, 2, 4, ... up to ``max_fallback``); raise
+        :class:`QuantizationError` with the per-layer table when nothing passes."""
+        cfg = self.config
+        self.log(f"{v.failed}; measuring per-layer sensitivity")
+        ranked = [r["layer"] for r in self.sensitivity() if r["layer"] not in self.keep]
+        if cfg.fallback and self.prepared is not None:
+            # The QAT graph's learned ranges missed: calibrate the QAT-tuned weights instead,
+            # which also lets the per-layer fallback below run.
+            self.log("QAT ranges missed; calibrating the tuned weights")
+            self.prepared = None
+            self._drop(v)
+            v = self.build(v.name, v.config, self.keep, v.changes)
+            self.attempts.append({"keep_float": list(self.keep), "score": v.score,
+                                  "qat_ranges": False})
+        if cfg.fallback and self.prepared is None and v.failed is not None:
+            # The runtime's other int8 realisations first: one may pass with every layer in int8.
+            for label, changes in self.backend.int8_alternatives(
+                    v.config, self.model, sources_compared=self.source_choice is not None):
+                self.log(f"retrying with {label}")
+                alt = self.build(label, dataclasses.replace(v.config, **changes), self.keep,
+                                 {**v.changes, **changes})
+                self.attempts.append({"keep_float": list(self.keep), "score": alt.score,
+                                      "config": changes, "passed": alt.failed is None})
+                if alt.failed is None:
+                    self._drop(v)
+                    v, self.alternative = alt, label
+                    break
+                self._drop(alt)
+        if cfg.fallback and self.prepared is None and v.failed is not None:
+            k = 1
+            while k <= min(cfg.max_fallback, len(ranked)):
+                trial = self.keep + ranked[:k]
+                self.log(f"retrying with {trial} in float")
+                self._drop(v)
+                v = self.build(v.name, v.config, trial, v.changes)
+                self.attempts.append({"keep_float": list(trial), "score": v.score})
+                if v.failed is None:
+                    self.fallback_layers = ranked[:k]
+                    break
+                k *= 2
+        if v.failed is not None:
+            table = [{**r, "precision": "fp32" if r["layer"] in self.keep else "int8"}
+                     for r in self.sensitivity()]
+            raise QuantizationError(
+                f"target {self.profile.name}: {v.failed} (tried {len(self.attempts)} layer "
+                "choice(s)). Per-layer sensitivity (SQNR of the output with only that layer "
+                "quantized; lowest first):",
+                table=table, suggested_float=self.keep + ranked[: max(1, min(3, len(ranked)))])
+        return v
+
+    def latency_check(self, v: Variant) -> tuple[Variant, dict[str, Any]]:
+        """int8 must not be slower than fp32 without saying so (and trying the faster
+        alternatives the runtime offers): see :func:`edgekit.quantize.latency.latency_choice`."""
+        base = dataclasses.replace(v, name=self.alternative or "as configured", changes={})
+
+        def build(cfg: QuantConfig, keep: list[str]) -> Variant:
+            return self.build("variant", cfg, keep)
+
+        def fp32() -> Artifact:
+            art = self.fp32()
+            if art is None:
+                raise EdgekitError(f"backend {self.profile.backend} has no fp32 export")
+            return art
+
+        chosen, entry = latency_choice(
+            backend=self.backend, profile=self.profile, model=self.model, inputs=self.inputs,
+            config=v.config, base=base, build=build, fp32=fp32,
+            allow_layer_fallback=self.prepared is None and self.config.fallback,
+            sources_compared=self.source_choice is not None, log=lambda m: _log(self.progress, m))
+        return chosen, entry
+
+    def run(self, target_dir: Path, decisions: DecisionStore | None = None) -> Int8Result:
+        """Search (or reuse the recorded decisions), ship the chosen artifact to
+        ``target_dir`` and return it with its manifest entry."""
+        self.workdir = Path(tempfile.mkdtemp(prefix="edgekit-int8-"))
+        try:
+            recorded = decisions.load() if decisions is not None else None
+            reused = self._reuse(recorded) if recorded is not None else None
+            if reused is not None:
+                assert decisions is not None and recorded is not None
+                self.log(f"reusing the recorded int8 decisions ({decisions.where}): "
+                         "no timing, the same choices as the first build")
+                advice = (recorded["manifest"].get("latency_check") or {}).get("advice")
+                if (recorded["manifest"].get("latency_check") or {}).get("below_min_speedup"):
+                    warnings.warn(f"target {self.profile.name}: {advice}", Int8SlowerWarning,
+                                  stacklevel=3)
+                return self._ship(reused, target_dir, dict(recorded["manifest"]))
+            v = self.choose_source()
+            if v.failed is not None:
+                v = self.fallback(v)
+            chosen, latency = self.latency_check(v)
+            manifest = self.result(chosen, latency)
+            if decisions is not None:
+                decisions.save({"decided": manifest["decisions"], "manifest": manifest})
+            return self._ship(chosen, target_dir, manifest)
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _reuse(self, recorded: dict[str, Any]) -> Variant | None:
+        """Build the recorded choice once; None (search again) when it no longer passes."""
+        try:
+            decided = recorded["decided"]
+            changes = {k: v for k, v in dict(decided["config"]).items() if k != "keep_float"}
+            cfg = dataclasses.replace(self.config, **changes)
+            keep = [str(n) for n in decided["keep_float"]]
+            if not decided.get("qat_ranges", True):
+                self.prepared = None
+            v = self.build("recorded", cfg, keep, changes)
+        except (KeyError, TypeError, ValueError, EdgekitError) as exc:
+            self.log(f"the recorded int8 decisions do not apply ({_first_line(exc)}); "
+                     "searching again")
+            return None
+        if v.failed is not None:
+            self.log(f"the recorded int8 decisions no longer pass ({v.failed}); searching again")
+            self._drop(v)
+            return None
+        return v
+
+    def _ship(self, v: Variant, target_dir: Path, manifest: dict[str, Any]) -> Int8Result:
+        """Move ``v``'s files to ``target_dir`` and load them from there."""
+        assert v.art is not None and v.where is not None
         if target_dir.exists():
             shutil.rmtree(target_dir)
-        shutil.move(str(workdir / kept), str(target_dir))
-        chosen = built[kept]
-        reports.append(chosen["report"])  # the gate's verdict below is the kept build's
-        art = dataclasses.replace(chosen["art"], root=target_dir)
-        sess = backend.load(art, threads=profile.threads, options=load_options)
-        entry = {"kept": kept, "why": reason, "sources": {
-            k: {"score": v.get("score"), "passed": v["passed"], "why_failed": v.get("why"),
-                **({"median_ms": round(timed[k], 5)} if timed and k in timed else {})}
-            for k, v in built.items()}}
-        return art, sess, chosen["score"], chosen["cfg"], entry
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.move(str(v.where), str(target_dir))
+        art = dataclasses.replace(v.art, root=target_dir)
+        sess = self.backend.load(art, threads=self.profile.threads, options=self.load_options)
+        return Int8Result(art, sess, manifest, v.report)
+
+    def result(self, chosen: Variant, latency: dict[str, Any]) -> dict[str, Any]:
+        """The manifest's ``quantization`` entry for the shipped variant."""
+        keep, fallback = self.keep, self.fallback_layers
+        speed_float = [n for n in chosen.keep if n not in keep + fallback]
+        rows = {r["layer"]: r for r in self.memo.get("sensitivity", [])}
+        per_layer = [{"layer": n, "kind": k,
+                      "precision": "fp32" if n in chosen.keep else "int8",
+                      "reason": ("kept in float by the user" if n in keep else
+                                 "automatic fallback (accuracy budget)" if n in fallback else
+                                 "latency fallback (faster in float)" if n in speed_float else
+                                 None),
+                      **({"sqnr_db": rows[n]["sqnr_db"]} if n in rows else {})}
+                     for n, k in quantizable_layers(self.model)]
+        requested = self.config.to_json()
+        effective = chosen.config.to_json()
+        assert chosen.sess is not None and chosen.art is not None
+        manifest: dict[str, Any] = {
+            "config": effective,
+            "mode": "qat" if self.qat is not None else "ptq",
+            "qat_ranges": ("learned (fake-quantized graph converted)" if self.prepared is not None
+                           else "calibrated on the QAT-tuned weights")
+            if self.qat is not None else None,
+            "calibration_samples": len(self.calibration) * self.batch,
+            "float_layers": list(chosen.keep),
+            "fallback_layers": fallback,
+            "latency_fallback_layers": speed_float,
+            "layers": per_layer,
+            "attempts": self.attempts,
+            "openvino_source_choice": self.source_choice,
+            "accuracy_alternative": (
+                f"{self.alternative}: the configured realisation missed the accuracy budget or "
+                "the tolerance, this one met it with every layer in int8"
+                if self.alternative else None),
+            "executed_precision": chosen.sess.info.get("precision"),
+            "size_bytes": chosen.art.size_bytes,
+            "latency_check": latency,
+            # What the searches chose (timings included): a rebuild given the same decisions
+            # file builds exactly this, without timing.
+            "decisions": {
+                "config": {k: v for k, v in effective.items()
+                           if k != "keep_float" and v != requested[k]},
+                "keep_float": list(chosen.keep),
+                "qat_ranges": self.prepared is not None,
+            },
+        }
+        task, ref, score = self.task, self.ref_score, chosen.score
+        if task is not None and ref is not None and score is not None:
+            manifest["accuracy"] = {"metric": task.metric, "split": "test", "fp32": ref,
+                                    "int8": score, "drop": round(task.drop(ref, score), 4),
+                                    "budget": self.budget}
+        return manifest
 
 
 def build_int8(
@@ -155,195 +476,19 @@ def build_int8(
     cache: dict[str, Any] | None = None,
     prepared: Any = None,
     check: Any = None,
+    decisions: DecisionStore | None = None,
 ) -> Int8Result:
-    """Export the int8 artifact; with a task, meet ``profile.max_accuracy_drop`` on
-    ``task.test`` by keeping the most sensitive layers (measured on the calibration data) in
-    float, else raise :class:`QuantizationError` with the per-layer table. ``check(session)``
-    (the pipeline's verification against the profile's tolerance) returns a report with
-    ``passed``; a failing check also triggers the fallback."""
-    from ..bench.accuracy import evaluate_session
+    """Build ``profile``'s int8 artifact into ``target_dir`` (see :class:`Int8Build`).
 
-    cache = cache if cache is not None else {}
-    qat = getattr(model, "edgekit_qat_prepared", None)
-    if prepared is None and qat is not None and profile.backend == "tflite":
-        import copy
-
-        prepared = copy.deepcopy(qat)
-    budget = float(profile.max_accuracy_drop)
-    load_options = dict(profile.options)
-    if profile.backend == "tflite":
-        # Verification feeds float data: the session converts at the int8 boundary. A user who
-        # chose io="int8" gets int8 tensors from Bundle.load (the artifact records it).
-        load_options["io"] = "float"
-
-    def sensitivity() -> list[dict[str, Any]]:
-        if "sensitivity" not in cache:
-            cache["sensitivity"] = layer_sensitivity(model, calibration,
-                                                     per_channel=config.per_channel)
-        return cache["sensitivity"]
-
-    reports: list[Any] = []
-
-    def attempt(keep: list[str], cfg: QuantConfig = config,
-                where: Path = target_dir) -> tuple[Artifact, Session, float | None]:
-        if where.exists():
-            shutil.rmtree(where)
-        where.mkdir(parents=True)
-        kwargs: dict[str, Any] = {}
-        if prepared is not None:
-            kwargs["prepared"] = prepared
-        art = backend.export_int8(model, inputs, where, input_names=in_names,
-                                  output_names=out_names, options=dict(profile.options),
-                                  calibration=calibration, config=cfg, keep_float=keep,
-                                  **kwargs)
-        sess = backend.load(art, threads=profile.threads, options=load_options)
-        check_outputs_sane(sess, calibration, f"target {profile.name}", model)
-        score = None
-        if task is not None:
-            score = evaluate_session(sess, task.test, task, batch=batch)
-        reports.append(check(sess) if check is not None else None)
-        return art, sess, score
-
-    def ok(score: float | None) -> bool:
-        verified = reports[-1] is None or reports[-1].passed
-        within = task is None or score is None or task.drop(ref_score, score) <= budget
-        return verified and within
-
-    def why(score: float | None) -> str:
-        parts = []
-        if task is not None and score is not None and task.drop(ref_score, score) > budget:
-            parts.append(f"int8 {task.metric} on {task.name} test is {score:.2f} against fp32 "
-                         f"{ref_score:.2f}: a drop of {task.drop(ref_score, score):.2f} "
-                         f"points, over the budget of {budget}")
-        if reports[-1] is not None and not reports[-1].passed:
-            bad = [f"{o.name}: " + "; ".join(o.failures) for o in reports[-1].outputs
-                   if not o.passed]
-            parts.append("it misses the profile's tolerance (" + " | ".join(bad) + ")")
-        return " and ".join(parts)
-
-    ref_score = None
-    if task is not None:
-        if "ref_score" not in cache:
-            cache["ref_score"] = evaluate(model, task.test, task)
-        ref_score = cache["ref_score"]
-    keep = list(config.keep_float)
-    active, alternative = config, None  # the config the artifact is built with
-    source_choice = None
-    if profile.backend == "openvino" and config.openvino_source == "auto":
-        art, sess, score, active, source_choice = _choose_openvino_source(
-            config, profile, keep, inputs, target_dir, attempt, ok, why, load_options, backend,
-            reports)
-        tried = [{"keep_float": list(keep), "score": score,
-                  "config": {"openvino_source": active.openvino_source}}]
-    else:
-        art, sess, score = attempt(keep)
-        tried = [{"keep_float": list(keep), "score": score}]
-    fallback: list[str] = []
-    if not ok(score):
-        _log(progress, f"{profile.name}: {why(score)}; measuring per-layer sensitivity")
-        ranked = [r["layer"] for r in sensitivity() if r["layer"] not in keep]
-        if config.fallback and prepared is not None:
-            # The QAT graph's learned ranges missed: calibrate the QAT-tuned weights instead,
-            # which also lets the per-layer fallback below run.
-            _log(progress, f"{profile.name}: QAT ranges missed; calibrating the tuned weights")
-            prepared = None
-            art, sess, score = attempt(keep)
-            tried.append({"keep_float": list(keep), "score": score, "qat_ranges": False})
-        if config.fallback and prepared is None and not ok(score):
-            # The runtime's other int8 realisations first (OpenVINO: the QDQ model instead of
-            # NNCF, the other preset; ONNX Runtime: the other activation type): one of them
-            # may pass with every layer in int8.
-            for label, changes in config_alternatives(profile, active, model,
-                                                      sources_compared=bool(source_choice)):
-                alt = dataclasses.replace(active, **changes)
-                _log(progress, f"{profile.name}: retrying with {label}")
-                a_art, a_sess, a_score = attempt(keep, alt)
-                tried.append({"keep_float": list(keep), "score": a_score, "config": changes,
-                              "passed": ok(a_score)})
-                if ok(a_score):
-                    art, sess, score, active, alternative = a_art, a_sess, a_score, alt, label
-                    break
-        if config.fallback and prepared is None and not ok(score):
-            k = 1
-            while k <= min(config.max_fallback, len(ranked)):
-                trial = keep + ranked[:k]
-                _log(progress, f"{profile.name}: retrying with {trial} in float")
-                art, sess, score = attempt(trial, active)
-                tried.append({"keep_float": list(trial), "score": score})
-                if ok(score):
-                    fallback = ranked[:k]
-                    break
-                k *= 2
-        if not ok(score):
-            if target_dir.exists():
-                shutil.rmtree(target_dir)
-            table = [{**r, "precision": "fp32" if r["layer"] in keep else "int8"}
-                     for r in sensitivity()]
-            raise QuantizationError(
-                f"target {profile.name}: {why(score)} (tried {len(tried)} layer choice(s)). "
-                "Per-layer sensitivity (SQNR of the output with only that layer quantized; "
-                "lowest first):",
-                table=table, suggested_float=keep + ranked[: max(1, min(3, len(ranked)))])
-    keep_all = keep + fallback
-
-    # Latency: int8 must not be slower than fp32 without saying so (and trying the faster
-    # alternatives the runtime offers).
-    def build_variant(cfg: QuantConfig, trial_keep: list[str],
-                      where: Path) -> tuple[Artifact, Session, float | None, str | None]:
-        v_art, v_sess, v_score = attempt(trial_keep, cfg, where)
-        return v_art, v_sess, v_score, None if ok(v_score) else why(v_score)
-
-    base = Variant(alternative or "as configured", active, list(keep_all), {}, art, sess, score,
-                   target_dir)
-    workdir = Path(tempfile.mkdtemp(prefix="edgekit-int8-variants-"))
-    try:
-        chosen, latency = latency_choice(
-            backend=backend, profile=profile, model=model, inputs=inputs, in_names=in_names,
-            out_names=out_names, config=active, base=base, build=build_variant,
-            workdir=workdir, allow_layer_fallback=prepared is None and config.fallback,
-            sources_compared=bool(source_choice), log=lambda m: _log(progress, m))
-        if chosen is not base:
-            assert chosen.where is not None and chosen.art is not None
-            shutil.rmtree(target_dir)
-            shutil.move(str(chosen.where), str(target_dir))
-            art = dataclasses.replace(chosen.art, root=target_dir)
-            sess = backend.load(art, threads=profile.threads, options=load_options)
-            score = chosen.score
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    effective = chosen.config
-    speed_float = [n for n in chosen.keep if n not in keep_all]
-    keep_all = list(chosen.keep)
-    layers = quantizable_layers(model)
-    rows = {r["layer"]: r for r in cache.get("sensitivity", [])}
-    per_layer = [{"layer": n, "kind": k, "precision": "fp32" if n in keep_all else "int8",
-                  "reason": ("kept in float by the user" if n in keep else
-                             "automatic fallback (accuracy budget)" if n in fallback else
-                             "latency fallback (faster in float)" if n in speed_float else
-                             None),
-                  **({"sqnr_db": rows[n]["sqnr_db"]} if n in rows else {})}
-                 for n, k in layers]
-    manifest = {
-        "config": effective.to_json(),
-        "mode": "qat" if qat is not None else "ptq",
-        "qat_ranges": ("learned (fake-quantized graph converted)" if prepared is not None else
-                       "calibrated on the QAT-tuned weights") if qat is not None else None,
-        "calibration_samples": len(calibration) * batch,
-        "float_layers": keep_all,
-        "fallback_layers": fallback,
-        "latency_fallback_layers": speed_float,
-        "layers": per_layer,
-        "attempts": tried,
-        "openvino_source_choice": source_choice,
-        "accuracy_alternative": (f"{alternative}: the configured realisation missed the "
-                                 "accuracy budget or the tolerance, this one met it with every "
-                                 "layer in int8" if alternative else None),
-        "executed_precision": sess.info.get("precision"),
-        "size_bytes": art.size_bytes,
-        "latency_check": latency,
-    }
-    if task is not None:
-        manifest["accuracy"] = {"metric": task.metric, "split": "test", "fp32": ref_score,
-                                "int8": score, "drop": round(task.drop(ref_score, score), 4),
-                                "budget": budget}
-    return Int8Result(art, sess, manifest)
+    With a task, meet ``profile.max_accuracy_drop`` on ``task.test`` by keeping the most
+    sensitive layers (measured on the calibration data) in float, else raise
+    :class:`QuantizationError` with the per-layer table. ``check(session)`` (the pipeline's
+    verification against the profile's tolerance) returns a report with ``passed``; a failing
+    check also triggers the fallback, and the shipped artifact's report is
+    :attr:`Int8Result.report`. ``cache`` memoises the reference score and the sensitivity
+    ranking across the targets of one model; ``decisions`` records and reuses the choices.
+    """
+    return Int8Build(backend, profile, model, inputs, in_names=in_names, out_names=out_names,
+                     calibration=calibration, config=config, task=task, batch=batch,
+                     progress=progress, memo=cache, prepared=prepared,
+                     check=check).run(target_dir, decisions)

@@ -32,7 +32,7 @@ import torch
 
 from ..errors import DataError, ShapeError
 
-__all__ = ["calibration_batches", "CalibrationRangeWarning", "range_statistics", "DEFAULT_LIMIT"]
+__all__ = ["DEFAULT_LIMIT", "CalibrationRangeWarning", "calibration_batches", "range_statistics"]
 
 DEFAULT_LIMIT = 300
 

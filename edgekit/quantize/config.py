@@ -1,20 +1,23 @@
-"""Quantization settings (``compress(..., quantization=...)`` or a recipe's ``[quantization]``)."""
+"""Quantization settings: ``compress(..., quantization=...)`` over a recipe's ``[quantization]``
+over a target profile's ``[quantization]`` (each checked by :data:`TABLE_SCHEMA`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import UsageError
+from ..schema import Field, check_table
 
-__all__ = ["QuantConfig", "METHODS"]
+__all__ = ["QuantConfig", "METHODS", "TABLE_SCHEMA"]
 
 #: Calibration methods: min-max, percentile (clips the outer 0.01%), entropy (KL histogram).
 METHODS = ("minmax", "percentile", "entropy")
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
 IO_TYPES = ("float", "int8")
 OPENVINO_SOURCES = ("auto", "nncf", "qdq")
+PRESETS = ("auto", "mixed", "performance")
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,11 @@ class QuantConfig:
       fastest. If none reaches ``min_speedup``, the int8 artifact stays, the
       manifest says so and a :class:`~edgekit.quantize.Int8SlowerWarning` names the faster
       choice. Skipped for targets of another CPU architecture than this machine's (the timing
-      would not be the target's). Measurements are timings: the chosen variant can differ run to
-      run on a noisy machine; turn it off for reproducible artifacts.
+      would not be the target's). Sessions are loaded at the target's thread count and
+      timed interleaved (median of the rounds; a variant must be 3% faster to be preferred).
+      Timings can differ run to run, so what they chose is recorded in the manifest
+      (``quantization.decisions``) and, with a build cache (``compress(cache=...)``, recipe
+      builds), reused by a rebuild of the same inputs, which then gives the same bytes.
     * ``latency_runs`` / ``latency_max_seconds``: timed rounds per measurement, and its cap in
       seconds.
     """
@@ -77,7 +83,7 @@ class QuantConfig:
     def __post_init__(self) -> None:
         checks = {"method": METHODS, "activation_type": ACTIVATION_TYPES, "io": IO_TYPES,
                   "openvino_source": OPENVINO_SOURCES,
-                  "preset": ("auto", "mixed", "performance")}
+                  "preset": PRESETS}
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:
                 raise UsageError(f"quantization {key} {getattr(self, key)!r} is not one of "
@@ -109,7 +115,41 @@ class QuantConfig:
             return cls(**dict(value))
         raise UsageError(f"quantization must be a QuantConfig or a dict, got {type(value).__name__}")
 
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str,
+                   base: QuantConfig | None = None) -> QuantConfig:
+        """``base`` (default: the defaults) with the keys of a ``[quantization]`` table set.
+
+        ``where`` names the table in errors (``"recipe r.toml [quantization]"``); every key
+        is checked by :data:`TABLE_SCHEMA` (:class:`~edgekit.errors.ConfigError` naming the
+        key: unknown with the closest known one, wrong type, out of range).
+        """
+        values = check_table(table, TABLE_SCHEMA, where=where)
+        return replace(base if base is not None else cls(), **values)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["keep_float"] = list(self.keep_float)
         return d
+
+
+#: Every QuantConfig field as a key of a ``[quantization]`` table (profile, recipe, or the
+#: ``quantization=`` dict), with its type and allowed values.
+TABLE_SCHEMA: dict[str, Field] = {
+    "method": Field(str, choices=METHODS),
+    "samples": Field(int, low=1),
+    "per_channel": Field(bool),
+    "activation_type": Field(str, choices=ACTIVATION_TYPES),
+    "io": Field(str, choices=IO_TYPES),
+    "keep_float": Field(list, item=str),
+    "fallback": Field(bool),
+    "max_fallback": Field(int, low=0),
+    "openvino_source": Field(str, choices=OPENVINO_SOURCES),
+    "preset": Field(str, choices=PRESETS),
+    "latency_check": Field(bool),
+    "latency_runs": Field(int, low=1),
+    "latency_max_seconds": Field(float, low=0, low_open=True),
+    "min_speedup": Field(float, low=0, low_open=True),
+    "latency_variants": Field(int, low=0),
+    "extra": Field(dict),
+}

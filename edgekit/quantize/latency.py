@@ -1,12 +1,13 @@
 """Is the int8 artifact faster than fp32 on its runtime? If not, try the cheap alternatives.
 
-Called by :func:`edgekit.quantize.build.build_int8` after the accuracy gate (see
-``QuantConfig.latency_check``). The fp32 artifact of the same model is exported for the same
-runtime and timed interleaved with the int8 one (:mod:`edgekit.bench.latency`), so machine noise
-hits both alike. Below ``min_speedup``, variants are rebuilt, gated and timed:
+Called by :class:`edgekit.quantize.build.Int8Build` after the accuracy gate (see
+``QuantConfig.latency_check``). The target's fp32 artifact (exported once per target) is loaded
+at the target's thread count and timed interleaved with the int8 one
+(:mod:`edgekit.measure.timing`; the median of the rounds), so machine noise hits both alike.
+Below ``min_speedup``, variants are rebuilt, gated and timed:
 
-* ONNX Runtime: the other activation type (uint8 <-> int8);
-* OpenVINO: the other source (NNCF <-> ONNX Runtime QDQ), the other NNCF preset;
+* the runtime's alternatives (:meth:`edgekit.backends.Backend.int8_alternatives`; ONNX Runtime:
+  the other activation type; OpenVINO: the other source, the other NNCF preset);
 * every runtime: single layers kept in float, smallest first (their int8 weights save the least
   and their quantize/dequantize steps cost the most), kept when measurably faster; never a
   layer holding over a quarter of the weights.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -34,11 +34,12 @@ import torch
 
 from ..backends import Artifact, Session
 from ..errors import EdgekitError
+from ..measure.timing import collect_interleaved
 from ..profiles import TargetProfile, list_profiles
 from .config import QuantConfig
 from .sensitivity import quantizable_layers
 
-__all__ = ["Int8SlowerWarning", "Variant", "latency_choice", "NOISE"]
+__all__ = ["NOISE", "Int8SlowerWarning", "Variant", "latency_choice"]
 
 #: A variant must be this much faster (median ratio) than the current best to replace it.
 NOISE = 0.97
@@ -62,11 +63,14 @@ class Variant:
     sess: Session | None = None
     score: float | None = None
     where: Path | None = None
+    #: the verification report of the gate (None without a check) and why the gate failed
+    #: (None when it passed)
+    report: Any = None
+    failed: str | None = None
 
 
-#: build(config, keep_float, out_dir) -> (artifact, session, score, why it failed the gate or
-#: None when it passed)
-Builder = Callable[[QuantConfig, list[str], Path], tuple[Artifact, Session, Any, str | None]]
+#: build(config, keep_float) -> the variant, built in its own folder, checked and gated
+Builder = Callable[[QuantConfig, list[str]], Variant]
 
 
 def host_arch() -> str:
@@ -81,36 +85,10 @@ def _stats(samples: list[float]) -> float:
 def time_sessions(sessions: dict[str, Session], feeds: list[np.ndarray],
              config: QuantConfig) -> dict[str, float]:
     """Median ms per session, timed interleaved."""
-    from ..bench.latency import collect_interleaved
-
     got = collect_interleaved(sessions, {k: feeds for k in sessions}, warmup=_WARMUP,
                               runs=int(config.latency_runs),
                               duration_s=float(config.latency_max_seconds))
     return {k: _stats(v) for k, v in got.samples.items()}
-
-
-def config_alternatives(profile: TargetProfile, config: QuantConfig, model: torch.nn.Module,
-                        *, sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
-    """(name, QuantConfig changes) for the runtime's cheap alternatives to ``config``; with
-    ``sources_compared`` (OpenVINO ``auto`` built, gated and timed both sources already), none
-    that switches the OpenVINO source."""
-    act = "int8" if config.activation_type == "int8" else "uint8"
-    other_act = "uint8" if act == "int8" else "int8"
-    if profile.backend == "onnxruntime":
-        return [(f"{other_act} activations", {"activation_type": other_act})]
-    if profile.backend == "openvino":
-        recurrent = any(k in ("lstm", "gru", "rnn") for _, k in quantizable_layers(model))
-        preset = config.preset if config.preset != "auto" else (
-            "mixed" if recurrent else "performance")
-        other_preset = "performance" if preset == "mixed" else "mixed"
-        if config.openvino_source == "nncf":
-            alts = [("ONNX Runtime QDQ source", {"openvino_source": "qdq"}),
-                    (f"NNCF {other_preset} preset", {"preset": other_preset})]
-        else:
-            alts = [("NNCF source", {"openvino_source": "nncf", "preset": "auto"}),
-                    (f"QDQ {other_act} activations", {"activation_type": other_act})]
-        return [a for a in alts if not (sources_compared and "openvino_source" in a[1])]
-    return []
 
 
 def _fp32_name(profile: TargetProfile) -> str | None:
@@ -124,17 +102,17 @@ def latency_choice(
     profile: TargetProfile,
     model: torch.nn.Module,
     inputs: tuple[torch.Tensor, ...],
-    in_names: list[str],
-    out_names: list[str],
     config: QuantConfig,
     base: Variant,
     build: Builder,
-    workdir: Path,
+    fp32: Callable[[], Artifact],
     allow_layer_fallback: bool = True,
     sources_compared: bool = False,
     log: Callable[[str], None] = lambda _m: None,
 ) -> tuple[Variant, dict[str, Any]]:
-    """Return the variant to ship and the manifest's ``latency_check`` entry."""
+    """Return the variant to ship and the manifest's ``latency_check`` entry. ``fp32()`` gives
+    the target's fp32 artifact (exported once, by the caller); every session is loaded at the
+    target's thread count and timed interleaved (median of the rounds)."""
     if not config.latency_check:
         return base, {"skipped": "turned off (quantization latency_check = false)"}
     host = host_arch()
@@ -145,37 +123,34 @@ def latency_choice(
         return base, {"skipped": f"backend {profile.backend} has no fp32 export to compare with"}
     t0 = time.perf_counter()
     feeds = [t.detach().numpy() for t in inputs]
-    with tempfile.TemporaryDirectory(prefix="edgekit-fp32-") as tmp:
-        try:
-            fp32_art = backend.export(model, inputs, Path(tmp), input_names=in_names,
-                                      output_names=out_names, options=dict(profile.options))
-            fp32 = backend.load(fp32_art, threads=profile.threads, options=dict(profile.options))
-            fp32.run(feeds)
-        except (EdgekitError, RuntimeError, ValueError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else ""
-            return base, {"skipped": f"the fp32 reference artifact failed: "
-                          f"{type(exc).__name__}: {msg}"}
-        assert base.sess is not None
-        ms = time_sessions({"fp32": fp32, "int8": base.sess}, feeds, config)
-        fp32_ms, base_ms = ms["fp32"], ms["int8"]
-        tried: list[dict[str, Any]] = [{
-            "name": base.name, "changes": {}, "keep_float": list(base.keep), "passed_gate": True,
-            "int8_ms": round(base_ms, 5), "speedup": round(fp32_ms / base_ms, 4)}]
-        best, int8_ms = base, base_ms
-        min_speedup = float(config.min_speedup)
-        if fp32_ms / base_ms < min_speedup:
-            log(f"{profile.name}: int8 is {fp32_ms / base_ms:.2f}x fp32 ({base_ms:.4f} ms vs "
-                f"{fp32_ms:.4f} ms); trying faster variants")
-            best = _search(
-                profile=profile, model=model, config=config, base=base, build=build,
-                workdir=workdir, fp32=fp32, feeds=feeds, tried=tried,
-                allow_layer_fallback=allow_layer_fallback, log=log, min_speedup=min_speedup,
-                sources_compared=sources_compared)
-            if best is not base:  # re-measure the choice on its own, against fp32
-                assert best.sess is not None
-                ms = time_sessions({"fp32": fp32, "int8": best.sess}, feeds, config)
-                fp32_ms, int8_ms = ms["fp32"], ms["int8"]
-        speedup = fp32_ms / int8_ms
+    try:
+        fp32_sess = backend.load(fp32(), threads=profile.threads, options=dict(profile.options))
+        fp32_sess.run(feeds)
+    except (EdgekitError, RuntimeError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else ""
+        return base, {"skipped": f"the fp32 reference artifact failed: "
+                      f"{type(exc).__name__}: {msg}"}
+    assert base.sess is not None
+    ms = time_sessions({"fp32": fp32_sess, "int8": base.sess}, feeds, config)
+    fp32_ms, base_ms = ms["fp32"], ms["int8"]
+    tried: list[dict[str, Any]] = [{
+        "name": base.name, "changes": {}, "keep_float": list(base.keep), "passed_gate": True,
+        "int8_ms": round(base_ms, 5), "speedup": round(fp32_ms / base_ms, 4)}]
+    best, int8_ms = base, base_ms
+    min_speedup = float(config.min_speedup)
+    if fp32_ms / base_ms < min_speedup:
+        log(f"{profile.name}: int8 is {fp32_ms / base_ms:.2f}x fp32 ({base_ms:.4f} ms vs "
+            f"{fp32_ms:.4f} ms); trying faster variants")
+        best = _search(
+            backend=backend, profile=profile, model=model, config=config, base=base,
+            build=build, fp32=fp32_sess, feeds=feeds, tried=tried,
+            allow_layer_fallback=allow_layer_fallback, log=log, min_speedup=min_speedup,
+            sources_compared=sources_compared)
+        if best is not base:  # re-measure the choice on its own, against fp32
+            assert best.sess is not None
+            ms = time_sessions({"fp32": fp32_sess, "int8": best.sess}, feeds, config)
+            fp32_ms, int8_ms = ms["fp32"], ms["int8"]
+    speedup = fp32_ms / int8_ms
     flagged = speedup < min_speedup
     entry: dict[str, Any] = {
         "runtime": profile.backend, "threads": profile.threads,
@@ -198,7 +173,7 @@ def latency_choice(
                   f"{profile.threads} thread(s)); none of the {len(tried)} int8 variant(s) "
                   f"tried reached {min_speedup}x. Keep int8 only if its size matters more.")
         entry["advice"] = advice
-        warnings.warn(f"target {profile.name}: {advice}", Int8SlowerWarning, stacklevel=3)
+        warnings.warn(f"target {profile.name}: {advice}", Int8SlowerWarning, stacklevel=5)
     elif best is not base:
         entry["advice"] = (f"chose {best.name!r}: {speedup:.2f}x fp32 (the requested settings "
                            f"gave {tried[0]['speedup']:.2f}x)")
@@ -208,12 +183,13 @@ def latency_choice(
     return best, entry
 
 
-def _search(*, profile: TargetProfile, model: torch.nn.Module, config: QuantConfig,
-            base: Variant, build: Builder, workdir: Path, fp32: Session,
+def _search(*, backend: Any, profile: TargetProfile, model: torch.nn.Module,
+            config: QuantConfig, base: Variant, build: Builder, fp32: Session,
             feeds: list[np.ndarray], tried: list[dict[str, Any]], allow_layer_fallback: bool,
             log: Callable[[str], None], min_speedup: float,
             sources_compared: bool = False) -> Variant:
-    """Build, gate and time variants (at most ``config.latency_variants``); return the best."""
+    """Build, gate and time variants (at most ``config.latency_variants``); return the best.
+    A variant replaces the best only when its median is at least ``1 - NOISE`` faster."""
     best = base
     best_speedup = tried[0]["speedup"]
     budget = int(config.latency_variants)
@@ -223,37 +199,34 @@ def _search(*, profile: TargetProfile, model: torch.nn.Module, config: QuantConf
         nonlocal best, best_speedup, count
         count += 1
         cfg = dataclasses.replace(best.config, **changes)
-        where = workdir / f"variant{count}"
         row: dict[str, Any] = {"name": name, "changes": {**best.changes, **changes},
                                "keep_float": list(keep)}
         tried.append(row)
         try:
-            art, sess, score, failed = build(cfg, keep, where)
+            cand = build(cfg, keep)
         except EdgekitError as exc:
             row.update(passed_gate=False, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-            shutil.rmtree(where, ignore_errors=True)
             return
-        row["passed_gate"] = failed is None
-        if failed is not None:
-            row["gate"] = failed
-            shutil.rmtree(where, ignore_errors=True)
+        row["passed_gate"] = cand.failed is None
+        if cand.failed is not None:
+            row["gate"] = cand.failed
+            _remove(cand)
             return
-        assert best.sess is not None
-        ms = time_sessions({"fp32": fp32, "best": best.sess, "cand": sess}, feeds, config)
+        assert best.sess is not None and cand.sess is not None
+        ms = time_sessions({"fp32": fp32, "best": best.sess, "cand": cand.sess}, feeds, config)
         speedup = ms["fp32"] / ms["cand"]
         row.update(int8_ms=round(ms["cand"], 5), speedup=round(speedup, 4))
         if ms["cand"] < ms["best"] * NOISE:
             log(f"{profile.name}: {name} is faster ({speedup:.2f}x fp32); keeping it")
-            if best is not base and best.where is not None:
-                shutil.rmtree(best.where, ignore_errors=True)
-            best = Variant(name, cfg, list(keep), {**best.changes, **changes}, art, sess, score,
-                           where)
+            if best is not base:
+                _remove(best)
+            best = dataclasses.replace(cand, name=name, changes={**best.changes, **changes})
             best_speedup = speedup
         else:
-            shutil.rmtree(where, ignore_errors=True)
+            _remove(cand)
 
-    for name, changes in config_alternatives(profile, config, model,
-                                             sources_compared=sources_compared):
+    for name, changes in backend.int8_alternatives(config, model,
+                                                   sources_compared=sources_compared):
         if count >= budget or best_speedup >= min_speedup:
             break
         trial(name, changes, list(best.keep))
@@ -271,3 +244,9 @@ def _search(*, profile: TargetProfile, model: torch.nn.Module, config: QuantConf
                 break
             trial(f"{layer} in float", {}, [*best.keep, layer])
     return best
+
+
+def _remove(v: Variant) -> None:
+    """Delete a variant's folder (it is not shipped)."""
+    if v.where is not None:
+        shutil.rmtree(v.where, ignore_errors=True)

@@ -23,7 +23,7 @@ import torch
 
 from ..data.task import Task
 from .config import QuantConfig
-from .pt2e import litert_quantizer
+from ..backends.tflite_int8 import litert_quantizer
 
 __all__ = ["qat_finetune", "is_qat_model"]
 

@@ -3,8 +3,8 @@
 Measured in PyTorch, so it is the same ranking for every runtime: for each quantizable layer
 (Conv, Linear, LSTM/GRU, MultiheadAttention) its weights are fake-quantized to int8 (symmetric,
 per output channel) and its input to 8 bits (asymmetric, min-max over the calibration data);
-every other layer stays in float. SQNR (dB) of the model's outputs against fp32 ranks the layers:
-the lowest SQNR is the most sensitive.
+every other layer stays in float. SQNR (dB, :func:`edgekit.measure.metrics.sqnr_db`) of the
+model's outputs against fp32 ranks the layers: the lowest SQNR is the most sensitive.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["quantizable_layers", "layer_sensitivity", "sqnr_db"]
+from ..measure.metrics import sqnr_db
+
+__all__ = ["quantizable_layers", "layer_sensitivity"]
 
 _KINDS: tuple[tuple[type, str], ...] = (
     (nn.Conv1d, "conv"), (nn.Conv2d, "conv"), (nn.Conv3d, "conv"), (nn.Linear, "linear"),
@@ -49,16 +51,6 @@ def quantizable_layers(model: nn.Module) -> list[tuple[str, str]]:
             if kind in ("attention", "lstm", "gru", "rnn"):
                 inside.append(name)
     return out
-
-
-def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB (inf when equal)."""
-    ref = np.asarray(ref, dtype=np.float64)
-    noise = float(np.sum((ref - np.asarray(got, dtype=np.float64)) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
 def _fq_weight(w: torch.Tensor, per_channel: bool) -> torch.Tensor:

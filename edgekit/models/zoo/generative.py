@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 import time
 
 import torch
@@ -92,6 +93,16 @@ class Discriminator(nn.Module):
         return self.net(x).squeeze(1)
 
 
+def _score(model: nn.Module, split, task) -> float:
+    """The task's metric of the generator (in eval mode, batches of 256) on ``split``."""
+    model.eval()
+    with torch.no_grad():
+        out = torch.cat([model(split.inputs[0][i : i + 256]) for i in range(0, len(split), 256)])
+    model.train()
+    return float(task.score([out.numpy()], split.targets.numpy(),
+                            [t.numpy() for t in split.inputs]))
+
+
 def fit_gan(model, task, *, epochs=None, batch_size=64, lr=None, seed=0, progress=True,
             teacher=None, distill_weight=0.5, **_):
     """Adversarial training (non-saturating GAN loss) plus the task's MMD loss on the generator.
@@ -100,7 +111,7 @@ def fit_gan(model, task, *, epochs=None, batch_size=64, lr=None, seed=0, progres
     ``teacher`` generator, ``distill_weight * MSE(G(z), teacher(z))`` joins the generator loss.
     The generator with the best validation chamfer MSE is restored at the end.
     """
-    from ...train import _epoch_bar, evaluate
+    from tqdm.auto import tqdm
 
     epochs = GAN_EPOCHS if epochs is None else int(epochs)
     lr = 2e-3 if lr is None else lr
@@ -117,7 +128,8 @@ def fit_gan(model, task, *, epochs=None, batch_size=64, lr=None, seed=0, progres
     history = {"loss": [], "val": [], "metric": task.metric, "best_epoch": -1,
                "best_val": None, "seconds": 0.0}
     best_state, start = None, time.perf_counter()
-    bar = _epoch_bar(epochs, progress, "gan")
+    bar = tqdm(range(epochs), desc="gan", unit="epoch", file=sys.stderr, disable=not progress,
+               leave=False)
     for epoch in bar:
         model.train()
         disc.train()
@@ -145,7 +157,7 @@ def fit_gan(model, task, *, epochs=None, batch_size=64, lr=None, seed=0, progres
             opt_g.step()
             total += float(g_loss.detach()) * b
             count += b
-        val = evaluate(model, task.val, task)
+        val = _score(model, task.val, task)
         history["loss"].append(total / count)
         history["val"].append(val)
         if history["best_val"] is None or val < history["best_val"]:

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from ..errors import UsageError
+from .errors import UsageError
 
 __all__ = ["add_prune_parser", "run_prune"]
 
@@ -59,14 +59,14 @@ def add_prune_parser(sub: Any) -> None:
 def run_prune(args: argparse.Namespace) -> int:
     import torch
 
-    from ..models import build, get_spec
-    from ..pipeline import compress, resolve_targets
-    from ..train import evaluate, fit
-    from .core import prune
-    from .latency import prune_to_latency
-    from .recover import fine_tune, prune_and_fine_tune
-
-    from ..bundle import check_out_dir
+    from .bundle import check_out_dir
+    from .models import build, get_spec
+    from .pipeline import compress
+    from .profiles import resolve_targets
+    from .prune.core import prune
+    from .prune.latency import prune_to_latency
+    from .prune.recover import fine_tune, prune_and_fine_tune
+    from .train import evaluate, fit
 
     progress = not args.quiet
     check_out_dir(args.out, overwrite=args.force)  # fail fast, before any training

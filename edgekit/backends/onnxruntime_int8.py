@@ -14,11 +14,12 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import QuantConfig
+if TYPE_CHECKING:
+    from ..quantize.config import QuantConfig
 
 __all__ = ["quantize_onnx", "onnx_node_modules", "onnx_precision_summary"]
 
@@ -68,8 +69,7 @@ def quantize_onnx(
 ) -> dict[str, Any]:
     """Write the QDQ model to ``out_path``; return what was done (for the manifest)."""
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     proto = onnx.load(str(fp32_path))
     modules = onnx_node_modules(proto)
@@ -124,9 +124,8 @@ def _preprocess(src: Path, out: Path, tmp: Path) -> tuple[Path, str]:
     plain initializers that can be quantized) and shape inference, as ORT recommends before
     quantizing. ``quant_pre_process``'s own optimization step trips over external data here,
     so it runs with ``skip_optimization=True`` after ORT's optimizer."""
-    import onnxruntime as ort
-
     import onnx
+    import onnxruntime as ort
 
     steps = []
     # One self-contained file (the exporter writes weights to model.onnx.data beside it).

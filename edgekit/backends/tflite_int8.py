@@ -11,20 +11,23 @@ float for those ops and the manifest says so.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .config import QuantConfig
+if TYPE_CHECKING:
+    from ..quantize.config import QuantConfig
 
 __all__ = ["litert_quantizer", "pt2e_prepare", "pt2e_calibrate_convert"]
 
 
 def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat: bool = False,
                      dynamic: bool = False) -> Any:
-    from litert_torch.quantize.pt2e_quantizer import (PT2EQuantizer,
-                                                      get_symmetric_quantization_config)
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
 
     q = PT2EQuantizer().set_global(get_symmetric_quantization_config(
         is_per_channel=config.per_channel, is_qat=qat, is_dynamic=dynamic))

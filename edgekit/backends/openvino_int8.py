@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import QuantConfig
+if TYPE_CHECKING:
+    from ..quantize.config import QuantConfig
 
 __all__ = ["quantize_openvino_model", "openvino_precision_summary"]
 

@@ -1,18 +1,49 @@
-"""Latency measurement: warm-up, then interleaved timed calls, then robust statistics."""
+"""The one timer: warm-up, then interleaved timed calls, then robust statistics.
+
+What latency means, for every tool (``edgekit bench``, the quantize latency check, prune's
+latency goal, ``benchmarks/``): the artifact's own call at its native I/O. A session that
+converts at its boundary (a TFLite int8 model with float I/O quantizes its inputs and
+dequantizes its outputs in Python) offers ``timed(feeds)``, returning the inner session and
+the feeds already converted; :func:`timed_call` picks that, and the timers here always time
+what it returns, so the conversion is never part of a latency.
+
+Example::
+
+    stats = time_interleaved({"fp32": s32, "int8": s8}, {"fp32": feed, "int8": feed})
+    print(stats["int8"].median_ms)
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..backends import Session
+from ..backends.base import Session
+
+__all__ = ["NOISY_CV", "Interleaved", "LatencyStats", "TimedSession", "collect_interleaved",
+           "time_interleaved", "timed_call"]
 
 #: Coefficient of variation above which a measurement is flagged as noisy.
 NOISY_CV = 0.25
+
+
+@runtime_checkable
+class TimedSession(Protocol):
+    """A session whose timed call differs from ``run``: ``timed(feeds)`` returns the session
+    to time (the artifact's own call at its native I/O) and the feeds converted for it."""
+
+    def timed(self, feeds: list[np.ndarray]) -> tuple[Session, list[np.ndarray]]: ...
+
+
+def timed_call(session: Session, feeds: list[np.ndarray]) -> tuple[Session, list[np.ndarray]]:
+    """The session and feeds a latency measures (see the module notes)."""
+    if isinstance(session, TimedSession):
+        return session.timed(feeds)
+    return session, feeds
 
 
 @dataclass(frozen=True)
@@ -102,14 +133,16 @@ def collect_interleaved(
         raise ValueError("runs must be >= 1 (or a duration given) and warmup >= 0")
     if duration_s is not None and duration_s <= 0:
         raise ValueError("duration must be > 0 seconds")
+    calls = {name: timed_call(sessions[name], list(feeds[name])) for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     clock = time.perf_counter
     done = 0
     t_start = clock()
     try:
         for name in names:
+            session, feed = calls[name]
             for _ in range(warmup):
-                sessions[name].run(feeds[name])
+                session.run(feed)
         t_start = clock()
         deadline = t_start + duration_s if duration_s else None
         next_note = t_start + 5.0
@@ -117,7 +150,7 @@ def collect_interleaved(
                                                  or clock() < deadline):
             for k in range(len(names)):
                 name = names[(done + k) % len(names)]
-                session, feed = sessions[name], feeds[name]
+                session, feed = calls[name]
                 start = clock()
                 session.run(feed)
                 samples[name].append(clock() - start)

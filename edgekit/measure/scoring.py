@@ -1,0 +1,84 @@
+"""The one scorer: a task's metric measured through any Session with the task's own scoring
+code, and the plain metrics used when user data comes without a zoo task.
+
+Example::
+
+    acc = evaluate_session(session, task.test, task, batch=1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..backends.base import Session
+from ..errors import UnknownNameError
+
+if TYPE_CHECKING:
+    from ..data.task import Split, Task
+
+__all__ = ["PLAIN_METRICS", "evaluate_session", "plain_metric", "session_outputs",
+           "split_batches"]
+
+#: A score: (stacked outputs, targets, inputs) -> number.
+Score = Callable[[Sequence[np.ndarray], np.ndarray, Any], float]
+
+
+def split_batches(split: Split, batch: int, limit: int | None = None) -> list[list[np.ndarray]]:
+    """Cut a split's inputs into numpy batches of exactly ``batch`` samples (rest dropped)."""
+    n = len(split) if limit is None else min(limit, len(split))
+    arrays = [t.detach().cpu().numpy() for t in split.inputs]
+    return [[a[i : i + batch] for a in arrays] for i in range(0, n - batch + 1, batch)]
+
+
+def session_outputs(session: Session, split: Split, *, batch: int = 1) -> list[np.ndarray]:
+    """Run every whole batch of ``split`` through ``session``; one stacked array per output."""
+    batches = split_batches(split, batch)
+    if not batches:
+        raise ValueError(f"split has {len(split)} samples, fewer than one batch of {batch}")
+    outs: list[list[np.ndarray]] = [[] for _ in session.outputs]
+    for feeds in batches:
+        for i, out in enumerate(session.run(feeds)):
+            outs[i].append(out)
+    return [np.concatenate(o, axis=0) for o in outs]
+
+
+def evaluate_session(session: Session, split: Split, task: Task, *, batch: int = 1) -> float:
+    """Run every sample of ``split`` through ``session`` and score it with ``task.score``."""
+    stacked = session_outputs(session, split, batch=batch)
+    used = len(stacked[0])
+    inputs = [t[:used].detach().cpu().numpy() for t in split.inputs]
+    return float(task.score(stacked, split.targets[:used].detach().cpu().numpy(), inputs))
+
+
+def _top1(outputs: Sequence[np.ndarray], targets: np.ndarray, inputs: Any = None) -> float:
+    from ..data.tasks import top1
+
+    return top1(outputs, targets, inputs)
+
+
+def _mse(outputs: Sequence[np.ndarray], targets: np.ndarray, inputs: Any = None) -> float:
+    out = np.asarray(outputs[0], dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    return float(np.mean((out.reshape(t.shape) - t) ** 2))
+
+
+def _auc(outputs: Sequence[np.ndarray], targets: np.ndarray, inputs: Any = None) -> float:
+    from ..data.tasks import auc
+
+    scores = np.asarray(outputs[-1]).reshape(len(targets), -1)
+    return auc(scores[:, -1] if scores.shape[1] > 1 else scores[:, 0], targets)
+
+
+#: name -> (score function, higher is better, classifier-like outputs)
+PLAIN_METRICS: dict[str, tuple[Score, bool, bool]] = {
+    "top1": (_top1, True, True), "mse": (_mse, False, False), "auc": (_auc, True, False)}
+
+
+def plain_metric(name: str) -> tuple[Score, bool, bool]:
+    """(score, higher is better, classifier-like) of a plain metric; UnknownNameError else."""
+    if name not in PLAIN_METRICS:
+        raise UnknownNameError("metric", name, PLAIN_METRICS)
+    return PLAIN_METRICS[name]
