@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.edgekit-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: demo test test-fast bench bench-quick install clean
+.PHONY: demo test test-fast lint bench bench-quick install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.suite --quick --out build/bench-quick
 
-## test: the whole suite, slow end-to-end tests included (what CI runs)
-test: $(STAMP)
+## lint: ruff (style, imports, bug patterns) and mypy (types) over the package, tests, scripts
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edgekit tests benchmarks scripts
+	$(PY) -m mypy
+
+## test: lint, then the whole suite, slow end-to-end tests included (what CI runs)
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## test-fast: skip the tests marked slow

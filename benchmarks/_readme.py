@@ -1,4 +1,5 @@
-"""Rewrite one generated section of README.md, between `<!-- NAME:start -->` and `<!-- NAME:end -->`."""
+"""Rewrite one generated section of README.md, between `<!-- NAME:start -->` and
+`<!-- NAME:end -->`."""
 
 from __future__ import annotations
 

@@ -14,8 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _readme import RESULTS, update_readme_section
 from edgekit.demo import run_demo
+
+from _readme import RESULTS, update_readme_section
 
 
 def main() -> int:

@@ -124,7 +124,7 @@ def _compress_one(model, x, target, out_dir, names, calib):
                       output_names=names[1], calibration=calib, verify_samples=8,
                       progress=False)
     session = bundle.load(target, threads=1)
-    return session, artifact_size(bundle.root / target), bundle.manifest["targets"][target]
+    return session, artifact_size(bundle.root / target), bundle.manifest.targets[target].to_json()
 
 
 def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, Any]

@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                      "precision": "f32", "hint": "latency", "trained": args.train},
         "method": "per model: alternate the harness (edgekit.bench on model.xml, one infer "
                   "request, INFERENCE_PRECISION_HINT f32) and benchmark_app (same file, -hint none "
-                  "-nstreams 1 -api sync (benchmark_app refuses -nthreads with a hint; this is the latency hint's setting) -infer_precision f32, same threads); median of each run's median",
+                  "-nstreams 1 -api sync (benchmark_app refuses -nthreads with a hint; this is "
+                  "the latency hint's setting) -infer_precision f32, same threads); median of "
+                  "each run's median",
         "rows": rows,
         "note": NOTE,
     }

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from common import trained
 from edgekit.measure.timing import time_interleaved
 from edgekit.models import get_spec
 from edgekit.pipeline import compress
 from edgekit.prune import prune_and_fine_tune
+
+from common import trained
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"onnxruntime": "x86-onnxruntime-fp32", "openvino": "x86-openvino-fp32",

@@ -31,8 +31,6 @@ from pathlib import Path
 
 import torch
 
-import native
-from common import FP32, INT8, RUNTIMES, trained
 from edgekit.backends import Artifact, get_backend
 from edgekit.measure.scoring import evaluate_session
 from edgekit.measure.timing import time_interleaved
@@ -40,6 +38,9 @@ from edgekit.models import get_spec
 from edgekit.pipeline import compress
 from edgekit.quantize.qat import qat_finetune
 from edgekit.train import evaluate
+
+import native
+from common import FP32, INT8, RUNTIMES, trained
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CALIB = 300
@@ -241,7 +242,9 @@ def to_markdown(report: dict) -> str:
              f"Machine: {report['machine']}; threads per runtime: {report['threads']}; "
              f"{report['runs']} timed calls per artifact, interleaved; batch 1; "
              "accuracy = task metric on the test split (360 samples, 1 sample = 0.28 points).",
-             "TFLite int8 latency is the interpreter with int8 feeds (the float-I/O wrapper converts in Python). OpenVINO runs with INFERENCE_PRECISION_HINT=f32 everywhere (its default would be "
+             "TFLite int8 latency is the interpreter with int8 feeds (the float-I/O wrapper "
+             "converts in Python). OpenVINO runs with INFERENCE_PRECISION_HINT=f32 everywhere "
+             "(its default would be "
              "bf16). Sizes: weight-bearing files (.onnx, .bin, .tflite).",
              *([f"Note: {report['note']}."] if report.get("note") else []), ""]
     for rows in report["models"]:

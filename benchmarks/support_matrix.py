@@ -1,9 +1,13 @@
 """Build every zoo model for every backend and record which cells verify.
 
     python benchmarks/support_matrix.py [--train-epochs N] [--models cnn,lstm]
+        [--backends executorch] [--int8]
 
 Writes benchmarks/results/support_matrix.{json,md} and rewrites the support-matrix section of
-README.md (between the support-matrix markers) from those real runs.
+README.md (between the support-matrix markers) from those real runs. ``--int8`` adds each
+backend's int8 target (its x86 int8 profile, else its first int8 profile); ``--backends``
+runs those columns only and keeps the other cells of the results file (``--backends none``
+rewrites the tables from it).
 """
 
 from __future__ import annotations
@@ -12,18 +16,29 @@ import argparse
 import json
 import platform
 import sys
-from _readme import RESULTS, update_readme_section
+
 from edgekit.bench.report import markdown_table
 from edgekit.bench.support import COLUMN_TARGETS, check_cell
 from edgekit.models import list_models
+from edgekit.profiles import list_profiles, load_profile
 
+from _readme import RESULTS, update_readme_section
 
 
 def cell_text(cell: dict) -> str:
     if cell["status"] == "verified":
         return f"verified ({cell['max_abs_diff']:.1e}, {cell['bytes'] / 1024:.0f} KiB)"
     where = ", ".join(p for p in (cell.get("op"), cell.get("layer")) if p)
-    return f"fails: {cell['error']}" + (f" ({where})" if where else "")
+    if not where:  # no op or layer named: the first line of the reason, after the target
+        where = cell["message"].splitlines()[0].split(": ", 1)[-1].split(". ")[0][:160]
+    return f"fails: {cell['error']} ({where})"
+
+
+def int8_target(backend: str) -> str | None:
+    """The int8 profile of ``backend`` for its int8 column: x86 first."""
+    names = [n for n in list_profiles() if n.endswith("-int8")
+             and load_profile(n).backend == backend]
+    return next((n for n in names if n.startswith("x86-")), names[0] if names else None)
 
 
 def main() -> int:
@@ -32,16 +47,32 @@ def main() -> int:
                         help="train each model this many epochs first (0: random weights)")
     parser.add_argument("--models", help="comma-separated subset (default: the whole zoo)")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
+    parser.add_argument("--backends", help="comma-separated columns to run (default: all); "
+                        "the other cells are kept from the results file")
+    parser.add_argument("--int8", action="store_true", help="add each backend's int8 column")
     args = parser.parse_args()
     models = args.models.split(",") if args.models else list_models()
-    cells = []
+    columns = {f"{b}-fp32": (b, t) for b, t in COLUMN_TARGETS.items()}
+    int8 = {f"{b}-int8": (b, int8_target(b)) for b in COLUMN_TARGETS}
+    saved = RESULTS / "support_matrix.json"
+    old = json.loads(saved.read_text())["cells"] if args.backends and saved.is_file() else []
+    for cell in old:
+        cell.setdefault("column", f"{cell['backend']}-fp32")
+    if args.int8 or any(c["column"].endswith("-int8") for c in old):
+        columns.update({k: v for k, v in int8.items() if v[1]})
+    run = set(args.backends.split(",")) if args.backends else set(COLUMN_TARGETS)
+    cells = [c for c in old if c["backend"] not in run
+             or (c["column"].endswith("-int8") and not args.int8)]
     for model in models:
-        for backend, target in COLUMN_TARGETS.items():
+        for column, (backend, target) in columns.items():
+            if backend not in run or (column.endswith("-int8") and not args.int8):
+                continue
             print(f"{model} x {target} ...", file=sys.stderr, flush=True)
             cell = check_cell(model, target, train_epochs=args.train_epochs)
-            cell["backend"] = backend
+            cell.update(backend=backend, column=column)
             print(f"  {cell_text(cell)}", file=sys.stderr, flush=True)
             cells.append(cell)
+    shown = [k for k in columns if any(c["column"] == k for c in cells)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"python": platform.python_version(), "machine": platform.machine(),
             "train_epochs": args.train_epochs}
@@ -52,11 +83,13 @@ def main() -> int:
         row = {"model": model}
         for cell in cells:
             if cell["model"] == model:
-                row[cell["backend"]] = cell_text(cell)
+                row[cell["column"]] = cell_text(cell)
         rows.append(row)
-    cols = [("model", "model", "")] + [(b, f"{b} ({t})", "") for b, t in COLUMN_TARGETS.items()]
+    cols = [("model", "model", "")] + [(k, f"{columns[k][0]} ({columns[k][1]})", "")
+                                       for k in shown]
     table = markdown_table(rows, cols)
-    note = ("Each cell is a real fp32 export, loaded in its runtime and verified against "
+    note = ("Each cell is a real export (fp32, or int8 in the int8 columns: calibrated, gated "
+            "and verified as `edgekit build` does), loaded in its runtime and verified against "
             "PyTorch on the example input and held-out task data (max abs diff, size); "
             f"generated by `benchmarks/support_matrix.py` on {meta['machine']}.")
     (RESULTS / "support_matrix.md").write_text(f"# Support matrix\n\n{note}\n\n{table}\n")

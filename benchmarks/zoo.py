@@ -15,11 +15,12 @@ import time
 
 import torch
 
-from _readme import RESULTS, update_readme_section
 from edgekit.bench.report import markdown_table
 from edgekit.models import get_spec, list_models
 from edgekit.models.zoo import count_macs, count_params
 from edgekit.train import evaluate, fit
+
+from _readme import RESULTS, update_readme_section
 
 COLUMNS = [
     ("model", "model", ""), ("family", "family", ""), ("task", "task (real data)", ""),

@@ -18,6 +18,7 @@ import torch
 
 from .bundle import Bundle
 from .errors import UsageError
+from .manifest import StageRecord, add_stage
 from .models import get_spec
 from .pipeline import compress
 from .profiles import TargetProfile
@@ -52,27 +53,22 @@ def build_zoo_model(
     torch.manual_seed(seed)
     model = spec.factory(**(model_kwargs or {}))
     task = spec.task()
-    history: list[dict[str, Any]] = []
+    history: list[StageRecord] = []
+    epochs_run = 0
     if train:
         start = time.perf_counter()
         result = fit(model, task, epochs=epochs, seed=seed, progress=progress, spec=spec)
-        history.append(
-            {
-                "stage": "train",
-                "task": task.name,
-                "epochs": len(result["loss"]),
-                "metric": task.metric,
-                "val": round(float(result["best_val"]), 4),
-                "test": round(evaluate(model, task.test, task), 4),
-                "seconds": round(time.perf_counter() - start, 2),
-            }
-        )
+        epochs_run = len(result["loss"])
+        add_stage(history, "train", task=task.name, epochs=epochs_run, metric=task.metric,
+                  val=round(float(result["best_val"]), 4),
+                  test=round(evaluate(model, task.test, task), 4),
+                  seconds=round(time.perf_counter() - start, 2))
     model.eval()
     recipe = {
         "model": name,
         "model_kwargs": model_kwargs or {},
         "train": train,
-        "epochs": history[0]["epochs"] if history else 0,
+        "epochs": epochs_run,
         "seed": seed,
         "targets": [p.name for p in profiles],
     }

@@ -5,7 +5,8 @@ header of the decompressed stream itself, 512 bytes at a time, against :class:`A
 (member count, PAX/long-name header and path size, per-member, manifest and total size, sparse
 members, and a ceiling on decompressed bytes of max(1 GiB, 200x the archive) against gzip bombs),
 so Python's ``tarfile`` never reads a hostile header into memory. Then, before anything is
-written, every member is checked (regular files and folders only: no symlinks, hard links, devices or FIFOs; no
+written, every member is checked (regular files and folders only: no symlinks, hard links,
+devices or FIFOs; no
 absolute paths, no ``..``, no member outside the bundle folder, no duplicates, sizes within
 limits); extraction then uses Python's ``tarfile`` ``data`` filter as a second line, into a
 staging folder next to the destination; the unpacked manifest is read and every file's sha256
@@ -75,11 +76,7 @@ def pack_bundle(bundle_dir: str | Path, archive: str | Path) -> Path:
     """
     bundle = load_bundle(bundle_dir)
     bundle.check_files()
-    rels = {MANIFEST}
-    for t in bundle.targets:
-        rels.update(rec["path"] for rec in bundle.manifest["targets"][t]["files"])
-    if "reference" in bundle.manifest:
-        rels.add(bundle.manifest["reference"]["path"])
+    rels = {MANIFEST} | {rec.path for rec in bundle.manifest.files()}
     archive = Path(archive)
     if archive.resolve().is_relative_to(bundle.root.resolve()):
         raise UsageError(f"the archive {archive} would be inside the bundle it packs")
@@ -366,10 +363,7 @@ def unpack_bundle(archive: str | Path, dest: str | Path, *,
                                   hint="the archive is truncated or unsafe") from exc
             root = stage / ".extract" / top
             bundle = load_bundle(root)
-            listed = {MANIFEST} | {rec["path"] for t in bundle.targets
-                                   for rec in bundle.manifest["targets"][t]["files"]}
-            if "reference" in bundle.manifest:
-                listed.add(bundle.manifest["reference"]["path"])
+            listed = {MANIFEST} | {rec.path for rec in bundle.manifest.files()}
             extra = sorted(str(p.relative_to(root)) for p in root.rglob("*")
                            if p.is_file() and str(p.relative_to(root)) not in listed)
             if extra:

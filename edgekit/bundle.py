@@ -36,14 +36,37 @@ from typing import Any
 
 from .backends import Artifact, Session, TensorSpec, get_backend
 from .errors import BundleError, OutputPathError, UnknownNameError
-from .fsio import (atomic_write_text, check_not_sparse, iter_chunks, open_regular, regular_file,
-                   umask)
+from .fsio import (
+    atomic_write_text,
+    check_not_sparse,
+    iter_chunks,
+    open_regular,
+    regular_file,
+    umask,
+)
+from .manifest import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    FileRecord,
+    Manifest,
+    TargetEntry,
+    listed_paths,
+)
 
-__all__ = ["Bundle", "load_bundle", "staged_bundle", "check_out_dir", "recover", "sha256_file",
-           "SCHEMA_VERSION"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Bundle",
+    "check_out_dir",
+    "check_record",
+    "file_record",
+    "load_bundle",
+    "record_file",
+    "recover",
+    "sha256_file",
+    "staged_bundle",
+    "write_json",
+]
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 REFERENCE = "reference.npz"
 #: manifest.json is read whole and parsed; larger ones are refused before reading.
 MAX_MANIFEST_BYTES = 64 * 2**20
@@ -60,13 +83,21 @@ def sha256_file(path: Path, *, max_bytes: int | None = MAX_FILE_BYTES) -> str:
     return digest.hexdigest()
 
 
-def file_record(root: Path, rel: str) -> dict[str, Any]:
+def record_file(root: Path, rel: str, **extra: Any) -> FileRecord:
+    """The record of the file ``root / rel``: its path, sha256 and size (``extra`` keys too)."""
     path = root / rel
-    return {"path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return FileRecord(rel, sha256_file(path), path.stat().st_size, dict(extra))
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def file_record(root: Path, rel: str) -> dict[str, Any]:
+    """:func:`record_file` as JSON, for writing a manifest by hand."""
+    return record_file(root, rel).to_json()
+
+
+def write_json(path: Path, data: dict[str, Any] | Manifest) -> None:
     """Deterministic JSON (sorted keys, fixed indent), written atomically."""
+    if isinstance(data, Manifest):
+        data = data.to_json()
     text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write_text(path, text)  # O_EXCL temporary file, random name, then one rename
 
@@ -183,18 +214,8 @@ def _manifest_paths(dest: Path) -> set[str] | str:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return f"its {MANIFEST} is not valid JSON"
-    if not (isinstance(data, dict) and isinstance(data.get("schema_version"), int)
-            and isinstance(data.get("targets"), dict)):
-        return f"its {MANIFEST} is not an edgekit manifest"
-    records = [data.get("reference")]
-    for entry in data["targets"].values():
-        files = entry.get("files") if isinstance(entry, dict) else None
-        records += files if isinstance(files, list) else []
-    listed = {MANIFEST}
-    for rec in records:
-        if isinstance(rec, dict) and isinstance(rec.get("path"), str):
-            listed.add(os.path.normpath(rec["path"]))
-    return listed
+    listed = listed_paths(data)
+    return f"its {MANIFEST} is not an edgekit manifest" if listed is None else listed
 
 
 def foreign_entries(dest: Path, *, limit: int = 5) -> tuple[str | None, list[str]]:
@@ -434,110 +455,89 @@ def staged_bundle(dest: Path, *, overwrite: bool = False) -> Iterator[Path]:
 
 @dataclass
 class Bundle:
-    """A bundle on disk. ``manifest`` is the parsed ``manifest.json``."""
+    """A bundle on disk. ``manifest`` is its checked ``manifest.json``
+    (:class:`~edgekit.manifest.Manifest`), e.g. ``bundle.manifest.targets[t].backend``."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     #: True when the bundle was restored from the build cache instead of being built.
     cache_hit: bool = field(default=False, compare=False)
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def targets(self) -> list[str]:
-        return sorted(self.manifest["targets"])
+        return sorted(self.manifest.targets)
 
-    def _target(self, target: str) -> dict[str, Any]:
-        if target not in self.manifest["targets"]:
+    def target(self, target: str) -> TargetEntry:
+        """One target's manifest entry (:class:`UnknownNameError` listing the targets if none)."""
+        if target not in self.manifest.targets:
             raise UnknownNameError(f"target in bundle {self.root}", target, self.targets)
-        return self.manifest["targets"][target]
+        return self.manifest.targets[target]
 
     def artifact(self, target: str) -> Artifact:
-        entry = self._target(target)
-        files = [f["path"] for f in entry["files"]]
+        entry = self.target(target)
+        files = [f.path for f in entry.files]
         first = Path(files[0]).parent
         return Artifact(
-            backend=entry["backend"],
+            backend=entry.backend,
             root=self.root / first,
             files=[str(Path(f).relative_to(first)) for f in files],
-            inputs=[TensorSpec.from_json(t) for t in entry["inputs"]],
-            outputs=[TensorSpec.from_json(t) for t in entry["outputs"]],
-            precision=entry["precision"],
-            info=dict(entry.get("artifact_info", {})),
+            inputs=[TensorSpec.from_json(t) for t in entry.inputs],
+            outputs=[TensorSpec.from_json(t) for t in entry.outputs],
+            precision=entry.precision,
+            info=dict(entry.artifact_info or {}),
         )
 
     def check_files(self) -> None:
         """Raise :class:`BundleError` naming the first file that is missing or altered."""
-        for target in self.targets:
-            for rec in self._target(target)["files"]:
-                _check_record(self.root, rec)
-        if "reference" in self.manifest:
-            _check_record(self.root, self.manifest["reference"])
+        for rec in self.manifest.files():
+            check_record(self.root, rec)
 
     def load(self, target: str, *, threads: int | None = None) -> Session:
         """Load one target's artifact into its runtime (after checking its checksums)."""
-        entry = self._target(target)
-        for rec in entry["files"]:
-            _check_record(self.root, rec)
-        backend = get_backend(entry["backend"])
-        profile = entry.get("profile", {})
-        return backend.load(
-            self.artifact(target),
-            threads=threads or int(profile.get("threads", 2)),
-            options=dict(profile.get("options", {})),
-        )
+        entry = self.target(target)
+        for rec in entry.files:
+            check_record(self.root, rec)
+        return get_backend(entry.backend).load(
+            self.artifact(target), threads=threads or entry.threads, options=entry.options)
 
 
-def _check_record(root: Path, rec: dict[str, Any]) -> None:
-    path = root / rec["path"]
+def check_record(root: Path, rec: FileRecord) -> None:
+    """Raise :class:`BundleError` unless the file ``rec`` lists is in ``root``, regular, inside
+    the bundle, of the recorded size and sha256."""
+    path = root / rec.path
     if path.is_symlink() or not path.resolve().is_relative_to(Path(root).resolve()):
         raise BundleError(
-            f"bundle {root}: file {rec['path']} is a link or resolves outside the bundle "
+            f"bundle {root}: file {rec.path} is a link or resolves outside the bundle "
             f"({path.resolve()}): refused",
             hint="bundles hold regular files only; rebuild or re-unpack the bundle")
     if not path.exists():
         raise BundleError(
-            f"bundle {root}: file {rec['path']} is missing",
+            f"bundle {root}: file {rec.path} is missing",
             hint="rebuild the bundle; do not edit its files by hand",
         )
     st = regular_file(path, f"bundle {root}: file", max_bytes=MAX_FILE_BYTES)
-    declared = rec.get("bytes")
-    if isinstance(declared, int) and not isinstance(declared, bool) and declared != st.st_size:
+    if rec.bytes is not None and rec.bytes != st.st_size:
         raise BundleError(
-            f"bundle {root}: checksum mismatch for {rec['path']}: the file is {st.st_size} "
-            f"bytes, the manifest says {declared} (refused before reading it)",
+            f"bundle {root}: checksum mismatch for {rec.path}: the file is {st.st_size} "
+            f"bytes, the manifest says {rec.bytes} (refused before reading it)",
             hint="the file was altered after the build; rebuild the bundle")
     check_not_sparse(path, st, f"bundle {root}: file")
     actual = sha256_file(path)
-    if actual != rec["sha256"]:
+    if actual != rec.sha256:
         raise BundleError(
-            f"bundle {root}: checksum mismatch for {rec['path']} "
-            f"(manifest {rec['sha256'][:12]}…, file {actual[:12]}…)",
+            f"bundle {root}: checksum mismatch for {rec.path} "
+            f"(manifest {rec.sha256[:12]}…, file {actual[:12]}…)",
             hint="the file was altered after the build; rebuild the bundle",
         )
 
 
-def _check_file_entry(manifest_path: Path, rec: Any) -> None:
-    if not isinstance(rec, dict) or not isinstance(rec.get("path"), str) \
-            or not isinstance(rec.get("sha256"), str) or not rec.get("sha256"):
-        raise BundleError(f"{manifest_path}: incomplete file entry {rec!r}")
-    text = rec["path"]
-    rel = Path(text)
-    if (not text or "\0" in text or "\\" in text or rel.is_absolute() or ".." in rel.parts
-            or text.strip() in (".", "")):
-        raise BundleError(f"{manifest_path}: unsafe or incomplete file entry {rec!r}")
-
-
-def _valid_spec(spec: Any) -> bool:
-    return (isinstance(spec, dict) and isinstance(spec.get("name"), str)
-            and isinstance(spec.get("dtype"), str) and isinstance(spec.get("shape"), list)
-            and all(isinstance(d, int) and not isinstance(d, bool) for d in spec["shape"]))
-
-
 def load_bundle(path: str | Path) -> Bundle:
-    """Read and validate a bundle folder (or its ``manifest.json``)."""
+    """Read and validate a bundle folder (or its ``manifest.json``); the schema check is
+    :meth:`Manifest.from_json`."""
     root = Path(path)
     if root.name == MANIFEST:
         root = root.parent
@@ -556,42 +556,7 @@ def load_bundle(path: str | Path) -> Bundle:
         )
     try:
         with open_regular(manifest_path, "manifest", max_bytes=MAX_MANIFEST_BYTES) as fh:
-            manifest = json.loads(fh.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))
+            data = json.loads(fh.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{manifest_path}: the top level must be an object")
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BundleError(
-            f"{manifest_path}: schema_version {version!r} is not supported "
-            f"(this edgekit reads {SCHEMA_VERSION})",
-            hint="rebuild the bundle with this edgekit version",
-        )
-    for key in ("name", "targets"):
-        if key not in manifest:
-            raise BundleError(f"{manifest_path}: missing key {key!r}")
-    if not isinstance(manifest["name"], str) or not isinstance(manifest["targets"], dict):
-        raise BundleError(f"{manifest_path}: 'name' must be a string and 'targets' an object")
-    for target, entry in manifest["targets"].items():
-        if not isinstance(entry, dict):
-            raise BundleError(f"{manifest_path}: target {target!r} must be an object")
-        for key in ("backend", "precision", "files", "inputs", "outputs"):
-            if key not in entry:
-                raise BundleError(f"{manifest_path}: target {target!r} lacks {key!r}")
-        for key in ("backend", "precision"):
-            if not isinstance(entry[key], str):
-                raise BundleError(f"{manifest_path}: target {target!r}: {key!r} must be a string")
-        if not isinstance(entry["files"], list) or not entry["files"]:
-            raise BundleError(f"{manifest_path}: target {target!r}: 'files' must be a non-empty "
-                              "list")
-        for rec in entry["files"]:
-            _check_file_entry(manifest_path, rec)
-        for key in ("inputs", "outputs"):
-            specs = entry[key]
-            if not isinstance(specs, list) or not all(_valid_spec(s) for s in specs):
-                raise BundleError(f"{manifest_path}: target {target!r}: {key!r} must be a list "
-                                  "of {name, shape (list of integers), dtype}")
-    if "reference" in manifest:
-        _check_file_entry(manifest_path, manifest["reference"])
-    return Bundle(root=root, manifest=manifest)
+    return Bundle(root=root, manifest=Manifest.from_json(data, manifest_path))

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from .backends import get_backend
-from .bundle import REFERENCE, Bundle, _check_record, load_bundle
+from .bundle import REFERENCE, Bundle, check_record, load_bundle
 from .errors import BundleError, EdgekitError
+from .manifest import ModelRecord
 from .verify import verify
 
 __all__ = ["verify_bundle"]
@@ -41,14 +42,11 @@ class _StoredOutputs(torch.nn.Module):
 
 def check_checksums(bundle: Bundle) -> list[str]:
     """Every file record checked; returns the paths checked, raises naming all bad files."""
-    records = [rec for t in bundle.targets for rec in bundle.manifest["targets"][t]["files"]]
-    if "reference" in bundle.manifest:
-        records.append(bundle.manifest["reference"])
     problems, checked = [], []
-    for rec in records:
+    for rec in bundle.manifest.files():
         try:
-            _check_record(bundle.root, rec)
-            checked.append(rec["path"])
+            check_record(bundle.root, rec)
+            checked.append(rec.path)
         except BundleError as exc:
             problems.append(exc.message)
     if problems:
@@ -68,18 +66,17 @@ def verify_bundle(path: str | Path, targets: Sequence[str] | None = None) -> dic
     bundle = load_bundle(path)
     chosen = list(targets) if targets else bundle.targets
     for t in chosen:
-        bundle._target(t)  # unknown target -> UnknownNameError listing the bundle's targets
+        bundle.target(t)  # unknown target -> UnknownNameError listing the bundle's targets
     checked = check_checksums(bundle)
-    if "reference" not in bundle.manifest:
+    if bundle.manifest.reference is None:
         raise BundleError(f"bundle {bundle.root} has no reference data to verify against")
     from ._npz import check_npz
 
     check_npz(bundle.root / REFERENCE, "reference data")  # declared sizes before numpy allocates
     with np.load(bundle.root / REFERENCE, allow_pickle=False) as npz:
         ref = {k: npz[k] for k in npz.files}
-    model = bundle.manifest.get("model", {})
-    in_names = [s["name"] for s in model.get("inputs", [])]
-    out_names = [s["name"] for s in model.get("outputs", [])]
+    model = bundle.manifest.model or ModelRecord()
+    in_names, out_names = model.input_names, model.output_names
     missing = [f"input.{n}" for n in in_names if f"input.{n}" not in ref] + [
         f"output.{n}" for n in out_names if f"output.{n}" not in ref
     ]
@@ -89,8 +86,7 @@ def verify_bundle(path: str | Path, targets: Sequence[str] | None = None) -> dic
     pairs = int(ref[f"input.{in_names[0]}"].shape[0])
     samples = [[ref[f"input.{n}"][k] for n in in_names] for k in range(pairs)]
     expected = [[ref[f"output.{n}"][k] for n in out_names] for k in range(pairs)]
-    task = model.get("task") or {}
-    classifier = [out_names[0]] if task.get("kind") == "classification" and out_names else []
+    classifier = [out_names[0]] if model.is_classifier and out_names else []
 
     report: dict[str, Any] = {
         "bundle": str(bundle.root),
@@ -99,27 +95,27 @@ def verify_bundle(path: str | Path, targets: Sequence[str] | None = None) -> dic
         "targets": {},
     }
     for name in chosen:
-        entry = bundle.manifest["targets"][name]
-        backend = get_backend(entry["backend"])
+        entry = bundle.target(name)
+        backend = get_backend(entry.backend)
         reason = backend.available()
         if reason is not None:
             report["targets"][name] = {
-                "status": "skipped", "backend": entry["backend"], "reason": reason,
+                "status": "skipped", "backend": entry.backend, "reason": reason,
                 "install": f'pip install "edgekit[{backend.extra}]"',
             }
             continue
-        tolerance = entry.get("profile", {}).get("tolerance")
+        tolerance = entry.tolerance
         try:
             session = bundle.load(name)
             result = verify(_StoredOutputs(expected), session, samples, tolerance=tolerance,
                             classifier_outputs=classifier)
         except EdgekitError as exc:
-            report["targets"][name] = {"status": "failed", "backend": entry["backend"],
+            report["targets"][name] = {"status": "failed", "backend": entry.backend,
                                        "error": exc.message}
             continue
         report["targets"][name] = {
             "status": "passed" if result.passed else "failed",
-            "backend": entry["backend"],
+            "backend": entry.backend,
             "tolerance": result.tolerance.to_json(),
             "runtime": {k: result.session_info.get(k) for k in ("runtime", "version")},
             "outputs": [

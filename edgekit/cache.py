@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bundle import MANIFEST, Bundle, load_bundle, remove_dead_partials, staged_bundle
+from .bundle import Bundle, load_bundle, remove_dead_partials, staged_bundle
 from .errors import BundleError, EdgekitError
 from .fsio import CHUNK
 from .profiles import TargetProfile
@@ -227,10 +227,7 @@ def _entry_files(entry: Path) -> list[str]:
 
 def _check_listed(files: list[str], cached: Bundle) -> None:
     """Every file of the entry is one its manifest lists (edgekit stores nothing else)."""
-    m = cached.manifest
-    listed = {MANIFEST, *(r["path"] for t in cached.targets for r in m["targets"][t]["files"])}
-    if "reference" in m:
-        listed.add(m["reference"]["path"])
+    listed = cached.manifest.listed_paths()
     for rel in files:
         if rel not in listed:
             raise BundleError(f"{rel} is not listed in the entry's manifest")

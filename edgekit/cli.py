@@ -232,12 +232,12 @@ def _cmd_cmake_dir(args: argparse.Namespace) -> int:
 def _bundle_summary(bundle: Any) -> dict[str, Any]:
     targets = []
     for name in bundle.targets:
-        entry = bundle.manifest["targets"][name]
+        entry = bundle.target(name)
         targets.append({
             "target": name,
-            "file": entry["files"][0]["path"],
-            "bytes": sum(f["bytes"] for f in entry["files"]),
-            "max_abs_diff": max(o["max_abs"] for o in entry["verification"]["outputs"]),
+            "file": entry.files[0].path,
+            "bytes": entry.size_bytes,
+            "max_abs_diff": entry.max_abs_diff,
         })
     return {"bundle": str(bundle.root), "targets": targets}
 
@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "for files you trust")
     p.add_argument("--target", "-t", action="append",
                    help="target profile name or .toml path; repeat for several")
-    p.add_argument("--out", "-o", required=True, help="bundle folder to write (replaced atomically)")
+    p.add_argument("--out", "-o", required=True,
+                   help="bundle folder to write (replaced atomically)")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--epochs", type=int, help="training epochs (zoo models; default: the model's)")
     p.add_argument("--no-train", action="store_true", help="export the randomly initialised model")
@@ -380,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "edgekit bundle or holds files its manifest does not list")
     p.add_argument("--model", default="cnn", help="zoo model (default cnn)")
     p.add_argument("--runs", type=int, default=300, help="timed calls per runtime (default 300)")
-    p.add_argument("--threads", type=int, default=None, help="threads per runtime (default: profile's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per runtime (default: profile's)")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     p.add_argument("--verbose", "-v", action="store_true", help=VERBOSE_HELP)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .bench.report import Column, markdown_table, text_table
+from .manifest import Manifest
 
 DEMO_TARGETS = ("x86-onnxruntime-fp32", "x86-openvino-fp32", "x86-tflite-fp32")
 
@@ -28,14 +29,14 @@ COLUMNS: list[Column] = [
 ]
 
 
-def demo_rows(report: dict[str, Any], manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def demo_rows(report: dict[str, Any], manifest: Manifest) -> list[dict[str, Any]]:
     """The demo table: one row per runtime from the harness report and the bundle's manifest."""
     rows = []
     for r in report["results"]:
         if r.get("status") != "ok":
             rows.append({"name": r["name"], "runtime": f"skipped: {r.get('reason')}"})
             continue
-        entry = manifest["targets"].get(r["name"])
+        entry = manifest.targets.get(r["name"])
         rows.append({
             "name": r["name"],
             "runtime": r["runtime"],
@@ -47,8 +48,7 @@ def demo_rows(report: dict[str, Any], manifest: dict[str, Any]) -> list[dict[str
             "speedup": r["vs_baseline"]["speedup"],
             "accuracy": r["accuracy"]["value"] if r.get("accuracy") else None,
             # Verification against PyTorch on the example input + held-out images.
-            "max_abs_diff": max(o["max_abs"] for o in entry["verification"]["outputs"])
-            if entry else None,
+            "max_abs_diff": entry.max_abs_diff if entry else None,
         })
     return rows
 
@@ -81,7 +81,7 @@ def run_demo(
         warmup=warmup, baseline="pytorch", out_dir=out, progress=progress,
     )
     rows = demo_rows(report, bundle.manifest)
-    task = bundle.manifest["model"]["task"]
+    task = (bundle.manifest.model.task if bundle.manifest.model else None) or {}
     title = (f"{model} trained on {task['name']}: test top-1 on the held-out test split, "
              f"batch 1, median of {runs} interleaved calls per runtime after {warmup} warm-up")
     print(f"\n{title}\n")

@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .bundle import MANIFEST, load_bundle
+from .bundle import MANIFEST, check_record, load_bundle
 from .errors import BundleError, UsageError
 from .fsio import atomic_write, check_tensor_name, iter_chunks
+from .manifest import TargetEntry
 
 __all__ = ["embed_artifact", "check_identifier", "sanitize_identifier"]
 
@@ -188,13 +189,13 @@ def _tensor_macros(prefix: str, kind: str, specs: Sequence[dict[str, Any]],
     return lines
 
 
-def _require_static(entry: dict[str, Any], target: str) -> None:
+def _require_static(entry: TargetEntry, target: str) -> None:
     """Firmware needs every dimension fixed at compile time: ShapeError naming the tensor and
     the dimension otherwise (the header's _ELEMENTS would silently be wrong)."""
     from .errors import ShapeError
 
-    for kind in ("inputs", "outputs"):
-        for spec in entry.get(kind, []):
+    for kind, specs in (("inputs", entry.inputs), ("outputs", entry.outputs)):
+        for spec in specs:
             for d, dim in enumerate(spec.get("shape", [])):
                 if not isinstance(dim, int) or dim < 0:
                     raise ShapeError(
@@ -241,7 +242,7 @@ def _hex_lines(src: Path, size: int, limit: int) -> tuple[list[str], str]:
 
 def _resolve(
     path: Path, target: str | None, file: str | None
-) -> tuple[Path, dict[str, Any] | None, str | None, str | None]:
+) -> tuple[Path, TargetEntry | None, str | None, str | None]:
     """(file to embed, manifest target entry, target name, bundle name)."""
     is_bundle = path.is_dir() or path.name == MANIFEST
     if not is_bundle:
@@ -256,28 +257,26 @@ def _resolve(
             raise UsageError(f"bundle {bundle.root} has targets {', '.join(bundle.targets)}; "
                              "choose one with --target")
         target = bundle.targets[0]
-    entry = bundle._target(target)
-    records = entry["files"]
+    entry = bundle.target(target)
+    records = entry.files
     if file is None:
         if len(records) > 1:
-            others = ", ".join(r["path"] for r in records[1:])
+            others = ", ".join(r.path for r in records[1:])
             raise UsageError(
-                f"target {target} has {len(records)} files ({records[0]['path']}, {others}); "
+                f"target {target} has {len(records)} files ({records[0].path}, {others}); "
                 "the main file alone cannot be loaded",
                 hint="embed each file with --file, or use a single-file target such as a "
                 ".tflite one",
             )
         rec = records[0]
     else:
-        matches = [r for r in records if r["path"] == file or Path(r["path"]).name == file]
+        matches = [r for r in records if r.path == file or Path(r.path).name == file]
         if not matches:
             raise UsageError(f"target {target} has no file {file!r}; its files: "
-                             f"{', '.join(r['path'] for r in records)}")
+                             f"{', '.join(r.path for r in records)}")
         rec = matches[0]
-    from .bundle import _check_record
-
-    _check_record(bundle.root, rec)  # tampered or missing -> BundleError naming the file
-    return bundle.root / rec["path"], entry, target, bundle.name
+    check_record(bundle.root, rec)  # tampered or missing -> BundleError naming the file
+    return bundle.root / rec.path, entry, target, bundle.name
 
 
 def embed_artifact(
@@ -349,12 +348,12 @@ def embed_artifact(
         header += [
             f"#define {upper}_BUNDLE {_c_string(str(bundle_name))}",
             f"#define {upper}_TARGET {_c_string(str(target))}",
-            f"#define {upper}_BACKEND {_c_string(str(entry['backend']))}",
-            f"#define {upper}_PRECISION {_c_string(str(entry['precision']))}",
+            f"#define {upper}_BACKEND {_c_string(entry.backend)}",
+            f"#define {upper}_PRECISION {_c_string(entry.precision)}",
             "",
-            *_tensor_macros(upper, "INPUT", entry["inputs"], str(target)),
+            *_tensor_macros(upper, "INPUT", entry.inputs, str(target)),
             "",
-            *_tensor_macros(upper, "OUTPUT", entry["outputs"], str(target)),
+            *_tensor_macros(upper, "OUTPUT", entry.outputs, str(target)),
         ]
     header += [
         "",

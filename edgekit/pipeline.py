@@ -19,11 +19,20 @@ from . import __version__
 from ._npz import save_npz
 from ._quiet import quiet
 from .backends import Artifact, Backend, TensorSpec, get_backend
-from .bundle import MANIFEST, REFERENCE, SCHEMA_VERSION, Bundle, file_record, load_bundle
-from .bundle import check_out_dir, staged_bundle, write_json
+from .bundle import (
+    MANIFEST,
+    REFERENCE,
+    Bundle,
+    check_out_dir,
+    load_bundle,
+    record_file,
+    staged_bundle,
+    write_json,
+)
 from .data.task import Task
-from .errors import ShapeError, UsageError
+from .errors import EdgekitError, ShapeError, UsageError
 from .fsio import check_name, check_tensor_name
+from .manifest import Manifest, ModelRecord, StageRecord, TargetEntry, add_stage, stage_records
 from .measure.scoring import split_batches
 from .profiles import TargetProfile, resolve_targets
 from .verify import verify
@@ -52,7 +61,8 @@ def check_example_inputs(
     model: torch.nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """Run the model once on the example inputs; return (inputs, outputs) as tuples."""
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = ((example_inputs,) if isinstance(example_inputs, torch.Tensor)
+              else tuple(example_inputs))
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
         raise ShapeError(
             f"example inputs must be a tensor or a tuple of tensors, got ({_describe(inputs)})"
@@ -83,7 +93,8 @@ def _names(given: Sequence[str] | None, count: int, prefix: str) -> list[str]:
         given = [given]
     names = [check_tensor_name(n, f"{prefix} name") for n in given]
     if len(names) != count:
-        raise UsageError(f"{len(names)} {prefix} names given ({', '.join(names)}) for {count} {prefix}s")
+        raise UsageError(f"{len(names)} {prefix} names given ({', '.join(names)}) "
+                         f"for {count} {prefix}s")
     if len(set(names)) != count:
         raise UsageError(f"{prefix} names must be unique: {', '.join(names)}")
     return names
@@ -113,7 +124,7 @@ def compress(
     output_names: Sequence[str] | None = None,
     task: Task | None = None,
     recipe: dict[str, Any] | None = None,
-    history: Sequence[dict[str, Any]] = (),
+    history: Sequence[StageRecord | Mapping[str, Any]] = (),
     verify_samples: int = 200,
     progress: bool = True,
     cache: bool | str | Path = False,
@@ -169,7 +180,13 @@ def compress(
         _check_task_fits(task, inputs, in_names)
     classifier = [out_names[0]] if task is not None and task.kind == "classification" else []
     name = name or Path(out_dir).name
-    history = [_without_timings(dict(h)) for h in history]
+    try:
+        records = [StageRecord(h.kind, _without_timings(h.data))
+                   for h in stage_records(history, "history=")]
+    except EdgekitError as exc:
+        raise UsageError(exc.message, hint="pass the records stages return, e.g. "
+                         "PruneResult.to_json()") from None
+    history_json = [h.to_json() for h in records]
 
     qconfigs = _quant_configs(profiles, quantization)
     calib: dict[int, list[list[np.ndarray]]] = {}  # calibration feeds per sample count
@@ -199,7 +216,7 @@ def compress(
 
         cache_key = _cache.compress_key(
             model, inputs, in_names=in_names, out_names=out_names, name=name, task=task,
-            verify_samples=verify_samples, recipe=recipe, history=history, profiles=profiles,
+            verify_samples=verify_samples, recipe=recipe, history=history_json, profiles=profiles,
         )
         hit = _cache.restore(cache_key, out_dir, cache_dir=cache, progress=progress,
                             overwrite=overwrite)
@@ -212,15 +229,14 @@ def compress(
 
         build_key = _cache.compress_key(
             model, inputs, in_names=in_names, out_names=out_names, name=name, task=task,
-            verify_samples=verify_samples, recipe=recipe, history=history, profiles=profiles,
+            verify_samples=verify_samples, recipe=recipe, history=history_json, profiles=profiles,
         )
 
     samples: list[list[np.ndarray]] = [[t.numpy() for t in inputs]]
     if task is not None:
         samples += split_batches(task.val, batch, limit=verify_samples)
 
-    records: list[dict[str, Any]] = list(history)
-    manifest_targets: dict[str, Any] = {}
+    manifest_targets: dict[str, TargetEntry] = {}
     versions: dict[str, str] = {
         "edgekit": __version__,
         "python": platform.python_version(),
@@ -256,7 +272,8 @@ def compress(
                     task=task, batch=batch, progress=progress,
                     cache=quant_caches.setdefault(repr(qconfig), {}), check=_check,
                     decisions=decisions)
-                artifact, session, quant_entry = result.artifact, result.session, result.manifest
+                artifact, session = result.artifact, result.session
+                quant_entry = result.quantization
                 report = result.report  # the gate verified the shipped artifact
                 export_s, load_s = time.perf_counter() - start, 0.0
             else:
@@ -283,39 +300,32 @@ def compress(
                      f"{len(samples)} batches")
             report.raise_for_failure(context=f"target {profile.name}")
             manifest_targets[profile.name] = _target_entry(
-                profile, artifact, stage, session.info, report.to_json()
-            )
-            if quant_entry is not None:
-                manifest_targets[profile.name]["quantization"] = quant_entry
-            records.append({"stage": "quantize" if profile.precision == "int8" else "export",
-                            "target": profile.name, "backend": profile.backend})
-            records.append(
-                {"stage": "verify", "target": profile.name, "passed": True, "batches": len(samples)}
-            )
+                profile, artifact, stage, session.info, report.to_json(), quant_entry)
+            add_stage(records, "quantize" if profile.precision == "int8" else "export",
+                      target=profile.name, backend=profile.backend)
+            add_stage(records, "verify", target=profile.name, passed=True, batches=len(samples))
 
         ref = _reference_pairs(model, samples[:REFERENCE_PAIRS], in_names, out_names)
         save_npz(stage / REFERENCE, ref)
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "name": name,
-            "versions": versions,
-            "recipe": recipe or {},
-            "model": {
-                "class": type(model).__name__,
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "inputs": [_spec(n, t).to_json() for n, t in zip(in_names, inputs)],
-                "outputs": [_spec(n, t).to_json() for n, t in zip(out_names, ref_outputs)],
-                "task": None
-                if task is None
+        manifest = Manifest(
+            name=name,
+            versions=versions,
+            recipe=recipe or {},
+            model=ModelRecord(
+                class_name=type(model).__name__,
+                parameters=sum(p.numel() for p in model.parameters()),
+                inputs=[_spec(n, t).to_json() for n, t in zip(in_names, inputs)],
+                outputs=[_spec(n, t).to_json() for n, t in zip(out_names, ref_outputs)],
+                task=None if task is None
                 else {"name": task.name, "kind": task.kind, "metric": task.metric},
-            },
-            "targets": manifest_targets,
-            "reference": {**file_record(stage, REFERENCE), "pairs": len(samples[:REFERENCE_PAIRS])},
-            "history": records,
-        }
+            ),
+            targets=manifest_targets,
+            reference=record_file(stage, REFERENCE, pairs=len(samples[:REFERENCE_PAIRS])),
+            history=records,
+        )
         # Timings (export/load seconds) vary run to run: they go to the progress log only, so
         # the same inputs give a byte-identical manifest.
-        write_json(stage / MANIFEST, _without_timings(manifest))
+        write_json(stage / MANIFEST, _without_timings(manifest.to_json()))
     _log(progress, f"bundle written to {out_dir}")
     if cache_key is not None:
         from . import cache as _cache
@@ -375,19 +385,21 @@ def _target_entry(
     stage: Path,
     runtime: dict[str, Any],
     verification: dict[str, Any],
-) -> dict[str, Any]:
+    quantization: dict[str, Any] | None,
+) -> TargetEntry:
     rel_root = artifact.root.relative_to(stage)
-    return {
-        "backend": profile.backend,
-        "precision": artifact.precision,
-        "profile": profile.to_json(),
-        "files": [file_record(stage, str(rel_root / f)) for f in artifact.files],
-        "inputs": [s.to_json() for s in artifact.inputs],
-        "outputs": [s.to_json() for s in artifact.outputs],
-        "artifact_info": artifact.info,
-        "runtime": runtime,
-        "verification": verification,
-    }
+    return TargetEntry(
+        backend=profile.backend,
+        precision=artifact.precision,
+        profile=profile.to_json(),
+        files=[record_file(stage, str(rel_root / f)) for f in artifact.files],
+        inputs=[s.to_json() for s in artifact.inputs],
+        outputs=[s.to_json() for s in artifact.outputs],
+        artifact_info=artifact.info,
+        runtime=runtime,
+        verification=verification,
+        quantization=quantization,
+    )
 
 
 def _reference_pairs(

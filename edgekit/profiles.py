@@ -16,12 +16,13 @@ characters, never a path or a reserved bundle file name); the file is refused be
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import BundleError, ConfigError, UnknownNameError, UsageError
 from .fsio import check_name, open_regular

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from .errors import UsageError
+from .manifest import StageRecord, add_stage
 
 __all__ = ["add_prune_parser", "run_prune"]
 
@@ -63,8 +64,9 @@ def run_prune(args: argparse.Namespace) -> int:
     from .models import build, get_spec
     from .pipeline import compress
     from .profiles import resolve_targets
-    from .prune.core import prune
     from .prune.latency import prune_to_latency
+    from .prune.pruner import prune
+    from .prune.recipe import add_prune_record
     from .prune.recover import fine_tune, prune_and_fine_tune
     from .train import evaluate, fit
 
@@ -78,13 +80,12 @@ def run_prune(args: argparse.Namespace) -> int:
     model = build(args.model)
     task = spec.task()
     x = spec.example_inputs(1)
-    history: list[dict[str, Any]] = []
+    history: list[StageRecord] = []
     if not args.no_train:
         fit(model, task, epochs=args.epochs, seed=args.seed, progress=progress)
     before = evaluate(model, task.test, task)
     if not args.no_train:
-        history.append({"stage": "train", "task": task.name, "metric": task.metric,
-                        "test": round(before, 4)})
+        add_stage(history, "train", task=task.name, metric=task.metric, test=round(before, 4))
     teacher = None if args.no_distill else copy.deepcopy(model).eval()
     opts = dict(importance=args.importance, global_pruning=args.global_pruning,
                 round_to=args.round_to, keep_layers=args.keep or None)
@@ -111,11 +112,9 @@ def run_prune(args: argparse.Namespace) -> int:
             params_reduction=args.params_reduction, steps=args.steps,
             final_epochs=ft_epochs, distill=not args.no_distill, teacher=teacher,
             seed=args.seed, progress=progress, **opts)
-    record = {**res.to_json(), "metric": task.metric,
-              "test_before": round(report["before"], 4),
-              "test_after_prune": round(report["after_prune"], 4),
-              "test_after_fine_tune": round(report["after_fine_tune"], 4)}
-    history.append(record)
+    add_prune_record(history, res, metric=task.metric, test_before=round(report["before"], 4),
+                     test_after_prune=round(report["after_prune"], 4),
+                     test_after_fine_tune=round(report["after_fine_tune"], 4))
     recipe = {"model": args.model, "train": not args.no_train, "seed": args.seed,
               "targets": [p.name for p in profiles],
               "prune": {k: v for k, v in {

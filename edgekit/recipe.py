@@ -38,16 +38,17 @@ written (no absolute paths) plus the weights file's sha256.
 from __future__ import annotations
 
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import torch
 
 from .bundle import Bundle
 from .errors import ConfigError, EdgekitError, UsageError
 from .fsio import check_name, check_tensor_name
+from .manifest import StageRecord, add_stage
 from .schema import Field, check_table
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "build_recipe"]
@@ -342,21 +343,20 @@ def build_recipe(
         model = spec.factory()
         _load_weights(recipe, model)
         task = spec.task()
-        history: list[dict[str, Any]] = []
+        history: list[StageRecord] = []
         if train:
             from . import train as _train
 
             _train.fit(model, task, epochs=epochs, seed=recipe.seed, progress=progress,
                        spec=spec)
             test = _train.evaluate(model, task.test, task)
-            history.append({"stage": "train", "task": task.name, "epochs": epochs,
-                            "metric": task.metric, "test": round(float(test), 4)})
+            add_stage(history, "train", task=task.name, epochs=epochs, metric=task.metric,
+                      test=round(float(test), 4))
         if "prune" in recipe.raw:
             from .prune.recipe import apply_prune_table
 
-            history.append(apply_prune_table(model, spec, task, recipe.raw["prune"],
-                                             targets=profiles, seed=recipe.seed,
-                                             progress=progress))
+            apply_prune_table(model, spec, task, recipe.raw["prune"], history, targets=profiles,
+                              seed=recipe.seed, progress=progress)
         model.eval()
         bundle = compress(
             model, spec.example_inputs(1), targets=profiles, out_dir=out_dir, name=name,

@@ -94,7 +94,7 @@ def check_table(table: Mapping[str, Any], schema: Mapping[str, Field | type | tu
     """
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where}: must be a table, got {type(table).__name__}")
-    for key, value in table.items():
+    for key, _value in table.items():
         if key not in schema:
             close = difflib.get_close_matches(str(key), list(schema), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""

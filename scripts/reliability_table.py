@@ -5,7 +5,8 @@
 
 Runs ``pytest -m reliability`` with a small plugin that records, for every test, its
 ``@pytest.mark.reliability(case=..., behaviour=...)`` marker and its outcome (passed, failed,
-skipped with the reason, xfailed with the reason). The table lists every numbered case of ``CASES`` (a case
+skipped with the reason, xfailed with the reason). The table lists every numbered case of
+``CASES`` (a case
 without a test is shown as MISSING and makes the script fail), then the extra checks. The
 README section lies between ``<!-- reliability:start -->`` and ``<!-- reliability:end -->``.
 """

@@ -11,8 +11,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "edgekit"
 
 
@@ -145,3 +143,15 @@ def test_backends_import_no_floor_above_them():
     bad = {m: sorted(d for d in deps if any(_in(d, a) for a in above))
            for m, deps in GRAPH.items() if _in(m, "edgekit.backends")}
     assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    """``[tool.setuptools] packages`` is written by hand: a package folder missing from it is
+    left out of a fresh (non-editable) install."""
+    import tomllib
+
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    folders = {_module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    missing = sorted(folders - listed)
+    assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml"

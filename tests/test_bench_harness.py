@@ -10,15 +10,14 @@ import pytest
 import torch
 
 import edgekit
+from edgekit.bench import pareto_front
 from edgekit.bench.devices import DeviceUnavailableError, gpu_unavailable_reason
-from edgekit.bench.harness import pareto_front
 from edgekit.errors import ShapeError
 from edgekit.measure.metrics import compare_outputs, cosine, sqnr_db, top1_agreement
 from edgekit.measure.scoring import plain_metric
 from edgekit.measure.timing import LatencyStats, collect_interleaved
 
 from conftest import tiny_net
-
 
 # --------------------------------------------------------------------------- pure functions
 
@@ -111,7 +110,8 @@ def test_gpu_paths_unavailable_here_say_why():
 def bundle(tmp_path_factory):
     from edgekit.pipeline import compress
 
-    return compress(tiny_net(), (torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)),),
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    return compress(tiny_net(), (x,),
                     targets=["x86-onnxruntime-fp32", "x86-tflite-fp32"],
                     out_dir=tmp_path_factory.mktemp("b") / "tiny", input_names=["x"],
                     output_names=["logits"], progress=False)

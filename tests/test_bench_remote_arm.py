@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from edgekit.bench import arm_emulation
-from edgekit.bench.remote import RemoteDevice, RemoteError, RemoteRuntimeMissing, device_lock, run_remote
+from edgekit.bench.remote import (
+    RemoteDevice,
+    RemoteError,
+    RemoteRuntimeMissing,
+    device_lock,
+    run_remote,
+)
 
 from conftest import tiny_net
 
@@ -41,7 +47,8 @@ def tiny_bundle(tmp_path_factory):
     from edgekit.pipeline import compress
 
     out = tmp_path_factory.mktemp("arm") / "tiny"
-    return compress(tiny_net(), (torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)),),
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    return compress(tiny_net(), (x,),
                     targets=["x86-onnxruntime-fp32", "x86-openvino-fp32", "x86-tflite-fp32"],
                     out_dir=out, input_names=["x"], output_names=["logits"], progress=False)
 

@@ -95,9 +95,9 @@ def test_report_rerenders_from_json_and_marks_missing_models(quick: Path, tmp_pa
 
 def _suite():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import suite
+    import suite_report
 
-    return suite
+    return suite_report
 
 
 def test_losses_name_slower_int8_and_worse_accuracy() -> None:

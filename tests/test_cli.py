@@ -33,7 +33,8 @@ def test_targets_and_models_json(capsys):
 
 
 def test_unknown_model_exit_2_with_suggestion(tmp_path, capsys):
-    assert main(["build", "mobilenetv2", "-t", "x86-onnxruntime-fp32", "-o", str(tmp_path / "o")]) == 2
+    assert main(["build", "mobilenetv2", "-t", "x86-onnxruntime-fp32",
+                 "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'mobilenetv2'" in err and "did you mean 'mobilenet_v2'" in err
 

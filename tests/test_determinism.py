@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_net
 from edgekit.backends import get_backend
 from edgekit.errors import ConfigError
 from edgekit.pipeline import compress
 from edgekit.recipe import build_recipe, load_recipe, parse_recipe
+
+from conftest import tiny_net
 
 ORT = "x86-onnxruntime-fp32"
 ALL = ["x86-onnxruntime-fp32", "x86-openvino-fp32", "x86-tflite-fp32"]
@@ -133,7 +134,7 @@ def test_zoo_recipe_cache_hit_skips_training_and_is_byte_identical(tmp_path, mon
     cache = tmp_path / "cache"
     first = build_recipe(recipe, tmp_path / "a" / "cnn", cache=cache, progress=False)
     m = first.manifest
-    assert m["recipe"]["epochs"] == 1 and m["history"][0]["stage"] == "train"
+    assert m.recipe["epochs"] == 1 and m.history[0].kind == "train"
 
     import edgekit.train
 
@@ -181,10 +182,10 @@ def test_user_model_recipe_with_weights(tmp_path, monkeypatch):
     monkeypatch.chdir("/")  # the recipe's folder, not the cwd, holds the module and weights
     bundle = build_recipe(recipe, tmp_path / "out", cache=False, progress=False)
     m = bundle.manifest
-    assert m["name"] == "mine" and m["recipe"]["weights"] == "w.pt"
+    assert m.name == "mine" and m.recipe["weights"] == "w.pt"
     from edgekit.bundle import sha256_file
 
-    assert m["recipe"]["weights_sha256"] == sha256_file(tmp_path / "w.pt")
+    assert m.recipe["weights_sha256"] == sha256_file(tmp_path / "w.pt")
     import numpy as np
 
     ref_out = np.load(bundle.root / "reference.npz")["output.output"][0]

@@ -107,7 +107,8 @@ def test_bundle_target_adds_io_specs_and_quantization(tmp_path):
         "#define KWS_T_INPUT_0_SHAPE {1, 49, 10}", "#define KWS_T_INPUT_0_ELEMENTS 490",
         "#define KWS_T_INPUT_0_DIM_1 49", "#define KWS_T_INPUT_0_SCALE 0.5f",
         "#define KWS_T_INPUT_0_ZERO_POINT -128", '#define KWS_T_OUTPUT_0_NAME "logits"',
-        "#define KWS_T_OUTPUT_0_SCALES {0.25f, 0.125f}", "#define KWS_T_OUTPUT_0_ZERO_POINTS {0, 3}",
+        "#define KWS_T_OUTPUT_0_SCALES {0.25f, 0.125f}",
+        "#define KWS_T_OUTPUT_0_ZERO_POINTS {0, 3}",
     ]:
         assert line in header, line
     # the single target is picked without --target; output is the same

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edgekit.measure.timing import LatencyStats, time_interleaved
 from edgekit.bench.report import markdown_table, text_table
+from edgekit.measure.timing import LatencyStats, time_interleaved
 
 
 def test_stats_on_known_timings():

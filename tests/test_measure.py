@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_net
 
 from edgekit.backends import TensorSpec, get_backend
 from edgekit.backends.tflite import FloatIOSession
@@ -23,6 +22,8 @@ from edgekit.measure.metrics import (
 )
 from edgekit.measure.timing import collect_interleaved, time_interleaved, timed_call
 from edgekit.verify import verify
+
+from conftest import tiny_net
 
 # --------------------------------------------------------------------------- metrics
 
@@ -172,9 +173,9 @@ def test_bench_and_benchmarks_time_the_same_tflite_call():
     """`edgekit bench` times through collect_interleaved, benchmarks/ through
     time_interleaved: both call the interpreter alone, with the same pre-quantized feeds, and
     never the converting ``run``."""
-    from edgekit.bench import harness
+    from edgekit.bench import local_run
 
-    assert harness.collect_interleaved is collect_interleaved
+    assert local_run.collect_interleaved is collect_interleaved
     conv = (0.5, 1, np.dtype(np.int8))
     x = np.array([[0.0, 1.0, -1.0, 100.0]], dtype=np.float32)
     fed = []

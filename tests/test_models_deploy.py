@@ -72,8 +72,8 @@ def test_fp32_exports_and_verifies_on_every_runtime(name, tmp_path):
     model = build_deploy(name, **kwargs)
     bundle = compress(model, inputs, targets=FP32, out_dir=tmp_path / name, progress=False)
     for target in FP32:
-        entry = bundle.manifest["targets"][target]
-        assert entry["verification"]["passed"], (target, entry["verification"])
+        entry = bundle.manifest.targets[target]
+        assert entry.verification["passed"], (target, entry.verification)
         session = bundle.load(target, threads=1)
         got = session.run([x.numpy() for x in inputs])[0]
         with torch.no_grad():

@@ -5,12 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_net
 from edgekit.bundle import load_bundle, sha256_file
-from edgekit.errors import (BackendMissingError, ExportError, ShapeError,
-                            UnknownNameError, UsageError)
+from edgekit.errors import (
+    BackendMissingError,
+    ExportError,
+    ShapeError,
+    UnknownNameError,
+    UsageError,
+)
 from edgekit.models import get_spec
 from edgekit.pipeline import compress
+
+from conftest import tiny_net
 
 ORT = "x86-onnxruntime-fp32"
 
@@ -20,15 +26,15 @@ def test_compress_writes_a_verified_bundle(tmp_path):
     x = torch.rand(1, 1, 8, 8)
     bundle = compress(model, x, targets=[ORT], out_dir=tmp_path / "b", progress=False)
     m = bundle.manifest
-    assert m["schema_version"] == 1 and m["name"] == "b"
-    assert m["model"]["inputs"] == [{"name": "input", "shape": [1, 1, 8, 8], "dtype": "float32"}]
-    entry = m["targets"][ORT]
-    assert entry["verification"]["passed"] is True
-    assert entry["verification"]["outputs"][0]["max_abs"] < 1e-4
-    for rec in entry["files"]:
-        assert sha256_file(tmp_path / "b" / rec["path"]) == rec["sha256"]
-    assert [h["stage"] for h in m["history"]] == ["export", "verify"]
-    assert m["versions"]["onnxruntime"] and m["versions"]["torch"] == torch.__version__
+    assert m.schema_version == 1 and m.name == "b"
+    assert m.model.inputs == [{"name": "input", "shape": [1, 1, 8, 8], "dtype": "float32"}]
+    entry = m.targets[ORT]
+    assert entry.verification["passed"] is True
+    assert entry.verification["outputs"][0]["max_abs"] < 1e-4
+    for rec in entry.files:
+        assert sha256_file(tmp_path / "b" / rec.path) == rec.sha256
+    assert [h.kind for h in m.history] == ["export", "verify"]
+    assert m.versions["onnxruntime"] and m.versions["torch"] == torch.__version__
     # Reference pairs: stored inputs give the stored outputs in PyTorch and in the runtime.
     ref = np.load(tmp_path / "b" / "reference.npz")
     np.testing.assert_array_equal(ref["input.input"][0], x.numpy())
@@ -44,10 +50,10 @@ def test_compress_with_task_verifies_on_held_out_data(tmp_path):
                       out_dir=tmp_path / "cnn", task=spec.task(), verify_samples=50,
                       input_names=spec.input_names, output_names=spec.output_names,
                       progress=False)
-    entry = bundle.manifest["targets"][ORT]
-    assert bundle.manifest["history"][-1]["batches"] == 51  # example input + 50 held-out
-    assert entry["verification"]["outputs"][0]["top1_agreement"] == 1.0
-    assert bundle.manifest["model"]["task"]["metric"] == "top1"
+    entry = bundle.manifest.targets[ORT]
+    assert bundle.manifest.history[-1].data["batches"] == 51  # example input + 50 held-out
+    assert entry.verification["outputs"][0]["top1_agreement"] == 1.0
+    assert bundle.manifest.model.task["metric"] == "top1"
 
 
 def test_failed_build_keeps_previous_bundle(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.backends import BACKENDS
 from edgekit.errors import ConfigError, UnknownNameError
 from edgekit.profiles import Tolerance, list_profiles, load_profile, parse_profile
 
@@ -17,7 +18,7 @@ def test_bundled_profiles_cover_required_targets_and_all_load():
     for name in names:
         profile = load_profile(name)
         assert profile.name == name  # file name and declared name agree
-        assert profile.backend in {"onnxruntime", "openvino", "tflite"}
+        assert profile.backend in BACKENDS
         assert profile.precision in name
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from edgekit.errors import ConfigError, UsageError
 from edgekit.models import build, get_spec, list_models
-from edgekit.prune import (LSTMPruner, default_ignored_layers, prune, replay)
+from edgekit.prune import LSTMPruner, default_ignored_layers, prune, replay
 
 # MACs after / before at ratio 0.5, worked out from each architecture: a layer keeps
 # (1 - r) of its MACs when one side (in or out) is pruned and (1 - r)^2 when both are, so the

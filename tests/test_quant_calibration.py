@@ -9,8 +9,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from edgekit.data.task import Split
 from edgekit.errors import DataError, ShapeError, UsageError
-from edgekit.quantize import (CalibrationRangeWarning, QuantConfig, calibration_batches,
-                              layer_sensitivity, quantizable_layers, sqnr_db)
+from edgekit.quantize import (
+    CalibrationRangeWarning,
+    QuantConfig,
+    calibration_batches,
+    layer_sensitivity,
+    quantizable_layers,
+    sqnr_db,
+)
 
 from conftest import tiny_net
 

@@ -92,7 +92,7 @@ def test_fallback_keeps_most_sensitive_layer_in_float(trained, tmp_path):
     # the runtime's other realisation (ONNX Runtime: int8 activations) first, all in int8;
     # then the most sensitive layer in float
     assert backend.calls == [[], [], [most]]
-    m = result.manifest
+    m = result.quantization
     assert m["attempts"][1]["config"] == {"activation_type": "int8"}
     assert m["attempts"][1]["passed"] is False and m["accuracy_alternative"] is None
     assert m["fallback_layers"] == [most] and m["float_layers"] == [most]

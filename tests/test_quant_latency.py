@@ -160,7 +160,7 @@ def test_a_realisation_that_misses_the_gate_gives_way_to_the_runtimes_alternativ
                      config=QuantConfig(latency_check=False, openvino_source="nncf"),
                      task=None, batch=1,
                      progress=False, check=check)
-    q = res.manifest
+    q = res.quantization
     assert q["config"]["openvino_source"] == "qdq" and q["float_layers"] == []
     assert q["attempts"][1] == {"keep_float": [], "score": None,
                                 "config": {"openvino_source": "qdq"}, "passed": True}
@@ -227,7 +227,7 @@ def test_openvino_int8_exports_fp32_once_and_ships_the_gates_verification(tmp_pa
                      config=QuantConfig(min_speedup=100.0, latency_variants=1,
                                         latency_runs=20),
                      task=None, batch=1, progress=False, check=check)
-    q = res.manifest
+    q = res.quantization
     assert len(exports) == 1
     choice = q["openvino_source_choice"]
     assert choice["kept"] == "nncf" and not any(v["passed"] for v in choice["sources"].values())

@@ -77,7 +77,10 @@ def test_build_is_quiet_by_default_and_verbose_on_request(tmp_path):
         cmd = [sys.executable, "-m", "edgekit", "build", "cnn", "-t", "x86-tflite-fp32",
                "-t", "x86-openvino-fp32", "--epochs", "1", "-o", str(tmp_path / "b"), "--force",
                *extra]
-        env = {k: v for k, v in os.environ.items() if k != "EDGEKIT_VERBOSE"}
+        # importing litert/jax in this test process sets TF_CPP_MIN_LOG_LEVEL, which would
+        # silence the converter's own log lines in the child too
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("EDGEKIT_VERBOSE", "TF_CPP_MIN_LOG_LEVEL")}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env,
                               check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -25,7 +25,7 @@ from edgekit.errors import BundleError, DataError
 
 from capped import run_capped
 from conftest import tiny_tflite_bytes
-from test_reliability import _fake_bundle, _tree, rel
+from reliability_helpers import fake_bundle, rel, tree
 
 GiB = 2**30
 CAP_GIB = 4
@@ -56,11 +56,11 @@ def _gz(path: Path, *parts: bytes, zeros: int = 0) -> Path:
 @pytest.fixture
 def previous(tmp_path):
     """A real bundle unpacked at ``dest`` (the previous bundle an unpack must not touch)."""
-    root = _fake_bundle(tmp_path / "kws", "tflite", {"t/model.tflite": tiny_tflite_bytes(64)})
+    root = fake_bundle(tmp_path / "kws", "tflite", {"t/model.tflite": tiny_tflite_bytes(64)})
     good = pack_bundle(root, tmp_path / "kws.tar.gz")
     dest = tmp_path / "dest"
     unpack_bundle(good, dest)
-    return dest, _tree(dest), good
+    return dest, tree(dest), good
 
 
 def _refused_by_cli(archive: Path, dest: Path, before: dict, *needles: str) -> None:
@@ -72,7 +72,7 @@ def _refused_by_cli(archive: Path, dest: Path, before: dict, *needles: str) -> N
     for needle in needles:
         assert needle in res.err, (needle, res.err)
     assert 0 < res.peak_rss_bytes < 1 * GiB, res.peak_rss_bytes  # far below the 4 GiB cap
-    assert _tree(dest) == before
+    assert tree(dest) == before
     assert not [p.name for p in dest.parent.iterdir() if ".partial-" in p.name
                 or p.name.startswith(".dest.")]
 
@@ -137,7 +137,7 @@ def test_unpack_refuses_gzip_bombs(previous, tmp_path):
     with pytest.raises(BundleError, match=r"honest.tar.gz: member 'b/t/zeros.bin' .*refused "
                                           r"before writing anything"):
         unpack_bundle(honest, dest, limits=limits)
-    assert _tree(dest) == before
+    assert tree(dest) == before
 
 
 @pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar for sparse archives")
@@ -176,7 +176,7 @@ def _sparse(path: Path, size: int) -> Path:
      "stat before reading a byte, naming the file; exit 1, no traceback, memory far below a "
      "4 GiB cap, in seconds")
 def test_sparse_artifact_is_refused_before_reading(tmp_path):
-    root = _fake_bundle(tmp_path / "b", "tflite", {"t/model.tflite": tiny_tflite_bytes(64)})
+    root = fake_bundle(tmp_path / "b", "tflite", {"t/model.tflite": tiny_tflite_bytes(64)})
     import json
 
     manifest = json.loads((root / "manifest.json").read_text())
@@ -205,11 +205,11 @@ def test_fifos_are_refused_without_blocking(tmp_path):
         fifos.append(path)
         return path
 
-    art = _fake_bundle(tmp_path / "art", "tflite", {"t/model.tflite": tfl})
+    art = fake_bundle(tmp_path / "art", "tflite", {"t/model.tflite": tfl})
     fifo(art / "t" / "model.tflite")
-    man = _fake_bundle(tmp_path / "man", "tflite", {"t/model.tflite": tfl})
+    man = fake_bundle(tmp_path / "man", "tflite", {"t/model.tflite": tfl})
     fifo(man / "manifest.json")
-    ref = _fake_bundle(tmp_path / "ref", "tflite", {"t/model.tflite": tfl})
+    ref = fake_bundle(tmp_path / "ref", "tflite", {"t/model.tflite": tfl})
     fifo(ref / "reference.npz")
     lone = fifo(tmp_path / "lone.tflite")
     ir = tmp_path / "ir"
@@ -258,7 +258,7 @@ def _npz_declaring(path: Path, member: str, shape: tuple[int, ...]) -> Path:
      "declares 1 TiB: `verify` refuses it naming the file, the member and the declared bytes "
      "before numpy allocates; exit 1, no traceback, memory far below a 4 GiB cap")
 def test_npz_declaring_a_terabyte_is_refused(tmp_path):
-    root = _fake_bundle(tmp_path / "b", "tflite", {"t/model.tflite": tiny_tflite_bytes(64)})
+    root = fake_bundle(tmp_path / "b", "tflite", {"t/model.tflite": tiny_tflite_bytes(64)})
     import json
 
     from edgekit.bundle import file_record

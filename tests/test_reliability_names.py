@@ -24,7 +24,7 @@ from edgekit.errors import UsageError
 
 from capped import run_capped
 from conftest import tiny_tflite_bytes
-from test_reliability import _fake_bundle, _have, _onnx_file, needs_onnx, rel
+from reliability_helpers import fake_bundle, have, needs_onnx, onnx_file, rel
 
 ORT = "x86-onnxruntime-fp32"
 HOSTILE = {
@@ -38,7 +38,7 @@ HOSTILE = {
 }
 
 
-def _tree(root: Path) -> dict[str, str]:
+def tree(root: Path) -> dict[str, str]:
     """Every entry under ``root`` (links as links), with file contents' sha256."""
     out = {}
     for p in sorted(root.rglob("*")):
@@ -71,8 +71,8 @@ def _factory(folder: Path) -> None:
 
 def _previous_bundle(out: Path) -> None:
     """A good previous bundle edgekit made (a real one: tiny ONNX, consistent checksums)."""
-    src = _onnx_file(out.parent / "prev-src", external=False)
-    _fake_bundle(out, "onnxruntime", {f"{ORT}/model.onnx": src.read_bytes()}, name="out")
+    src = onnx_file(out.parent / "prev-src", external=False)
+    fake_bundle(out, "onnxruntime", {f"{ORT}/model.onnx": src.read_bytes()}, name="out")
     shutil.rmtree(src.parent)
 
 
@@ -89,14 +89,14 @@ def test_profile_named_dotdot_writes_nothing_outside(tmp_path):
     _factory(work)
     prof = _profile(work / "evil.toml", "../../x")
     _previous_bundle(work / "out")
-    before = _tree(tmp_path)
+    before = tree(tmp_path)
     res = run_capped(["build", "tinyf:make", "--input-shape", "1x4", "-t", str(prof),
                       "-o", "out", "-q"], cwd=work, cap_gib=4)
     assert res.code == 2, res.err
     assert "'../../x'" in res.err and str(prof) in res.err and "never paths" in res.err
     assert not res.traceback, res.err
     assert 0 < res.peak_rss_bytes < 4 * 2**30
-    assert _tree(tmp_path) == before  # previous bundle intact, no x, no staging folder
+    assert tree(tmp_path) == before  # previous bundle intact, no x, no staging folder
 
 
 @rel(case=18, behaviour="profile names with NUL, '.', '', '/', 'manifest.json' or 300 "
@@ -107,7 +107,7 @@ def test_hostile_profile_names_are_refused_before_the_build(kind, tmp_path, caps
                                                             monkeypatch):
     monkeypatch.chdir(tmp_path)
     prof = _profile(tmp_path / "p.toml", HOSTILE[kind])
-    before = _tree(tmp_path)
+    before = tree(tmp_path)
     # a zoo model that would train for minutes: the refusal must come first
     assert main(["build", "cnn", "-t", str(prof), "-o", "out", "-q"]) == 2
     err = capsys.readouterr().err
@@ -119,7 +119,7 @@ def test_hostile_profile_names_are_refused_before_the_build(kind, tmp_path, caps
     err = capsys.readouterr().err
     assert str(prof) in err and "Traceback" not in err, err
     recipe.unlink()
-    assert _tree(tmp_path) == before
+    assert tree(tmp_path) == before
 
 
 @rel(case=18, behaviour="a hostile name given as `--target` (.., NUL, 300 characters) or in a "
@@ -178,7 +178,7 @@ def test_hostile_tensor_names_through_cli_and_api(tmp_path, capsys, monkeypatch)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     bundle = edgekit.compress(model, torch.zeros(1, 4), targets=[ORT], out_dir=tmp_path / "ok",
                               input_names=["x:0"], output_names=["logits_1"], progress=False)
-    assert [s["name"] for s in bundle.manifest["model"]["inputs"]] == ["x:0"]
+    assert [s["name"] for s in bundle.manifest.model.inputs] == ["x:0"]
 
 
 def _c_compiler() -> str | None:
@@ -186,12 +186,12 @@ def _c_compiler() -> str | None:
 
 
 @rel(case=18, behaviour="`embed` of files with non-ASCII names (modèle.tflite, 模型.onnx): "
-     "exit 0, an ASCII identifier, the name kept escaped in the comment and the FILE_NAME string, the "
-     "source compiles with cc -Werror, no temporary file left")
+     "exit 0, an ASCII identifier, the name kept escaped in the comment and the FILE_NAME "
+     "string, the source compiles with cc -Werror, no temporary file left")
 def test_embed_non_ascii_file_names(tmp_path, capsys):
     sources = {"modèle.tflite": tiny_tflite_bytes(200)}
-    if _have("onnx"):
-        sources["模型.onnx"] = _onnx_file(tmp_path / "src", external=False).read_bytes()
+    if have("onnx"):
+        sources["模型.onnx"] = onnx_file(tmp_path / "src", external=False).read_bytes()
     for name, data in sources.items():
         src = tmp_path / name
         src.write_bytes(data)
@@ -218,7 +218,7 @@ def test_embed_non_ascii_file_names(tmp_path, capsys):
      "crafted bundle) given to `embed`: BundleError naming the target and the name, exit 1, "
      "no .c/.h written")
 def test_embed_refuses_control_characters_in_manifest_names(tmp_path, capsys):
-    root = _fake_bundle(tmp_path / "b", "tflite", {"t/model.tflite": tiny_tflite_bytes(64)})
+    root = fake_bundle(tmp_path / "b", "tflite", {"t/model.tflite": tiny_tflite_bytes(64)})
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["targets"]["t"]["inputs"][0]["name"] = 'x"\n#include "/etc/passwd'
     (root / "manifest.json").write_text(json.dumps(manifest))
@@ -241,7 +241,7 @@ def _plant(folder: Path, names: list[str], target: Path) -> None:
      "name (.NAME.partial), at guesses and at the archive path itself: the outside file "
      "byte-identical, the archive written fresh (a valid bundle archive), no temporary file left")
 def test_pack_never_writes_through_planted_links(tmp_path, capsys):
-    root = _fake_bundle(tmp_path / "kws", "tflite", {"t/model.tflite": tiny_tflite_bytes(64)})
+    root = fake_bundle(tmp_path / "kws", "tflite", {"t/model.tflite": tiny_tflite_bytes(64)})
     outside = tmp_path / "outside" / "precious.txt"
     outside.parent.mkdir()
     outside.write_bytes(b"the user's precious file\n")
@@ -303,7 +303,7 @@ def _build_cached(work: Path, cache: Path, capsys) -> str:
 @pytest.fixture(scope="module")
 def cached_build(tmp_path_factory):
     """A real recipe build (user model, ONNX Runtime) whose bundle went into a fresh cache."""
-    if not (_have("onnx") and _have("onnxruntime")):
+    if not (have("onnx") and have("onnxruntime")):
         pytest.skip("needs onnx and onnxruntime (edgekit[onnxruntime])")
     work = tmp_path_factory.mktemp("cached")
     _factory(work)
@@ -354,7 +354,7 @@ def test_cache_entry_with_links_is_refused(how, cached_build, tmp_path, capsys):
     secret = tmp_path / "outside" / "secret.onnx"
     secret.write_bytes(b"SECRET-OUTSIDE-BYTES" * 10)
     _tamper(mine, how, outside)
-    outside_before = _tree(outside)
+    outside_before = tree(outside)
     shutil.copy(work / "r.toml", tmp_path / "r.toml")
     shutil.copy(work / "tinyf.py", tmp_path / "tinyf.py")
     # the same output name as the cached build (the bundle name is part of the key)
@@ -365,7 +365,7 @@ def test_cache_entry_with_links_is_refused(how, cached_build, tmp_path, capsys):
     files = [p for p in again.rglob("*")]
     assert not any(p.is_symlink() for p in files)
     assert all(b"SECRET-OUTSIDE" not in p.read_bytes() for p in files if p.is_file())
-    assert _tree(outside) == outside_before  # nothing outside removed or changed
+    assert tree(outside) == outside_before  # nothing outside removed or changed
     listed = json.loads((again / "manifest.json").read_text())
     names = {r["path"] for t in listed["targets"].values() for r in t["files"]}
     assert {str(p.relative_to(again)) for p in files if p.is_file()} == \

@@ -19,13 +19,22 @@ import time
 from pathlib import Path
 
 import pytest
-from capped import run_capped
-from test_reliability import (_fake_bundle, _onnx_file, _reap, _stalled_build, _tree, _wait_for,
-                              rel, tiny_mount)
 
 from edgekit.archive import pack_bundle, unpack_bundle
 from edgekit.bundle import check_out_dir, load_bundle, staged_bundle
 from edgekit.errors import BundleError, OutputPathError
+
+from capped import run_capped
+from reliability_helpers import (
+    fake_bundle,
+    onnx_file,
+    reap,
+    rel,
+    stalled_build,
+    tiny_mount,
+    tree,
+    wait_for,
+)
 
 __all__ = ["tiny_mount"]  # the fixture, re-exported for pytest
 
@@ -36,8 +45,8 @@ ENV = {"PYTHONPATH": str(ROOT)}
 @pytest.fixture
 def archive(tmp_path: Path) -> Path:
     """A real `edgekit pack` archive of a small bundle (built by hand, consistent checksums)."""
-    model = _onnx_file(tmp_path / "src-model", external=False).read_bytes()
-    src = _fake_bundle(tmp_path / "src" / "kws", "onnxruntime", {"t/model.onnx": model})
+    model = onnx_file(tmp_path / "src-model", external=False).read_bytes()
+    src = fake_bundle(tmp_path / "src" / "kws", "onnxruntime", {"t/model.onnx": model})
     return pack_bundle(src, tmp_path / "kws.tar.gz")
 
 
@@ -46,7 +55,7 @@ def _user_folder(path: Path) -> dict[str, str]:
     (path / "notes.txt").write_text("my notes\n")
     (path / "src").mkdir()
     (path / "src" / "main.c").write_text("int main(void) { return 0; }\n")
-    return _tree(path)
+    return tree(path)
 
 
 def _listing(path: Path) -> list[str]:
@@ -72,23 +81,23 @@ def test_user_folder_is_refused_unless_forced(archive, tmp_path):
     r = run_capped(["unpack", str(archive), "-o", str(proj)], cap_gib=4, cwd=tmp_path, env=ENV)
     assert r.code == 2 and not r.traceback, r.err
     assert f"refusing to replace {proj}" in r.err and "notes.txt" in r.err and "--force" in r.err
-    assert _tree(proj) == before and not list(tmp_path.glob(".proj.*"))
+    assert tree(proj) == before and not list(tmp_path.glob(".proj.*"))
 
     # build: refused at the start, before any training or export
     r = run_capped(["build", "cnn", "-t", "x86-onnxruntime-fp32", "-o", "proj"], cap_gib=4,
                    cwd=tmp_path, env=ENV)
     assert r.code == 2 and not r.traceback and "notes.txt" in r.err, r.err
     assert "[edgekit]" not in r.err  # no progress line: no stage started
-    assert _tree(proj) == before and not list(tmp_path.glob(".proj.*"))
+    assert tree(proj) == before and not list(tmp_path.glob(".proj.*"))
 
     # a bundle edgekit made, plus one file of the user's inside it
     bundle = tmp_path / "bundle"
     assert unpack_bundle(archive, bundle).root == bundle
     (bundle / "t" / "mine.txt").write_text("keep")
-    held = _tree(bundle)
+    held = tree(bundle)
     r = run_capped(["unpack", str(archive), "-o", str(bundle)], cap_gib=4, env=ENV)
     assert r.code == 2 and "t/mine.txt" in r.err and "manifest does not list" in r.err, r.err
-    assert _tree(bundle) == held
+    assert tree(bundle) == held
 
     # the ways out: --force, an empty folder, a previous bundle edgekit made
     r = run_capped(["unpack", str(archive), "-o", str(proj), "--force"], cap_gib=4, env=ENV)
@@ -117,7 +126,7 @@ def test_prune_and_demo_refuse_a_user_folder(command, tmp_path):
     assert r.code == 2 and not r.traceback, r.err
     assert f"refusing to replace {proj}" in r.err and "--force" in r.err
     assert "[edgekit]" not in r.err  # refused before training
-    assert _tree(proj) == before and not list(proj.parent.glob(".*"))
+    assert tree(proj) == before and not list(proj.parent.glob(".*"))
 
 
 @rel(case=16, behaviour="Python API: unpack_bundle/compress into a user's folder raise "
@@ -138,7 +147,7 @@ def test_python_api_refuses_unless_overwrite(archive, tmp_path):
     with pytest.raises(OutputPathError, match=r"(?s)proj.*overwrite=True"):
         compress(Untouchable(), torch.zeros(1, 4), targets=["x86-onnxruntime-fp32"],
                  out_dir=proj, progress=False)
-    assert _tree(proj) == before
+    assert tree(proj) == before
     assert unpack_bundle(archive, proj, overwrite=True).root == proj
     assert "notes.txt" not in _listing(proj)
 
@@ -160,14 +169,14 @@ def test_dangerous_out_folders_are_always_refused(where, tmp_path):
            "link": "it is a link"}[where]
     watched = [work, tmp_path, home, Path("/")]
     listings = {p: _listing(p) for p in watched}
-    trees = {p: _tree(p) for p in (work, home)}
+    trees = {p: tree(p) for p in (work, home)}
     r = run_capped(["build", "cnn", "-t", "x86-onnxruntime-fp32", "-o", out, "--force"],
                    cap_gib=4, cwd=work, env={**ENV, "HOME": str(home)})
     assert r.code == 2 and not r.traceback, r.err
     assert "refusing to write a bundle at" in r.err and why in r.err, r.err
     assert "[edgekit]" not in r.err  # refused before training
     assert {p: _listing(p) for p in watched} == listings
-    assert {p: _tree(p) for p in (work, home)} == trees
+    assert {p: tree(p) for p in (work, home)} == trees
     assert (work / "link").is_symlink()
 
 
@@ -198,7 +207,7 @@ def test_other_users_folder_in_sticky_dir_is_refused(archive, tmp_path):
     r = run_capped(["unpack", str(archive), "-o", str(theirs), "--force"], cap_gib=4, env=ENV)
     assert r.code == 2 and not r.traceback, r.err
     assert "belongs to another user (uid 54321)" in r.err and str(theirs) in r.err
-    assert _tree(theirs) == before and _listing(shared) == ["theirs"]
+    assert tree(theirs) == before and _listing(shared) == ["theirs"]
 
 
 @rel(case=16, behaviour="`-o` at a shared sticky folder itself (mode 1777, like /tmp), with "
@@ -210,7 +219,7 @@ def test_sticky_folder_itself_is_refused(archive, tmp_path):
     r = run_capped(["unpack", str(archive), "-o", str(shared), "--force"], cap_gib=4, env=ENV)
     assert r.code == 2 and not r.traceback, r.err
     assert "shared sticky folder" in r.err and str(shared) in r.err
-    assert _tree(shared) == before
+    assert tree(shared) == before
 
 
 # =========================================================================== case 17
@@ -222,21 +231,21 @@ def test_sticky_folder_itself_is_refused(archive, tmp_path):
 def test_sigkill_mid_build_keeps_previous_and_next_run_cleans(archive, tmp_path):
     out = tmp_path / "out"
     unpack_bundle(archive, out)
-    before = _tree(out)
-    proc = _stalled_build(tmp_path)
+    before = tree(out)
+    proc = stalled_build(tmp_path)
     try:
         staging = list(tmp_path.glob(f".out.partial-{proc.pid}-*"))
         assert len(staging) == 1, list(tmp_path.iterdir())
         check_out_dir(out)  # another run's check: the live run's staging stays
         assert staging[0].is_dir()
     finally:
-        _reap(proc, signal.SIGKILL)
+        reap(proc, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
-    assert _tree(out) == before and staging[0].is_dir()
+    assert tree(out) == before and staging[0].is_dir()
     r = run_capped(["unpack", str(archive), "-o", str(out)], cap_gib=4, env=ENV)
     assert r.code == 0, r.err
     assert not list(tmp_path.glob(".out.*")), list(tmp_path.iterdir())
-    assert _tree(out) == before
+    assert tree(out) == before
 
 
 _KILLED_BETWEEN_RENAMES = textwrap.dedent("""
@@ -262,16 +271,16 @@ _KILLED_BETWEEN_RENAMES = textwrap.dedent("""
 def test_sigkill_between_renames_is_recovered(archive, tmp_path):
     out = tmp_path / "out"
     unpack_bundle(archive, out)
-    before = _tree(out)
+    before = tree(out)
     marker = tmp_path / "between"
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_BETWEEN_RENAMES, str(out),
                              str(marker)], env={**os.environ, **ENV},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(lambda: marker.exists() or proc.poll() is not None, 60, "the first rename")
+        wait_for(lambda: marker.exists() or proc.poll() is not None, 60, "the first rename")
         assert proc.poll() is None, proc.communicate()
     finally:
-        _reap(proc, signal.SIGKILL)
+        reap(proc, signal.SIGKILL)
     assert not out.exists()
     hidden = list(tmp_path.glob(f".out.old-{proc.pid}-*"))
     assert len(hidden) == 1
@@ -283,7 +292,7 @@ def test_sigkill_between_renames_is_recovered(archive, tmp_path):
     r = run_capped(["unpack", str(garbage), "-o", str(out)], cap_gib=4, env=ENV)
     assert r.code == 1 and not r.traceback, r.err
     assert "restored the previous bundle" in r.err
-    assert _tree(out) == before
+    assert tree(out) == before
     assert not list(tmp_path.glob(".out.*")), list(tmp_path.iterdir())
 
 

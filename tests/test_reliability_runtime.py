@@ -7,7 +7,6 @@ module, real child processes under a 4 GiB address-space cap (tests/capped.py).
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import textwrap
 import time
@@ -17,22 +16,19 @@ import numpy as np
 import pytest
 import torch
 
-from capped import run_capped
-from conftest import tiny_net
 from edgekit.cli import main
 from edgekit.errors import ConfigError, DataError, ShapeError, UsageError
-from test_reliability import _onnx_file, rel
+
+from capped import run_capped
+from conftest import tiny_net
+from reliability_helpers import have, onnx_file, rel
 
 CAP_GIB = 4
 
 
-def _have(mod: str) -> bool:
-    return importlib.util.find_spec(mod) is not None
-
-
-needs_ort = pytest.mark.skipif(not (_have("onnx") and _have("onnxruntime")),
+needs_ort = pytest.mark.skipif(not (have("onnx") and have("onnxruntime")),
                                reason="needs onnx and onnxruntime (edgekit[onnxruntime])")
-needs_ov = pytest.mark.skipif(not (_have("onnx") and _have("openvino")),
+needs_ov = pytest.mark.skipif(not (have("onnx") and have("openvino")),
                               reason="needs onnx and openvino (edgekit[openvino])")
 
 
@@ -94,9 +90,9 @@ NODE = {"fill": ("huge_fill", "ConstantOfShape"), "range": ("huge_range", "Range
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("kind", sorted(NODE))
 def test_bench_of_a_model_that_allocates_terabytes(kind, runtime, tmp_path):
-    if runtime == "onnxruntime" and not (_have("onnx") and _have("onnxruntime")):
+    if runtime == "onnxruntime" and not (have("onnx") and have("onnxruntime")):
         pytest.skip("needs onnx and onnxruntime")
-    if runtime == "openvino" and not (_have("onnx") and _have("openvino")):
+    if runtime == "openvino" and not (have("onnx") and have("openvino")):
         pytest.skip("needs onnx and openvino")
     path = _huge_model(tmp_path / "m" / "model.onnx", kind)
     if runtime == "openvino":
@@ -118,11 +114,11 @@ def test_bench_of_a_model_that_allocates_terabytes(kind, runtime, tmp_path):
      "node 'huge_range' and op Range, the bytes asked for, and the file")
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_session_run_allocation_failure_names_the_node(runtime, tmp_path):
-    if not (_have("onnx") and _have(runtime)):
+    if not (have("onnx") and have(runtime)):
         pytest.skip(f"needs onnx and {runtime}")
     from edgekit.backends import get_backend
+    from edgekit.bench import artifact_from_file
     from edgekit.errors import ModelRunError
-    from edgekit.bench.harness import artifact_from_file
 
     path = _huge_model(tmp_path / "model.onnx", "range")
     if runtime == "openvino":
@@ -228,9 +224,10 @@ def test_bench_api_arguments_out_of_range(kwargs, tmp_path):
 @needs_ort
 def test_bench_duration_keeps_samples_bounded(tmp_path, monkeypatch):
     import edgekit.bench.harness as harness
+    import edgekit.bench.local_run as local_run
 
-    monkeypatch.setattr(harness, "MAX_SAMPLES", 50)
-    path = _onnx_file(tmp_path / "m", external=False)
+    monkeypatch.setattr(local_run, "MAX_SAMPLES", 50)
+    path = onnx_file(tmp_path / "m", external=False)
     t0 = time.perf_counter()
     report = harness.bench([path], runs=None, duration=30.0, warmup=0, data="none",
                            memory=False, progress=False)
@@ -253,7 +250,7 @@ def session(tmp_path_factory):
     """session(runtime) -> a loaded session of tiny_net (1x1x8x8 -> 1x10), exported once."""
 
     def get(runtime: str):
-        if not all(_have(m) for m in RUNTIMES[runtime]):
+        if not all(have(m) for m in RUNTIMES[runtime]):
             pytest.skip(f"needs {', '.join(RUNTIMES[runtime])}")
         if runtime not in _SESSIONS:
             from edgekit.backends import get_backend
@@ -410,7 +407,7 @@ def test_recipe_weights_that_are_not_a_checkpoint(kind, tmp_path, capsys, monkey
     elif kind == "png":
         (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     elif kind == "onnx":
-        (folder / name).write_bytes(_onnx_file(tmp_path / "o", external=False).read_bytes())
+        (folder / name).write_bytes(onnx_file(tmp_path / "o", external=False).read_bytes())
     else:
         os.mkfifo(folder / name)
     what = {"text": "a text file", "png": "a PNG image", "onnx": "an ONNX model",

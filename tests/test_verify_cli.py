@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_net
 from edgekit._npz import save_npz
 from edgekit.backends import get_backend
 from edgekit.bundle import load_bundle, sha256_file, write_json
@@ -16,6 +15,8 @@ from edgekit.bundle_check import verify_bundle
 from edgekit.cli import main
 from edgekit.errors import BundleError
 from edgekit.pipeline import compress
+
+from conftest import tiny_net
 
 ORT, TFL = "x86-onnxruntime-fp32", "x86-tflite-fp32"
 
@@ -58,26 +59,26 @@ def test_verify_passes_and_reports_per_output(bundle, capsys):
 
 def test_tampered_artifact_fails_naming_the_file(bundle, capsys):
     root, targets = bundle
-    rec = load_bundle(root).manifest["targets"][targets[0]]["files"][0]
-    path = root / rec["path"]
+    rec = load_bundle(root).manifest.targets[targets[0]].files[0]
+    path = root / rec.path
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     assert main(["verify", str(root)]) == 1
     err = capsys.readouterr().err
-    assert f"checksum mismatch for {rec['path']}" in err
+    assert f"checksum mismatch for {rec.path}" in err
     assert before == {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}  # loses nothing
 
 
 def test_missing_artifact_and_reference_are_named(bundle, capsys):
     root, targets = bundle
-    rec = load_bundle(root).manifest["targets"][targets[-1]]["files"][0]
-    os.remove(root / rec["path"])
+    rec = load_bundle(root).manifest.targets[targets[-1]].files[0]
+    os.remove(root / rec.path)
     os.remove(root / "reference.npz")
     with pytest.raises(BundleError) as exc:
         verify_bundle(root)
-    assert f"file {rec['path']} is missing" in str(exc.value)
+    assert f"file {rec.path} is missing" in str(exc.value)
     assert "file reference.npz is missing" in str(exc.value)
     assert main(["verify", str(root)]) == 1
 
@@ -101,7 +102,7 @@ def test_wrong_reference_output_fails_per_output(bundle, capsys):
 
 def test_missing_runtime_is_skipped_not_failed(bundle, monkeypatch, capsys):
     root, targets = bundle
-    backend = get_backend(load_bundle(root).manifest["targets"][targets[0]]["backend"])
+    backend = get_backend(load_bundle(root).manifest.targets[targets[0]].backend)
     monkeypatch.setattr(type(backend), "available", lambda self: "pretend it is not installed")
     assert main(["verify", str(root), "--json"]) == 0
     entry = json.loads(capsys.readouterr().out)["targets"][targets[0]]

@@ -23,6 +23,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "edgekit.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "edgekit.backends.openvino:OpenVinoBackend",
     "tflite": "edgekit.backends.tflite:TFLiteBackend",
+    "executorch": "edgekit.backends.executorch:ExecuTorchBackend",
 }
 
 

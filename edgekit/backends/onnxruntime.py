@@ -65,7 +65,8 @@ def _onnx_specs(values: Any) -> list[TensorSpec]:
     for v in values:
         t = v.type.tensor_type
         shape = tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in t.shape.dim)
-        specs.append(TensorSpec(v.name, shape, str(np.dtype(tensor_dtype_to_np_dtype(t.elem_type)))))
+        dtype = np.dtype(tensor_dtype_to_np_dtype(t.elem_type))
+        specs.append(TensorSpec(v.name, shape, str(dtype)))
     return specs
 
 
@@ -208,8 +209,8 @@ class OnnxRuntimeBackend:
             outputs=outputs,
             precision="fp32",
             info={
-                "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-                              None),
+                "opset": next((o.version for o in proto.opset_import
+                               if o.domain in ("", "ai.onnx")), None),
                 "export_seconds": round(time.perf_counter() - t0, 3),
                 "exporter": "torch.onnx.export(dynamo=True)",
             },
@@ -364,7 +365,8 @@ class OnnxRuntimeBackend:
     def import_runtime(self) -> None:
         require("onnxruntime", backend=_NAME, extra=_EXTRA)
 
-    def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]) -> OnnxRuntimeSession:
+    def load(self, artifact: Artifact, *, threads: int, options: dict[str, Any]
+             ) -> OnnxRuntimeSession:
         """Options: ``graph_optimization_level`` ("all" default, "extended", "basic", "disable")."""
         ort = require("onnxruntime", backend=_NAME, extra=_EXTRA)
         threads = check_threads(threads)

@@ -160,7 +160,8 @@ def onnx_precision_summary(path: Path) -> dict[str, Any]:
 
     proto = onnx.load(str(path))
     dq_out = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    int_ops = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"}
+    int_ops = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+               "DynamicQuantizeLSTM"}
     modules = onnx_node_modules(proto)
     layers = []
     for n in proto.graph.node:

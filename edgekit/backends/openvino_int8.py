@@ -59,7 +59,8 @@ def openvino_precision_summary(om: Any) -> dict[str, Any]:
         if t not in ("Convolution", "GroupConvolution", "MatMul", "LSTMSequence", "GRUSequence",
                      "RNNSequence"):
             continue
-        q = all(_int8_source(op.input_value(i).get_node()) for i in range(min(2, op.get_input_size())))
+        q = all(_int8_source(op.input_value(i).get_node())
+                for i in range(min(2, op.get_input_size())))
         name = op.get_friendly_name()
         m = re.match(r"__module\.([^/]*)/", name)
         layers.append({"node": name, "op": t, "module": m.group(1) if m else "",

@@ -332,7 +332,8 @@ class TFLiteBackend:
                     else:  # QAT: the fake-quantized graph already holds its ranges
                         gm = pt2e_calibrate_convert(prepared.eval(), [])
                     edge_model = litert_torch.convert(
-                        gm, example_inputs, quant_config=LiteRTQuantConfig(pt2e_quantizer=quantizer))
+                        gm, example_inputs,
+                        quant_config=LiteRTQuantConfig(pt2e_quantizer=quantizer))
                     edge_model.export(str(path))
             except Exception as exc:
                 raise export_failure(_NAME, model, example_inputs, exc) from exc
@@ -343,7 +344,8 @@ class TFLiteBackend:
 
         def qparams(d: dict) -> dict[str, Any]:
             scale, zp = d.get("quantization", (0.0, 0))
-            return {"dtype": str(np.dtype(d["dtype"])), "scale": float(scale), "zero_point": int(zp)}
+            return {"dtype": str(np.dtype(d["dtype"])), "scale": float(scale),
+                    "zero_point": int(zp)}
 
         ops = [o["op_name"] for o in interp._get_ops_details()]
         tensors = interp.get_tensor_details()

@@ -11,10 +11,15 @@ from typing import Any as _Any
 
 from ..measure.scoring import evaluate_session, split_batches
 from ..measure.timing import LatencyStats, time_interleaved
+from .arguments import check_bench_args
+from .candidates import Candidate, artifact_from_file, collect_candidates
+from .evaldata import check_data_fits
 from .reference import TorchSession
+from .summary import SCHEMA_VERSION, pareto_front
 
-__all__ = ["LatencyStats", "TorchSession", "bench", "evaluate_session", "split_batches",
-           "time_interleaved"]
+__all__ = ["SCHEMA_VERSION", "Candidate", "LatencyStats", "TorchSession", "artifact_from_file",
+           "bench", "check_bench_args", "check_data_fits", "collect_candidates",
+           "evaluate_session", "pareto_front", "split_batches", "time_interleaved"]
 
 
 def bench(*args: _Any, **kwargs: _Any) -> dict:

@@ -67,7 +67,8 @@ def add_bench_parser(sub: Any) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from .harness import _seconds_arg, bench, check_bench_args
+    from .arguments import check_bench_args, seconds_arg
+    from .harness import bench
     from .report import summary_text
 
     # every number checked (NaN, inf, zero, negative, huge) before anything is loaded
@@ -75,8 +76,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
         runs=args.runs if args.runs is not None or args.duration is not None else 200,
         duration=args.duration, warmup=args.warmup, threads=args.threads, limit=args.limit,
         flag="--")
-    remote_timeout = _seconds_arg("remote-timeout", args.remote_timeout, 86400.0, "--")
-    connect_timeout = _seconds_arg("connect-timeout", args.connect_timeout, 3600.0, "--")
+    remote_timeout = seconds_arg("remote-timeout", args.remote_timeout, 86400.0, "--")
+    connect_timeout = seconds_arg("connect-timeout", args.connect_timeout, 3600.0, "--")
     remote = None
     if args.remote:
         from .remote import RemoteDevice

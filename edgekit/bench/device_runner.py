@@ -1,10 +1,12 @@
 """Self-contained benchmark runner copied to a device (ARM board) and run there.
 
 It imports nothing from edgekit: only the standard library, numpy and the device's own
-runtime (ai-edge-litert or tflite-runtime, onnxruntime, or openvino). Usage on the device::
+runtime (ai-edge-litert or tflite-runtime, onnxruntime, openvino, or executorch). Usage on the
+device::
 
     python3 device_runner.py --model model.onnx --inputs inputs.npz --out result.json \
-        [--runtime auto|onnxruntime|openvino|tflite] [--threads 2] [--runs 50] [--warmup 5]
+        [--runtime auto|onnxruntime|openvino|tflite|executorch] [--threads 2] [--runs 50]
+        [--warmup 5]
 
 ``inputs.npz`` holds one array per model input, keys ``input.<i>`` in model order. The result
 JSON holds load time, first inference, every steady-state latency (ms), the outputs of the
@@ -27,6 +29,7 @@ INSTALL = {
     "onnxruntime": "pip install onnxruntime",
     "openvino": "pip install openvino",
     "tflite": "pip install ai-edge-litert  (or: pip install tflite-runtime)",
+    "executorch": "pip install executorch",
 }
 
 
@@ -41,7 +44,8 @@ def _runtime_for(path, wanted):
     if wanted != "auto":
         return wanted
     ext = os.path.splitext(path)[1].lower()
-    return {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "tflite"}.get(ext, "?")
+    return {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "tflite",
+            ".pte": "executorch"}.get(ext, "?")
 
 
 def _load_onnxruntime(path, threads):
@@ -132,7 +136,30 @@ def _load_tflite(path, threads):
     return run, {"runtime": name, "version": ver}
 
 
-LOADERS = {"onnxruntime": _load_onnxruntime, "openvino": _load_openvino, "tflite": _load_tflite}
+def _load_executorch(path, threads):
+    # XNNPACK's threadpool is process-wide and keeps the device's core count (not resized).
+    try:
+        import torch
+        from executorch.extension.pybindings import _C
+        from executorch.runtime import Runtime
+    except ImportError as exc:
+        raise MissingRuntime("executorch", str(exc)) from exc
+    method = Runtime.get().load_program(path).load_method("forward")
+
+    def run(feeds):
+        return [o.numpy() for o in method.execute([torch.from_numpy(x) for x in feeds])]
+
+    try:
+        from importlib.metadata import version
+        ver = version("executorch")
+    except Exception:
+        ver = "?"
+    return run, {"runtime": "executorch", "version": ver,
+                 "threads_used": int(_C._threadpool_get_thread_count())}
+
+
+LOADERS = {"onnxruntime": _load_onnxruntime, "openvino": _load_openvino, "tflite": _load_tflite,
+           "executorch": _load_executorch}
 
 
 def _device():

@@ -115,7 +115,8 @@ def summary_text(report: dict[str, Any], *, markdown: bool = False) -> str:
         head += f"; accuracy = {s['metric']} on {s['data']}"
     lines.append(head)
     lines.append("")
-    lines.append(markdown_table(rows, BENCH_COLUMNS) if markdown else text_table(rows, BENCH_COLUMNS))
+    table = markdown_table if markdown else text_table
+    lines.append(table(rows, BENCH_COLUMNS))
     notes = []
     if report.get("interrupted"):
         notes.append("INTERRUPTED (Ctrl-C): the numbers are the partial results measured so far.")
@@ -206,7 +207,8 @@ def plot_reports(report: dict[str, Any], out: Any) -> list[str]:
                     + ("\nnoisy" if lat.get("noisy") else ""),
                     (i, lat["max_ms"]), textcoords="offset points", xytext=(0, 4),
                     ha="center", fontsize=8)
-    ax.set_xticks(range(1, len(timed) + 1), labels, fontsize=8, rotation=15 if len(timed) > 3 else 0)
+    ax.set_xticks(range(1, len(timed) + 1), labels, fontsize=8,
+                  rotation=15 if len(timed) > 3 else 0)
     ax.set_ylabel("latency per call (ms)")
     hi = max(max(d) for d in data)
     lo = min(min(d) for d in data)

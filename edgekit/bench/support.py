@@ -57,11 +57,11 @@ def check_cell(
                 "layer": getattr(exc, "layer", None) if isinstance(exc, ExportError) else None,
                 "seconds": round(time.perf_counter() - start, 2),
             }
-        entry = bundle.manifest["targets"][target]
+        entry = bundle.target(target)
         return {
             "model": model, "target": target, "status": "verified",
-            "bytes": sum(f["bytes"] for f in entry["files"]),
-            "max_abs_diff": max(o["max_abs"] for o in entry["verification"]["outputs"]),
-            "min_cosine": min(o["cosine"] for o in entry["verification"]["outputs"]),
+            "bytes": entry.size_bytes,
+            "max_abs_diff": entry.max_abs_diff,
+            "min_cosine": entry.min_cosine,
             "seconds": round(time.perf_counter() - start, 2),
         }

@@ -11,9 +11,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "prune": "core", "replay": "core", "PruneResult": "core", "default_ignored_layers": "core",
-    "layers_feeding_outputs": "core", "count_macs": "core", "count_params": "core",
-    "IMPORTANCES": "core", "HISTORY_FORMAT": "core", "build_graph": "core",
+    "prune": "pruner", "PruneResult": "pruner", "replay": "history", "HISTORY_FORMAT": "history",
+    "default_ignored_layers": "graph", "layers_feeding_outputs": "graph", "build_graph": "graph",
+    "count_macs": "targets", "count_params": "targets", "IMPORTANCES": "importance",
     "LSTMPruner": "lstm",
     "fine_tune": "recover", "prune_and_fine_tune": "recover", "merge_histories": "recover",
     "measure_latency": "latency", "prune_to_latency": "latency",

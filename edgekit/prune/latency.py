@@ -10,8 +10,10 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, EdgekitError, UsageError
-from .core import PruneResult, _as_inputs, count_macs, count_params, prune
+from .graph import as_inputs
+from .pruner import PruneResult, prune
 from .recover import merge_histories
+from .targets import count_macs, count_params
 
 __all__ = ["measure_latency", "prune_to_latency"]
 
@@ -26,7 +28,7 @@ def measure_latency(model: nn.Module, example_inputs, target: Any = "x86-onnxrun
     from ..profiles import resolve_targets
 
     profile = resolve_targets([target])[0]
-    inputs = _as_inputs(example_inputs)
+    inputs = as_inputs(example_inputs)
     backend = get_backend(profile.backend)
     with tempfile.TemporaryDirectory(prefix="edgekit-prune-") as tmp:
         names_in = [f"input_{i}" for i in range(len(inputs))] if len(inputs) > 1 else ["input"]
@@ -55,7 +57,7 @@ def prune_to_latency(model: nn.Module, example_inputs, *, latency_ms: float,
         raise UsageError(f"latency_ms must be a positive number, got {latency_ms!r}")
     if not 0 < step < 1:
         raise UsageError(f"step must be between 0 and 1, got {step!r}")
-    inputs = _as_inputs(example_inputs)
+    inputs = as_inputs(example_inputs)
     macs0, params0 = count_macs(model, inputs), count_params(model)
     measured = [measure_latency(model, inputs, target, runs=runs)]
     report: dict[str, Any] = {"target": str(getattr(target, "name", target)),

@@ -18,11 +18,15 @@
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..manifest import StageRecord, add_stage
 
-__all__ = ["check_prune_table", "apply_prune_table"]
+if TYPE_CHECKING:
+    from .pruner import PruneResult
+
+__all__ = ["add_prune_record", "apply_prune_table", "check_prune_table"]
 
 _TYPES: dict[str, Any] = {
     "ratio": (int, float), "macs_reduction": (int, float), "params_reduction": (int, float),
@@ -63,9 +67,10 @@ def check_prune_table(table: Any, source: str) -> dict[str, Any]:
     return dict(table)
 
 
-def apply_prune_table(model, spec, task, table: dict[str, Any], *, targets: list, seed: int,
-                      progress: bool) -> dict[str, Any]:
-    """Prune (and fine-tune) ``model`` in place as the table says; returns the history record."""
+def apply_prune_table(model, spec, task, table: dict[str, Any], history: list[StageRecord], *,
+                      targets: list, seed: int, progress: bool) -> StageRecord:
+    """Prune (and fine-tune) ``model`` in place as the table says; append the prune record to
+    ``history`` and return it."""
     from ..train import evaluate
     from .latency import prune_to_latency
     from .recover import fine_tune, prune_and_fine_tune
@@ -90,7 +95,7 @@ def apply_prune_table(model, spec, task, table: dict[str, Any], *, targets: list
     else:
         goal = {k: table[k] for k in ("ratio", "macs_reduction", "params_reduction") if k in table}
         if ft_epochs == 0:
-            from .core import prune
+            from .pruner import prune
 
             res = prune(model, x, **goal, task=task, **opts)
             after_prune = after = evaluate(model, task.test, task)
@@ -100,5 +105,13 @@ def apply_prune_table(model, spec, task, table: dict[str, Any], *, targets: list
                                            teacher=teacher, seed=seed, progress=progress, **opts)
             after_prune, after = rep["after_prune"], rep["after_fine_tune"]
     model.eval()
-    return {**res.to_json(), "metric": task.metric, "test_before": round(before, 4),
-            "test_after_prune": round(after_prune, 4), "test_after_fine_tune": round(after, 4)}
+    return add_prune_record(history, res, metric=task.metric, test_before=round(before, 4),
+                            test_after_prune=round(after_prune, 4),
+                            test_after_fine_tune=round(after, 4))
+
+
+def add_prune_record(history: list[StageRecord], result: PruneResult, **data: Any) -> StageRecord:
+    """Append ``result``'s prune record, with ``data`` (the task metric, accuracies), to
+    ``history``."""
+    record = {k: v for k, v in result.to_json().items() if k != "stage"}
+    return add_stage(history, "prune", **record, **data)

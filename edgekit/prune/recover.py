@@ -11,7 +11,9 @@ from typing import Any
 from torch import nn
 
 from ..errors import UsageError
-from .core import PruneResult, _as_inputs, count_macs, count_params, prune
+from .graph import as_inputs
+from .pruner import PruneResult, prune
+from .targets import count_macs, count_params
 
 __all__ = ["fine_tune", "prune_and_fine_tune", "merge_histories"]
 
@@ -71,7 +73,7 @@ def prune_and_fine_tune(
     and a report with the metric after each step."""
     from ..train import evaluate
 
-    inputs = _as_inputs(example_inputs)
+    inputs = as_inputs(example_inputs)
     if not isinstance(steps, int) or steps < 1:
         raise UsageError(f"steps must be a positive integer, got {steps!r}")
     given = {k: v for k, v in (("ratio", ratio), ("macs_reduction", macs_reduction),

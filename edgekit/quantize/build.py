@@ -54,7 +54,7 @@ class Int8Result:
 
     artifact: Artifact
     session: Session
-    manifest: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
     report: Any = None
 
 
@@ -369,10 +369,10 @@ class Int8Build:
             if v.failed is not None:
                 v = self.fallback(v)
             chosen, latency = self.latency_check(v)
-            manifest = self.result(chosen, latency)
+            entry = self.result(chosen, latency)
             if decisions is not None:
-                decisions.save({"decided": manifest["decisions"], "manifest": manifest})
-            return self._ship(chosen, target_dir, manifest)
+                decisions.save({"decided": entry["decisions"], "manifest": entry})
+            return self._ship(chosen, target_dir, entry)
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -396,7 +396,7 @@ class Int8Build:
             return None
         return v
 
-    def _ship(self, v: Variant, target_dir: Path, manifest: dict[str, Any]) -> Int8Result:
+    def _ship(self, v: Variant, target_dir: Path, entry: dict[str, Any]) -> Int8Result:
         """Move ``v``'s files to ``target_dir`` and load them from there."""
         assert v.art is not None and v.where is not None
         if target_dir.exists():
@@ -404,7 +404,7 @@ class Int8Build:
         shutil.move(str(v.where), str(target_dir))
         art = dataclasses.replace(v.art, root=target_dir)
         sess = self.backend.load(art, threads=self.profile.threads, options=self.load_options)
-        return Int8Result(art, sess, manifest, v.report)
+        return Int8Result(art, sess, entry, v.report)
 
     def result(self, chosen: Variant, latency: dict[str, Any]) -> dict[str, Any]:
         """The manifest's ``quantization`` entry for the shipped variant."""
@@ -422,7 +422,7 @@ class Int8Build:
         requested = self.config.to_json()
         effective = chosen.config.to_json()
         assert chosen.sess is not None and chosen.art is not None
-        manifest: dict[str, Any] = {
+        entry: dict[str, Any] = {
             "config": effective,
             "mode": "qat" if self.qat is not None else "ptq",
             "qat_ranges": ("learned (fake-quantized graph converted)" if self.prepared is not None
@@ -453,10 +453,10 @@ class Int8Build:
         }
         task, ref, score = self.task, self.ref_score, chosen.score
         if task is not None and ref is not None and score is not None:
-            manifest["accuracy"] = {"metric": task.metric, "split": "test", "fp32": ref,
+            entry["accuracy"] = {"metric": task.metric, "split": "test", "fp32": ref,
                                     "int8": score, "drop": round(task.drop(ref, score), 4),
                                     "budget": self.budget}
-        return manifest
+        return entry
 
 
 def build_int8(

@@ -183,7 +183,8 @@ def calibration_batches(
         ek = str(ex.dtype).replace("torch.", "")
         want_kind = "f" if ex.is_floating_point() else "iu"
         if a.dtype.kind not in want_kind and not (want_kind == "iu" and a.dtype.kind == "b"):
-            raise ShapeError(f"calibration input {name!r} has dtype {a.dtype}, the model takes {ek}",
+            raise ShapeError(f"calibration input {name!r} has dtype {a.dtype}, "
+                             f"the model takes {ek}",
                              hint="convert the calibration data to the model's input dtype")
         a = a.astype(np.float32 if ex.is_floating_point() else ex.numpy().dtype, copy=False)
         if ex.is_floating_point() and not np.isfinite(a).all():
@@ -210,7 +211,8 @@ def range_statistics(a: np.ndarray) -> dict[str, float]:
             "p99": float(np.percentile(a, 99))}
 
 
-def _check_ranges(names: list[str], data: list[np.ndarray], reference: Sequence[np.ndarray]) -> None:
+def _check_ranges(names: list[str], data: list[np.ndarray], reference: Sequence[np.ndarray]
+                  ) -> None:
     for name, a, ref in zip(names, data, reference):
         if a.dtype.kind != "f" or ref is None:
             continue

@@ -113,7 +113,8 @@ class QuantConfig:
                 raise UsageError(f"unknown quantization key(s) {sorted(unknown)}; known: "
                                  f"{sorted(known)}")
             return cls(**dict(value))
-        raise UsageError(f"quantization must be a QuantConfig or a dict, got {type(value).__name__}")
+        raise UsageError("quantization must be a QuantConfig or a dict, "
+                         f"got {type(value).__name__}")
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str,

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
+from ..backends.tflite_int8 import litert_quantizer
 from ..data.task import Task
 from .config import QuantConfig
-from ..backends.tflite_int8 import litert_quantizer
 
 __all__ = ["qat_finetune", "is_qat_model"]
 
@@ -67,7 +67,8 @@ def qat_finetune(
     from ..train import evaluate, fit
 
     config = QuantConfig.coerce(config)
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = ((example_inputs,) if isinstance(example_inputs, torch.Tensor)
+              else tuple(example_inputs))
     base, folded = _fold_batch_norm(model) if fold_bn else (copy.deepcopy(model).eval(), False)
     # Two samples and a dynamic batch dimension, so the training loop can use any batch size.
     batch = torch.export.Dim("batch", min=1, max=4096)
