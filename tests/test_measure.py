@@ -191,3 +191,28 @@ def test_bench_and_benchmarks_time_the_same_tflite_call():
         assert len(inner.fed) == 7 and all(f.dtype == np.int8 for f in inner.fed)
         fed.append(inner.fed[-1].tolist())
     assert fed[0] == fed[1] == [[1, 3, -1, 127]]
+
+
+def test_latency_times_the_runtime_call_not_the_input_checks(tmp_path):
+    """A real session's ``run`` checks its feeds (NaN refused); the call every timer makes is
+    the bare runtime call on feeds checked once before timing."""
+    from edgekit.backends import Artifact
+    from edgekit.errors import DataError
+
+    from reliability_helpers import onnx_file
+
+    path = onnx_file(tmp_path / "m", external=False)
+    art = Artifact("onnxruntime", path.parent, [path.name],
+                   [TensorSpec("x", (1, 4), "float32")], [TensorSpec("y", (1, 3), "float32")],
+                   "fp32")
+    sess = get_backend("onnxruntime").load(art, threads=1, options={})
+    x = np.ones((1, 4), np.float32)
+    bare, feeds = timed_call(sess, [x])
+    assert bare is not sess and feeds[0].dtype == np.float32
+    np.testing.assert_array_equal(bare.run(feeds)[0], sess.run([x])[0])
+    nan = np.full((1, 4), np.nan, np.float32)
+    with pytest.raises(DataError, match="NaN"):
+        sess.run([nan])
+    assert np.isnan(bare.run([nan])[0]).all()  # no check inside the timed call
+    with pytest.raises(DataError):
+        timed_call(sess, [nan])  # the feeds are checked once, before timing

@@ -208,6 +208,16 @@ def test_openvino_int8_exports_fp32_once_and_ships_the_gates_verification(tmp_pa
         return real_export(self, *args, **kwargs)
 
     monkeypatch.setattr(OpenVinoBackend, "export", counted)
+    from edgekit.backends.onnxruntime import OnnxRuntimeBackend
+
+    onnx_exports = []
+    real_onnx_export = OnnxRuntimeBackend.export
+
+    def counted_onnx(self, *args, **kwargs):
+        onnx_exports.append(args[2])
+        return real_onnx_export(self, *args, **kwargs)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "export", counted_onnx)
     spec = get_spec("cnn")
     torch.manual_seed(0)
     model = spec.factory().eval()
@@ -229,6 +239,7 @@ def test_openvino_int8_exports_fp32_once_and_ships_the_gates_verification(tmp_pa
                      task=None, batch=1, progress=False, check=check)
     q = res.quantization
     assert len(exports) == 1
+    assert len(onnx_exports) == 1  # the QDQ source's ONNX, once for every QDQ attempt
     choice = q["openvino_source_choice"]
     assert choice["kept"] == "nncf" and not any(v["passed"] for v in choice["sources"].values())
     assert q["accuracy_alternative"].startswith("NNCF mixed preset")
@@ -238,3 +249,34 @@ def test_openvino_int8_exports_fp32_once_and_ships_the_gates_verification(tmp_pa
     assert res.report is (reports[3] if q["latency_check"]["chosen"] == tried[1]["name"]
                           else reports[2])
     assert res.session.run([spec.example_inputs(1)[0].numpy()])[0].shape == (1, 10)
+
+
+def test_openvino_qdq_attempts_share_one_onnx_export(tmp_path, monkeypatch):
+    # Two QDQ realisations (the other activation type is the runtime's alternative) on one
+    # backend object: one ONNX export of the fp32 model, two different int8 IRs.
+    from edgekit.backends import get_backend
+    from edgekit.backends.onnxruntime import OnnxRuntimeBackend
+
+    exports = []
+    real_export = OnnxRuntimeBackend.export
+
+    def counted(self, *args, **kwargs):
+        exports.append(args[2])
+        return real_export(self, *args, **kwargs)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "export", counted)
+    spec = get_spec("cnn")
+    torch.manual_seed(0)
+    model = spec.factory().eval()
+    train = spec.task().train
+    calib = [[t[i : i + 1].numpy() for t in train.inputs] for i in range(8)]
+    backend = get_backend("openvino")
+    sizes = []
+    for act in ("uint8", "int8"):
+        backend.quantize(model, spec.example_inputs(1), tmp_path / act,
+                         input_names=list(spec.input_names),
+                         output_names=list(spec.output_names), options={}, calibration=calib,
+                         config=QuantConfig(openvino_source="qdq", activation_type=act))
+        sizes.append((tmp_path / act / "model.bin").read_bytes())
+    assert len(exports) == 1
+    assert sizes[0] != sizes[1]  # two realisations, not one file twice

@@ -175,6 +175,45 @@ def list_files(out_dir: Path, main: str) -> list[str]:
 # --------------------------------------------------------------------------- sessions
 
 
+class CheckedSession:
+    """Base of edgekit's sessions: ``run`` checks the feeds (:class:`FeedChecker`: shapes,
+    dtypes, torch tensors, NaN/inf) and then makes the runtime call (``_call``). ``timed``
+    checks once and hands back the bare runtime call with the checked feeds, which
+    :func:`edgekit.measure.timing.timed_call` uses: a latency measures the runtime, not
+    edgekit's checks of its inputs."""
+
+    backend: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    info: dict[str, Any]
+    _check: FeedChecker
+
+    def _call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def run(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
+            ) -> list[np.ndarray]:
+        """Feeds in model order (numpy arrays or torch tensors; see :class:`FeedChecker`).
+        NaN/inf inputs raise DataError unless ``allow_nonfinite``; a failing call raises
+        :class:`ModelRunError` naming the node where the runtime says."""
+        return self._call(self._check(feeds, allow_nonfinite=allow_nonfinite))
+
+    def timed(self, feeds: list[np.ndarray]) -> tuple[BareCall, list[np.ndarray]]:
+        return BareCall(self), self._check(feeds)
+
+
+class BareCall:
+    """The runtime call of a :class:`CheckedSession`, fed arrays it has already checked."""
+
+    def __init__(self, session: CheckedSession) -> None:
+        self.backend = session.backend
+        self.inputs, self.outputs, self.info = session.inputs, session.outputs, session.info
+        self._call = session._call
+
+    def run(self, feeds: list[np.ndarray], **_: Any) -> list[np.ndarray]:
+        return self._call(feeds)
+
+
 class FeedChecker:
     """Checks and casts ``Session.run`` feeds against the artifact's input specs.
 

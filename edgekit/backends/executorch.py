@@ -41,6 +41,7 @@ import torch
 from .._deps import require
 from ..errors import BundleError, ExportError
 from ._common import (
+    CheckedSession,
     FeedChecker,
     bad_file,
     check_artifact_backend,
@@ -296,7 +297,7 @@ def _pool_threads() -> int:
     return int(_C._threadpool_get_thread_count())
 
 
-class ExecuTorchSession:
+class ExecuTorchSession(CheckedSession):
     """A loaded ``forward`` method; ``run`` feeds torch views of the checked numpy arrays."""
 
     backend = _NAME
@@ -310,12 +311,8 @@ class ExecuTorchSession:
         self._path = path
         self._check = FeedChecker(inputs)
 
-    def run(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
-            ) -> list[np.ndarray]:
-        """Feeds in model order (numpy arrays or torch tensors; see :class:`FeedChecker`).
-        NaN/inf inputs raise DataError unless ``allow_nonfinite``; a failing call raises
-        :class:`ModelRunError`."""
-        arrays = self._check(feeds, allow_nonfinite=allow_nonfinite)
+    def _call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """A failing call raises :class:`ModelRunError`."""
         try:
             outs = self._execute([torch.from_numpy(x) for x in arrays])
         except Exception as exc:  # RuntimeError from the runtime, MemoryError

@@ -20,6 +20,7 @@ import torch
 from .._deps import require
 from ..errors import BackendMissingError, BundleError, ExportError
 from ._common import (
+    CheckedSession,
     FeedChecker,
     bad_file,
     check_artifact_backend,
@@ -94,7 +95,7 @@ def check_onnx_file(path: Path) -> Any:
     return model
 
 
-class OnnxRuntimeSession:
+class OnnxRuntimeSession(CheckedSession):
     """An onnxruntime ``InferenceSession``; ``run`` takes/returns numpy arrays in model order."""
 
     backend = _NAME
@@ -110,12 +111,9 @@ class OnnxRuntimeSession:
         self._in_names = [s.name for s in inputs]
         self._out_names = [s.name for s in outputs]
 
-    def run(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
-            ) -> list[np.ndarray]:
-        """Feeds in model order (numpy arrays or torch tensors; see :class:`FeedChecker`).
-        NaN/inf inputs raise DataError unless ``allow_nonfinite``; a failing node (e.g. one
-        that allocates terabytes) raises :class:`ModelRunError` naming it."""
-        arrays = self._check(feeds, allow_nonfinite=allow_nonfinite)
+    def _call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """A failing node (e.g. one that allocates terabytes) raises :class:`ModelRunError`
+        naming it."""
         try:
             return self._sess.run(self._out_names, dict(zip(self._in_names, arrays)))
         except Exception as exc:  # onnxruntime's Fail/RuntimeException, MemoryError

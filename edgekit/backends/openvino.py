@@ -28,6 +28,7 @@ from ..errors import BundleError, ExportError, UsageError
 from ..fsio import check_not_sparse, regular_file
 from ..modelfile import MAX_MODEL_BYTES
 from ._common import (
+    CheckedSession,
     FeedChecker,
     bad_file,
     check_artifact_backend,
@@ -195,7 +196,7 @@ def check_ir_files(xml_path: Path) -> Path:
     return bin_path
 
 
-class OpenVinoSession:
+class OpenVinoSession(CheckedSession):
     """A compiled OpenVINO model with one bound infer request.
 
     ``run`` copies the feeds into the request's own input tensors and calls ``infer()``
@@ -217,12 +218,9 @@ class OpenVinoSession:
         self._in_views = [t.data for t in self._in_tensors]
         self._n_out = len(outputs)
 
-    def run(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
-            ) -> list[np.ndarray]:
-        """Feeds in model order (numpy arrays or torch tensors; see :class:`FeedChecker`).
-        NaN/inf inputs raise DataError unless ``allow_nonfinite`` (the CPU plugin would return
-        finite outputs for them); a failing node raises :class:`ModelRunError` naming it."""
-        arrays = self._check(feeds, allow_nonfinite=allow_nonfinite)
+    def _call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """NaN/inf inputs are refused by ``run`` (the CPU plugin would return finite outputs
+        for them); a failing node raises :class:`ModelRunError` naming it."""
         for view, x in zip(self._in_views, arrays):
             np.copyto(view, x)
         req = self._req
@@ -333,6 +331,32 @@ class OpenVinoBackend:
     def int8_available(self) -> str | None:
         return int8_needs(["nncf"])
 
+    def _onnx_fp32(self, model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
+                   input_names: list[str], output_names: list[str]) -> Artifact:
+        """The fp32 ONNX export the QDQ source quantizes, exported once per model (weights,
+        input shapes and names) for the life of this backend object, so every QDQ attempt
+        of one int8 build derives from the same file."""
+        import hashlib
+        import tempfile
+
+        from .onnxruntime import OnnxRuntimeBackend
+
+        digest = hashlib.sha256()
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        key = (digest.hexdigest(), tuple((tuple(x.shape), str(x.dtype)) for x in example_inputs),
+               tuple(input_names), tuple(output_names))
+        cache = self.__dict__.setdefault("_onnx_exports", {})
+        if key not in cache:
+            folder = self.__dict__.setdefault(
+                "_onnx_folder", tempfile.TemporaryDirectory(prefix="edgekit-ov-qdq-"))
+            out = Path(folder.name) / f"fp32-{len(cache)}"
+            cache[key] = OnnxRuntimeBackend().export(
+                model, example_inputs, out, input_names=list(input_names),
+                output_names=list(output_names), options={})
+        return cache[key]
+
     def quantize(
         self,
         model: torch.nn.Module,
@@ -367,7 +391,8 @@ class OpenVinoBackend:
                 qdq = OnnxRuntimeBackend().quantize(
                     model, example_inputs, Path(tmp) / "qdq", input_names=input_names,
                     output_names=output_names, options={}, calibration=calibration,
-                    config=config, keep_float=keep_float)
+                    config=config, keep_float=keep_float,
+                    fp32=self._onnx_fp32(model, example_inputs, input_names, output_names))
                 om = ov.Core().read_model(str(qdq.path))
                 qinfo = {"quantizer": "onnxruntime quantize_static QDQ read by OpenVINO",
                          **{k: v for k, v in qdq.info["quantization"].items()

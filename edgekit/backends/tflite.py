@@ -34,6 +34,8 @@ import torch
 from .._deps import require
 from ..errors import BackendMissingError, BundleError, ExportError
 from ._common import (
+    BareCall,
+    CheckedSession,
     FeedChecker,
     bad_file,
     check_artifact_backend,
@@ -119,7 +121,7 @@ def _spec(name: str, detail: dict) -> TensorSpec:
     return TensorSpec(name, tuple(int(d) for d in detail["shape"]), str(np.dtype(detail["dtype"])))
 
 
-class TFLiteSession:
+class TFLiteSession(CheckedSession):
     """A LiteRT interpreter with tensors allocated; ``run`` sets inputs by tensor index, at the
     model's own I/O types (int8 tensors for an int8 model with int8 I/O)."""
 
@@ -139,12 +141,8 @@ class TFLiteSession:
         self._get = interp.get_tensor
         self._invoke = interp.invoke
 
-    def run(self, feeds: list[np.ndarray], *, allow_nonfinite: bool = False
-            ) -> list[np.ndarray]:
-        """Feeds in model order (numpy arrays or torch tensors; see :class:`FeedChecker`).
-        NaN/inf inputs raise DataError unless ``allow_nonfinite``; a failing invoke raises
-        :class:`ModelRunError`."""
-        arrays = self._check(feeds, allow_nonfinite=allow_nonfinite)
+    def _call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """A failing invoke raises :class:`ModelRunError`."""
         for idx, x in zip(self._in_idx, arrays):
             self._set(idx, x)
         try:
@@ -194,9 +192,12 @@ class FloatIOSession:
         return [o if c is None else (o.astype(np.float32) - c[1]) * np.float32(c[0])
                 for o, c in zip(outs, self._convert_out)]
 
-    def timed(self, feeds: list[np.ndarray]) -> tuple[TFLiteSession, list[np.ndarray]]:
+    def timed(self, feeds: list[np.ndarray]) -> tuple[BareCall | TFLiteSession,
+                                                       list[np.ndarray]]:
         """What a latency measures: the inner interpreter call and its pre-quantized feeds."""
-        return self.inner, self.quantize_feeds(feeds)
+        quantized = self.quantize_feeds(feeds)
+        timed = getattr(self.inner, "timed", None)
+        return timed(quantized) if timed is not None else (self.inner, quantized)
 
 
 def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: Any) -> np.ndarray:
