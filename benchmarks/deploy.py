@@ -4,12 +4,21 @@ default int8 flow, at 1 thread, timed side by side in one interleaved run per mo
     python -m benchmarks.deploy                       # every model of edgekit.models.deploy
     python -m benchmarks.deploy --models resnet18_224,mobilenet_v2_224 --runs 40
 
-Writes ``benchmarks/results/deploy.{json,md}``. The models are randomly initialised (no
-weights can be downloaded and the realistic-scale tasks are not trained yet), so this measures
-speed, size and int8 fidelity against the model's own fp32 output, not accuracy. Calibration
-and fidelity inputs are real data shaped to each model's input: scikit-learn's digits resized
-to 224x224 RGB, the shipped spoken-digit features resampled to 49x10 frames, and English text
-(the Python standard library's own docstrings) hashed into token ids with a real padding mask.
+    python -m benchmarks.deploy --accuracy-only       # only the accuracy part (below)
+
+Writes ``benchmarks/results/deploy.{json,md}``. Latency: the models are timed at their
+standard shapes with random weights (speed, size and int8 fidelity against the model's own fp32
+output). Calibration and fidelity inputs are real data shaped to each model's input:
+scikit-learn's digits resized to 224x224 RGB, the shipped spoken-digit features resampled to
+49x10 frames, and English text (the Python standard library's own docstrings) hashed into token
+ids with a real padding mask.
+
+Accuracy: each architecture's twin in the zoo (``ZOO_TWINS``, ``edgekit.models.zoo.realistic``)
+is trained on its real task (glyphs in unseen fonts at 64x64, keyword spotting on unseen voices
+at 49x10 MFCC, docstring classification at 128 tokens; weights cached by
+``benchmarks.common.trained``), exported fp32 and int8 to every runtime at the task's shape,
+and scored on the task's whole test split: the task metric, and for classifiers macro recall
+and macro F1 (``edgekit.measure.metrics``), beside PyTorch fp32.
 
 Per cell: median and p90 ms, int8 speed-up over the same runtime's fp32, edgekit / native
 latency, % of this machine's measured int8 (or fp32) matrix-multiply peak, file size, and
@@ -220,6 +229,103 @@ def _specs(tmp: Path):
     return art.inputs, art.outputs
 
 
+# --------------------------------------------------------------------------- accuracy
+
+#: deployment architecture -> the zoo entry that trains it on a real task
+ZOO_TWINS = {
+    "mobilenet_v2_224": "mobilenet_v2_glyphs", "mobilenet_v3_large_224": "mobilenet_v3_glyphs",
+    "resnet18_224": "resnet18_glyphs", "deit_tiny_224": "deit_tiny_glyphs",
+    "unet_128": "unet_glyphs", "ds_cnn_kws": "ds_cnn_kws", "gru_kws": "gru_kws",
+    "bert_mini_128": "bert_mini_docstrings",
+}
+
+
+def task_scores(task, outputs: list[np.ndarray], targets: np.ndarray) -> dict[str, float]:
+    """The task's metric, plus macro recall and F1 for classifiers (all rounded)."""
+    from edgekit.measure.metrics import classification_metrics
+
+    out = {task.metric: round(float(task.score(outputs, targets, None)), 2)}
+    if task.kind == "classification":
+        m = classification_metrics(outputs[0], targets)
+        out.update(macro_recall=round(m["macro_recall"], 2), macro_f1=round(m["macro_f1"], 2))
+    return out
+
+
+def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | None = None
+                   ) -> dict[str, Any]:
+    """Train (cached) the zoo twin of ``deploy_name``, export it fp32 and int8 to every runtime
+    at its task's shape and score each artifact on the test split."""
+    from benchmarks.common import trained
+    from edgekit.measure.scoring import session_outputs, split_batches
+    from edgekit.models import get_spec
+    from edgekit.pipeline import compress
+    from edgekit.train import predict
+
+    zoo = ZOO_TWINS[deploy_name]
+    spec = get_spec(zoo)
+    t0 = time.perf_counter()
+    model, meta = trained(zoo)
+    task = spec.task()
+    test = task.test if limit is None else task.test.subset(limit)
+    targets = test.targets.numpy()
+    calib = split_batches(task.val, 1, limit=calib_n)  # val: shaped like test (train may not be)
+    cells: dict[str, dict[str, Any]] = {
+        "pytorch/fp32": task_scores(task, predict(model, test), targets)}
+    log(zoo, f"pytorch fp32: {cells['pytorch/fp32']}")
+    for rt in RUNTIMES:
+        for prec, target in (("fp32", FP32[rt]), ("int8", INT8[rt])):
+            key = f"{rt}/{prec}"
+            try:
+                bundle = compress(model, spec.example_inputs(1), targets=[target],
+                                  out_dir=tmp / f"acc-{rt}-{prec}", name=zoo,
+                                  input_names=spec.input_names, output_names=spec.output_names,
+                                  calibration=calib if prec == "int8" else None,
+                                  verify_samples=8, progress=False)
+                outs = session_outputs(bundle.load(target, threads=1), test, batch=1)
+                cells[key] = task_scores(task, outs, targets[: len(outs[0])])
+            except Exception as exc:  # a failed flow is a result, with its reason
+                cells[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            log(zoo, f"{key}: {cells[key]}")
+    return {"model": deploy_name, "zoo": zoo, "task": task.name, "metric": task.metric,
+            "input": [list(t.shape[1:]) for t in test.inputs], "test_samples": len(test),
+            "train_epochs": meta.get("epochs"), "train_seconds": meta.get("train_seconds"),
+            "calibration_samples": calib_n, "seconds": round(time.perf_counter() - t0, 1),
+            "cells": cells}
+
+
+def accuracy_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Accuracy on the real tasks",
+        "",
+        "Each architecture trained on a real task at the task's shape (trained weights cached "
+        "outside the repository; `python -m benchmarks.deploy --accuracy-only` rebuilds "
+        "them), exported fp32 and int8, scored on the whole test split (unseen fonts, voices "
+        "or source files). Cells: task metric (macro recall / macro F1 for classifiers), in %.",
+        "",
+        "| model | task, input | train | PyTorch fp32 | " + " | ".join(
+            f"{rt} {p}" for rt in RUNTIMES for p in ("fp32", "int8")) + " |",
+        "|---|---|---|---:|" + "---:|" * (2 * len(RUNTIMES)),
+    ]
+
+    def cell(c: dict[str, Any], metric: str) -> str:
+        if "error" in c:
+            return f"failed: {c['error'][:60]}"
+        if metric not in c:
+            return "-"
+        extra = (f" ({c['macro_recall']:.1f} / {c['macro_f1']:.1f})"
+                 if "macro_f1" in c else "")
+        return f"{c[metric]:.2f}{extra}"
+
+    for r in rows:
+        shape = "x".join(str(d) for d in r["input"][0])
+        lines.append(
+            f"| {r['model']} | {r['task']} {shape} | {r['train_epochs']} ep, "
+            f"{r['train_seconds']} s | {cell(r['cells']['pytorch/fp32'], r['metric'])} | "
+            + " | ".join(cell(r["cells"].get(f"{rt}/{p}", {}), r["metric"])
+                         for rt in RUNTIMES for p in ("fp32", "int8")) + " |")
+    return lines + [""]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -239,8 +345,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"Generated by `python -m benchmarks.deploy` on {m['cpu']} ({m['cores']} cores), "
         f"{report['threads']} thread per runtime, batch 1, medians of interleaved calls; "
         f"measured peak fp32 {report['peak']['fp32'] / 1e9:.1f} GFLOP/s, int8 "
-        f"{report['peak']['int8'] / 1e9:.1f} GOP/s. Models randomly initialised (speed, size "
-        "and int8 fidelity against the model's own fp32 output; no accuracy). Calibration: "
+        f"{report['peak']['int8'] / 1e9:.1f} GOP/s. Latency models randomly initialised (speed, "
+        "size and int8 fidelity against the model's own fp32 output; accuracy of the same "
+        "architectures trained on real tasks: the last section). Calibration: "
         f"real data reshaped to each input (see the script's docstring).",
         "",
         "| model | runtime | fp32 ms | int8 ms | int8 speed-up | native int8 ms | native "
@@ -287,6 +394,8 @@ def markdown(report: dict[str, Any]) -> str:
                          f"**{'met' if best >= 40 else 'missed'}** (best runtime {best}%)")
     lines += ["", "Published anchors (other CPUs, context only): "
               + "; ".join(ANCHORS.values()) + "."]
+    if report.get("accuracy"):
+        lines += [""] + accuracy_markdown(report["accuracy"])
     return "\n".join(lines) + "\n"
 
 
@@ -299,21 +408,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=30, help="timed rounds per model (default 30)")
     ap.add_argument("--calibration", type=int, default=32, help="calibration samples")
     ap.add_argument("--out", default=str(RESULTS), help="results folder")
+    ap.add_argument("--accuracy", action=argparse.BooleanOptionalAction, default=True,
+                    help="also train the zoo twins and score fp32/int8 on the real tasks")
+    ap.add_argument("--accuracy-only", action="store_true", help="skip the latency part")
+    ap.add_argument("--test-limit", type=int, default=None,
+                    help="score only the first N test samples (default: the whole split)")
     args = ap.parse_args(argv)
     names = args.models.split(",") if args.models else deploy_models()
     threads = 1
+    torch.set_num_threads(threads)
+    out = Path(args.out)
+    if args.accuracy_only:
+        rows = []
+        for name in names:
+            with tempfile.TemporaryDirectory(prefix=f"edgekit-acc-{name}-") as tmp:
+                rows.append(accuracy_model(name, Path(tmp), calib_n=args.calibration,
+                                           limit=args.test_limit))
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "deploy_accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
+        print("\n".join(accuracy_markdown(rows)))
+        return 0
     peak = measure_peak(threads=threads)
     report: dict[str, Any] = {
         "threads": threads, "machine": {"cpu": _cpu(), "cores": os.cpu_count(),
                                         "python": platform.python_version()},
         "peak": {"fp32": peak["fp32"]["ops_per_s"], "int8": peak["int8"]["ops_per_s"]},
-        "models": []}
+        "models": [], "accuracy": []}
     peaks = {k: {"ops_per_s": v} for k, v in report["peak"].items()}
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"edgekit-deploy-{name}-") as tmp:
             report["models"].append(run_model(name, Path(tmp), runs=args.runs,
                                               calib_n=args.calibration, peak=peaks))
-        out = Path(args.out)
+            if args.accuracy and name in ZOO_TWINS:
+                report["accuracy"].append(accuracy_model(name, Path(tmp), calib_n=args.calibration,
+                                                         limit=args.test_limit))
         out.mkdir(parents=True, exist_ok=True)
         (out / "deploy.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (out / "deploy.md").write_text(markdown(report))

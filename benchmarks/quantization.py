@@ -29,6 +29,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgekit.backends import Artifact, get_backend
@@ -205,6 +206,206 @@ def run_model(name: str, runs: int, threads: int, epochs_scale: float, qat_epoch
     return rows
 
 
+#: The float-domain transforms measured by the ablation, as ``quantization=`` switches.
+TRANSFORMS = ("equalize", "bias_correction", "smoothquant")
+#: Every ablation build: all layers int8 (no fallback, no latency variants), NNCF for OpenVINO
+#: (its native flow's quantizer: the difference measured is the transforms alone).
+ABLATION_BASE = {"fallback": False, "latency_check": False, "openvino_source": "nncf"}
+
+
+def _ungated(target: str):
+    """``target``'s profile with its parity tolerance and held-out gate off: the ablation
+    measures every build, including those the gate would refuse (with fallback off)."""
+    import dataclasses
+
+    from edgekit.profiles import Tolerance, load_profile
+
+    p = load_profile(target)
+    return dataclasses.replace(p, tolerance=Tolerance(None, None, None), gate={
+        "holdout": 0.0, "min_centred_cosine": False, "min_sqnr_db": False,
+        "min_top1_agreement": False})
+
+
+def _fidelity(sess, task, ref: np.ndarray) -> dict:
+    """Accuracy and fidelity of ``sess`` on the test split against the PyTorch fp32 outputs."""
+    from edgekit.measure.metrics import centred_cosine, json_number, sqnr_db, top1_agreement
+    from edgekit.measure.scoring import session_outputs
+
+    outs = session_outputs(sess, task.test, batch=1)
+    used = len(outs[0])
+    inputs = [t[:used].numpy() for t in task.test.inputs]
+    acc = float(task.score(outs, task.test.targets[:used].numpy(), inputs))
+    out, r = np.asarray(outs[0], dtype=np.float64), ref[:used]
+    agree = top1_agreement(r, out)
+    return {"accuracy": round(acc, 3),
+            "centred_cosine": round(float(np.nanmean(centred_cosine(r, out))), 5),
+            "top1_agreement": None if agree is None else round(float(agree), 4),
+            "sqnr_db": json_number(round(float(sqnr_db(r, out)), 2))}
+
+
+def run_transforms(name: str, threads: int, epochs_scale: float, tmp: Path,
+                   runtimes: tuple[str, ...] = RUNTIMES) -> dict:
+    """fp32, each runtime's default int8 flow, and edgekit PTQ with every float-domain
+    transform on, with each one off in turn and with none: accuracy, fidelity to PyTorch fp32
+    (centred cosine, top-1 agreement, SQNR on the test split) and size, side by side."""
+    spec = get_spec(name)
+    task = spec.task()
+    epochs = max(2, round(spec.default_epochs * epochs_scale))
+    model, _ = trained(name, epochs)
+    with torch.no_grad():
+        ref = model(*task.test.inputs)
+    ref = np.asarray((ref if isinstance(ref, torch.Tensor) else ref[0]).numpy(), dtype=np.float64)
+    fp32_acc = evaluate(model, task.test, task)
+    x = spec.example_inputs(1)
+    calib = [tuple(t[i:i + 1].numpy() for t in task.train.inputs) for i in range(CALIB)]
+    kw = dict(input_names=spec.input_names, output_names=spec.output_names, verify_samples=16,
+              progress=False, calibration=calib)
+    out: dict = {"model": name, "epochs": epochs, "fp32_pytorch": round(fp32_acc, 3),
+                 "builds": {}}
+    t0 = time.perf_counter()
+    fp32_dir = tmp / f"{name}-tf-fp32"
+    fp32 = compress(model, x, targets=[FP32[rt] for rt in runtimes], out_dir=fp32_dir,
+                    **{k: v for k, v in kw.items() if k != "calibration"})
+    fp32_sessions = {rt: fp32.load(FP32[rt], threads=threads) for rt in runtimes}
+    for rt in runtimes:
+        out["builds"][f"fp32/{rt}"] = {**_fidelity(fp32_sessions[rt], task, ref),
+                                       "size_bytes": _size(fp32_dir, FP32[rt])}
+    for rt, (sess, size, info) in _native(name, model, x, spec, task, tmp, fp32_dir, threads,
+                                          fp32_sessions.get("onnxruntime")).items():
+        if rt not in runtimes:
+            continue
+        out["builds"][f"native/{rt}"] = ({**_fidelity(sess, task, ref), "size_bytes": size}
+                                         if sess is not None else dict(info))
+    log(f"{name}: fp32 + native in {time.perf_counter() - t0:.0f} s")
+    from edgekit.quantize.transforms import apply_transforms
+
+    variants: dict[str, dict] = {"all": {**{t: True for t in TRANSFORMS},
+                                         "equalize_relu6": "clamp"}}
+    variants["none"] = {t: False for t in TRANSFORMS}
+    _, rec = apply_transforms(model, [list(c) for c in calib], relu6="clamp",
+                              **{t: True for t in TRANSFORMS})
+    for t in rec["applied"]:  # ablate only what applies to this model
+        variants[f"-{t}"] = {**variants["all"], t: False}
+    if rec.get("clamped_relu6"):
+        variants["relu6_skip"] = {**variants["all"], "equalize_relu6": "skip"}
+    records: dict[str, dict] = {}
+    for rt in runtimes:
+        for tag in variants:
+            t1 = time.perf_counter()
+            key = f"{tag}/{rt}"
+            d = tmp / f"{name}-tf-{tag}-{rt}"
+            try:
+                bundle = compress(model, x, targets=[_ungated(INT8[rt])], out_dir=d, **kw,
+                                  quantization={**ABLATION_BASE, **variants[tag]})
+                man = json.loads((d / "manifest.json").read_text())
+                q = man["targets"][INT8[rt]]["quantization"]
+                sess = bundle.load(INT8[rt], threads=threads)
+                out["builds"][key] = {**_fidelity(sess, task, ref),
+                                      "size_bytes": _size(d, INT8[rt]),
+                                      "float_layers": q.get("float_layers"),
+                                      "applied": (q.get("transforms") or {}).get("applied")}
+                records.setdefault(tag, q.get("transforms") or {})
+            except Exception as exc:
+                out["builds"][key] = {"error": f"{type(exc).__name__}: {exc}"[:400]}
+            log(f"{name} {key}: {time.perf_counter() - t1:.0f} s "
+                f"{ {k: v for k, v in out['builds'][key].items() if k != 'float_layers'} }")
+    out["transforms"] = {k: {kk: vv for kk, vv in v.items()
+                             if kk in ("applied", "skipped", "bn_folded", "equalized_pairs",
+                                       "bias_absorbed", "clamped_relu6", "smoothquant_norms")}
+                         for k, v in records.items() if k == "all"}
+    out["variants"] = list(variants)
+    return out
+
+
+def _db(x) -> str:
+    return f"{x:.2f}" if isinstance(x, (int, float)) and np.isfinite(x) else str(x)
+
+
+def _default_variant(m: dict) -> str:
+    """The ablation row built as edgekit's defaults build (equalize with ReLU6 pairs skipped,
+    bias correction, no SmoothQuant)."""
+    v = m.get("variants", [])
+    return "relu6_skip" if "relu6_skip" in v else "-smoothquant" if "-smoothquant" in v else "all"
+
+
+def transforms_summary(models: list[dict]) -> list[str]:
+    """edgekit's defaults against no transform and against each runtime's own int8 flow."""
+    lines = ["### Summary: edgekit's default transforms (SQNR dB vs PyTorch fp32; drop in points)",
+             "", "| model | runtime | default row | SQNR native | SQNR none | SQNR default | "
+             "default - none | default - native | drop native | drop default |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in models:
+        if "error" in m:
+            continue
+        tag = _default_variant(m)
+        for rt in RUNTIMES:
+            b = m["builds"]
+            fp, nat, none, d = (b.get(f"{k}/{rt}") or {} for k in ("fp32", "native", "none", tag))
+            num = [x.get("sqnr_db") if isinstance(x.get("sqnr_db"), (int, float)) else None
+                   for x in (nat, none, d)]
+
+            def diff(a, c):
+                return "-" if a is None or c is None else f"{a - c:+.2f}"
+
+            def drop(x, fp=fp):
+                return ("-" if fp.get("accuracy") is None or x.get("accuracy") is None
+                        else f"{fp['accuracy'] - x['accuracy']:.2f}")
+
+            cells = ["-" if x is None else f"{x:.2f}" for x in num]
+            lines.append(f"| {m['model']} | {rt} | {tag} | {cells[0]} | {cells[1]} | {cells[2]} "
+                         f"| {diff(num[2], num[1])} | {diff(num[2], num[0])} | {drop(nat)} | "
+                         f"{drop(d)} |")
+    return lines + [""]
+
+
+def transforms_markdown(models: list[dict]) -> list[str]:
+    lines = ["## Float-domain transforms: ablation (every layer int8, no fallback)", "",
+             "Fidelity is against PyTorch fp32 on the test split (360 samples): centred cosine "
+             "(mean per sample), top-1 agreement, SQNR (dB). `all` = equalize + bias_correction "
+             "+ smoothquant (where each applies; equalization through ReLU6 with per-channel "
+             "clamps), `-x` = all but x, `none` = edgekit's PTQ without transforms, "
+             "`relu6_skip` = all with equalization not crossing ReLU6 (equalize_relu6 = "
+             "\"skip\", the default). "
+             "OpenVINO int8 is NNCF in every row (native = nncf.quantize defaults).", ""]
+    lines += transforms_summary(models)
+    for m in models:
+        if "error" in m:
+            lines += [f"### {m['model']}", "", f"FAILED: {m['error']}", ""]
+            continue
+        lines += [f"### {m['model']} (PyTorch fp32 {m['fp32_pytorch']:.2f}, {m['epochs']} "
+                  "epochs)", ""]
+        tr = (m.get("transforms") or {}).get("all") or {}
+        if tr:
+            lines.append(f"Applied: {tr.get('applied')}; BN folded: "
+                         f"{len(tr.get('bn_folded') or [])}; pairs equalized: "
+                         f"{len(tr.get('equalized_pairs') or [])}; bias absorbed: "
+                         f"{len(tr.get('bias_absorbed') or [])}; ReLU6 clamped: "
+                         f"{len(tr.get('clamped_relu6') or [])}; SmoothQuant norms: "
+                         f"{tr.get('smoothquant_norms') or []}; skipped: {tr.get('skipped') or {}}")
+            lines.append("")
+        lines += ["| runtime | build | accuracy | drop | centred cos | top-1 agree | SQNR dB | "
+                  "size kB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for rt in RUNTIMES:
+            fp = m["builds"].get(f"fp32/{rt}") or {}
+            for tag in ("fp32", "native", *m.get("variants", [])):
+                b = m["builds"].get(f"{tag}/{rt}")
+                if b is None:
+                    continue
+                if "error" in b:
+                    err = " ".join(b["error"].split()).replace("|", "/")[:120]
+                    lines.append(f"| {rt} | {tag} | failed: {err} | | | | | |")
+                    continue
+                drop = (None if fp.get("accuracy") is None
+                        else round(fp["accuracy"] - b["accuracy"], 2))
+                ta = "-" if b.get("top1_agreement") is None else f"{b['top1_agreement']:.4f}"
+                lines.append(
+                    f"| {rt} | {tag} | {b['accuracy']:.2f} | {'-' if drop is None else drop} | "
+                    f"{b['centred_cosine']:.5f} | {ta} | {_db(b['sqnr_db'])} | "
+                    f"{(b.get('size_bytes') or 0) / 1024:.1f} |")
+        lines.append("")
+    return lines
+
+
 def ratios(rows: dict) -> dict:
     v = rows["variants"]
     out = {}
@@ -293,6 +494,11 @@ def to_markdown(report: dict) -> str:
               "ds_cnn; never below the runtime's own default flow on accuracy; int8 speed-up over "
               "fp32 reported everywhere, slower included.", ""]
     lines += [f"- {m}" for m in against_the_bar(report)] or ["- met everywhere."]
+    if report.get("transforms_ablation"):
+        ab = report["transforms_ablation"]
+        lines += ["", f"Ablation run: threads {ab['threads']}, calibration {CALIB} training "
+                  "samples (the same for every build and the native flows).", ""]
+        lines += transforms_markdown(ab["models"])
     return "\n".join(lines) + "\n"
 
 
@@ -342,7 +548,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="only merge the models of earlier runs' quantization.json files (split "
                     "runs of one benchmark, each model measured side by side in its own run) "
                     "into --out; later files win")
+    ap.add_argument("--transforms", action="store_true",
+                    help="run only the float-domain transform ablation on --models and merge it "
+                    "into --out's quantization.json (other results kept)")
     args = ap.parse_args(argv)
+    if args.transforms:
+        return main_transforms(args)
     if args.combine:
         runs = [json.loads(Path(f).read_text()) for f in args.combine]
         by_model = {m["model"]: m for run in runs for m in run["models"]}
@@ -374,6 +585,33 @@ def main(argv: list[str] | None = None) -> int:
             (out / "quantization.json").write_text(json.dumps(report, indent=2) + "\n")
             (out / "quantization.md").write_text(to_markdown(report))
             log(f"{name}: done in {rows['seconds']} s")
+    return 0
+
+
+def main_transforms(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "quantization.json"
+    report = json.loads(path.read_text()) if path.is_file() else {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "threads": args.threads, "runs": args.runs, "models": []}
+    ab = report.get("transforms_ablation") or {"threads": args.threads, "models": []}
+    ab["threads"] = args.threads
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            t0 = time.perf_counter()
+            try:
+                rows = run_transforms(name, args.threads, args.epochs_scale, Path(tmp))
+            except Exception as exc:
+                traceback.print_exc()
+                rows = {"model": name, "error": f"{type(exc).__name__}: {exc}"[:600]}
+            rows["seconds"] = round(time.perf_counter() - t0, 1)
+            ab["models"] = [m for m in ab["models"] if m["model"] != name] + [rows]
+            report["transforms_ablation"] = ab
+            path.write_text(json.dumps(report, indent=2) + "\n")
+            (out / "quantization.md").write_text(to_markdown(report))
+            log(f"{name}: ablation done in {rows['seconds']} s")
     return 0
 
 

@@ -33,18 +33,21 @@ _EXPORTS = {
     "get_spec": "edgekit.models",
     "list_models": "edgekit.models",
     "verify": "edgekit.verify",
+    "explain": "edgekit.explain",
+    "culprit_layers": "edgekit.explain",
     "run_demo": "edgekit.demo",
     "EdgekitError": "edgekit.errors",
     "prune_model": "edgekit.prune",
     "QuantConfig": "edgekit.quantize",
+    "sweep": "edgekit.search.sweep",
 }
 
-__all__ = ["__version__", "bench", *sorted(_EXPORTS)]
+__all__ = ["__version__", "bench", "search", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "bench":  # the callable subpackage: edgekit.bench(...) runs the harness
-        return importlib.import_module("edgekit.bench")
+    if name in ("bench", "search"):  # callable subpackages: edgekit.bench(...) runs the
+        return importlib.import_module(f"edgekit.{name}")  # harness, edgekit.search(...) a search
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value

@@ -24,7 +24,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from .models import get_spec, list_models
 
     rows = []
-    for name in list_models():
+    for name in list_models(realistic=True):
         spec = get_spec(name)
         rows.append({"name": name, "family": spec.family, "inputs": list(spec.input_names),
                      "outputs": list(spec.output_names), "description": spec.description})
@@ -76,10 +76,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
         raise UsageError(f"{'--depfile' if args.depfile else '--trust-checkpoint'} needs --recipe")
     if ":" not in args.model:
-        if args.model not in list_models():
+        if args.model not in list_models(realistic=True):
             from .errors import UnknownNameError
 
-            raise UnknownNameError("model", args.model, list_models())
+            raise UnknownNameError("model", args.model, list_models(realistic=True))
         if args.input_shape:
             from .errors import UsageError
 
@@ -105,6 +105,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                     "targets": list(args.target)},
             progress=progress,
             calibration=getattr(args, "calibration", None),
+            verify_data=getattr(args, "verify_data", None),
             quantization=({"method": args.quant_method}
                           if getattr(args, "quant_method", None) else None),
             overwrite=args.force,
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-name", action="append", help="user models: output names, in order")
     p.add_argument("--calibration", metavar="NPZ",
                    help="user models, int8 targets: calibration samples (.npz, one key per input)")
+    p.add_argument("--verify-data", metavar="NPZ",
+                   help="user models, int8 targets: held-out samples (.npz, one key per input) "
+                   "the int8 build must match fp32 on (the profile's [gate])")
     p.add_argument("--quant-method", choices=["minmax", "percentile", "entropy"],
                    help="user models, int8 targets: calibration method (default minmax)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -395,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .prune_cli import add_prune_parser
 
     add_prune_parser(sub)
+
+    from .explain.cli import add_explain_parser
+
+    add_explain_parser(sub)
+
+    from .search.cli import add_search_parsers
+
+    add_search_parsers(sub)
     return parser
 
 

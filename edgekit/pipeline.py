@@ -30,7 +30,7 @@ from .bundle import (
     write_json,
 )
 from .data.task import Task
-from .errors import EdgekitError, ShapeError, UsageError
+from .errors import DataError, EdgekitError, ShapeError, UsageError
 from .fsio import check_name, check_tensor_name
 from .manifest import Manifest, ModelRecord, StageRecord, TargetEntry, add_stage, stage_records
 from .measure.scoring import split_batches
@@ -132,6 +132,7 @@ def compress(
     quantization: Any = None,
     overwrite: bool = False,
     verbose: bool = False,
+    verify_data: Any = None,
 ) -> Bundle:
     """Export ``model`` for every target, verify each artifact, and write one bundle.
 
@@ -163,7 +164,11 @@ def compress(
     QuantConfig replaces it whole). With a task, an int8 artifact must stay within the profile's
     ``[accuracy] max_drop`` on the task's test split: the most sensitive layers are kept in
     float until it does, else :class:`edgekit.errors.QuantizationError` (per-layer table,
-    suggested float layers) and no bundle is written.
+    suggested float layers) and no bundle is written. Without a task, an int8 artifact must
+    pass the profile's ``[gate]`` (centred cosine, SQNR, top-1 agreement against fp32; see
+    :mod:`edgekit.quantize.gate`) on held-out data: ``verify_data`` (same forms as
+    ``calibration``) when given, else calibration data beyond the calibration samples, else a
+    part of the calibration batches held out of calibration.
     """
     check_out_dir(out_dir, overwrite=overwrite)  # before any work
     profiles = resolve_targets(targets)
@@ -190,6 +195,8 @@ def compress(
 
     qconfigs = _quant_configs(profiles, quantization)
     calib: dict[int, list[list[np.ndarray]]] = {}  # calibration feeds per sample count
+    spare: dict[int, list[list[np.ndarray]]] = {}  # feeds beyond that count (to hold out)
+    verify_feeds: list[list[np.ndarray]] | None = None
     if qconfigs:
         from .quantize import calibration_batches
 
@@ -203,11 +210,19 @@ def compress(
             reference = None
             if task is not None and calibration is not None:
                 reference = [t[:limit].numpy() for t in task.train.inputs]
-            calib[limit] = calibration_batches(source, example_inputs=inputs,
-                                               input_names=in_names, limit=limit,
-                                               reference=reference)
-    elif calibration is not None or quantization is not None:
-        raise UsageError("calibration/quantization given, but no target is int8",
+            feeds = calibration_batches(source, example_inputs=inputs,
+                                        input_names=in_names, limit=2 * limit,
+                                        reference=reference)
+            calls = max(1, limit // batch)
+            calib[limit], spare[limit] = feeds[:calls], feeds[calls:]
+        if verify_data is not None:
+            try:
+                verify_feeds = calibration_batches(verify_data, example_inputs=inputs,
+                                                   input_names=in_names, limit=10_000)
+            except (DataError, ShapeError) as exc:
+                raise type(exc)(f"verify_data: {exc.message}", hint=exc.hint) from None
+    elif calibration is not None or quantization is not None or verify_data is not None:
+        raise UsageError("calibration/quantization/verify_data given, but no target is int8",
                          hint="add an int8 target, e.g. x86-onnxruntime-int8")
 
     cache_key = None
@@ -262,16 +277,25 @@ def compress(
                                   classifier_outputs=classifier)
 
                 qconfig = qconfigs[profile.name]
+                cal, held, held_from = calib[qconfig.samples], None, ""
+                if verify_feeds is not None:
+                    held, held_from = verify_feeds, f"verify data ({len(verify_feeds)} batches)"
+                elif task is None:  # no accuracy to gate on: held-out fidelity instead
+                    from .quantize.gate import FidelityGate, split_holdout
+
+                    gate = FidelityGate.from_table(profile.gate, f"target {profile.name}")
+                    cal, held, held_from = split_holdout(cal, gate.holdout,
+                                                         spare[qconfig.samples])
                 decisions = None
                 if build_key is not None:
                     decisions = _cache.DecisionFile(_cache.decisions_key(
-                        build_key, profile, qconfig.to_json(), calib[qconfig.samples]), cache)
+                        build_key, profile, qconfig.to_json(), cal), cache)
                 result = build_int8(
                     backend, profile, model, inputs, target_dir, in_names=in_names,
-                    out_names=out_names, calibration=calib[qconfig.samples], config=qconfig,
+                    out_names=out_names, calibration=cal, config=qconfig,
                     task=task, batch=batch, progress=progress,
                     cache=quant_caches.setdefault(repr(qconfig), {}), check=_check,
-                    decisions=decisions)
+                    decisions=decisions, holdout=held, holdout_source=held_from)
                 artifact, session = result.artifact, result.session
                 quant_entry = result.quantization
                 report = result.report  # the gate verified the shipped artifact

@@ -87,6 +87,9 @@ class TargetProfile:
     #: The ``[quantization]`` table (int8 profiles): QuantConfig fields this target sets; a
     #: recipe's ``[quantization]`` and ``compress(quantization=...)`` override them.
     quantization: dict[str, Any] = field(default_factory=dict)
+    #: The ``[gate]`` table (int8 profiles): held-out fidelity thresholds of a build without a
+    #: task (see :mod:`edgekit.quantize.gate`).
+    gate: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -99,7 +102,7 @@ class TargetProfile:
 _TOP_KEYS: dict[str, Any] = {
     "name": str, "description": str, "backend": str, "arch": ARCHES, "device": DEVICES,
     "precision": PRECISIONS, "threads": Field(int, low=1, high=256),
-    "tolerance": dict, "accuracy": dict, "options": dict, "quantization": dict,
+    "tolerance": dict, "accuracy": dict, "options": dict, "quantization": dict, "gate": dict,
 }  # fmt: skip
 
 
@@ -189,6 +192,7 @@ def parse_profile(data: dict[str, Any], *, source: str = "<dict>") -> TargetProf
         options=validate_options(data.get("options", {}), data["backend"],
                                  where=f"target profile {source} [options]"),
         quantization=_quantization_table(data, source),
+        gate=_gate_table(data, source),
         source=source,
     )
 
@@ -214,6 +218,20 @@ def _quantization_table(data: dict[str, Any], source: str) -> dict[str, Any]:
 
     QuantConfig.from_table(table, where)
     return dict(table)
+
+
+def _gate_table(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """The profile's ``[gate]`` table (held-out fidelity thresholds), checked."""
+    table = data.get("gate", {})
+    if not table:
+        return {}
+    where = f"target profile {source} [gate]"
+    if data.get("precision", "fp32") != "int8":
+        raise ConfigError(f"{where}: the fidelity gate needs precision = \"int8\"",
+                          hint="remove the [gate] table or make the profile int8")
+    from .quantize.gate import GATE_SCHEMA
+
+    return check_table(table, GATE_SCHEMA, where=where, prefix="gate.")
 
 
 def resolve_targets(

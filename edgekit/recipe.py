@@ -185,9 +185,9 @@ def parse_recipe(data: dict[str, Any], *, source: str = "<dict>",
             raise _fail(source, "'epochs' is for zoo models; user models are exported as given",
                         hint="train your model yourself and pass its state_dict as 'weights'")
     else:
-        if model not in list_models():
+        if model not in list_models(realistic=True):
             raise _fail(source, f"model {model!r} is neither a zoo model nor module:factory",
-                        hint=f"zoo models: {', '.join(list_models())}")
+                        hint=f"zoo models: {', '.join(list_models(realistic=True))}")
         for key in ("input_shapes", "input_names", "output_names"):
             if key in data:
                 raise _fail(source, f"{key!r} is only for user models (module:factory)")

@@ -12,6 +12,10 @@ Numbers per output, over all samples, each defined once in :mod:`edgekit.measure
 one call of the session:
 
 * ``max_abs``: max |session - reference| over every element.
+* ``scale``: max |reference| of the output over every sample. The ``max_abs`` tolerance scales
+  with it, per output: the bound is ``tolerance.max_abs * max(1, scale)`` (``abs_bound``), so
+  an output in the hundreds (boxes in pixels) is held to the same relative precision as one
+  near 1 (probabilities beside it keep the plain absolute bound).
 * ``max_rel``: max |session - reference| / max(|reference|, 1e-6) over every element
   (informational: it explodes near zero, so no tolerance uses it).
 * ``cosine``: the *worst* (minimum) per-sample cosine similarity of the flattened output
@@ -51,6 +55,9 @@ class OutputReport:
     top1_agreement: float | None
     num_samples: int
     failures: list[str] = field(default_factory=list)
+    #: max |reference| over every sample; the max_abs bound is tolerance x max(1, scale)
+    scale: float = 0.0
+    abs_bound: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -61,6 +68,8 @@ class OutputReport:
             "name": self.name,
             "passed": self.passed,
             "max_abs": json_number(self.max_abs),
+            "scale": json_number(self.scale),
+            "abs_bound": json_number(self.abs_bound),
             "max_rel": json_number(self.max_rel),
             "cosine": json_number(self.cosine),
             "mean_cosine": json_number(self.mean_cosine),
@@ -137,6 +146,7 @@ class _Acc:
     def __init__(self) -> None:
         self.max_abs = 0.0
         self.max_rel = 0.0
+        self.scale = 0.0
         self.cosines: list[float] = []
         self.agree = 0
         self.rows = 0
@@ -208,6 +218,8 @@ def verify(
                     )
                     continue
                 abs_err, rel_err = max_abs_error(r, g), max_rel_error(r, g)
+                if r.size:
+                    acc.scale = max(acc.scale, float(np.nanmax(np.abs(r.astype(np.float64)))))
                 if math.isnan(abs_err):
                     acc.max_abs = acc.max_rel = float("nan")
                 else:
@@ -230,11 +242,14 @@ def verify(
         if any(math.isnan(c) for c in acc.cosines):
             cos_min = cos_mean = float("nan")
         failures: list[str] = []
+        bound = None if tol.max_abs is None else tol.max_abs * max(1.0, acc.scale)
         if acc.shape_error:
             failures.append(acc.shape_error)
         else:
-            if tol.max_abs is not None and not acc.max_abs <= tol.max_abs:
-                failures.append(f"max abs diff {acc.max_abs:.3g} > tolerance {tol.max_abs:.3g}")
+            if bound is not None and tol.max_abs is not None and not acc.max_abs <= bound:
+                failures.append(
+                    f"max abs diff {acc.max_abs:.3g} > tolerance {tol.max_abs:.3g}"
+                    + (f" x output scale {acc.scale:.4g} = {bound:.3g}" if acc.scale > 1 else ""))
             if tol.min_cosine is not None and not cos_min >= tol.min_cosine:
                 failures.append(f"cosine {cos_min:.6f} < tolerance {tol.min_cosine:.6f}")
             if (
@@ -256,6 +271,8 @@ def verify(
                 top1_agreement=top1,
                 num_samples=len(samples),
                 failures=failures,
+                scale=acc.scale,
+                abs_bound=bound,
             )
         )
     return VerifyReport(

@@ -396,7 +396,8 @@ class OpenVinoBackend:
                 om = ov.Core().read_model(str(qdq.path))
                 qinfo = {"quantizer": "onnxruntime quantize_static QDQ read by OpenVINO",
                          **{k: v for k, v in qdq.info["quantization"].items()
-                            if k not in ("layers",)}}
+                            if k not in ("layers",)},
+                         "onnx_layers": qdq.info["quantization"].get("layers", [])}
             else:
                 if fp32 is None:
                     fp32 = self.export(model, example_inputs, Path(tmp) / "fp32",
@@ -408,17 +409,20 @@ class OpenVinoBackend:
                                                         keep_float=keep_float,
                                                         recurrent=_recurrent(model))
                 except Exception as exc:
-                    raise ExportError(f"nncf.quantize failed: {first_line(exc)}",
-                                      backend=_NAME) from exc
+                    from ._calibration import calibration_failure
+
+                    raise calibration_failure("OpenVINO (nncf.quantize)", calibration,
+                                              input_names, exc) from exc
             for port, name in zip(om.inputs, input_names):
                 port.get_tensor().set_names({name})
             for port, name in zip(om.outputs, output_names):
                 port.get_tensor().set_names({name})
             _normalise_names(om)
-            qinfo.update(openvino_precision_summary(om))
             ov.save_model(om, str(xml_path), compress_to_fp16=False)
         check_ir_files(xml_path)
         saved = ov.Core().read_model(str(xml_path))
+        onnx_modules = {r["node"]: r["module"] for r in qinfo.pop("onnx_layers", [])}
+        qinfo.update(openvino_precision_summary(saved, onnx_modules))  # what the IR executes
         return Artifact(
             backend=_NAME, root=out_dir, files=list_files(out_dir, xml_path.name),
             inputs=_port_specs(saved.inputs, list(input_names)),

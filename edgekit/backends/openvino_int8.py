@@ -51,26 +51,49 @@ def quantize_openvino_model(
                "ignored_patterns": patterns, "subset_size": len(data)}
 
 
-def openvino_precision_summary(om: Any) -> dict[str, Any]:
-    """Compute ops fed by FakeQuantize (int8) vs not, from the OpenVINO model graph."""
+_SEQUENCES = ("LSTMSequence", "GRUSequence", "RNNSequence")
+
+
+def openvino_precision_summary(om: Any, onnx_modules: dict[str, str] | None = None
+                               ) -> dict[str, Any]:
+    """What executes, from the OpenVINO model graph (the saved IR, read back): compute ops
+    whose data and weight inputs come from a FakeQuantize or an 8-bit constant (through
+    layout and slicing ops) are int8, the others fp32. ``onnx_modules``: ONNX node -> PyTorch
+    module, for an IR read from ONNX (its ops are named after the ONNX nodes)."""
     layers = []
     for op in om.get_ordered_ops():
         t = op.get_type_name()
         if t not in ("Convolution", "GroupConvolution", "MatMul", "LSTMSequence", "GRUSequence",
                      "RNNSequence"):
             continue
-        q = all(_int8_source(op.input_value(i).get_node())
-                for i in range(min(2, op.get_input_size())))
+        inputs = (0, 3, 4) if t in _SEQUENCES else (0, 1)  # data, weights
+        srcs = [_int8_source(op.input_value(i).get_node())
+                for i in inputs if i < op.get_input_size()]
         name = op.get_friendly_name()
         m = re.match(r"__module\.([^/]*)/", name)
-        layers.append({"node": name, "op": t, "module": m.group(1) if m else "",
-                       "precision": "int8" if q else "fp32"})
+        module = m.group(1) if m else _onnx_module(name, onnx_modules or {})
+        row = {"node": name, "op": t, "module": module,
+               "precision": "int8" if all(srcs) else "fp32"}
+        if all(srcs):
+            row["mode"] = "static"
+        elif len(srcs) > 1 and all(srcs[1:]):
+            row["mode"] = "weights only"  # float compute on decompressed int8 weights
+        layers.append(row)
     return {"layers": layers, "int8_layers": sum(1 for r in layers if r["precision"] == "int8"),
             "float_layers": sum(1 for r in layers if r["precision"] != "int8")}
 
 
+def _onnx_module(name: str, modules: dict[str, str]) -> str:
+    """The module of the ONNX node an OpenVINO op is named after (``node_linear_1/...``)."""
+    best = ""
+    for node in modules:
+        if len(node) > len(best) and (name == node or name.startswith(node + "/")):
+            best = node
+    return modules.get(best, "")
+
+
 _PASS = ("Reshape", "Convert", "Multiply", "Subtract", "Transpose", "Squeeze", "Unsqueeze",
-         "Concat", "MaxPool", "Relu", "AvgPool")
+         "Concat", "MaxPool", "Relu", "AvgPool", "Gather", "StridedSlice", "Slice")
 
 
 def _int8_source(node: Any, depth: int = 0) -> bool:

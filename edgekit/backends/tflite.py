@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .._deps import require
-from ..errors import BackendMissingError, BundleError, ExportError
+from ..errors import BackendMissingError, BundleError, ExportError, QuantizationError
 from ._common import (
     BareCall,
     CheckedSession,
@@ -315,7 +315,13 @@ class TFLiteBackend:
         litert_torch = require("litert_torch", backend=_NAME, extra=_EXTRA)
         from litert_torch.quantize.quant_config import QuantConfig as LiteRTQuantConfig
 
-        from .tflite_int8 import litert_quantizer, pt2e_calibrate_convert, pt2e_prepare
+        from .tflite_int8 import (
+            float_modules,
+            litert_quantizer,
+            pt2e_calibrate_convert,
+            pt2e_prepare,
+            tflite_precision_summary,
+        )
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -329,13 +335,15 @@ class TFLiteBackend:
                 with contextlib.redirect_stdout(sys.stderr):
                     if prepared is None:
                         prepared = pt2e_prepare(model, example_inputs, quantizer)
-                        gm = pt2e_calibrate_convert(prepared, calibration)
+                        gm = pt2e_calibrate_convert(prepared, calibration, input_names)
                     else:  # QAT: the fake-quantized graph already holds its ranges
                         gm = pt2e_calibrate_convert(prepared.eval(), [])
                     edge_model = litert_torch.convert(
                         gm, example_inputs,
                         quant_config=LiteRTQuantConfig(pt2e_quantizer=quantizer))
                     edge_model.export(str(path))
+            except QuantizationError:
+                raise  # calibration failed: the message names the inputs and shapes
             except Exception as exc:
                 raise export_failure(_NAME, model, example_inputs, exc) from exc
         interp = _open_interpreter(path, 1)
@@ -368,8 +376,14 @@ class TFLiteBackend:
                     "quantizer": "PT2E + litert_torch PT2EQuantizer (symmetric)",
                     "per_channel": config.per_channel, "qat": prepared is not None,
                     "float_modules": list(keep_float),
+                    # modules litert's quantizer cannot annotate (GRU): left in float
+                    "float_modules_unannotatable": float_modules(model),
+                    # modules called more than once: each call annotated on its own
+                    "unshared_modules": list(getattr(prepared, "edgekit_unshared_modules",
+                                                     [])),
                     "ops": {o: ops.count(o) for o in sorted(set(ops))},
                     "int8_weight_tensors": int8_weights,
+                    **tflite_precision_summary(interp),
                 },
                 "export_seconds": round(time.perf_counter() - t0, 3),
                 "exporter": "litert_torch.convert (PT2E int8)",

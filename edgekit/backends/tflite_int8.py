@@ -10,6 +10,7 @@ float for those ops and the manifest says so.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +20,38 @@ import torch
 if TYPE_CHECKING:
     from ..quantize.config import QuantConfig
 
-__all__ = ["litert_quantizer", "pt2e_prepare", "pt2e_calibrate_convert"]
+__all__ = ["litert_quantizer", "pt2e_prepare", "pt2e_calibrate_convert",
+           "tflite_precision_summary"]
+
+
+#: Module types litert's PT2E quantizer cannot annotate (its GRU annotator expects an initial
+#: hidden state input and fails with an IndexError without one): kept in float.
+FLOAT_MODULE_TYPES = ("torch.nn.modules.rnn.GRU",)
+
+
+def _module_paths(node: Any) -> list[tuple[str, str]]:
+    """(qualified module name, type name) of every module a graph node was traced in."""
+    out = []
+    for value in (node.meta.get("nn_module_stack") or {}).values():
+        name, tp = value
+        out.append((str(name), tp if isinstance(tp, str) else
+                    f"{getattr(tp, '__module__', '')}.{getattr(tp, '__qualname__', tp)}"))
+    return out
+
+
+def float_modules(model: torch.nn.Module) -> list[str]:
+    """The modules of ``model`` kept in float because the quantizer cannot annotate them."""
+    return [name for name, m in model.named_modules() if name and
+            f"{type(m).__module__}.{type(m).__qualname__}" in FLOAT_MODULE_TYPES]
 
 
 def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat: bool = False,
                      dynamic: bool = False) -> Any:
+    """litert-torch's PT2E quantizer with the global config on every node outside the
+    ``keep_float`` modules and the modules of :data:`FLOAT_MODULE_TYPES`.
+
+    The quantizer's own module-name filter does not match torch.export's ``nn_module_stack``
+    keys (``L__self__proj``), so modules are matched here by their qualified names."""
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
         get_symmetric_quantization_config,
@@ -31,11 +59,61 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
 
     q = PT2EQuantizer().set_global(get_symmetric_quantization_config(
         is_per_channel=config.per_channel, is_qat=qat, is_dynamic=dynamic))
-    for name in keep_float:
-        # set_module_name(name, None) asserts "not supported yet", but the annotator skips a
-        # module whose config is None and the global config skips every named module.
-        q.module_name_config[name] = None
+    keep = [str(k) for k in keep_float]
+
+    def quantized(node: Any) -> bool:
+        for name, tp in _module_paths(node):
+            if tp in FLOAT_MODULE_TYPES or any(name == k or name.startswith(k + ".")
+                                               for k in keep):
+                return False
+        return True
+
+    def annotate_static(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        return q._annotate_all_static_patterns(model, q.global_config, quantized)
+
+    def annotate_dynamic(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        return q._annotate_all_dynamic_patterns(model, q.global_config, quantized)
+
+    q._annotate_for_static_quantization_config = annotate_static
+    q._annotate_for_dynamic_quantization_config = annotate_dynamic
+    annotate = q.annotate
+
+    def annotate_float_only(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        model = annotate(model)
+        drop_integer_annotations(model)
+        return model
+
+    q.annotate = annotate_float_only
     return q
+
+
+def _integer(gm: torch.fx.GraphModule, node: Any) -> bool:
+    val = getattr(node, "meta", {}).get("val")
+    if val is None and getattr(node, "op", "") == "get_attr":  # a constant folded by export
+        val = gm
+        for part in str(node.target).split("."):
+            val = getattr(val, part, None)
+    return isinstance(val, torch.Tensor) and not val.is_floating_point()
+
+
+def drop_integer_annotations(gm: torch.fx.GraphModule) -> list[str]:
+    """Remove the quantization annotations that would put an observer on an integer tensor
+    (index arithmetic such as ``arange`` grids: a range observer fails on int64, and an
+    integer needs no quantization); return the nodes changed."""
+    changed = []
+    for node in gm.graph.nodes:
+        ann = node.meta.get("quantization_annotation")
+        if ann is None:
+            continue
+        bad_inputs = [n for n in ann.input_qspec_map if _integer(gm, n)]
+        for n in bad_inputs:
+            del ann.input_qspec_map[n]
+        if ann.output_qspec is not None and _integer(gm, node):
+            ann.output_qspec = None
+            bad_inputs.append(node)
+        if bad_inputs:
+            changed.append(node.name)
+    return changed
 
 
 def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], quantizer: Any,
@@ -43,15 +121,117 @@ def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
     gm = torch.export.export(model, tuple(example_inputs)).module()
-    return prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)
+    unshared = unshare_call_sites(gm)
+    prepared = prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)
+    prepared.edgekit_unshared_modules = unshared  # for the manifest
+    return prepared
+
+
+def unshare_call_sites(gm: torch.fx.GraphModule) -> list[str]:
+    """Give each call of a module called more than once its own module name in the graph
+    (``pool`` called twice: ``pool`` and ``pool.call1``); return the names of such modules.
+
+    litert's quantizer groups a module's nodes by its name (``get_source_partitions``): the
+    nodes of two calls of one MaxPool2d become one partition, whose input and output belong
+    to different calls, and ``prepare_pt2e`` fails on an observer that was never inserted.
+    torch.export marks repeated calls in the ``nn_module_stack`` keys (``L__self__pool@1``);
+    the rewrite copies that call index into the module name, so each call site is annotated
+    on its own (as a deep copy of the module would be) while the weights stay shared."""
+    reused: set[str] = set()
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        renamed = {}
+        for key, (name, tp) in stack.items():
+            call = str(key).rpartition("@")[2] if "@" in str(key) else ""
+            if call.isdigit() and int(call) > 0 and not str(name).endswith(f".call{call}"):
+                reused.add(str(name))
+                name = f"{name}.call{call}"
+            renamed[key] = (name, tp)
+        node.meta["nn_module_stack"] = renamed
+    return sorted(reused)
 
 
 def pt2e_calibrate_convert(prepared: torch.fx.GraphModule,
-                           batches: Sequence[Sequence[np.ndarray]]) -> torch.fx.GraphModule:
+                           batches: Sequence[Sequence[np.ndarray]],
+                           input_names: Sequence[str] = ()) -> torch.fx.GraphModule:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
+    from ._calibration import calibration_failure
+
+    names = list(input_names) or [f"input{i}" for i in range(len(batches[0]) if batches else 0)]
     with torch.no_grad():
         for b in batches:
-            prepared(*(torch.from_numpy(np.asarray(a)) for a in b))
+            try:
+                prepared(*(torch.from_numpy(np.asarray(a)) for a in b))
+            except Exception as exc:
+                raise calibration_failure("LiteRT (PT2E observers)", batches, names,
+                                          exc) from exc
     # fold_quantize=False keeps quantize ops on float weights, which litert-torch lowers.
     return convert_pt2e(prepared, fold_quantize=False)
+
+
+#: TFLite compute ops whose precision the summary reports (data input 0, weight input 1).
+_COMPUTE = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV",
+            "CONV_3D", "UNIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN",
+            "BIDIRECTIONAL_SEQUENCE_LSTM", "LSTM", "SVDF", "EMBEDDING_LOOKUP")
+
+
+def _tflite_module(*tensor_names: str) -> str:
+    """The PyTorch module named in litert-torch tensor names
+    (``__main__.Net/torch.nn.modules.linear.Linear_head;1`` -> ``head``; a fused name holds
+    several ``;``-separated locations); '' when none names one."""
+    for tensor_name in tensor_names:
+        for part in tensor_name.split(";"):
+            names = []
+            for seg in part.split("/")[1:]:
+                m = _SEGMENT.match(seg)  # <qualified class name>_<module name>
+                if m is None:
+                    break
+                names.append(m.group(1))
+            if names:
+                return ".".join(names)
+    return ""
+
+
+_SEGMENT = re.compile(r"^.*?\.[A-Za-z][A-Za-z0-9]*_(.+)$")
+
+
+def tflite_precision_summary(interp: Any) -> dict[str, Any]:
+    """What executes, read from the interpreter's ops and tensor types: per compute op ``int8``
+    (int8 data and weights), ``int16`` (16-bit data, int8 weights: 16x8), ``int8`` with
+    ``mode = "dynamic"`` (int8 weights, float data: dynamic range), else ``fp32``."""
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+
+    def kind(i: int) -> str:
+        return np.dtype(tensors[i]["dtype"]).name if i >= 0 and i in tensors else ""
+
+    layers = []
+    for op in interp._get_ops_details():
+        name = op["op_name"]
+        if name not in _COMPUTE:
+            continue
+        ins = [i for i in op["inputs"]]
+        data = kind(ins[0]) if ins else ""
+        weight = kind(ins[1]) if len(ins) > 1 else ""
+        if name == "EMBEDDING_LOOKUP":  # input 0 is the ids, input 1 the table
+            data, weight = weight, weight
+        mode = None
+        if data in ("int8", "uint8") and weight in ("int8", "uint8"):
+            precision, mode = "int8", "static"
+        elif data == "int16" and weight == "int8":
+            precision, mode = "int16", "static"
+        elif data == "float32" and weight == "int8":
+            precision, mode = "int8", "dynamic"
+        else:
+            precision = "fp32"
+        named = [str(tensors[i]["name"]) for i in [*ins[1:], *op["outputs"][:1]]
+                 if i in tensors]  # weight and bias names, then the output's (often fused)
+        row = {"node": f"{name}#{op['index']}", "op": name, "module": _tflite_module(*named),
+               "precision": precision}
+        if mode is not None:
+            row["mode"] = mode
+        layers.append(row)
+    return {"layers": layers, "int8_layers": sum(1 for r in layers if r["precision"] != "fp32"),
+            "float_layers": sum(1 for r in layers if r["precision"] == "fp32")}

@@ -1,4 +1,5 @@
-"""Real data: scikit-learn digits, spoken digits, the zoo's tasks and loaders for your own data."""
+"""Real data: scikit-learn digits, spoken digits, glyphs from 22 fonts, keyword spotting on
+espeak-ng voices, docstrings by library; the zoo's tasks and loaders for your own data."""
 
 from .loaders import load_image_folder, load_npz
 from .task import Split, Task

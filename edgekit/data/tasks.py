@@ -1,7 +1,7 @@
 """The real tasks every zoo model is trained and scored on (all deterministic, fixed seeds).
 
-Every task is built from scikit-learn's digits (fixed 1078/359/360 split, see ``digits``) and,
-for the audio tasks, the shipped spoken-digit features (see ``speech``). Scores are computed
+The small tasks are built from scikit-learn's digits (fixed 1078/359/360 split, see ``digits``)
+and, for the audio tasks, the shipped spoken-digit features (see ``speech``). Scores are computed
 from numpy, so PyTorch and every runtime are scored by the same code.
 
 =============  ===============  ========================================  ==========  ======
@@ -18,7 +18,17 @@ embedding      image, audio     digit label (pairs share it)              retrie
 vae            image 1x8x8      the image                                 mse         lower
 anomaly        image 1x8x8      1 = anomalous digit (5..9), 0 = normal    auc (0..1)  higher
 gan            noise z (16)     real images of the split                  chamfer_mse lower
+glyphs         image 1x64x64    character class 0..44 (22 fonts)          top1 (%)    higher
+glyph_ink      image 1x64x64    per-pixel ink (1) / background (0)        mean_iou    higher
+kws            mfcc 1x49x10     keyword class 0..11 (espeak-ng voices)    top1 (%)    higher
+kws_sequence   mfcc 49x10       keyword class 0..11                       top1 (%)    higher
+docstrings     tokens, mask     library 0..7 of a docstring sentence      top1 (%)    higher
+               (128 int64)
 =============  ===============  ========================================  ==========  ======
+
+The last five are the realistic-scale tasks (``REALISTIC_TASKS``; data in ``glyphs``, ``kws``,
+``text``): split by font, by voice and by source file, so test samples come from sources never
+seen in training; their classifiers also report macro recall and F1 (:func:`macro_scores`).
 """
 
 from __future__ import annotations
@@ -359,6 +369,104 @@ def gan() -> Task:
     )
 
 
+# ----------------------------------------------------------------------------- realistic scale
+
+
+def macro_scores(outputs, targets, inputs=None) -> dict[str, float]:
+    """Top-1, macro recall and macro F1 (%) of the (first) output's argmax: what the
+    realistic-scale classification tasks report (see ``edgekit.measure.metrics``)."""
+    from ..measure.metrics import classification_metrics
+
+    return classification_metrics(outputs[0], targets)
+
+
+def glyphs_task() -> Task:
+    """45 glyph classes rendered from 22 fonts, split by font (see ``glyphs``): 64x64, 1 channel."""
+    from . import glyphs
+
+    splits = {s: Split((glyphs.images(s),), glyphs.labels(s)) for s in SPLITS}
+    return Task(
+        name="glyphs", kind="classification", metric="top1", higher_is_better=True,
+        loss=classification_loss, score=top1, num_classes=len(glyphs.CLASSES),
+        description="recognise 45 characters in fonts never seen in training (64x64 grey)",
+        **splits,
+    )
+
+
+SEGMENTATION_TRAIN = 2000  # glyph_ink trains on the first 2000 train images (memory)
+
+
+def segmentation_loss(outputs, targets, inputs) -> torch.Tensor:
+    """Per-pixel cross entropy of (N, C, H, W) logits against (N, H, W) class maps."""
+    return F.cross_entropy(_first(outputs), targets.long())
+
+
+def iou_score(outputs, targets, inputs=None) -> float:
+    """Mean IoU (%) over the classes of per-pixel argmax (see ``measure.metrics.mean_iou``)."""
+    from ..measure.metrics import mean_iou
+
+    return mean_iou(outputs[0], targets)
+
+
+def glyph_ink() -> Task:
+    """Segment a glyph's ink (1) from its background (0) under blur, gradients and noise."""
+    from . import glyphs
+
+    splits = {}
+    for s in SPLITS:
+        x, m = glyphs.images(s), glyphs.ink_masks(s)
+        if s == "train":
+            x, m = x[:SEGMENTATION_TRAIN], m[:SEGMENTATION_TRAIN]
+        splits[s] = Split((x,), m)
+    return Task(
+        name="glyph_ink", kind="segmentation", metric="mean_iou", higher_is_better=True,
+        loss=segmentation_loss, score=iou_score, num_classes=2,
+        description="per-pixel ink/background of noisy 64x64 glyphs in unseen fonts", **splits,
+    )
+
+
+def kws_task(layout: str = "image") -> Task:
+    """Keyword spotting, 12 classes, 49x10 MFCC (see ``kws``); unseen voices in val and test.
+
+    ``layout="image"``: (N, 1, 49, 10) for convolutional spotters; ``"sequence"``: (N, 49, 10)
+    (frames x coefficients) for recurrent ones.
+    """
+    from . import kws
+
+    if layout not in ("image", "sequence"):
+        raise UnknownNameError("keyword-spotting layout", layout, ("image", "sequence"))
+    splits = {}
+    for s in SPLITS:
+        x, y = kws.split(s)
+        splits[s] = Split((x[:, None] if layout == "image" else x,), y)
+    return Task(
+        name="kws" if layout == "image" else "kws_sequence", kind="classification",
+        metric="top1", higher_is_better=True, loss=classification_loss, score=top1,
+        num_classes=len(kws.CLASSES),
+        description="12-class keyword spotting (MLPerf Tiny shape) on espeak-ng voices",
+        **splits,
+    )
+
+
+def text_task(seq_len: int = 128, train_len: int | None = None) -> Task:
+    """Which of 8 libraries wrote a docstring sentence (see ``text``): token ids + mask.
+
+    ``train_len`` cuts the train split shorter than ``seq_len`` (cheaper training; with the
+    padding masked out, an encoder gives a text that fits the same logits at either length).
+    """
+    from . import text
+
+    splits = {}
+    for s in SPLITS:
+        ids, mask, y = text.split(s, train_len if (s == "train" and train_len) else seq_len)
+        splits[s] = Split((ids, mask), y)
+    return Task(
+        name="docstrings", kind="classification", metric="top1", higher_is_better=True,
+        loss=classification_loss, score=top1, num_classes=len(text.libraries()),
+        description=f"classify docstring sentences by library ({seq_len} tokens)", **splits,
+    )
+
+
 # ----------------------------------------------------------------------------- lookup
 
 TASKS = {
@@ -374,13 +482,25 @@ TASKS = {
     "gan": gan,
 }
 
+#: the realistic-scale tasks (thousands of samples, seconds to build): found by ``get_task``,
+#: listed by ``list_tasks(realistic=True)``
+REALISTIC_TASKS = {
+    "glyphs": glyphs_task,
+    "glyph_ink": glyph_ink,
+    "kws": kws_task,
+    "kws_sequence": functools.partial(kws_task, "sequence"),
+    "docstrings": text_task,
+}
+
 
 def get_task(name: str) -> Task:
-    """Build the named task (see ``TASKS``)."""
-    if name not in TASKS:
-        raise UnknownNameError("task", name, TASKS)
-    return TASKS[name]()
+    """Build the named task (see ``TASKS`` and ``REALISTIC_TASKS``)."""
+    every = {**TASKS, **REALISTIC_TASKS}
+    if name not in every:
+        raise UnknownNameError("task", name, every)
+    return every[name]()
 
 
-def list_tasks() -> list[str]:
-    return sorted(TASKS)
+def list_tasks(*, realistic: bool = False) -> list[str]:
+    """The small tasks' names, sorted; with ``realistic=True`` the realistic-scale ones too."""
+    return sorted({**TASKS, **REALISTIC_TASKS} if realistic else TASKS)

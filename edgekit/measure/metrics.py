@@ -16,6 +16,12 @@ the stacked outputs; with batch 1 the two are the same).
   ``(N, T, C)`` the N*T positions. Reports that show a percent convert when displaying.
 * :func:`max_abs_error` / :func:`max_rel_error`: largest ``|out - ref|`` and
   ``|out - ref| / max(|ref|, 1e-6)`` over every element (NaN when any difference is NaN).
+* :func:`relative_error`: ``||out - ref|| / ||ref||`` (L2 norms over every element; 0.0 when
+  identical, ``inf`` when the reference is all zero and the output not); it equals
+  ``10 ** (-sqnr_db / 20)`` and, unlike :func:`max_rel_error`, does not explode near zero.
+* :func:`channel_sqnr_db`: :func:`sqnr_db` of each slice along ``axis`` (the channel axis),
+  samples pooled; a tensor whose range one outlier channel sets keeps a high tensor SQNR while
+  most of its channels drown in rounding noise, which these per-channel values show.
 
 Example::
 
@@ -31,8 +37,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["REL_FLOOR", "centred_cosine", "compare_outputs", "cosine", "json_number",
-           "max_abs_error", "max_rel_error", "sqnr_db", "top1_agreement", "top1_matches"]
+__all__ = ["REL_FLOOR", "centred_cosine", "classification_metrics", "compare_outputs",
+           "confusion_matrix", "cosine", "json_number", "macro_f1", "macro_recall",
+           "max_abs_error", "max_rel_error", "mean_iou", "sqnr_db", "top1_agreement",
+           "top1_matches"]
 
 #: Denominator floor of the relative error.
 REL_FLOOR = 1e-6
@@ -104,6 +112,26 @@ def max_rel_error(ref: Any, out: Any) -> float:
     return float((diff / np.maximum(np.abs(r), REL_FLOOR)).max()) if diff.size else 0.0
 
 
+def relative_error(ref: Any, out: Any) -> float:
+    """``||out - ref|| / ||ref||`` over every element (0.0 when identical)."""
+    r = np.asarray(ref, dtype=np.float64)
+    noise = float(np.linalg.norm((np.asarray(out, dtype=np.float64).reshape(r.shape) - r).ravel()))
+    signal = float(np.linalg.norm(r.ravel()))
+    if noise == 0.0:
+        return 0.0
+    return noise / signal if signal > 0.0 else math.inf
+
+
+def channel_sqnr_db(ref: Any, out: Any, axis: int = 1) -> np.ndarray:
+    """:func:`sqnr_db` per slice along ``axis`` (every other axis pooled), one value a channel."""
+    r = np.asarray(ref, dtype=np.float64)
+    o = np.asarray(out, dtype=np.float64).reshape(r.shape)
+    if r.ndim == 0:
+        return np.array([sqnr_db(r, o)])
+    r, o = np.moveaxis(r, axis, 0), np.moveaxis(o, axis, 0)
+    return np.array([sqnr_db(r[c], o[c]) for c in range(r.shape[0])])
+
+
 def json_number(x: float | None) -> float | str | None:
     """JSON has no NaN or infinity: those become the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
     if x is None or math.isfinite(x):
@@ -132,3 +160,79 @@ def compare_outputs(refs: Sequence[np.ndarray], outs: Sequence[np.ndarray],
         "sqnr_db": json_number(min(sqnrs)) if sqnrs else None,
         "top1_agreement": top1_agreement(refs[0], outs[0]) if classifier and per else None,
     }
+
+
+# --------------------------------------------------------------------------- task metrics
+# Scores of predictions against true labels (not of an output against its reference):
+#
+# * :func:`confusion_matrix`: ``C[t, p]`` counts samples of true class t predicted as p.
+# * :func:`macro_recall`: the unweighted mean over the classes present in the targets of
+#   ``TP / (TP + FN)``, in percent (0..100). Every class weighs the same however few samples
+#   it has, so a model that ignores a rare class loses its full share.
+# * :func:`macro_f1`: the unweighted mean, over the same classes, of ``2 P R / (P + R)`` with
+#   precision ``P = TP / (TP + FP)`` (0 when the class is never predicted) and ``F1 = 0`` when
+#   ``P + R = 0``; in percent. Classes absent from the targets are left out of the average
+#   (a sample wrongly predicted as one still counts against its true class's recall).
+# * :func:`mean_iou`: per-pixel segmentation, the mean over classes present in the targets or
+#   the predictions of ``|pred = c and target = c| / |pred = c or target = c|``, in percent.
+
+
+def _predictions(logits: Any, n: int) -> np.ndarray:
+    return np.asarray(logits).reshape(n, -1).argmax(axis=1)
+
+
+def confusion_matrix(targets: Any, predictions: Any, num_classes: int | None = None
+                     ) -> np.ndarray:
+    """(classes, classes) int64 counts: row = true class, column = predicted class."""
+    t = np.asarray(targets, dtype=np.int64).reshape(-1)
+    p = np.asarray(predictions, dtype=np.int64).reshape(-1)
+    k = int(num_classes if num_classes is not None else max(t.max(initial=-1),
+                                                            p.max(initial=-1)) + 1)
+    return np.bincount(t * k + p, minlength=k * k).reshape(k, k)
+
+
+def _per_class(logits: Any, targets: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = np.asarray(targets, dtype=np.int64).reshape(-1)
+    logits = np.asarray(logits)
+    k = logits.reshape(len(t), -1).shape[1]
+    cm = confusion_matrix(t, _predictions(logits, len(t)), k)
+    tp = np.diag(cm).astype(np.float64)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=present)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    return recall[present], precision[present], present
+
+
+def macro_recall(logits: Any, targets: Any) -> float:
+    """Macro-averaged recall (%) of the argmax of ``logits`` (N, classes); see the notes."""
+    recall, _, _ = _per_class(logits, targets)
+    return float(100.0 * recall.mean()) if recall.size else 0.0
+
+
+def macro_f1(logits: Any, targets: Any) -> float:
+    """Macro-averaged F1 (%) of the argmax of ``logits`` (N, classes); see the notes."""
+    r, p, _ = _per_class(logits, targets)
+    if not r.size:
+        return 0.0
+    f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(r), where=(p + r) > 0)
+    return float(100.0 * f1.mean())
+
+
+def classification_metrics(logits: Any, targets: Any) -> dict[str, float]:
+    """``{"top1", "macro_recall", "macro_f1"}`` in percent, from logits (N, classes)."""
+    t = np.asarray(targets).reshape(-1)
+    top1 = float(100.0 * np.mean(_predictions(logits, len(t)) == t)) if t.size else 0.0
+    return {"top1": top1, "macro_recall": macro_recall(logits, t), "macro_f1": macro_f1(logits, t)}
+
+
+def mean_iou(logits: Any, targets: Any) -> float:
+    """Mean intersection over union (%) of per-pixel classes: ``logits`` (N, C, H, W),
+    ``targets`` (N, H, W) class indices."""
+    pred = np.asarray(logits).argmax(axis=1).reshape(-1)
+    t = np.asarray(targets, dtype=np.int64).reshape(-1)
+    cm = confusion_matrix(t, pred, np.asarray(logits).shape[1])
+    inter = np.diag(cm).astype(np.float64)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - inter
+    seen = union > 0
+    return float(100.0 * (inter[seen] / union[seen]).mean()) if seen.any() else 0.0

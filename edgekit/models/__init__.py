@@ -16,10 +16,12 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-def list_models() -> list[str]:
-    """Every registered model name, sorted."""
+def list_models(*, realistic: bool = False) -> list[str]:
+    """Registered model names, sorted. The realistic-scale entries (family ``"realistic"``:
+    deployment-size architectures that take minutes each to train) are listed only with
+    ``realistic=True``; :func:`get_spec` and :func:`build` find every entry either way."""
     _load_zoo()
-    return sorted(_REGISTRY)
+    return sorted(n for n, s in _REGISTRY.items() if realistic or s.family != "realistic")
 
 
 def _load_zoo() -> None:

@@ -5,6 +5,7 @@ the module when tracing fails."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -12,10 +13,13 @@ import torch_pruning as tp
 from torch import nn
 
 from ..errors import UsageError
+from .gru import GRUPruner, RNNPruner
 from .lstm import LSTMPruner
 
-__all__ = ["as_inputs", "build_graph", "default_ignored_layers", "forward_fn", "head_counts",
-           "layers_feeding_outputs", "module_names", "output_transform", "prunable_types",
+__all__ = ["as_inputs", "build_graph", "custom_pruners", "default_ignored_layers", "flat_outputs",
+           "forward_fn",
+           "head_counts", "layers_feeding_outputs", "module_names", "output_transform",
+           "prunable_types",
            "resolve_layers", "unwrapped_parameters"]
 
 
@@ -29,14 +33,62 @@ def as_inputs(example_inputs) -> tuple[torch.Tensor, ...]:
     return inputs
 
 
+def custom_pruners() -> dict[type, tp.pruner.function.BasePruningFunc]:
+    """edgekit's pruners for the layer types torch-pruning gets wrong or does not know."""
+    return {nn.LSTM: LSTMPruner(), nn.GRU: GRUPruner(), nn.RNN: RNNPruner()}
+
+
+class _OneNode(torch.autograd.Function):
+    """A recurrent layer as one autograd node from its input and weights to its outputs, as
+    torch-pruning needs to see it (a GRU's CPU autograd graph is its unrolled cell ops, which
+    torch-pruning would take for layers of the model). Used only while tracing."""
+
+    @staticmethod
+    def forward(ctx, run, x, *weights):  # type: ignore[override]
+        with torch.no_grad():
+            out, h = run(x)
+        return out, h
+
+    @staticmethod
+    def backward(ctx, *grads):  # type: ignore[override]
+        raise RuntimeError("edgekit's tracing stand-in for a recurrent layer has no gradient")
+
+
+def _traced_forward(layer: nn.Module):
+    original = type(layer).forward
+
+    def forward(x, hx=None):
+        return _OneNode.apply(lambda t: original(layer, t, hx), x, *layer._flat_weights)
+    return forward
+
+
 def forward_fn(model: nn.Module, inputs) -> Any:
-    """How torch-pruning calls the model: ``model(*inputs)``."""
-    return model(*inputs)
+    """How torch-pruning calls the model: ``model(*inputs)``, each GRU / RNN seen as one node."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.GRU, nn.RNN))]
+    for layer in layers:
+        layer.forward = _traced_forward(layer)  # type: ignore[method-assign]
+    try:
+        return model(*inputs)
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def flat_outputs(out) -> list[torch.Tensor]:
+    """Every tensor in a model's output: a tensor, tuples / lists of them, or a dict-like
+    output (the transformer library's ``ModelOutput``), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in flat_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in flat_outputs(v)]
+    return []
 
 
 def output_transform(out) -> torch.Tensor | None:
     """The sum of every floating-point output: the scalar torch-pruning traces back from."""
-    outs = out if isinstance(out, (tuple, list)) else (out,)
+    outs = flat_outputs(out)
     total = None
     for o in outs:
         if isinstance(o, torch.Tensor) and o.is_floating_point():
@@ -52,7 +104,7 @@ def module_names(model: nn.Module) -> dict[nn.Module, str]:
 def prunable_types() -> tuple[type, ...]:
     """The layer types whose width pruning changes."""
     return (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear,
-            nn.LSTM, nn.Embedding)
+            nn.LSTM, nn.GRU, nn.RNN, nn.Embedding)
 
 
 def layers_feeding_outputs(model: nn.Module, example_inputs) -> list[nn.Module]:
@@ -81,7 +133,7 @@ def layers_feeding_outputs(model: nn.Module, example_inputs) -> list[nn.Module]:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    outs = out if isinstance(out, (tuple, list)) else (out,)
+    outs = flat_outputs(out)
     found: list[nn.Module] = []
     seen: set[int] = set()
     stack: list[Any] = [o.grad_fn for o in outs
@@ -157,8 +209,8 @@ def unwrapped_parameters(model: nn.Module) -> dict[nn.Parameter, int]:
 
 
 def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph with edgekit's LSTM pruner; a tracing failure names the
-    module that could not be traced."""
+    """torch-pruning's dependency graph with edgekit's recurrent pruners; a tracing failure
+    names the module that could not be traced."""
     inputs = as_inputs(example_inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -167,7 +219,7 @@ def build_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
                 model, example_inputs=inputs, forward_fn=forward_fn,
                 output_transform=output_transform,
                 unwrapped_parameters=list(unwrapped_parameters(model).items()),
-                customized_pruners={nn.LSTM: LSTMPruner()}, verbose=False)
+                customized_pruners=custom_pruners(), verbose=False)
         except Exception as exc:
             raise _trace_error(model, inputs, exc) from exc
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..errors import ConfigError, UsageError
 from .graph import module_names, prunable_types
+from .gru import check_gru
 from .lstm import check_lstm
 
 __all__ = ["check_concat_into_grouped", "check_no_empty_layer", "check_not_emptied",
@@ -34,18 +35,19 @@ def group_record(group, names: dict[Any, str], dg: tp.DependencyGraph) -> dict[s
 
 
 def check_supported(model: nn.Module, ignored: list[nn.Module]) -> None:
-    """Refuse recurrent layers edgekit cannot prune (GRU, RNN, unsupported LSTMs) unless kept."""
+    """Refuse recurrent layers edgekit cannot prune (bidirectional GRU/RNN, bidirectional or
+    projected LSTMs) unless kept; the hint keeps just that layer (``keep_layers``), so the
+    model's output layers stay kept too."""
     names = module_names(model)
     for mod in model.modules():
-        if isinstance(mod, nn.LSTM) and mod not in ignored:
-            reason = check_lstm(mod, names.get(mod, ""))
-            if reason:
-                raise UsageError(f"cannot prune {reason}",
-                                 hint=f"keep it with ignored_layers=[{names.get(mod, '')!r}]")
-        if isinstance(mod, (nn.GRU, nn.RNN)) and mod not in ignored:
-            raise UsageError(f"cannot prune {type(mod).__name__} {names.get(mod, '')!r}: "
-                             "only LSTM recurrent layers are supported",
-                             hint=f"keep it with ignored_layers=[{names.get(mod, '')!r}]")
+        if mod in ignored or not isinstance(mod, (nn.LSTM, nn.GRU, nn.RNN)):
+            continue
+        name = names.get(mod, "")
+        reason = check_lstm(mod, name) if isinstance(mod, nn.LSTM) else check_gru(mod, name)
+        if reason:
+            raise UsageError(f"cannot prune the hidden units of {reason}",
+                             hint=f"keep its width with keep_layers=[{name!r}]; the layers "
+                             "around it still prune")
 
 
 def check_concat_into_grouped(model: nn.Module, dg: tp.DependencyGraph, names: dict,

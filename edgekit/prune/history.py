@@ -1,5 +1,6 @@
-"""The pruning history: plain JSON of the pruned groups in order, replayed on a freshly built
-model so the pruned ``state_dict`` loads without pickled code."""
+"""The pruning history: plain JSON of the pruned groups in order (channel groups, and attention
+records: heads or head positions removed, ``nn.MultiheadAttention`` split), replayed on a
+freshly built model so the pruned ``state_dict`` loads without pickled code."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, UsageError
+from .attention import apply_record
 from .graph import as_inputs, build_graph
 
 __all__ = ["HISTORY_FORMAT", "replay"]
@@ -40,9 +42,15 @@ def replay(model: nn.Module, history: dict[str, Any] | Sequence[dict[str, Any]],
         if rec.get("format") != HISTORY_FORMAT:
             raise ConfigError(f"unknown pruning history format {rec.get('format')!r}",
                               hint=f"expected {HISTORY_FORMAT}")
-        dg = build_graph(model, inputs)
-        named = dict(model.named_modules())
+        dg = None
         for g in rec["groups"]:
+            if g.get("kind") == "attention":
+                apply_record(model, g)
+                dg = None
+                continue
+            if dg is None:
+                dg = build_graph(model, inputs)
+            named = dict(model.named_modules())
             if g["root"] not in named:
                 raise ConfigError(f"pruning history names layer {g['root']!r}, which "
                                   f"{type(model).__name__} does not have")

@@ -1,5 +1,6 @@
 """Channel importance: magnitude (l1, l2), batch-norm scale and first-order Taylor, made aware
-of LSTM gates (a hidden unit's four gate rows are scored together)."""
+of recurrent gates (a hidden unit's gate rows, four in an LSTM, three in a GRU, are scored
+together)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from ..errors import UsageError
 __all__ = ["IMPORTANCES", "LSTMAware", "make_importance", "taylor_grads"]
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
+_GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
 
 
 class LSTMAware(tp.importance.Importance):
-    """Wraps a torch-pruning importance; adds an L2 magnitude term for LSTM hidden units (over
-    the four gate rows of both weight matrices), which torch-pruning does not score."""
+    """Wraps a torch-pruning importance; adds an L2 magnitude term for LSTM / GRU / RNN hidden
+    units (over the gate rows of both weight matrices), which torch-pruning does not score."""
 
     def __init__(self, base: tp.importance.Importance, fallback=None) -> None:
         self.base, self.fallback = base, fallback
@@ -28,15 +30,15 @@ class LSTMAware(tp.importance.Importance):
         lstm = None
         for dep, idxs in group:
             layer = dep.target.module
-            if (isinstance(layer, nn.LSTM)
+            if (isinstance(layer, (nn.LSTM, nn.GRU, nn.RNN))
                     and getattr(dep.handler, "__name__", "") == "prune_out_channels"):
-                hid = layer.hidden_size
+                hid, gates = layer.hidden_size, _GATES[type(layer)]
                 idx = torch.as_tensor(idxs, dtype=torch.long)
                 score = torch.zeros(len(idx))
                 for k in range(layer.num_layers):
                     for name in ("weight_ih", "weight_hh"):
                         w = getattr(layer, f"{name}_l{k}").detach()
-                        rows = w.view(4, hid, -1).pow(2).sum(dim=(0, 2))
+                        rows = w.view(gates, hid, -1).pow(2).sum(dim=(0, 2))
                         score = score + rows[idx]
                     score = score + getattr(layer, f"weight_hh_l{k}").detach()[:, idx].pow(2).sum(0)
                 score = score.sqrt()

@@ -21,9 +21,9 @@ __all__ = ["LSTMPruner", "check_lstm"]
 def check_lstm(layer: nn.LSTM, name: str = "") -> str | None:
     """Why ``layer`` cannot be pruned by :class:`LSTMPruner` (``None`` if it can)."""
     if layer.bidirectional:
-        return f"nn.LSTM {name or ''} is bidirectional"
+        return f"nn.LSTM {name!r} (bidirectional)"
     if getattr(layer, "proj_size", 0):
-        return f"nn.LSTM {name or ''} has proj_size > 0"
+        return f"nn.LSTM {name!r} (proj_size > 0)"
     return None
 
 

@@ -11,6 +11,7 @@
     fine_tune_epochs = 12     # after the last step (default: the model's epochs; 0: none)
     distill = true            # distillation from the unpruned model
     keep = ["features.0.0"]   # layers that keep their width, besides the automatic ones
+    attention = "heads"       # head_dim (default), heads (remove whole heads) or keep
     global = false
     latency_target = "x86-onnxruntime-fp32"   # with latency_ms (default: the first target)
 """
@@ -32,6 +33,7 @@ _TYPES: dict[str, Any] = {
     "ratio": (int, float), "macs_reduction": (int, float), "params_reduction": (int, float),
     "latency_ms": (int, float), "latency_target": str, "importance": str, "round_to": int,
     "steps": int, "fine_tune_epochs": int, "distill": bool, "keep": list, "global": bool,
+    "attention": str,
 }
 _GOALS = ("ratio", "macs_reduction", "params_reduction", "latency_ms")
 
@@ -62,6 +64,8 @@ def check_prune_table(table: Any, source: str) -> dict[str, Any]:
     for key, low in (("round_to", 1), ("steps", 1), ("fine_tune_epochs", 0)):
         if key in table and table[key] < low:
             raise fail(f"{key} = {table[key]} must be at least {low}")
+    if table.get("attention", "head_dim") not in ("head_dim", "heads", "keep"):
+        raise fail(f"attention {table['attention']!r} is not one of head_dim, heads, keep")
     if not all(isinstance(k, str) and k for k in table.get("keep", [])):
         raise fail("'keep' must be a list of layer names")
     return dict(table)
@@ -78,7 +82,8 @@ def apply_prune_table(model, spec, task, table: dict[str, Any], history: list[St
     x = spec.example_inputs(1)
     opts = dict(importance=table.get("importance", "l2"),
                 global_pruning=table.get("global", False), round_to=table.get("round_to"),
-                keep_layers=table.get("keep") or None)
+                keep_layers=table.get("keep") or None,
+                attention=table.get("attention", "head_dim"))
     distill = table.get("distill", True)
     ft_epochs = table.get("fine_tune_epochs")
     before = evaluate(model, task.test, task)

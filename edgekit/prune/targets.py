@@ -20,10 +20,35 @@ def count_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> int:
     """MACs of one batch-1 forward pass (the zoo's analytic counter: convs, linears, LSTM gate
-    matmuls and attention; torch-pruning's own counter over-counts LSTMs ~8x)."""
+    matmuls and ``nn.MultiheadAttention``; torch-pruning's own counter over-counts LSTMs ~8x),
+    plus the attention products (scores and weighted values) of the attention modules edgekit
+    prunes head-wise, which the zoo's counter does not see."""
     from ..models.zoo import count_macs as _count
+    from .attention import PrunableMultiheadAttention, find_sites
 
-    return int(_count(model, tuple(example_inputs)))
+    extra = 0
+
+    def products(site):
+        def hook(mod, args, kwargs, _out):
+            nonlocal extra
+            tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+            if not tensors or tensors[0].dim() < 2:
+                return
+            q = tensors[0]
+            k = tensors[1] if len(tensors) > 1 and isinstance(mod, PrunableMultiheadAttention) \
+                else q
+            seq = -2 if not isinstance(mod, PrunableMultiheadAttention) or mod.batch_first \
+                or q.dim() == 2 else 0
+            extra += q.shape[seq] * k.shape[seq] * site.heads * (site.head_dim + site.v_head_dim)
+        return hook
+
+    hooks = [s.module.register_forward_hook(products(s), with_kwargs=True)
+             for s in find_sites(model)]
+    try:
+        return int(_count(model, tuple(example_inputs))) + int(extra)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def check_ratio(name: str, value: float | None) -> None:

@@ -30,7 +30,10 @@ from ..data.task import Task
 from ..errors import EdgekitError, QuantizationError
 from ..profiles import TargetProfile
 from ..train import evaluate
+from .calibration import check_calibration_feeds
 from .config import QuantConfig
+from .executed import layer_precisions, unattributed_nodes
+from .gate import FidelityGate
 from .latency import Int8SlowerWarning, Variant, host_arch, latency_choice, time_sessions
 from .sensitivity import layer_sensitivity, quantizable_layers
 
@@ -115,8 +118,17 @@ class Int8Build:
                  out_names: list[str], calibration: list[list[np.ndarray]],
                  config: QuantConfig, task: Task | None, batch: int, progress: bool = True,
                  memo: dict[str, Any] | None = None, prepared: Any = None,
-                 check: Any = None) -> None:
+                 check: Any = None, holdout: list[list[np.ndarray]] | None = None,
+                 holdout_source: str = "held-out calibration data") -> None:
         self.backend, self.profile, self.model, self.inputs = backend, profile, model, inputs
+        # The fidelity gate (no task, or verify data given): held-out data against fp32.
+        self.holdout, self.holdout_source = holdout or None, holdout_source
+        self.fidelity_gate = FidelityGate.from_table(
+            profile.gate, f"target profile {profile.name} [gate]") if holdout else None
+        self._fidelity: dict[str, dict[str, Any]] = {}
+        self._fp32_model = model  # the gate's reference: the user's model, untransformed
+        if prepared is None:  # each input's batches shaped like its example input
+            check_calibration_feeds(calibration, inputs, in_names)
         self.in_names, self.out_names = in_names, out_names
         self.calibration, self.config, self.task, self.batch = calibration, config, task, batch
         self.progress, self.check = progress, check
@@ -144,6 +156,36 @@ class Int8Build:
             if "ref_score" not in self.memo:
                 self.memo["ref_score"] = evaluate(model, task.test, task)
             self.ref_score = self.memo["ref_score"]
+        # Float-domain transforms (equalization, bias correction, SmoothQuant) on a copy of
+        # the model: everything below exports and measures the transformed copy.
+        self.transforms: dict[str, Any] | None = None
+        if self.prepared is None and self.qat is None:
+            self.model, self.transforms = self._transformed(model)
+
+    def _transformed(self, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, Any]]:
+        from .transforms import apply_transforms
+
+        c = self.config
+        key = repr(("transforms", c.equalize, c.equalize_relu6,
+                    c.bias_correction and c.per_channel, c.smoothquant, c.smoothquant_alpha,
+                    tuple(self.keep)))
+        if key not in self.memo:
+            try:
+                out, record = apply_transforms(
+                    model, self.calibration, equalize=c.equalize, relu6=c.equalize_relu6,
+                    bias_correction=c.bias_correction and c.per_channel,
+                    smoothquant=c.smoothquant, alpha=c.smoothquant_alpha, keep_float=self.keep)
+            except Exception as exc:  # noqa: BLE001 - an optimisation: build without it
+                out, record = model, {"applied": [], "error": _first_line(exc)}
+                self.log(f"float-domain transforms skipped ({_first_line(exc)})")
+            if c.bias_correction and not c.per_channel:
+                record.setdefault("skipped", {})["bias_correction"] = (
+                    "per-tensor weights (per_channel = false): the correction targets the "
+                    "per-channel int8 grid")
+            if record["applied"]:
+                self.log("float-domain transforms: " + ", ".join(record["applied"]))
+            self.memo[key] = (out, record)
+        return self.memo[key]  # type: ignore[no-any-return]
 
     # -- pieces -------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -207,6 +249,13 @@ class Int8Build:
             parts.append(f"int8 {task.metric} on {task.name} test is {v.score:.2f} against "
                          f"fp32 {ref:.2f}: a drop of {task.drop(ref, v.score):.2f} points, "
                          f"over the budget of {self.budget}")
+        if self.fidelity_gate is not None and self.holdout and v.sess is not None:
+            numbers = self.fidelity_gate.measure(self._fp32_model, v.sess, self.holdout,
+                                                 self.out_names)
+            self._fidelity[str(v.where)] = numbers
+            verdict = self.fidelity_gate.verdict(numbers, self.holdout_source)
+            if verdict is not None:
+                parts.append(verdict)
         if v.report is not None and not v.report.passed:
             bad = [f"{o.name}: " + "; ".join(o.failures) for o in v.report.outputs
                    if not o.passed]
@@ -411,11 +460,20 @@ class Int8Build:
         keep, fallback = self.keep, self.fallback_layers
         speed_float = [n for n in chosen.keep if n not in keep + fallback]
         rows = {r["layer"]: r for r in self.memo.get("sensitivity", [])}
+        assert chosen.art is not None
+        kinds = dict(quantizable_layers(self.model))
+        names = list(kinds)
+        read_back = (chosen.art.info.get("quantization") or {}).get("layers")
+        executed = layer_precisions(read_back, names, kinds)  # what the artifact runs
         per_layer = [{"layer": n, "kind": k,
-                      "precision": "fp32" if n in chosen.keep else "int8",
+                      "precision": executed.get(n, "fp32" if n in chosen.keep else "int8"),
+                      "requested": "fp32" if n in chosen.keep else "int8",
+                      "precision_from": "artifact" if n in executed else "requested",
                       "reason": ("kept in float by the user" if n in keep else
                                  "automatic fallback (accuracy budget)" if n in fallback else
                                  "latency fallback (faster in float)" if n in speed_float else
+                                 "the runtime's quantizer leaves it in float (read back from "
+                                 "the artifact)" if executed.get(n, "int8") == "fp32" else
                                  None),
                       **({"sqnr_db": rows[n]["sqnr_db"]} if n in rows else {})}
                      for n, k in quantizable_layers(self.model)]
@@ -440,6 +498,8 @@ class Int8Build:
                 "the tolerance, this one met it with every layer in int8"
                 if self.alternative else None),
             "executed_precision": chosen.sess.info.get("precision"),
+            "transforms": self.transforms,
+            "unattributed_nodes": unattributed_nodes(read_back, names, kinds),
             "size_bytes": chosen.art.size_bytes,
             "latency_check": latency,
             # What the searches chose (timings included): a rebuild given the same decisions
@@ -451,6 +511,9 @@ class Int8Build:
                 "qat_ranges": self.prepared is not None,
             },
         }
+        if str(chosen.where) in self._fidelity:
+            entry["heldout_fidelity"] = {"data": self.holdout_source,
+                                         **self._fidelity[str(chosen.where)]}
         task, ref, score = self.task, self.ref_score, chosen.score
         if task is not None and ref is not None and score is not None:
             entry["accuracy"] = {"metric": task.metric, "split": "test", "fp32": ref,
@@ -477,6 +540,8 @@ def build_int8(
     prepared: Any = None,
     check: Any = None,
     decisions: DecisionStore | None = None,
+    holdout: list[list[np.ndarray]] | None = None,
+    holdout_source: str = "held-out calibration data",
 ) -> Int8Result:
     """Build ``profile``'s int8 artifact into ``target_dir`` (see :class:`Int8Build`).
 
@@ -485,10 +550,13 @@ def build_int8(
     :class:`QuantizationError` with the per-layer table. ``check(session)`` (the pipeline's
     verification against the profile's tolerance) returns a report with ``passed``; a failing
     check also triggers the fallback, and the shipped artifact's report is
-    :attr:`Int8Result.report`. ``cache`` memoises the reference score and the sensitivity
+    :attr:`Int8Result.report`. ``holdout``: batches kept out of calibration; the build must
+    then pass the profile's ``[gate]`` (:mod:`edgekit.quantize.gate`) on them. ``cache``
+    memoises the reference score and the sensitivity
     ranking across the targets of one model; ``decisions`` records and reuses the choices.
     """
     return Int8Build(backend, profile, model, inputs, in_names=in_names, out_names=out_names,
                      calibration=calibration, config=config, task=task, batch=batch,
                      progress=progress, memo=cache, prepared=prepared,
-                     check=check).run(target_dir, decisions)
+                     check=check, holdout=holdout,
+                     holdout_source=holdout_source).run(target_dir, decisions)

@@ -30,9 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends._calibration import calibration_failure, describe_feeds
 from ..errors import DataError, ShapeError
 
-__all__ = ["DEFAULT_LIMIT", "CalibrationRangeWarning", "calibration_batches", "range_statistics"]
+__all__ = ["DEFAULT_LIMIT", "CalibrationRangeWarning", "calibration_batches",
+           "calibration_failure", "check_calibration_feeds", "describe_feeds",
+           "range_statistics"]
 
 DEFAULT_LIMIT = 300
 
@@ -135,7 +138,8 @@ def calibration_batches(
     limit: int = DEFAULT_LIMIT,
     reference: Sequence[np.ndarray] | None = None,
 ) -> list[list[np.ndarray]]:
-    """Read ``source`` into feeds of the example inputs' batch size; at most ``limit`` samples.
+    """Read ``source`` into feeds shaped like the example inputs, each input with its own batch
+    size; at most ``limit`` samples (counted on the first input: ``limit // batch`` calls).
 
     ``reference``: arrays the model was trained on (per input), used for the range check;
     without it the example inputs are used when they are not all zeros.
@@ -144,15 +148,15 @@ def calibration_batches(
     examples = list(example_inputs)
     if limit < 1:
         raise DataError(f"calibration sample limit must be >= 1, got {limit}")
-    batch = int(examples[0].shape[0]) if examples[0].dim() else 1
+    batches = [int(e.shape[0]) if e.dim() else 1 for e in examples]
+    calls = max(1, limit // batches[0])
     data = _sample_arrays(source, names)
     per_input: list[list[np.ndarray]] = [[] for _ in names]
-    taken = 0
     if isinstance(data, list) and data and all(isinstance(a, np.ndarray) for a in data) and \
             len(data) == len(names) and not isinstance(source, (list, tuple)):
-        per_input = [[a[:limit]] for a in data]
-        taken = min(len(a) for a in data) if data else 0
+        per_input = [[np.asarray(a)[:calls * b]] for a, b in zip(data, batches)]
     else:
+        rows = 0  # of the first input
         for k, item in enumerate(data):
             parts = _items(item, names)
             arrays = [_np(p, f"calibration batch {k}, input {n!r}") for p, n in zip(parts, names)]
@@ -161,10 +165,10 @@ def calibration_batches(
                     arrays[i] = a[None]
             for lst, a in zip(per_input, arrays):
                 lst.append(a)
-            taken += int(arrays[0].shape[0]) if arrays[0].ndim else 1
-            if taken >= limit:
+            rows += int(arrays[0].shape[0]) if arrays[0].ndim else 1
+            if rows >= calls * batches[0]:
                 break
-    if taken == 0 or not per_input[0]:
+    if not per_input[0] or not any(len(a) for a in per_input[0]):
         raise DataError("calibration data is empty",
                         hint="pass at least one sample (a few hundred representative ones is best)")
     stacked = []
@@ -179,7 +183,7 @@ def calibration_batches(
                     f"calibration input {name!r}: samples of shape {list(p.shape[1:])}, the model "
                     f"takes {list(want)}{layout}",
                     hint="give calibration data shaped like the example inputs, sample on dim 0")
-        a = np.concatenate(parts)[:limit]
+        a = np.concatenate(parts)
         ek = str(ex.dtype).replace("torch.", "")
         want_kind = "f" if ex.is_floating_point() else "iu"
         if a.dtype.kind not in want_kind and not (want_kind == "iu" and a.dtype.kind == "b"):
@@ -191,17 +195,44 @@ def calibration_batches(
             raise DataError(f"calibration input {name!r} contains NaN or infinite values "
                             f"({int((~np.isfinite(a)).sum())} of {a.size})")
         stacked.append(a)
-    n = min(len(a) for a in stacked)
-    if n == 0:
-        raise DataError("calibration data is empty")
+    if all(len(a) == 0 for a in stacked):
+        raise DataError("calibration data is empty",
+                        hint="pass at least one sample (a few hundred representative ones is best)")
     _check_ranges(names, stacked, reference if reference is not None else
                   [e.numpy() for e in examples])
-    out = []
-    for i in range(0, n - batch + 1, batch):
-        out.append([np.ascontiguousarray(a[i:i + batch]) for a in stacked])
-    if not out:
-        raise DataError(f"calibration data has {n} sample(s), fewer than one batch of {batch}")
-    return out
+    short = [(name, len(a), b, list(ex.shape)) for name, a, b, ex in
+             zip(names, stacked, batches, examples) if len(a) < b]
+    if short:
+        name, rows, b, shape = short[0]
+        raise DataError(f"calibration input {name!r} has {rows} sample(s), fewer than one batch "
+                        f"of {b} (the example input is shaped {shape})",
+                        hint="give each input at least one batch shaped like its example input")
+    n = min(calls, *(len(a) // b for a, b in zip(stacked, batches)))
+    return [[np.ascontiguousarray(a[i * b:(i + 1) * b]) for a, b in zip(stacked, batches)]
+            for i in range(n)]
+
+
+def check_calibration_feeds(batches: Sequence[Sequence[np.ndarray]],
+                            example_inputs: Sequence[torch.Tensor],
+                            input_names: Sequence[str]) -> None:
+    """Every calibration feed has one array per input, shaped like its example input (the
+    batch dimension included: each input keeps its own); a :class:`ShapeError` names the batch,
+    the input and both shapes."""
+    names, examples = list(input_names), list(example_inputs)
+    if not batches:
+        raise DataError("calibration data is empty",
+                        hint="pass at least one sample (a few hundred representative ones is best)")
+    for k, feed in enumerate(batches):
+        if len(feed) != len(names):
+            raise ShapeError(f"calibration batch {k} has {len(feed)} array(s), the model takes "
+                             f"{len(names)} input(s) {names}")
+        for name, a, ex in zip(names, feed, examples):
+            if tuple(np.shape(a)) != tuple(ex.shape):
+                raise ShapeError(
+                    f"calibration batch {k}, input {name!r}: shape {list(np.shape(a))}, the "
+                    f"example input is shaped {list(ex.shape)}",
+                    hint="each input's calibration batches must match its example input, "
+                    "batch dimension included (build them with calibration_batches)")
 
 
 def range_statistics(a: np.ndarray) -> dict[str, float]:

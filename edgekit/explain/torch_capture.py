@@ -1,0 +1,129 @@
+"""PyTorch side: every leaf module's output for each reference sample, in execution order.
+
+Forward hooks on the leaf modules (modules without children) record the first tensor each
+returns. A module called more than once per forward keeps its last call (its name then maps
+to one tensor in each runtime as well). Modules whose output is not a floating-point tensor
+(e.g. an embedding's integer indices are inputs, not outputs) are recorded only when float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["LayerCapture", "capture_torch", "fx_name_modules"]
+
+
+@dataclass
+class LayerCapture:
+    """One leaf module: its name, class, call order and output per sample (numpy, batch kept)."""
+
+    name: str
+    kind: str
+    order: int
+    outputs: list[np.ndarray] = field(default_factory=list)
+    #: Parameters the module holds (0 for ReLU, Dropout, Flatten...).
+    params: int = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.outputs[0].shape) if self.outputs else ()
+
+    def stacked(self) -> np.ndarray:
+        """Samples concatenated along axis 0 (each sample keeps its own batch axis)."""
+        return np.concatenate([o.reshape((-1, *o.shape[1:])) if o.ndim else o.reshape(1)
+                               for o in self.outputs], axis=0)
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        for v in value:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def leaf_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """Named leaf modules (no children), the root excluded unless it is itself a leaf."""
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    return [(n or type(model).__name__, m) for n, m in leaves]
+
+
+def capture_torch(model: torch.nn.Module, samples: Sequence[Sequence[np.ndarray]]
+                  ) -> tuple[list[LayerCapture], list[list[np.ndarray]]]:
+    """Run every sample through ``model`` (eval, no grad) with hooks on each leaf module.
+
+    Returns the captured layers in first-call order and the model's outputs per sample.
+    """
+    captures: dict[str, LayerCapture] = {}
+    order = [0]
+    current: dict[str, np.ndarray] = {}
+
+    def hook(name: str, kind: str, params: int) -> Any:
+        def fn(_m: torch.nn.Module, _args: Any, out: Any) -> None:
+            t = _first_tensor(out)
+            if t is None or not t.is_floating_point():
+                return
+            if name not in captures:
+                captures[name] = LayerCapture(name, kind, order[0], params=params)
+                order[0] += 1
+            current[name] = t.detach().float().cpu().numpy().copy()
+        return fn
+
+    handles = [m.register_forward_hook(hook(n, type(m).__name__,
+                                            sum(p.numel() for p in m.parameters())))
+               for n, m in leaf_modules(model)]
+    was_training = model.training
+    model.eval()
+    outputs: list[list[np.ndarray]] = []
+    try:
+        with torch.no_grad():
+            for sample in samples:
+                current.clear()
+                result = model(*(torch.from_numpy(np.asarray(x)) for x in sample))
+                flat = result if isinstance(result, (tuple, list)) else (result,)
+                outputs.append([r.detach().float().cpu().numpy() for r in flat
+                                if isinstance(r, torch.Tensor)])
+                for name, cap in captures.items():
+                    if name in current:
+                        cap.outputs.append(current[name])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    layers = [c for c in sorted(captures.values(), key=lambda c: c.order)
+              if len(c.outputs) == len(samples)]
+    return layers, outputs
+
+
+def fx_name_modules(model: torch.nn.Module, sample: Sequence[np.ndarray]) -> dict[str, str]:
+    """``torch.export`` node name -> leaf module name: the names the ONNX exporter gives its
+    tensors (and OpenVINO keeps when it reads the ONNX file). Empty when export fails."""
+    try:
+        ep = torch.export.export(model, tuple(torch.from_numpy(np.asarray(x)) for x in sample))
+    except Exception:  # an unexportable model still gets the runtimes' own metadata
+        return {}
+    out = {}
+    for node in ep.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        if node.op == "call_function" and stack:
+            path = list(stack.values())[-1][0]
+            out[node.name] = _clean_path(str(path))
+    return out
+
+
+def _clean_path(path: str) -> str:
+    """``L['self'].layers[0].conv`` / ``layers.0.conv`` -> ``layers.0.conv``."""
+    import re
+
+    path = re.sub(r"^L\['self'\]\.?", "", path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path = re.sub(r"\['([^']+)'\]", r".\1", path)
+    return path.strip(".")

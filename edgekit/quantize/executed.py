@@ -1,0 +1,88 @@
+"""What an int8 artifact executes per PyTorch layer, read back from the file.
+
+Each runtime's int8 path reads its written artifact (QDQ / integer ops in ONNX, tensor types in
+TFLite, FakeQuantize and int8 constants in OpenVINO IR) into rows ``{"node", "op", "module",
+"precision"}`` (``artifact.info["quantization"]["layers"]``). :func:`layer_precisions` folds
+them onto the model's quantizable layers, so the manifest says what runs, not what was asked::
+
+    layer_precisions(rows, ["conv", "gru", "head"])
+    # {"conv": "int8", "gru": "fp32", "head": "int8"}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["layer_precisions", "unattributed_nodes"]
+
+
+def _owns(layer: str, module: str) -> bool:
+    return bool(module) and (module == layer or module.startswith(layer + "."))
+
+
+def layer_precisions(rows: Sequence[Mapping[str, Any]] | None,
+                     layers: Sequence[str], kinds: Mapping[str, str] | None = None
+                     ) -> dict[str, str]:
+    """Layer -> the precision its nodes execute in: ``int8``, ``int16``, ``fp32``,
+    ``int8 (dynamic range)``, ``fp32 (int8 weights)`` (float compute on stored int8 weights) or
+    ``mixed: ...``; layers without a node in ``rows`` are absent
+    (the artifact does not name them). ``kinds`` (layer -> ``gru``, ``lstm``...): a recurrent
+    layer the artifact does not name takes the unnamed recurrent op of its kind (OpenVINO
+    names the sequence op of an ONNX source ``GRUSequence_102``), in order."""
+    owner = _owners(rows, layers, kinds)
+    out: dict[str, str] = {}
+    for layer in layers:
+        found = [_label(r) for r, o in zip(rows or (), owner) if o == layer]
+        if not found:
+            continue
+        labels = sorted(set(found))
+        out[layer] = labels[0] if len(labels) == 1 else "mixed: " + ", ".join(
+            f"{k} x{found.count(k)}" for k in labels)
+    return out
+
+
+def unattributed_nodes(rows: Sequence[Mapping[str, Any]] | None,
+                       layers: Sequence[str], kinds: Mapping[str, str] | None = None
+                       ) -> list[dict[str, Any]]:
+    """Compute nodes no quantizable layer owns (e.g. a matmul of two activations), with their
+    precision."""
+    return [{"node": r.get("node"), "op": r.get("op"), "precision": _label(r)}
+            for r, o in zip(rows or (), _owners(rows, layers, kinds)) if o is None]
+
+
+def _owners(rows: Sequence[Mapping[str, Any]] | None, layers: Sequence[str],
+            kinds: Mapping[str, str] | None = None) -> list[str | None]:
+    """The layer each row belongs to: the one its module is (or is inside), else, for a
+    runtime that drops container names from its paths (LiteRT names ``down.0.0`` just
+    ``0.0``), the layers ending in that path, taken in model order by the rows in graph order
+    (the k-th row of a path goes to the k-th such layer)."""
+    out: list[str | None] = []
+    seen: dict[str, int] = {}
+    for r in rows or ():
+        module = str(r.get("module", ""))
+        exact = [n for n in layers if _owns(n, module)]
+        if exact:
+            out.append(max(exact, key=len))
+            continue
+        tail = [n for n in layers if module and n.endswith("." + module)]
+        k = seen.get(module, 0)
+        seen[module] = k + 1
+        out.append(tail[k] if k < len(tail) else None)
+    for kind in ("lstm", "gru", "rnn"):  # unnamed recurrent ops to the unnamed layers
+        named = set(out)
+        free = [n for n in layers if (kinds or {}).get(n) == kind and n not in named]
+        for i, r in enumerate(rows or ()):
+            op = str(r.get("op", "")).upper()
+            if out[i] is None and free and op.startswith(kind.upper()):
+                out[i] = free.pop(0)
+    return out
+
+
+def _label(row: Mapping[str, Any]) -> str:
+    p = str(row.get("precision", "fp32"))
+    if row.get("mode") == "dynamic":
+        return f"{p} (dynamic range)"
+    if row.get("mode") == "weights only":
+        return f"{p} (int8 weights)"
+    return p

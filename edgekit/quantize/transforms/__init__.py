@@ -1,0 +1,102 @@
+"""Float-domain transforms applied to a copy of the PyTorch model before it is exported for
+int8, so that every runtime's quantizer starts from weights and activations that quantize
+better. Each keeps the float function except bias correction, which moves the output mean by
+the expected weight-rounding error on purpose.
+
+In order:
+
+1. batch-norm folding (:mod:`.bn_fold`), so equalization sees the weights that execute;
+2. SmoothQuant (:mod:`.smoothquant`): LayerNorm -> Linear activation outliers into weights;
+3. cross-layer equalization with bias absorption (:mod:`.equalize`);
+4. empirical bias correction (:mod:`.bias_correction`), last, on the final weights.
+
+:func:`apply_transforms` returns the transformed copy and a record for the manifest (what was
+applied where, and why a transform did nothing, e.g. a graph torch.fx cannot trace).
+
+Example::
+
+    model8, record = apply_transforms(model, batches, equalize=True, bias_correction=True)
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ._graph import trace
+from .bias_correction import bias_correction as _bias_correction
+from .bn_fold import fold_batchnorm
+from .equalize import RELU6_MODES, ChannelClamp, absorb_bias, find_pairs
+from .equalize import equalize as _equalize
+from .smoothquant import find_sites
+from .smoothquant import smoothquant as _smoothquant
+
+__all__ = ["apply_transforms", "ChannelClamp", "RELU6_MODES"]
+
+
+def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray]], *,
+                     equalize: bool = False, bias_correction: bool = False,
+                     smoothquant: bool = False, alpha: float = 0.5, relu6: str = "skip",
+                     keep_float: Sequence[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
+    """A transformed copy of ``model`` (in eval mode; ``model`` is untouched) and the record.
+
+    With every switch off, ``model`` itself is returned and the record says so.
+    """
+    record: dict[str, Any] = {"equalize": equalize, "bias_correction": bias_correction,
+                              "smoothquant": smoothquant}
+    if not (equalize or bias_correction or smoothquant):
+        return model, {**record, "applied": []}
+    out = copy.deepcopy(model).eval()
+    applied: list[str] = []
+    skipped: dict[str, str] = {}
+    graph, why = trace(out)
+    if graph is not None:
+        folded = fold_batchnorm(out, graph)
+        record["bn_folded"] = folded
+        if folded:
+            graph, why = trace(out)  # BN nodes are Identity now
+    if smoothquant:
+        if graph is None:
+            skipped["smoothquant"] = why or "no graph"
+        else:
+            sites = find_sites(out, graph)
+            done = _smoothquant(out, sites, calibration, alpha=alpha)
+            record["smoothquant_alpha"] = alpha
+            record["smoothquant_norms"] = done
+            if done:
+                applied.append("smoothquant")
+            else:
+                skipped["smoothquant"] = "no LayerNorm feeding only Linear/attention layers"
+    if equalize:
+        if graph is None:
+            skipped["equalize"] = why or "no graph"
+        else:
+            pairs = find_pairs(out, graph, relu6=relu6)
+            if pairs:
+                rounds = _equalize(out, pairs)
+                record["equalized_pairs"] = [
+                    f"{p.first} -> {p.act or 'linear'} -> {p.second}" for p in pairs]
+                record["equalize_rounds"] = rounds
+                record["equalize_relu6"] = relu6
+                record["clamped_relu6"] = sorted(n for n, m in out.named_modules()
+                                                 if isinstance(m, ChannelClamp))
+                record["bias_absorbed"] = absorb_bias(out, pairs, calibration)
+                applied.append("equalize")
+            else:
+                skipped["equalize"] = ("no conv/linear -> [ReLU] -> conv/linear chain whose "
+                                       "first output feeds only the second")
+    if bias_correction:
+        done = _bias_correction(out, calibration, skip=keep_float)
+        record["bias_corrected"] = done
+        if done:
+            applied.append("bias_correction")
+        else:
+            skipped["bias_correction"] = "no conv/linear layer ran on the calibration data"
+    record["applied"] = applied
+    if skipped:
+        record["skipped"] = skipped
+    return out, record

@@ -1,0 +1,290 @@
+"""One search point, in two steps that run where they must:
+
+* :func:`build_point` (any node): the base model, pruned to the point's ratio (and fine-tuned),
+  built for one target by :func:`edgekit.compress` with the point's quantization settings,
+  verified, scored on the task's test split; returns the bundle packed as bytes, so a node
+  on another machine can time it.
+* :func:`time_point` (only where the target's timing resource is): the bundle timed by the
+  bench harness (:func:`edgekit.bench`, the interleaved timer), median latency.
+
+Both take and return plain dicts (JSON-able, plus the packed bundle bytes) so they run the
+same in this process and as Ray tasks. :func:`prepare_base` trains the model once per search.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgekitError, UsageError
+
+__all__ = ["ModelSource", "prepare_base", "build_point", "time_point", "node_identity"]
+
+BASE_DIR = "base"
+BASE_WEIGHTS = "model.pt"
+BASE_INFO = "base.json"
+
+
+@dataclass
+class ModelSource:
+    """What is searched: a zoo model (trained from ``seed`` for ``epochs``, or loaded from
+    ``weights``), with the recipe's quantization and prune settings as the base of every
+    point."""
+
+    model: str
+    epochs: int | None = None
+    seed: int = 0
+    weights: str | None = None
+    trust_weights: bool = False
+    quantization: dict[str, Any] = field(default_factory=dict)
+    prune: dict[str, Any] = field(default_factory=dict)
+    fine_tune_epochs: int = 1
+
+    @classmethod
+    def resolve(cls, model: str | Path, *, epochs: int | None = None, seed: int = 0,
+                fine_tune_epochs: int = 1) -> ModelSource:
+        """A zoo model name or a recipe ``.toml`` of a zoo model; anything else is refused
+        (a search scores accuracy on the model's task)."""
+        from ..models import list_models
+
+        text = str(model)
+        if text.endswith(".toml"):
+            from ..recipe import load_recipe
+
+            recipe = load_recipe(text)
+            if not recipe.is_zoo:
+                raise UsageError(
+                    f"recipe {text}: model {recipe.model!r} is a module:factory; a search "
+                    "scores every point on the model's task, which only zoo models carry",
+                    hint="use a zoo model (see `edgekit models`) or a recipe of one")
+            prune = {k: v for k, v in recipe.raw.get("prune", {}).items()
+                     if k in ("round_to", "keep", "global", "distill", "fine_tune_epochs")}
+            return cls(model=recipe.model, epochs=recipe.epochs if epochs is None else epochs,
+                       seed=recipe.seed, weights=None if recipe.weights_path() is None
+                       else str(recipe.weights_path()), trust_weights=recipe.trust_weights,
+                       quantization=dict(recipe.quantization), prune=prune,
+                       fine_tune_epochs=int(prune.get("fine_tune_epochs", fine_tune_epochs)))
+        if text in list_models(realistic=True):
+            return cls(model=text, epochs=epochs, seed=seed, fine_tune_epochs=fine_tune_epochs)
+        from ..errors import UnknownNameError
+
+        if ":" in text:
+            raise UsageError(
+                f"{text!r} is a module:factory; a search scores every point on the model's "
+                "task, which only zoo models carry",
+                hint="use a zoo model (see `edgekit models`) or a recipe .toml of one")
+        raise UnknownNameError("model", text, list_models(realistic=True))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "epochs": self.epochs, "seed": self.seed,
+                "weights": self.weights, "trust_weights": self.trust_weights,
+                "quantization": self.quantization, "prune": self.prune,
+                "fine_tune_epochs": self.fine_tune_epochs}
+
+
+def node_identity() -> dict[str, Any]:
+    """Where this code runs: the Ray node id and IP, the resources this task holds and the
+    node's custom resources when inside Ray; the host name and the pid."""
+    info: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
+                            "node_id": None, "node_ip": None}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            info["node_id"] = ctx.get_node_id()
+            info["node_ip"] = ray.util.get_node_ip_address()
+            info["assigned"] = dict(ctx.get_assigned_resources())
+            node: dict[str, Any] = next(
+                (n for n in ray.nodes() if n.get("NodeID") == info["node_id"]), {})
+            info["node_resources"] = sorted(
+                k for k in node.get("Resources", {})
+                if not k.startswith("node:") and k not in ("CPU", "GPU", "memory",
+                                                           "object_store_memory"))
+    except Exception:  # not inside Ray (or Ray missing): host and pid say enough
+        pass
+    return info
+
+
+def prepare_base(source: ModelSource, out_dir: Path, *, progress: bool = True
+                 ) -> dict[str, Any]:
+    """Train (or load) the base model once; its weights and test metric live in
+    ``out_dir/base`` and are reused by a resumed search."""
+    import torch
+
+    from ..models import get_spec
+    from ..train import evaluate, fit
+
+    base = out_dir / BASE_DIR
+    info_path = base / BASE_INFO
+    if info_path.is_file() and (base / BASE_WEIGHTS).is_file():
+        info = json.loads(info_path.read_text())
+        if info.get("source") == source.to_json():
+            return dict(info)
+    spec = get_spec(source.model)
+    torch.manual_seed(source.seed)
+    model = spec.factory()
+    if source.weights is not None:
+        from ..checkpoint import load_checkpoint
+
+        state = load_checkpoint(Path(source.weights), trust=source.trust_weights)
+        if isinstance(state, torch.nn.Module):
+            state = state.state_dict()
+        model.load_state_dict(state)
+    task = spec.task()
+    epochs = spec.default_epochs if source.epochs is None else source.epochs
+    if epochs > 0:
+        fit(model, task, epochs=epochs, seed=source.seed, progress=progress, spec=spec)
+    model.eval()
+    metric = float(evaluate(model, task.test, task))
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".{BASE_WEIGHTS}.tmp"
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, base / BASE_WEIGHTS)
+    info = {"source": source.to_json(), "weights": str((base / BASE_WEIGHTS).resolve()),
+            "metric": task.metric, "higher_is_better": task.higher_is_better,
+            "test": metric, "epochs": epochs}
+    tmp_info = base / f".{BASE_INFO}.tmp"
+    tmp_info.write_text(json.dumps(info, indent=2))
+    os.replace(tmp_info, info_path)
+    return info
+
+
+def _pack(bundle_dir: Path) -> bytes:
+    from ..archive import pack_bundle
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-search-") as tmp:
+        archive = pack_bundle(bundle_dir, Path(tmp) / "bundle.tar.gz")
+        return archive.read_bytes()
+
+
+def _bundle_size(bundle_dir: Path, target: str) -> int:
+    from ..bundle import load_bundle
+
+    entry = load_bundle(bundle_dir).target(target)
+    return int(sum(f.bytes or 0 for f in entry.files))
+
+
+def build_point(job: dict[str, Any]) -> dict[str, Any]:
+    """Build, verify and score one point for one target (see the module notes).
+
+    ``job``: ``source`` (:meth:`ModelSource.to_json`), ``base`` (:func:`prepare_base`'s
+    info), ``profile`` (a :class:`~edgekit.profiles.TargetProfile`), ``point`` (a space
+    point), ``out``
+    (the bundle folder to write). Returns ``status`` ("built" or "failed" with ``error``),
+    ``accuracy``, ``drop``, ``size_bytes``, ``build_s``, ``node``, ``bundle`` (packed bytes).
+    """
+    import dataclasses
+
+    import torch
+
+    from ..manifest import StageRecord
+    from ..measure.scoring import evaluate_session
+    from ..models import get_spec
+    from ..pipeline import compress
+    from ..profiles import validate_options
+    from .space import point_options, split_point
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    node = node_identity()
+    src = job["source"]
+    ratio, importance, threads, quant = split_point(job["point"])
+    profile = job["profile"]
+    if threads is not None:
+        profile = dataclasses.replace(profile, threads=threads)
+    options = point_options(job["point"])
+    if options:
+        profile = dataclasses.replace(profile, options=validate_options(
+            {**profile.options, **options}, profile.backend,
+            where=f"search point for {profile.name}"))
+    out = Path(job["out"])
+    try:
+        spec = get_spec(src["model"])
+        task = spec.task()
+        model = spec.factory()
+        model.load_state_dict(torch.load(job["base"]["weights"], weights_only=True))
+        model.eval()
+        history: list[StageRecord] = []
+        if ratio > 0:
+            from ..prune.recipe import apply_prune_table
+
+            table = {**src.get("prune", {}), "ratio": ratio, "importance": importance,
+                     "fine_tune_epochs": int(src.get("fine_tune_epochs", 1))}
+            apply_prune_table(model, spec, task, table, history, targets=[profile],
+                              seed=int(src.get("seed", 0)), progress=False)
+        quantization = None
+        if profile.precision == "int8":
+            # the search times every point on its device: no timing on the build node
+            quantization = {**src.get("quantization", {}), **quant, "latency_check": False}
+        compress(model, spec.example_inputs(1), targets=[profile], out_dir=out,
+                 name=src["model"], input_names=spec.input_names,
+                 output_names=spec.output_names, task=task, history=history,
+                 quantization=quantization, progress=False, overwrite=True,
+                 recipe={"search_point": dict(job["point"]), "model": src["model"]})
+        from ..bundle import load_bundle
+
+        session = load_bundle(out).load(profile.name)
+        accuracy = evaluate_session(session, task.test, task)
+        drop = task.drop(float(job["base"]["test"]), accuracy)
+        result = {"status": "built", "accuracy": accuracy, "drop": drop,
+                  "size_bytes": _bundle_size(out, profile.name), "bundle": _pack(out)}
+    except EdgekitError as exc:  # a point the pipeline refuses (gate, parity): a failed trial
+        result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    result.update(node=node, build_s=time.perf_counter() - start, out=str(out),
+                  threads=profile.threads)
+    return result
+
+
+def time_point(job: dict[str, Any]) -> dict[str, Any]:
+    """Time a built point with the bench harness where this task runs (the node holding the
+    target's timing resource), or on ``job["remote"]`` (``[user@]host[:port]``) over SSH.
+
+    ``job``: ``out`` (the bundle folder), ``bundle`` (its packed bytes, unpacked into a
+    temporary folder when ``out`` is not on this node), ``target``, ``threads``, ``runs``,
+    ``warmup``. Returns ``status``, ``latency_ms`` (median), ``latency`` (the statistics),
+    ``node``, ``time_s``.
+    """
+    from ..bench.harness import bench
+
+    start = time.perf_counter()
+    node = node_identity()
+    out = Path(job["out"])
+    tmp = None
+    try:
+        if not (out / "manifest.json").is_file():
+            from ..archive import unpack_bundle
+
+            tmp = Path(tempfile.mkdtemp(prefix="edgekit-time-"))
+            archive = tmp / "bundle.tar.gz"
+            archive.write_bytes(job["bundle"])
+            out = tmp / "bundle"
+            unpack_bundle(archive, out)
+        remote = None
+        if job.get("remote"):
+            from ..bench.remote import RemoteDevice
+
+            remote = RemoteDevice.parse(job["remote"])
+        report = bench(out, targets=[job["target"]], threads=job.get("threads"),
+                       runs=int(job.get("runs", 100)), warmup=int(job.get("warmup", 10)),
+                       data="none", memory=False, remote=remote, progress=False)
+        row = report["results"][0]
+        if not row.get("latency"):
+            raise EdgekitError(f"the bench harness did not time {job['target']}: "
+                               f"{row.get('reason') or report.get('errors')}")
+        result = {"status": "timed", "latency_ms": float(row["latency"]["median_ms"]),
+                  "latency": row["latency"], "runtime": row.get("runtime")}
+    except EdgekitError as exc:
+        result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    result.update(node=node, time_s=time.perf_counter() - start)
+    return result

@@ -1,0 +1,355 @@
+"""`edgekit explain`: per-layer diff of each runtime's own tensors against PyTorch.
+
+The broken model: ``conv1``'s channel 3 has 40x weights and a bias of 80, so its output holds
+one channel about 100x larger than the other seven; ``conv2`` nearly ignores that channel
+(weights x0.01). int8 activations quantize ``conv1``'s output per tensor: the outlier sets the
+range and the seven ordinary channels round to a few levels. The layer that breaks is
+``conv1`` itself, at its own output tensor (not ``conv2``, which merely consumes the damage):
+that tensor's SQNR stays high (the outlier dominates its energy) while its median channel's
+falls to single-digit dB, and every runtime's tensor there shows it.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.backends import Artifact, get_backend
+from edgekit.cli import main
+from edgekit.errors import BundleError, ShapeError, UnknownNameError, UsageError
+from edgekit.explain import culprit_layers, explain
+from edgekit.explain.layers import LayerNumbers, first_jump
+from edgekit.explain.mapping import align
+from edgekit.explain.tensors import RuntimeTensor, base_tensor_name, module_from_location
+from edgekit.measure.metrics import channel_sqnr_db, relative_error, sqnr_db
+
+INT8 = ["x86-onnxruntime-int8", "x86-openvino-int8", "arm64-tflite-int8"]
+FP32 = ["x86-onnxruntime-fp32", "x86-openvino-fp32", "x86-tflite-fp32"]
+RUNTIMES = {"onnxruntime", "openvino", "tflite"}
+
+
+class Broken(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.conv1.weight[3] *= 40.0
+            self.conv1.bias[3] = 80.0
+            self.conv2.weight[:, 3] *= 1e-2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flat(self.pool(self.relu(self.conv2(self.conv1(x))))))
+
+
+def broken_model() -> nn.Module:
+    torch.manual_seed(0)
+    return Broken().eval()
+
+
+def _need(backends):
+    missing = [b for b in backends if get_backend(b).available() is not None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+
+
+@pytest.fixture(scope="module")
+def broken_bundle(tmp_path_factory):
+    _need(RUNTIMES)
+    from edgekit.pipeline import compress
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(1)
+    calib = torch.rand(16, 1, 8, 8, generator=gen).numpy()
+    root = tmp_path_factory.mktemp("explain") / "broken"
+    x = torch.rand(1, 1, 8, 8, generator=gen)
+    compress(broken_model(), x, targets=INT8 + FP32, out_dir=root, calibration=calib,
+             input_names=["x"], output_names=["y"], progress=False,
+             quantization={"latency_check": False})
+    return root
+
+
+@pytest.fixture(scope="module")
+def broken_report(broken_bundle):
+    return explain(broken_model(), bundle=broken_bundle, progress=False)
+
+
+@pytest.mark.slow
+def test_the_outlier_is_in_conv1s_output():
+    # the premise of the test model, measured in PyTorch
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    out = broken_model().conv1(x).detach().numpy()
+    peak = np.abs(out).max(axis=(0, 2, 3))
+    assert peak.argmax() == 3 and peak[3] > 50 * np.delete(peak, 3).max()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", INT8)
+def test_int8_names_the_broken_layer_first(broken_report, target):
+    t = broken_report.target(target)
+    assert t.status == "ok"
+    assert t.jump is not None and t.jump.module == "conv1"
+    assert t.culprit_names()[0] == "conv1"
+    row = t.rows[0]
+    assert row.module == "conv1" and row.precision == "int8"
+    # the tensor looks fine as a whole; its ordinary channels are drowned
+    assert row.sqnr_db > 35 and row.channel_sqnr_db < 12
+    assert row.sqnr_db - row.channel_sqnr_db > 25
+    assert "outlier channels" in t.suggestion["symptom"]
+    assert "keep_float': ['conv1']" in t.suggestion["action"]
+    cov = t.coverage
+    assert (cov["mapped"], cov["total"]) == (6, 6) and cov["unmapped"] == []
+    # the end-to-end output is damaged too (int8 vs fp32 below)
+    assert t.output["rel_error"] > 1e-2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", FP32)
+def test_fp32_artifacts_match_every_layer(broken_report, target):
+    t = broken_report.target(target)
+    assert t.jump is None
+    assert t.coverage["fraction"] == 1.0
+    for row in t.rows:
+        assert row.mapped and row.rel_error < 1e-5, (row.module, row.rel_error)
+        assert row.precision == "fp32"
+    assert t.output["rel_error"] < 1e-5
+
+
+@pytest.mark.slow
+def test_fusions_and_layouts_are_reported(broken_report):
+    # LiteRT fuses conv2 + relu into one op and keeps activations NHWC
+    tfl = broken_report.target("arm64-tflite-int8")
+    rows = {r.module: r for r in tfl.rows}
+    assert rows["conv2"].how == "fused into relu"
+    assert rows["conv1"].transform == "NHWC->NCHW"
+    assert rows["flat"].how == "same tensor as pool"
+    # the artifact's output tensor is renamed (serving_default_output_0): found as the output
+    assert rows["fc"].how == "model output" and rows["fc"].tensor.startswith("serving_default")
+    assert tfl.coverage["fused"] == ["conv2"]
+    # ONNX Runtime's QDQ model: the value compared is the dequantized one the next op reads
+    ort = {r.module: r for r in broken_report.target("x86-onnxruntime-int8").rows}
+    assert ort["conv1"].op == "DequantizeLinear"
+    table = broken_report.table()
+    assert all(t in table for t in INT8 + FP32)
+    conv1_line = next(line for line in table.splitlines() if line.startswith("0  conv1"))
+    assert conv1_line.count("* int8") == 3  # the first jump, on every int8 target
+
+
+@pytest.mark.slow
+def test_bare_form_and_culprit_layers(broken_bundle):
+    x = torch.rand(2, 1, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    samples = [(x[0],), (x[1],)]
+    path = broken_bundle / "x86-onnxruntime-int8" / "model.onnx"
+    assert culprit_layers(broken_model(), path, samples, top=1) == ["conv1"]
+    report = explain(broken_model(), path, samples, progress=False)
+    assert report.samples == 2 and report.targets[0].jump.module == "conv1"
+
+
+@pytest.mark.slow
+def test_cli_writes_json_markdown_png(broken_bundle, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["explain", str(broken_bundle), "--model", "test_explain:broken_model",
+               "-t", INT8[0], "-t", FP32[0], "--json", str(out / "e.json"),
+               "--markdown", str(out / "e.md"), "--plot", str(out / "e.png"), "-q"])
+    assert rc == 0
+    data = json.loads((out / "e.json").read_text())
+    assert list(data["targets"]) == [INT8[0], FP32[0]]
+    assert data["targets"][INT8[0]]["first_jump"] == "conv1"
+    assert data["targets"][INT8[0]]["coverage"]["mapped"] == 6
+    assert data["targets"][FP32[0]]["first_jump"] is None
+    layers = data["targets"][FP32[0]]["layers"]
+    assert [r["module"] for r in layers] == ["conv1", "conv2", "relu", "pool", "flat", "fc"]
+    md = (out / "e.md").read_text()
+    assert "- first jump: conv1" in md and "| conv1 |" in md
+    png = (out / "e.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    stdout = capsys.readouterr().out
+    assert "first jump: conv1" in stdout
+
+
+@pytest.mark.slow
+def test_a_different_model_is_refused(broken_bundle):
+    other = broken_model()
+    with torch.no_grad():
+        other.fc.bias += 1.0
+    with pytest.raises(UsageError, match="does not reproduce"):
+        explain(other, bundle=broken_bundle, targets=[FP32[0]], progress=False)
+
+
+# ------------------------------------------------------------------ a zoo bundle, fast
+@pytest.fixture(scope="module")
+def zoo_bundle(tmp_path_factory):
+    _need(["onnxruntime"])
+    from edgekit.api import build_zoo_model
+
+    root = tmp_path_factory.mktemp("explain") / "cnn"
+    build_zoo_model("cnn", targets=["x86-onnxruntime-fp32"], out_dir=root, train=False,
+                    progress=False)
+    return root
+
+
+def test_zoo_bundle_rebuilds_its_model(zoo_bundle):
+    import edgekit
+
+    assert "explain" in edgekit.__all__ and "culprit_layers" in edgekit.__all__
+    report = edgekit.explain(bundle=zoo_bundle, progress=False)  # the public, callable name
+    t = report.target("x86-onnxruntime-fp32")
+    assert t.coverage["fraction"] >= 0.95, t.coverage
+    assert t.jump is None
+    assert max(r.rel_error for r in t.rows if r.mapped) < 1e-5
+
+
+def test_missing_bundle(tmp_path, capsys):
+    assert main(["explain", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert "is not an edgekit bundle: manifest.json is missing" in err
+    with pytest.raises(BundleError):
+        explain(bundle=tmp_path / "nope", progress=False)
+
+
+def test_bad_target_name(zoo_bundle, capsys):
+    with pytest.raises(UnknownNameError, match="x86-onnxruntime-fp32"):
+        explain(bundle=zoo_bundle, targets=["x86-onnxruntime-fp3"], progress=False)
+    assert main(["explain", str(zoo_bundle), "-t", "nope-target"]) == 2
+    assert "unknown target in bundle" in capsys.readouterr().err
+
+
+def test_data_with_wrong_shape(zoo_bundle, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, image=np.zeros((3, 1, 9, 9), np.float32))
+    with pytest.raises(ShapeError, match=r"key 'image' holds samples of shape \[1, 9, 9\].*"
+                       r"\[1, 1, 8, 8\]"):
+        explain(bundle=zoo_bundle, data=bad, progress=False)
+    assert main(["explain", str(zoo_bundle), "--data", str(bad)]) == 2
+    assert "[N, 1, 8, 8]" in capsys.readouterr().err
+    wrong_key = tmp_path / "k.npz"
+    np.savez(wrong_key, x=np.zeros((3, 1, 8, 8), np.float32))
+    assert main(["explain", str(zoo_bundle), "--data", str(wrong_key)]) == 2
+    assert "has no key 'image'; keys present: 'x'" in capsys.readouterr().err
+
+
+def test_data_file_drives_the_samples(zoo_bundle, tmp_path):
+    good = tmp_path / "good.npz"
+    np.savez(good, image=np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32))
+    report = explain(bundle=zoo_bundle, data=good, progress=False)
+    assert report.samples == 16  # capped
+    assert report.inputs == str(good)
+    report = explain(bundle=zoo_bundle, data=good, samples=3, progress=False)
+    assert report.samples == 3
+
+
+def test_executorch_is_reported_unsupported():
+    from edgekit.explain.api import _explain_target
+
+    art = Artifact("executorch", root=__import__("pathlib").Path("."), files=["m.pte"],
+                   inputs=[], outputs=[])
+    r = _explain_target("x86-executorch-int8", art, {}, [], [], [], {}, threads=1,
+                        min_sqnr_db=20, jump_db=6, progress=False)
+    assert r.status == "unsupported" and "intermediate tensors" in r.reason
+    assert r.to_json() == {"target": "x86-executorch-int8", "backend": "executorch",
+                           "precision": "fp32", "status": "unsupported", "reason": r.reason}
+
+
+# ------------------------------------------------------------------ pieces
+def test_names_from_metadata():
+    mods = {"features.0", "features.1.conv", "fc"}
+    loc = ("pkg.Net/torch.nn.modules.container.Sequential_features/"
+           "torch.nn.modules.conv.Conv2d_0;3")
+    assert module_from_location(loc.split(";")[0], mods) == "features.0"
+    assert module_from_location("pkg.Net/x.Block_features.1/torch.nn.Conv2d_conv", mods) \
+        == "features.1.conv"
+    assert module_from_location("pkg.Net/torch.nn.ReLU_act", mods) is None
+    assert base_tensor_name("conv2d_DequantizeLinear_Output") == "conv2d"
+    assert base_tensor_name("node_conv2d_1/WithoutBiases") == "conv2d_1"
+    assert base_tensor_name("relu_QuantizeLinear") == "relu"
+
+
+def test_align_undoes_nhwc_and_reshape():
+    v = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # NHWC, C = 5
+    t = RuntimeTensor("t", "CONV_2D", 0, None, "", "fp32", [v], layout="NHWC")
+    how, vals = align(t, (2, 5, 3, 4))
+    assert how == "NHWC->NCHW" and np.array_equal(vals[0], v.transpose(0, 3, 1, 2))
+    flat = RuntimeTensor("f", "MEAN", 1, None, "", "fp32", [np.ones((1, 16))])
+    assert align(flat, (1, 16, 1, 1))[0] == "reshape"
+    assert align(flat, (1, 8, 2)) is None
+
+
+def test_first_jump_rule():
+    def row(name, sq, ch=None):
+        r = LayerNumbers(name, "Conv2d", 0, tensor=name, how="metadata")
+        r.sqnr_db, r.channel_sqnr_db = sq, ch
+        return r
+
+    # gradual decline: no jump; a 6 dB drop that stays above 20 dB: no jump
+    assert first_jump([row("a", 40), row("b", 34), row("c", 29)]) is None
+    # below 20 dB and >= 6 dB under the previous layer
+    rows = [row("a", 40), row("b", 38, 9.0), row("c", 8)]
+    assert first_jump(rows).module == "b"
+    # fp32-level numbers never jump
+    assert first_jump([row("a", math.inf), row("b", 130.0, 131.0)]) is None
+    # the first layer is compared with the 60 dB cap
+    assert first_jump([row("a", 10), row("b", 3)]).module == "a"
+
+
+def test_new_metrics():
+    ref = np.array([[3.0, 4.0]])
+    assert relative_error(ref, ref) == 0.0
+    assert relative_error(ref, ref * 1.01) == pytest.approx(0.01)
+    assert relative_error(ref, ref * 1.01) == pytest.approx(10 ** (-sqnr_db(ref, ref * 1.01) / 20))
+    assert relative_error(np.zeros(2), np.ones(2)) == math.inf
+    x = np.ones((2, 3, 4))
+    y = x.copy()
+    y[:, 1] += 0.1
+    ch = channel_sqnr_db(x, y)
+    assert ch[0] == math.inf and ch[2] == math.inf and ch[1] == pytest.approx(20.0)
+
+
+def test_mapping_rules_on_a_folded_chain():
+    from edgekit.explain.mapping import map_layers
+    from edgekit.explain.torch_capture import LayerCapture
+
+    rng = np.random.default_rng(0)
+    conv, bn = rng.random((1, 4, 2, 2)), rng.random((1, 4, 2, 2))
+    relu = np.maximum(bn, 0)
+    layers = [LayerCapture("conv", "Conv2d", 0, [conv], params=20),
+              LayerCapture("bn", "BatchNorm2d", 1, [bn], params=8),
+              LayerCapture("relu", "ReLU", 2, [relu]),
+              LayerCapture("flat", "Flatten", 3, [relu.reshape(1, 16)]),
+              LayerCapture("drop", "Dropout", 4, [rng.random((1, 16))])]
+    folded = RuntimeTensor("Multiply_7", "Convolution", 0, None, "", "fp32", [bn])
+    act = RuntimeTensor("r", "Relu", 1, "relu", "metadata", "fp32", [relu])
+    m = {x.module: x for x in map_layers(layers, [folded, act])}
+    assert (m["bn"].how, m["bn"].tensor) == ("shape", folded)
+    assert (m["conv"].how, m["conv"].compare_to) == ("fused into bn", "bn")
+    assert (m["relu"].how, m["relu"].tensor) == ("metadata", act)
+    assert m["flat"].how == "same tensor as relu" and m["flat"].values[0].shape == (1, 16)
+    assert m["drop"].tensor is None  # its values differ from flat's: no tensor claimed for it
+
+
+def test_which_model_a_bundle_can_give():
+    from types import SimpleNamespace
+
+    from edgekit.explain import model_from_bundle
+
+    def fake(recipe):
+        return SimpleNamespace(root="b", manifest=SimpleNamespace(recipe=recipe))
+
+    with pytest.raises(UsageError, match="trained weights, which a bundle does not hold"):
+        model_from_bundle(fake({"model": "cnn", "train": True, "epochs": 3, "seed": 0}))
+    with pytest.raises(UsageError, match="does not record which model"):
+        model_from_bundle(fake(None))
+    a = model_from_bundle(fake({"model": "cnn", "train": False, "seed": 5}))
+    b = model_from_bundle(fake({"model": "cnn", "train": False, "seed": 5}))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values()))
+    m = model_from_bundle(fake({"model": "test_explain:broken_model"}))
+    assert isinstance(m, Broken)
+    with pytest.raises(UsageError, match="either bundle=... or an artifact"):
+        explain(progress=False)

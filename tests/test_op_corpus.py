@@ -1,0 +1,92 @@
+"""A growing corpus of legal PyTorch ops that a runtime's converter or quantizer rejected:
+each builds int8 on every runtime, and its int8 outputs follow the fp32 model.
+
+Found so far:
+* ``grid``: index arithmetic on ``arange`` grids folded by torch.export into an int64 constant;
+  litert's PT2E quantizer put a histogram observer on it ("histogram_cpu" not implemented for
+  'Long'): integer tensors are now kept out of quantization.
+* ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
+  token ids) build on all three runtimes; kept here so they stay that way.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.pipeline import compress
+
+pytestmark = pytest.mark.slow
+
+TARGETS = ["x86-onnxruntime-int8", "x86-openvino-int8", "arm64-tflite-int8"]
+
+
+class Pow(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) ** 2 + torch.sqrt(x.abs() + 1)
+
+
+class Grid(nn.Module):
+    """Adds a normalised coordinate grid built from ``arange`` and an integer index map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ys = torch.arange(h).view(h, 1).expand(h, w)
+        xs = torch.arange(w).view(1, w).expand(h, w)
+        idx = (ys * w + xs) % 5
+        grid = torch.stack([xs, ys]).float()[None] / (w - 1)
+        return self.conv(x + grid) + idx.float()
+
+
+class IntIndex(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1])
+        return self.fc(self.emb((ids + pos) % 20).mean(1))
+
+
+CASES = {
+    "pow": (Pow, lambda g: torch.randn(1, 8, generator=g)),
+    "grid": (Grid, lambda g: torch.randn(1, 2, 8, 8, generator=g)),
+    "int_index": (IntIndex, lambda g: torch.randint(0, 20, (1, 6), generator=g)),
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_op_builds_int8(tmp_path, case, target):
+    torch.set_num_threads(1)
+    cls, make = CASES[case]
+    model = cls().eval()
+    g = torch.Generator().manual_seed(1)
+    data = [make(g) for _ in range(12)]
+    bundle = compress(model, (data[0],), targets=[target], out_dir=tmp_path / "b",
+                      calibration=data, progress=False,
+                      quantization={"latency_check": False, "fallback": False})
+    q = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][target][
+        "quantization"]
+    assert q["heldout_fidelity"]["failures"] == []
+    x = make(torch.Generator().manual_seed(9))
+    got = bundle.load(target).run([x.numpy()])[0]
+    ref = model(x).detach().numpy()
+    rel = float(np.abs(got - ref).max() / (np.abs(ref).max() + 1e-9))
+    assert rel < 0.1, (case, target, rel)
