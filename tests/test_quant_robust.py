@@ -369,7 +369,9 @@ def test_litert_int8_builds_a_unet_that_reuses_its_maxpool(tmp_path):
     g = torch.Generator().manual_seed(3)
     compress(model, (x,), targets=[TFL], out_dir=tmp_path / "b", progress=False,
              calibration=[torch.rand(1, 3, 32, 32, generator=g) for _ in range(8)],
-             quantization=NO_SEARCH)
+             # without the float-domain transforms: with batch norm folded first, litert's
+             # quantizer leaves these convolutions in float (a known gap, see the README)
+             quantization={**NO_SEARCH, "equalize": False, "bias_correction": False})
     entry = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][TFL]
     info = entry["artifact_info"]["quantization"]
     assert info["unshared_modules"] == ["pool"]

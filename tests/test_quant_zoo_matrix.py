@@ -34,6 +34,7 @@ EXPECTED_FAILURES: dict[tuple[str, str], tuple[str, str]] = {}
 #: (an untrained MobileNetV2 reaches cosine 0.63). NaN / constant outputs still fail the build
 #: (edgekit.quantize.build.check_outputs_sane); accuracy is tested in test_quant_build.py.
 LOOSE = Tolerance(max_abs=None, min_cosine=None, min_top1_agreement=None)
+NO_GATE = {"min_centred_cosine": False, "min_sqnr_db": False, "min_top1_agreement": False}
 
 #: Least fraction of the weight elements stored as 8-bit integers in the file.
 MIN_INT8_FRACTION = 0.5
@@ -112,7 +113,8 @@ def test_zoo_model_int8(name, target, tmp_path):
     out = tmp_path / "b"
 
     def build():
-        profile = dataclasses.replace(load_profile(target), tolerance=LOOSE)
+        # Untrained weights: what is checked is that int8 builds, not its fidelity.
+        profile = dataclasses.replace(load_profile(target), tolerance=LOOSE, gate=NO_GATE)
         return compress(model, inputs, targets=[profile], out_dir=out,
                         input_names=list(spec.input_names), output_names=list(spec.output_names),
                         calibration=calib,
