@@ -14,11 +14,10 @@ Bidirectional GRUs are refused (both directions share ``hidden_size`` while the 
 
 from __future__ import annotations
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
-from .lstm import _keep, _take
+from .lstm import prune_gated_inputs, prune_gated_units
 
 __all__ = ["GRUPruner", "RNNPruner", "check_gru"]
 
@@ -42,30 +41,10 @@ class GRUPruner(tp.pruner.function.BasePruningFunc):
         reason = check_gru(layer)
         if reason:
             raise ValueError(reason)
-        hidden = layer.hidden_size
-        keep = _keep(hidden, idxs)
-        gates = torch.cat([keep + g * hidden for g in range(self.GATES)])
-        for k in range(layer.num_layers):
-            sfx = f"_l{k}"
-            w_ih = _take(getattr(layer, "weight_ih" + sfx), gates, 0)
-            setattr(layer, "weight_ih" + sfx, _take(w_ih, keep, 1) if k > 0 else w_ih)
-            w_hh = _take(getattr(layer, "weight_hh" + sfx), gates, 0)
-            setattr(layer, "weight_hh" + sfx, _take(w_hh, keep, 1))
-            if layer.bias:
-                for b in ("bias_ih", "bias_hh"):
-                    setattr(layer, b + sfx, _take(getattr(layer, b + sfx), gates, 0))
-        layer.hidden_size = len(keep)
-        layer._flat_weights = [getattr(layer, n) for n in layer._flat_weights_names]
-        return layer
+        return prune_gated_units(layer, idxs, self.GATES)
 
     def prune_in_channels(self, layer: nn.GRU, idxs) -> nn.Module:
-        keep = _keep(layer.input_size, idxs)
-        for name in ("weight_ih_l0", "weight_ih_l0_reverse") if layer.bidirectional else (
-                "weight_ih_l0",):
-            setattr(layer, name, _take(getattr(layer, name), keep, 1))
-        layer.input_size = len(keep)
-        layer._flat_weights = [getattr(layer, n) for n in layer._flat_weights_names]
-        return layer
+        return prune_gated_inputs(layer, idxs)
 
     def get_out_channels(self, layer: nn.GRU) -> int:
         return layer.hidden_size

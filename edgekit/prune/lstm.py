@@ -37,6 +37,40 @@ def _take(param: nn.Parameter, keep: torch.Tensor, dim: int) -> nn.Parameter:
                         requires_grad=param.requires_grad)
 
 
+def prune_gated_units(layer: nn.RNNBase, idxs, gates: int) -> nn.RNNBase:
+    """Remove hidden units ``idxs`` of a unidirectional recurrent layer with ``gates`` stacked
+    gate blocks (LSTM 4, GRU 3, RNN 1): their rows of every gate in ``weight_ih``,
+    ``weight_hh`` and the biases, their column of ``weight_hh`` and, after the first layer,
+    of ``weight_ih``."""
+    hidden = layer.hidden_size
+    keep = _keep(hidden, idxs)
+    rows = torch.cat([keep + g * hidden for g in range(gates)])
+    for k in range(layer.num_layers):
+        sfx = f"_l{k}"
+        w_ih = _take(getattr(layer, "weight_ih" + sfx), rows, 0)
+        setattr(layer, "weight_ih" + sfx, _take(w_ih, keep, 1) if k > 0 else w_ih)
+        w_hh = _take(getattr(layer, "weight_hh" + sfx), rows, 0)
+        setattr(layer, "weight_hh" + sfx, _take(w_hh, keep, 1))
+        if layer.bias:
+            for b in ("bias_ih", "bias_hh"):
+                setattr(layer, b + sfx, _take(getattr(layer, b + sfx), rows, 0))
+    layer.hidden_size = len(keep)
+    layer._flat_weights = [getattr(layer, n) for n in layer._flat_weights_names]
+    return layer
+
+
+def prune_gated_inputs(layer: nn.RNNBase, idxs) -> nn.RNNBase:
+    """Remove input features ``idxs`` of a recurrent layer (columns of the first layer's
+    ``weight_ih``, both directions)."""
+    keep = _keep(layer.input_size, idxs)
+    names = ["weight_ih_l0"] + (["weight_ih_l0_reverse"] if layer.bidirectional else [])
+    for name in names:
+        setattr(layer, name, _take(getattr(layer, name), keep, 1))
+    layer.input_size = len(keep)
+    layer._flat_weights = [getattr(layer, n) for n in layer._flat_weights_names]
+    return layer
+
+
 class LSTMPruner(tp.pruner.function.BasePruningFunc):
     """Prunes hidden units (out channels) and input features (in channels) of an ``nn.LSTM``."""
 
@@ -46,31 +80,10 @@ class LSTMPruner(tp.pruner.function.BasePruningFunc):
         reason = check_lstm(layer)
         if reason:
             raise ValueError(reason)
-        hidden = layer.hidden_size
-        keep = _keep(hidden, idxs)
-        gates = torch.cat([keep + g * hidden for g in range(4)])
-        for k in range(layer.num_layers):
-            sfx = f"_l{k}"
-            setattr(layer, "weight_ih" + sfx, _take(getattr(layer, "weight_ih" + sfx), gates, 0))
-            if k > 0:
-                setattr(layer, "weight_ih" + sfx, _take(getattr(layer, "weight_ih" + sfx), keep, 1))
-            w_hh = _take(getattr(layer, "weight_hh" + sfx), gates, 0)
-            setattr(layer, "weight_hh" + sfx, _take(w_hh, keep, 1))
-            if layer.bias:
-                for b in ("bias_ih", "bias_hh"):
-                    setattr(layer, b + sfx, _take(getattr(layer, b + sfx), gates, 0))
-        layer.hidden_size = len(keep)
-        layer._flat_weights = [getattr(layer, n) for n in layer._flat_weights_names]
-        return layer
+        return prune_gated_units(layer, idxs, 4)
 
     def prune_in_channels(self, layer: nn.LSTM, idxs) -> nn.Module:
-        keep = _keep(layer.input_size, idxs)
-        layer.weight_ih_l0 = _take(layer.weight_ih_l0, keep, 1)
-        if layer.bidirectional:
-            layer.weight_ih_l0_reverse = _take(layer.weight_ih_l0_reverse, keep, 1)
-        layer.input_size = len(keep)
-        layer._flat_weights = [getattr(layer, n) for n in layer._flat_weights_names]
-        return layer
+        return prune_gated_inputs(layer, idxs)
 
     def get_out_channels(self, layer: nn.LSTM) -> int:
         return layer.hidden_size
