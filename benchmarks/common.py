@@ -56,18 +56,21 @@ def trained(name: str, epochs: int | None = None, seed: int = 0) -> tuple[torch.
     """A zoo model trained on its real task (``epochs`` None = the zoo default), in eval mode.
 
     Cached by the model's initial weights (architecture + seed), the training split's bytes,
-    the epochs and torch's version, so a rerun of a benchmark does not retrain.
+    the epochs, torch's version and the training fingerprint (the recipe: optimizer, learning
+    rate, warm-up, weight decay, batch size; and a hash of the training code), so a rerun of a
+    benchmark does not retrain and a changed recipe or training loop does.
     """
     from edgekit.models import build, get_spec
-    from edgekit.train import fit
+    from edgekit.train import fit, training_fingerprint
 
     spec = get_spec(name)
     task = spec.task()
     epochs = spec.default_epochs if epochs is None else epochs
     torch.manual_seed(seed)
     model = build(name)
+    recipe = training_fingerprint(model, spec)
     key = _digest(model.state_dict(), {"x": task.train.inputs[0]}, epochs, seed,
-                  torch.__version__)
+                  torch.__version__, recipe)
     path = cache_root() / f"{name}-{epochs}e-{key}.pt"
     meta_path = path.with_suffix(".json")
     if path.is_file() and meta_path.is_file():
@@ -75,7 +78,8 @@ def trained(name: str, epochs: int | None = None, seed: int = 0) -> tuple[torch.
         return model.eval(), json.loads(meta_path.read_text())
     t0 = time.perf_counter()
     fit(model, task, epochs=epochs, seed=seed, progress=False)
-    meta = {"epochs": epochs, "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1)}
+    meta = {"epochs": epochs, "seed": seed, "train_seconds": round(time.perf_counter() - t0, 1),
+            "training": recipe}
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
@@ -86,7 +90,8 @@ def trained(name: str, epochs: int | None = None, seed: int = 0) -> tuple[torch.
 def pruned(name: str, model: torch.nn.Module, plan: dict, *, teacher_epochs: int | None = None,
            progress: bool = False) -> tuple[torch.nn.Module, dict]:
     """``model`` pruned by ``plan`` (prune_and_fine_tune arguments plus ``steps`` and
-    ``epochs_scale``) with distillation from the unpruned model; cached like :func:`trained`
+    ``epochs_scale``, or ``fine_tune_epochs`` for an exact count) with distillation from the
+    unpruned model; cached like :func:`trained`
     (the pruned structure is rebuilt from its history, then the weights loaded)."""
     from edgekit.models import build, get_spec
     from edgekit.prune import prune_and_fine_tune, replay
@@ -106,8 +111,9 @@ def pruned(name: str, model: torch.nn.Module, plan: dict, *, teacher_epochs: int
     task = spec.task()
     scale = plan.pop("epochs_scale", 1.0)
     steps = plan.pop("steps", 1)
-    final = max(2, round(spec.default_epochs * scale))
-    per_step = max(2, final // 2)
+    exact = plan.pop("fine_tune_epochs", None)
+    final = max(2, round(spec.default_epochs * scale)) if exact is None else int(exact)
+    per_step = max(2, final // 2) if exact is None else max(1, final)
     work = copy.deepcopy(model)
     t0 = time.perf_counter()
     res, rep = prune_and_fine_tune(work, x, task, steps=steps, epochs_per_step=per_step,

@@ -23,6 +23,14 @@ and macro F1 (``edgekit.measure.metrics``), beside PyTorch fp32.
 Per cell: median and p90 ms, int8 speed-up over the same runtime's fp32, edgekit / native
 latency, % of this machine's measured int8 (or fp32) matrix-multiply peak, file size, and
 fidelity (cosine, centred cosine, SQNR) of the artifact's output against PyTorch fp32.
+
+Pruning: each model is also pruned (a copy, ``PRUNE_PLANS``: >= 2x fewer MACs at the standard
+shape, widths rounded to multiples of 8/16, whole attention heads removed from the BERT and
+DeiT encoders) and built fp32 (``<rt>/pruned``) and int8 (``<rt>/pruned_int8``) on every
+runtime, timed in the same interleaved run; their fidelity is against the pruned PyTorch
+model. On the accuracy side, the twins in ``ACCURACY_PRUNE_PLANS`` are pruned the same way,
+fine-tuned with distillation from the trained model (cached by ``benchmarks.common.pruned``)
+and scored pruned and pruned+int8 on every runtime (``--no-prune`` skips all of it).
 """
 
 from __future__ import annotations
@@ -136,8 +144,56 @@ def _compress_one(model, x, target, out_dir, names, calib):
     return session, artifact_size(bundle.root / target), bundle.manifest.targets[target].to_json()
 
 
-def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, Any]
-              ) -> dict[str, Any]:
+#: how each latency model is pruned (edgekit.prune.prune arguments)
+PRUNE_PLANS: dict[str, dict[str, Any]] = {
+    "bert_mini_128": {"macs_reduction": 0.5, "round_to": 16, "attention": "heads"},
+    "deit_tiny_224": {"macs_reduction": 0.5, "round_to": 16, "attention": "heads"},
+}
+DEFAULT_PRUNE_PLAN: dict[str, Any] = {"macs_reduction": 0.5, "round_to": 8}
+
+
+def prune_copy(name: str, model: torch.nn.Module, x: tuple[torch.Tensor, ...]
+               ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A pruned copy of ``model`` (``PRUNE_PLANS``) and what pruning did (MACs counted by
+    ``edgekit.prune.count_macs``, which adds the attention products of pruned attention)."""
+    import copy
+
+    from edgekit.prune import prune
+
+    plan = PRUNE_PLANS.get(name, DEFAULT_PRUNE_PLAN)
+    work = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    res = prune(work, x, **plan)
+    return work.eval(), {
+        "plan": plan, "macs": res.macs_after, "params": res.params_after,
+        "macs_counted_before": res.macs_before, "macs_reduction_x": round(res.macs_ratio, 3),
+        "params_reduction_x": round(res.params_ratio, 3),
+        "prune_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def settle_batchnorm(model: torch.nn.Module, feeds: list[list[np.ndarray]]) -> torch.nn.Module:
+    """Random weights with BatchNorm statistics estimated on real inputs (one batch of
+    ``feeds``), so each layer passes on normalised activations as a trained network does.
+    With default statistics a deep random network's output barely depends on its input (a
+    MobileNetV2's is constant to int8 precision), which makes int8 fidelity meaningless."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches seen
+    batch = [torch.from_numpy(np.concatenate([f[i] for f in feeds]))
+             for i in range(len(feeds[0]))]
+    model.train()
+    with torch.no_grad():
+        model(*batch)
+    for m in bns:
+        m.momentum = 0.1
+    return model.eval()
+
+
+def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, Any],
+              prune: bool = True) -> dict[str, Any]:
     from benchmarks import native
     from edgekit.models.deploy import build_deploy, deploy_inputs
     from edgekit.models.zoo import count_macs
@@ -148,9 +204,18 @@ def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, 
     names = (in_names, ["output"])
     data = real_inputs(name, calib_n + 8)
     calib, held = data[:calib_n], data[calib_n:]
+    settle_batchnorm(model, calib)
     macs = count_macs(model, x)
     sessions: dict[str, Any] = {}
     cells: dict[str, dict[str, Any]] = {}
+    pruned_model, pruned_info = None, None
+    if prune:
+        try:
+            pruned_model, pruned_info = prune_copy(name, model, x)
+            log(name, f"pruned: {pruned_info['macs_reduction_x']}x fewer MACs")
+        except Exception as exc:  # a model that does not prune is a result, with its reason
+            pruned_info = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            log(name, f"pruning failed: {pruned_info['error']}")
 
     def attempt(key: str, fn) -> None:
         t0 = time.perf_counter()
@@ -176,6 +241,20 @@ def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, 
             return s, size, {"float_layers": q.get("float_layers", []),
                              "source": (q.get("openvino_source_choice") or {}).get("kept")}
         attempt(f"{rt}/int8", int8)
+        if pruned_model is None:
+            continue
+
+        def pruned_fp32(rt=rt, pm=pruned_model):
+            s, size, entry = _compress_one(pm, x, FP32[rt], tmp / f"{rt}-pruned", names, None)
+            return s, size, {"executes": entry.get("runtime", {}).get("precision")}
+        attempt(f"{rt}/pruned", pruned_fp32)
+
+        def pruned_int8(rt=rt, pm=pruned_model):
+            s, size, entry = _compress_one(pm, x, INT8[rt], tmp / f"{rt}-pruned-int8", names,
+                                           calib)
+            return s, size, {"float_layers": entry.get("quantization", {}).get("float_layers",
+                                                                               [])}
+        attempt(f"{rt}/pruned_int8", pruned_int8)
 
     specs = _specs(tmp)
     if "onnxruntime/fp32" in sessions:
@@ -189,9 +268,12 @@ def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, 
 
     with torch.no_grad():
         refs = [model(*[torch.from_numpy(a) for a in feed]).numpy() for feed in held]
+        pruned_refs = refs if pruned_model is None else [
+            pruned_model(*[torch.from_numpy(a) for a in feed]).numpy() for feed in held]
     for key, sess in sessions.items():
         outs = [sess.run(feed)[0] for feed in held]
-        cells[key]["fidelity"] = fidelity(np.concatenate(refs), np.concatenate(outs))
+        ref = pruned_refs if "/pruned" in key else refs  # pruned: against pruned PyTorch
+        cells[key]["fidelity"] = fidelity(np.concatenate(ref), np.concatenate(outs))
 
     feed0 = data[0]
     from edgekit.measure.timing import collect_interleaved
@@ -202,10 +284,11 @@ def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, 
         ms = np.asarray(samples) * 1e3
         med = float(np.median(ms))
         prec = "int8" if "int8" in key else "fp32"
+        work = pruned_info["macs"] if "/pruned" in key and pruned_info else macs
         cells[key].update({"median_ms": round(med, 3),
                            "p90_ms": round(float(np.percentile(ms, 90)), 3),
                            "n": int(ms.size),
-                           "percent_of_peak": round(100 * 2 * macs / (med / 1e3)
+                           "percent_of_peak": round(100 * 2 * work / (med / 1e3)
                                                     / peak[prec]["ops_per_s"], 1)})
     for rt in RUNTIMES:
         base = cells.get(f"{rt}/fp32", {}).get("median_ms")
@@ -216,9 +299,29 @@ def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, 
         e, n = cells.get(f"{rt}/int8", {}), cells.get(f"{rt}/native_int8", {})
         if e.get("median_ms") and n.get("median_ms"):
             e["latency_vs_native"] = round(e["median_ms"] / n["median_ms"], 2)
-    return {"model": name, "macs": macs, "params": sum(p.numel() for p in model.parameters()),
-            "inputs": [list(t.shape) for t in x], "runs": runs, "calibration_samples": calib_n,
-            "timing_seconds": round(time.perf_counter() - t0, 1), "cells": cells}
+        _pruned_ratios(cells, rt, base, pruned_info)
+    out = {"model": name, "macs": macs, "params": sum(p.numel() for p in model.parameters()),
+           "inputs": [list(t.shape) for t in x], "runs": runs, "calibration_samples": calib_n,
+           "timing_seconds": round(time.perf_counter() - t0, 1), "cells": cells}
+    if pruned_info is not None:
+        out["pruned"] = pruned_info
+    return out
+
+
+def _pruned_ratios(cells: dict[str, dict[str, Any]], rt: str, base: float | None,
+                   info: dict[str, Any] | None) -> None:
+    """Speed-ups of ``rt``'s pruned cells over its fp32 (and int8), and the pruned fp32
+    speed-up per unit of MAC reduction (the aim: at least 0.6)."""
+    p, pq = cells.get(f"{rt}/pruned", {}), cells.get(f"{rt}/pruned_int8", {})
+    q = cells.get(f"{rt}/int8", {}).get("median_ms")
+    for c in (p, pq):
+        if base and c.get("median_ms"):
+            c["speedup_over_fp32"] = round(base / c["median_ms"], 2)
+    if q and pq.get("median_ms"):
+        pq["speedup_over_int8"] = round(q / pq["median_ms"], 2)
+    if info and info.get("macs_reduction_x") and p.get("speedup_over_fp32"):
+        p["speedup_per_mac_reduction"] = round(p["speedup_over_fp32"]
+                                               / info["macs_reduction_x"], 2)
 
 
 def _specs(tmp: Path):
@@ -251,10 +354,50 @@ def task_scores(task, outputs: list[np.ndarray], targets: np.ndarray) -> dict[st
     return out
 
 
-def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | None = None
-                   ) -> dict[str, Any]:
+#: twins also pruned (>= 2x fewer MACs at the task's shape) and fine-tuned with distillation
+#: from the trained model for ``fine_tune_epochs`` (``benchmarks.common.pruned`` arguments)
+ACCURACY_PRUNE_PLANS: dict[str, dict[str, Any]] = {
+    "resnet18_glyphs": {"macs_reduction": 0.5, "round_to": 8, "importance": "l2", "steps": 1,
+                        "fine_tune_epochs": 1},
+    "bert_mini_docstrings": {"macs_reduction": 0.5, "round_to": 16, "attention": "heads",
+                             "importance": "l2", "steps": 1, "fine_tune_epochs": 1},
+}
+
+
+def trained_longer(name: str, model: torch.nn.Module, epochs: int, seed: int = 0
+                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The control for a pruned twin: the unpruned trained ``model`` fine-tuned ``epochs`` more
+    (the same recipe, no pruning, no teacher), so the pruned one is also compared with a model
+    that had as many training epochs. Cached like ``benchmarks.common.trained``."""
+    import copy
+    import os
+
+    from benchmarks.common import _digest, cache_root, weights_digest
+    from edgekit.models import get_spec
+    from edgekit.prune import fine_tune
+
+    key = _digest(weights_digest(model), epochs, seed, "trained_longer")
+    path = cache_root() / f"{name}-longer-{epochs}e-{key}.pt"
+    meta_path = path.with_suffix(".json")
+    work = copy.deepcopy(model)
+    if path.is_file() and meta_path.is_file():
+        work.load_state_dict(torch.load(path, weights_only=True))
+        return work.eval(), json.loads(meta_path.read_text())
+    t0 = time.perf_counter()
+    fine_tune(work, get_spec(name).task(), epochs=epochs, seed=seed, progress=False)
+    meta = {"extra_epochs": epochs, "seconds": round(time.perf_counter() - t0, 1)}
+    tmp = path.with_suffix(".tmp")
+    torch.save(work.state_dict(), tmp)
+    os.replace(tmp, path)
+    meta_path.write_text(json.dumps(meta))
+    return work.eval(), meta
+
+
+def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | None = None,
+                   prune: bool = True) -> dict[str, Any]:
     """Train (cached) the zoo twin of ``deploy_name``, export it fp32 and int8 to every runtime
-    at its task's shape and score each artifact on the test split."""
+    at its task's shape and score each artifact on the test split; with ``prune`` and a plan
+    in ``ACCURACY_PRUNE_PLANS``, the same for the pruned, fine-tuned twin (fp32 and int8)."""
     from benchmarks.common import trained
     from edgekit.measure.scoring import session_outputs, split_batches
     from edgekit.models import get_spec
@@ -272,25 +415,49 @@ def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | No
     cells: dict[str, dict[str, Any]] = {
         "pytorch/fp32": task_scores(task, predict(model, test), targets)}
     log(zoo, f"pytorch fp32: {cells['pytorch/fp32']}")
-    for rt in RUNTIMES:
-        for prec, target in (("fp32", FP32[rt]), ("int8", INT8[rt])):
-            key = f"{rt}/{prec}"
-            try:
-                bundle = compress(model, spec.example_inputs(1), targets=[target],
-                                  out_dir=tmp / f"acc-{rt}-{prec}", name=zoo,
-                                  input_names=spec.input_names, output_names=spec.output_names,
-                                  calibration=calib if prec == "int8" else None,
-                                  verify_samples=8, progress=False)
-                outs = session_outputs(bundle.load(target, threads=1), test, batch=1)
-                cells[key] = task_scores(task, outs, targets[: len(outs[0])])
-            except Exception as exc:  # a failed flow is a result, with its reason
-                cells[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-            log(zoo, f"{key}: {cells[key]}")
-    return {"model": deploy_name, "zoo": zoo, "task": task.name, "metric": task.metric,
-            "input": [list(t.shape[1:]) for t in test.inputs], "test_samples": len(test),
-            "train_epochs": meta.get("epochs"), "train_seconds": meta.get("train_seconds"),
-            "calibration_samples": calib_n, "seconds": round(time.perf_counter() - t0, 1),
-            "cells": cells}
+    variants: list[tuple[str, torch.nn.Module]] = [("", model)]
+    pruning: dict[str, Any] | None = None
+    if prune and zoo in ACCURACY_PRUNE_PLANS:
+        from benchmarks.common import pruned
+
+        try:
+            pmodel, pmeta = pruned(zoo, model, ACCURACY_PRUNE_PLANS[zoo])
+            pruning = {k: v for k, v in pmeta.items() if k != "history"}
+            pruning["plan"] = ACCURACY_PRUNE_PLANS[zoo]
+            cells["pytorch/pruned"] = task_scores(task, predict(pmodel, test), targets)
+            log(zoo, f"pytorch pruned: {cells['pytorch/pruned']}")
+            variants.append(("pruned", pmodel))
+        except Exception as exc:  # a twin that does not prune is a result, with its reason
+            pruning = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            log(zoo, f"pruning failed: {pruning['error']}")
+    jobs = [(rt, prefix, m, prec, target) for rt in RUNTIMES for prefix, m in variants
+            for prec, target in (("fp32", FP32[rt]), ("int8", INT8[rt]))]
+    for rt, prefix, net, prec, target in jobs:
+        key = f"{rt}/{prec}" if not prefix else \
+            f"{rt}/{prefix}" + ("_int8" if prec == "int8" else "")
+        try:
+            bundle = compress(net, spec.example_inputs(1), targets=[target],
+                              out_dir=tmp / f"acc-{rt}-{prefix}{prec}", name=zoo,
+                              input_names=spec.input_names, output_names=spec.output_names,
+                              calibration=calib if prec == "int8" else None,
+                              verify_samples=8, progress=False)
+            outs = session_outputs(bundle.load(target, threads=1), test, batch=1)
+            cells[key] = task_scores(task, outs, targets[: len(outs[0])])
+        except Exception as exc:  # a failed flow is a result, with its reason
+            cells[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        log(zoo, f"{key}: {cells[key]}")
+    if pruning is not None and "error" not in pruning:
+        longer, _ = trained_longer(zoo, model, int(pruning["fine_tune_epochs"]))
+        cells["pytorch/fp32_trained_longer"] = task_scores(task, predict(longer, test), targets)
+        log(zoo, f"pytorch unpruned, trained as long: {cells['pytorch/fp32_trained_longer']}")
+    row = {"model": deploy_name, "zoo": zoo, "task": task.name, "metric": task.metric,
+           "input": [list(t.shape[1:]) for t in test.inputs], "test_samples": len(test),
+           "train_epochs": meta.get("epochs"), "train_seconds": meta.get("train_seconds"),
+           "calibration_samples": calib_n, "seconds": round(time.perf_counter() - t0, 1),
+           "cells": cells}
+    if pruning is not None:
+        row["pruning"] = pruning
+    return row
 
 
 def accuracy_markdown(rows: list[dict[str, Any]]) -> list[str]:
@@ -323,6 +490,49 @@ def accuracy_markdown(rows: list[dict[str, Any]]) -> list[str]:
             f"{r['train_seconds']} s | {cell(r['cells']['pytorch/fp32'], r['metric'])} | "
             + " | ".join(cell(r["cells"].get(f"{rt}/{p}", {}), r["metric"])
                          for rt in RUNTIMES for p in ("fp32", "int8")) + " |")
+    pruned_rows = [r for r in rows if r.get("pruning")]
+    if not pruned_rows:
+        return lines + [""]
+    lines += [
+        "",
+        "### Pruned (>= 2x fewer MACs) and fine-tuned with distillation",
+        "",
+        "The same twins pruned at the task's shape and fine-tuned with distillation from the "
+        "trained model (epochs as listed), then exported fp32 and int8 and scored on the same "
+        "test split. Aim: within 1 point of the unpruned model (PyTorch "
+        "fp32 above). The fine-tuning is extra training, so the unpruned model trained for as "
+        "many more epochs (same recipe, no pruning) is shown beside it.",
+        "",
+        "| model | MACs fewer | fine-tune | after pruning | PyTorch pruned | unpruned trained "
+        "as long | " + " | ".join(f"{rt} {p}" for rt in RUNTIMES
+                                  for p in ("pruned", "pruned+int8"))
+        + " | within 1 point |",
+        "|---|---:|---|---:|---:|---:|" + "---:|" * (2 * len(RUNTIMES)) + "---|",
+    ]
+    for r in pruned_rows:
+        pr, c, metric = r["pruning"], r["cells"], r["metric"]
+        if "error" in pr:
+            lines.append(f"| {r['model']} | failed: {pr['error'][:80]} |")
+            continue
+        base = c["pytorch/fp32"].get(metric)
+        scores = [c.get(k, {}).get(metric) for k in
+                  ["pytorch/pruned", *(f"{rt}/pruned{s}" for rt in RUNTIMES
+                                       for s in ("", "_int8"))]]
+        worst = min((v for v in scores if v is not None), default=None)
+        longer = c.get("pytorch/fp32_trained_longer", {}).get(metric)
+        verdict = "-" if worst is None or base is None else (
+            f"**{'met' if base - worst <= 1.0 else 'missed'}** (worst {worst - base:+.2f}"
+            + (f"; {worst - longer:+.2f} against the unpruned model trained as long"
+               if longer is not None else "") + ")")
+        lines.append(
+            f"| {r['model']} | {pr.get('macs_reduction_x')}x | "
+            f"{pr.get('fine_tune_epochs')} ep, {pr.get('prune_fine_tune_seconds')} s | "
+            f"{pr.get('metric_after_prune', '-')} | "
+            f"{cell(c.get('pytorch/pruned', {}), metric)} | "
+            f"{cell(c.get('pytorch/fp32_trained_longer', {}), metric)} | "
+            + " | ".join(cell(c.get(f"{rt}/pruned{s}", {}), metric)
+                         for rt in RUNTIMES for s in ("", "_int8"))
+            + f" | {verdict} |")
     return lines + [""]
 
 
@@ -337,6 +547,23 @@ AIMS = [  # (model, runtime, minimum int8 speed-up over fp32)
 ]
 
 
+def _runs_line(report: dict[str, Any]) -> list[str]:
+    """Which run measured each model, when the rows come from more than one (``--merge``)."""
+    runs: dict[str, list[str]] = {}
+    for r in report["models"]:
+        peak = r.get("peak", report["peak"])
+        runs.setdefault(f"{r.get('measured') or 'an earlier run'} (peak int8 "
+                        f"{peak['int8'] / 1e9:.0f} GOP/s)", []).append(r["model"])
+    if len(runs) < 2:
+        return []
+    default_bn = [r["model"] for r in report["models"] if "batchnorm" not in r]
+    return ["Rows from separate runs, each model's cells timed together in one: " + "; ".join(
+        f"{', '.join(models)}: {when}" for when, models in runs.items()) + "." + (
+        f" In the earlier run BatchNorm kept its default statistics ({', '.join(default_bn)}: "
+        "fidelity of those rows is against a less input-dependent output)." if default_bn
+        else ""), ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -345,11 +572,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"Generated by `python -m benchmarks.deploy` on {m['cpu']} ({m['cores']} cores), "
         f"{report['threads']} thread per runtime, batch 1, medians of interleaved calls; "
         f"measured peak fp32 {report['peak']['fp32'] / 1e9:.1f} GFLOP/s, int8 "
-        f"{report['peak']['int8'] / 1e9:.1f} GOP/s. Latency models randomly initialised (speed, "
-        "size and int8 fidelity against the model's own fp32 output; accuracy of the same "
-        "architectures trained on real tasks: the last section). Calibration: "
-        f"real data reshaped to each input (see the script's docstring).",
+        f"{report['peak']['int8'] / 1e9:.1f} GOP/s. Latency models randomly initialised, "
+        "BatchNorm statistics estimated on the calibration data (speed, size and int8 fidelity "
+        "against the model's own fp32 output; accuracy of the same architectures trained on "
+        "real tasks: the last section). Calibration: real data reshaped to each input (see "
+        "the script's docstring).",
         "",
+        *_runs_line(report),
         "| model | runtime | fp32 ms | int8 ms | int8 speed-up | native int8 ms | native "
         "speed-up | edgekit / native | int8 % peak | int8 SQNR dB (native) | int8 KiB |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -392,11 +621,84 @@ def markdown(report: dict[str, Any]) -> str:
                        for rt in RUNTIMES)
             lines.append(f"- {r['model']} >= 40% of the int8 peak: "
                          f"**{'met' if best >= 40 else 'missed'}** (best runtime {best}%)")
+    lines += pruned_markdown(report)
     lines += ["", "Published anchors (other CPUs, context only): "
               + "; ".join(ANCHORS.values()) + "."]
     if report.get("accuracy"):
         lines += [""] + accuracy_markdown(report["accuracy"])
     return "\n".join(lines) + "\n"
+
+
+#: pruned+int8 over fp32, held to the 4x aim on the image models only
+PRUNED_INT8_AIM = 4.0
+IMAGE_MODELS = ("mobilenet_v2_224", "mobilenet_v3_large_224", "resnet18_224", "resnet50_224",
+                "deit_tiny_224", "unet_128")
+PRUNED_PER_MAC_AIM = 0.6
+
+
+def pruned_markdown(report: dict[str, Any]) -> list[str]:
+    """The pruned / pruned+int8 table and the two pruning aims (empty without pruned cells)."""
+    rows = [r for r in report["models"] if r.get("pruned")]
+    if not rows:
+        return []
+    lines = [
+        "", "## Pruned and pruned+int8", "",
+        "Each model pruned (a copy) to the MAC reduction shown at its standard shape, then "
+        "built fp32 and int8 like the unpruned one and timed in the same interleaved run. "
+        "Speed-ups are over the same runtime's unpruned fp32 (and int8); speed-up / MACs is "
+        "the pruned fp32 speed-up divided by the MAC reduction (aim >= "
+        f"{PRUNED_PER_MAC_AIM}). SQNR of the pruned artifacts is against the pruned PyTorch "
+        "model.", "",
+        "| model | runtime | MACs fewer | fp32 ms | pruned ms | pruned speed-up | speed-up / "
+        "MACs | int8 ms | pruned+int8 ms | pruned+int8 over fp32 | over int8 | pruned+int8 "
+        "SQNR dB | pruned+int8 KiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def ms(cell: dict[str, Any]) -> str:
+        return f"{cell['median_ms']:.3f}" if "median_ms" in cell else \
+            f"failed: {cell.get('error', 'not run')[:60]}"
+
+    for res in rows:
+        info = res["pruned"]
+        if "error" in info:
+            lines.append(f"| {res['model']} | - | pruning failed: {info['error'][:100]} |")
+            continue
+        for rt in RUNTIMES:
+            c = res["cells"]
+            f, p, q, pq = (c.get(f"{rt}/{v}", {})
+                           for v in ("fp32", "pruned", "int8", "pruned_int8"))
+            lines.append(
+                f"| {res['model']} | {rt} | {info['macs_reduction_x']}x | {ms(f)} | {ms(p)} | "
+                f"{p.get('speedup_over_fp32', '-')}x | {p.get('speedup_per_mac_reduction', '-')}"
+                f" | {ms(q)} | {ms(pq)} | {pq.get('speedup_over_fp32', '-')}x | "
+                f"{pq.get('speedup_over_int8', '-')}x | "
+                f"{pq.get('fidelity', {}).get('sqnr_db', '-')} | "
+                f"{pq.get('bytes', 0) / 1024:.0f} |")
+    lines += ["", "### Pruning aims", ""]
+    for res in rows:
+        if "error" in res["pruned"]:
+            lines.append(f"- {res['model']}: pruning failed, aims not measured")
+            continue
+        c = res["cells"]
+        got = {rt: c.get(f"{rt}/pruned_int8", {}).get("speedup_over_fp32") for rt in RUNTIMES}
+        per = {rt: c.get(f"{rt}/pruned", {}).get("speedup_per_mac_reduction")
+               for rt in RUNTIMES}
+
+        def verdict(vals: dict[str, Any], want: float) -> str:
+            ok = all(v is not None and v >= want for v in vals.values())
+            return f"**{'met' if ok else 'missed'}** (" + ", ".join(
+                f"{rt} {v if v is not None else 'not measured'}" for rt, v in vals.items()) + ")"
+        if res["model"] in IMAGE_MODELS:
+            lines.append(f"- {res['model']} pruned+int8 >= {PRUNED_INT8_AIM}x over fp32 on "
+                         f"every runtime: {verdict(got, PRUNED_INT8_AIM)}")
+        else:
+            lines.append(f"- {res['model']} pruned+int8 over fp32 (no aim: not an image "
+                         "model): " + ", ".join(f"{rt} {v}x" for rt, v in got.items()))
+        lines.append(f"- {res['model']} pruned speed-up >= {PRUNED_PER_MAC_AIM} x the MAC "
+                     f"reduction ({res['pruned']['macs_reduction_x']}x) on every runtime: "
+                     f"{verdict(per, PRUNED_PER_MAC_AIM)}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,6 +715,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accuracy-only", action="store_true", help="skip the latency part")
     ap.add_argument("--test-limit", type=int, default=None,
                     help="score only the first N test samples (default: the whole split)")
+    ap.add_argument("--prune", action=argparse.BooleanOptionalAction, default=True,
+                    help="also build, time and score pruned and pruned+int8 models")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models of an existing deploy.json (each model's row "
+                    "records the run and peak it was measured with)")
     args = ap.parse_args(argv)
     names = args.models.split(",") if args.models else deploy_models()
     threads = 1
@@ -423,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             with tempfile.TemporaryDirectory(prefix=f"edgekit-acc-{name}-") as tmp:
                 rows.append(accuracy_model(name, Path(tmp), calib_n=args.calibration,
-                                           limit=args.test_limit))
+                                           limit=args.test_limit, prune=args.prune))
             out.mkdir(parents=True, exist_ok=True)
             (out / "deploy_accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
         print("\n".join(accuracy_markdown(rows)))
@@ -435,13 +742,25 @@ def main(argv: list[str] | None = None) -> int:
         "peak": {"fp32": peak["fp32"]["ops_per_s"], "int8": peak["int8"]["ops_per_s"]},
         "models": [], "accuracy": []}
     peaks = {k: {"ops_per_s": v} for k, v in report["peak"].items()}
+    kept: list[dict[str, Any]] = []
+    if args.merge and (out / "deploy.json").is_file():
+        old = json.loads((out / "deploy.json").read_text())
+        kept = [{"measured": old.get("measured"), "peak": old["peak"], **r}
+                for r in old["models"] if r["model"] not in names]
+        report["accuracy"] = [r for r in old.get("accuracy", []) if r["model"] not in names]
+    report["measured"] = time.strftime("%Y-%m-%d %H:%M")
+    report["models"] = kept
     for name in names:
         with tempfile.TemporaryDirectory(prefix=f"edgekit-deploy-{name}-") as tmp:
-            report["models"].append(run_model(name, Path(tmp), runs=args.runs,
-                                              calib_n=args.calibration, peak=peaks))
+            report["models"].append({"measured": report["measured"], "peak": report["peak"],
+                                     "batchnorm": "estimated on the calibration data",
+                                     **run_model(name, Path(tmp), runs=args.runs,
+                                                 calib_n=args.calibration, peak=peaks,
+                                                 prune=args.prune)})
             if args.accuracy and name in ZOO_TWINS:
                 report["accuracy"].append(accuracy_model(name, Path(tmp), calib_n=args.calibration,
-                                                         limit=args.test_limit))
+                                                         limit=args.test_limit,
+                                                         prune=args.prune))
         out.mkdir(parents=True, exist_ok=True)
         (out / "deploy.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         (out / "deploy.md").write_text(markdown(report))

@@ -70,6 +70,12 @@ class _Router(io.TextIOBase):
         stream.write(text)
         stream.flush()
 
+    def release(self, stream: IO[str]) -> None:
+        """After the step: everything goes to ``stream`` (a logging handler created during the
+        step keeps this router as its stream and must not write to the closed capture)."""
+        self.flush()
+        self._own = self._other = stream
+
     def flush(self) -> None:
         if self._line:
             self._emit(self._line)
@@ -121,12 +127,12 @@ def _captured(step: str, sink: IO[bytes]) -> Generator[None, None, list[warnings
     old_out, old_err = sys.stdout, sys.stderr
     text_sink = io.TextIOWrapper(sink, encoding="utf-8", errors="replace", write_through=True)
     own = _own_stream(old_err, saved[2])
+    routers = (_Router(own, text_sink), _Router(own, text_sink))
     _state["active"] = True
     try:
         for fd in (1, 2):
             os.dup2(sink.fileno(), fd)
-        sys.stdout = _Router(own, text_sink)
-        sys.stderr = _Router(own, text_sink)
+        sys.stdout, sys.stderr = routers
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -144,8 +150,8 @@ def _captured(step: str, sink: IO[bytes]) -> Generator[None, None, list[warnings
                 raise
         return caught or []
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
+        for router, old in zip(routers, (old_out, old_err), strict=True):
+            router.release(old)
         sys.stdout, sys.stderr = old_out, old_err
         for fd, dup in saved.items():
             os.dup2(dup, fd)

@@ -190,6 +190,10 @@ def _user_model(args: argparse.Namespace):
     task = None
     if args.data:
         task = user_task(args.data, args.val_data, keys, args.target_key, inputs)
+        # the example inputs become real samples of the user's data: the bundle's reference
+        # outputs and the int8 calibration range check are then about data like theirs
+        inputs = tuple(t[: ex.shape[0]].clone() if t.shape[0] >= ex.shape[0] and
+                       t.dtype == ex.dtype else ex for t, ex in zip(task.train.inputs, inputs))
     elif args.fine_tune_epochs:
         raise UsageError("--fine-tune-epochs needs --data to fine-tune on",
                          hint="give --data train.npz (and --val-data val.npz)")

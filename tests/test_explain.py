@@ -248,11 +248,11 @@ def test_data_file_drives_the_samples(zoo_bundle, tmp_path):
 
 
 def test_executorch_is_reported_unsupported():
-    from edgekit.explain.api import _explain_target
+    from edgekit.explain.target import explain_target
 
     art = Artifact("executorch", root=__import__("pathlib").Path("."), files=["m.pte"],
                    inputs=[], outputs=[])
-    r = _explain_target("x86-executorch-int8", art, {}, [], [], [], {}, threads=1,
+    r = explain_target("x86-executorch-int8", art, {}, [], [], [], {}, threads=1,
                         min_sqnr_db=20, jump_db=6, progress=False)
     assert r.status == "unsupported" and "intermediate tensors" in r.reason
     assert r.to_json() == {"target": "x86-executorch-int8", "backend": "executorch",
@@ -355,3 +355,201 @@ def test_which_model_a_bundle_can_give():
     assert isinstance(m, Broken)
     with pytest.raises(UsageError, match="either bundle=... or an artifact"):
         explain(progress=False)
+
+
+# ------------------------------------------------------------------ like-for-like references
+class EqualizedBroken(nn.Module):
+    """``Broken``'s outlier (``conv1``'s channel 3) behind an equalizable pair: the int8 build's
+    default cross-layer equalization rescales ``conv0``'s channels (their ranges differ 80x)
+    against ``conv1``'s inputs, and the max-pool keeps ``conv1`` -> ``conv2`` out of any pair, so
+    the outlier survives the transforms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(1, 8, 3, padding=1)
+        self.relu0 = nn.ReLU()
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.conv0.weight[0] *= 8.0
+            self.conv0.weight[1] *= 0.1
+            self.conv1.weight[3] *= 40.0
+            self.conv1.bias[3] = 80.0
+            self.conv2.weight[:, 3] *= 1e-2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.conv1(self.relu0(self.conv0(x))))
+        return self.fc(self.flat(self.gap(self.relu(self.conv2(x)))))
+
+
+def equalized_model() -> nn.Module:
+    torch.manual_seed(0)
+    return EqualizedBroken().eval()
+
+
+@pytest.fixture(scope="module")
+def equalized_bundle(tmp_path_factory):
+    _need(["onnxruntime"])
+    from edgekit.pipeline import compress
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(1)
+    root = tmp_path_factory.mktemp("explain") / "equalized"
+    compress(equalized_model(), torch.rand(1, 1, 8, 8, generator=gen), targets=[INT8[0]],
+             out_dir=root, calibration=torch.rand(16, 1, 8, 8, generator=gen).numpy(),
+             input_names=["x"], output_names=["y"], progress=False,
+             quantization={"latency_check": False})  # the default transforms
+    return root
+
+
+@pytest.mark.slow
+def test_default_transforms_are_reapplied_to_the_reference(equalized_bundle, monkeypatch):
+    manifest = json.loads((equalized_bundle / "manifest.json").read_text())
+    done = manifest["targets"][INT8[0]]["quantization"]["transforms"]
+    assert done["equalized_pairs"] == ["conv0 -> relu -> conv1"]
+    assert "bias_correction" in done["applied"]
+    t = explain(equalized_model(), bundle=equalized_bundle, progress=False).target(INT8[0])
+    assert t.reference["reapplied"] == ["equalize"]
+    assert "bias_correction" in t.reference["not_reapplied"]
+    assert t.to_json()["reference"] == t.reference
+    # the broken layer is still named first; the equalized layers match their reference
+    assert t.jump.module == "conv1" and t.culprit_names()[0] == "conv1"
+    rows = {r.module: r for r in t.rows}
+    assert rows["conv0"].effective_sqnr_db > 30 and rows["relu0"].effective_sqnr_db > 30
+    assert rows["conv1"].effective_sqnr_db < 12
+    # compared with the untransformed model, conv0's rescaled channels look like a break
+    import edgekit.explain.api as api
+
+    monkeypatch.setattr(api, "transformed_reference", lambda model, *a: (model, None))
+    naive = explain(equalized_model(), bundle=equalized_bundle, progress=False).target(INT8[0])
+    assert naive.reference is None
+    assert naive.jump.module in ("conv0", "relu0")
+    assert {r.module: r for r in naive.rows}["conv0"].effective_sqnr_db < 0
+
+
+@pytest.mark.slow
+def test_local_error_feeds_each_layer_pytorchs_inputs(equalized_bundle, tmp_path):
+    report = explain(equalized_model(), bundle=equalized_bundle, progress=False)
+    t = report.target(INT8[0])
+    rows = {r.module: r for r in t.rows}
+    # conv1 breaks on its own: fed PyTorch's exact input, its output is as bad as end to end
+    assert rows["conv1"].local_sqnr_db < 12
+    assert rows["conv1"].local_sqnr_db == pytest.approx(rows["conv1"].effective_sqnr_db, abs=1)
+    # conv2 + relu inherit most of their error: alone they do clearly better
+    assert rows["relu"].local_sqnr_db > rows["relu"].effective_sqnr_db + 3
+    # the average pool runs in float on a dequantized input: nothing of its own
+    assert rows["gap"].local_sqnr_db > 60 and rows["gap"].effective_sqnr_db < 40
+    # layers measured at another layer's tensor have no local number
+    assert rows["conv0"].how.startswith("fused") and rows["conv0"].local_sqnr_db is None
+    layers = {r["module"]: r for r in t.to_json()["layers"]}
+    assert layers["conv0"]["local_sqnr_db"] == "n/a"
+    assert layers["conv1"]["local_sqnr_db"] == pytest.approx(rows["conv1"].local_sqnr_db)
+    md = report.to_markdown()
+    assert "| local SQNR dB |" in md and "| fused into relu0 | int8 |" in md
+
+
+@pytest.mark.slow
+def test_measure_suggestion_rebuilds_with_the_culprit_in_float(equalized_bundle, tmp_path,
+                                                               capsys):
+    data = tmp_path / "d.npz"
+    np.savez(data, x=torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(5)).numpy())
+    rc = main(["explain", str(equalized_bundle), "--model", "test_explain:equalized_model",
+               "--data", str(data), "--measure-suggestion", "--json", str(tmp_path / "e.json"),
+               "-q"])
+    assert rc == 0
+    m = json.loads((tmp_path / "e.json").read_text())["targets"][INT8[0]]["suggestion_measured"]
+    assert m["culprit"] == "conv1" and m["calibration"] == "the 16 explain input(s)"
+    keeps = [v["keep_float"] for v in m["variants"]]
+    assert keeps == [[], ["conv1"], ["conv1", "conv2"]]
+    recorded, alone, with_reader = m["variants"]
+    assert recorded["gain_db"] == 0.0
+    # conv1's output is rounded again where conv2 reads it: only both in float fix it
+    assert with_reader["gain_db"] > 10 and with_reader["sqnr_db"] > 40
+    assert alone["gain_db"] < with_reader["gain_db"] - 10
+    out = capsys.readouterr().out
+    assert "keep_float [conv1, conv2]:" in out and "measured (rebuilt, calibrated on" in out
+
+
+# ------------------------------------------------------------------ mapping coverage
+def test_a_folded_batchnorm_identity_is_fused_with_its_conv():
+    from edgekit.explain.mapping import map_layers
+    from edgekit.explain.torch_capture import LayerCapture
+
+    conv = np.random.default_rng(0).normal(size=(1, 4, 2, 2))
+    act = np.clip(conv, 0, 6)
+    layers = [LayerCapture("c", "Conv2d", 0, [conv], params=20),
+              LayerCapture("bn", "Identity", 1, [conv.copy()]),
+              LayerCapture("act", "ReLU6", 2, [act])]
+    t = RuntimeTensor("r", "Clamp", 0, "act", "metadata", "int8", [act])
+    m = {x.module: x for x in map_layers(layers, [t])}
+    assert (m["bn"].how, m["bn"].compare_to) == ("fused into act", "act")
+    assert (m["c"].how, m["c"].compare_to) == ("fused into act", "act")
+    # an Identity that changes nothing after a parameter-free module is not claimed
+    layers[0] = LayerCapture("c", "Dropout", 0, [conv])
+    assert {x.module: x for x in map_layers(layers, [t])}["bn"].tensor is None
+
+
+def test_openvino_fused_encoder_layer_ops_name_their_leaves():
+    from types import SimpleNamespace
+
+    from edgekit.explain.capture_openvino import _encoder_layers
+
+    def op(kind, name):
+        p = "__module.layers.0/aten::_transformer_encoder_layer_fwd/"
+        return SimpleNamespace(get_type_name=lambda: kind, get_friendly_name=lambda: p + name)
+
+    ops = [op("MatMul", "MatMul_3"), op("Add", "Add_4"), op("MVN", "MVN"),
+           op("MatMul", "MatMul_4"), op("Add", "Add_6"), op("Relu", "Relu"),
+           op("MatMul", "MatMul_5"), op("Add", "Add_7"), op("Add", "Add_8"), op("MVN", "MVN_1")]
+    leaves = {f"layers.0.{n}": i for i, n in enumerate(
+        ["dropout1", "norm1", "linear1", "dropout", "linear2", "dropout2", "norm2"])}
+    got = {k.rpartition("/")[2]: v for k, v in _encoder_layers(ops, leaves).items()}
+    assert got == {"MVN": "layers.0.norm1", "MVN_1": "layers.0.norm2", "Add_6": "layers.0.linear1",
+                   "Relu": "layers.0.dropout", "Add_7": "layers.0.linear2"}
+    # a block whose leaves are not PyTorch modules maps nothing
+    assert _encoder_layers(ops, {"other": 0}) == {}
+
+
+@pytest.mark.slow
+def test_openvino_maps_a_fused_transformer_encoder(tmp_path):
+    _need(["openvino"])
+    from edgekit.api import build_zoo_model
+
+    build_zoo_model("transformer", targets=["x86-openvino-fp32"], out_dir=tmp_path / "t",
+                    train=False, progress=False)
+    t = explain(bundle=tmp_path / "t", progress=False).target("x86-openvino-fp32")
+    rows = {r.module: r for r in t.rows}
+    for name in ("embed", "layers.0.norm1", "layers.0.linear1", "layers.0.dropout",
+                 "layers.0.linear2", "layers.1.norm2"):
+        assert rows[name].mapped and rows[name].rel_error < 1e-5, name
+    # the attention output is never a tensor of its own (its bias is folded into the residual)
+    assert t.coverage["unmapped"] == ["layers.0.dropout1", "layers.1.dropout1"]
+
+
+def test_reference_takes_absorbed_biases_from_the_record():
+    from edgekit.explain.reference import transformed_reference
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    before = model[2].bias.detach().clone()
+    samples = [[np.random.default_rng(k).random((1, 4), dtype=np.float32)] for k in range(2)]
+    assert transformed_reference(model, None, samples) == (model, None)
+    assert transformed_reference(model, {"applied": [], "bn_folded": []}, samples)[1] is None
+    record = {"applied": ["equalize", "bias_correction"], "bn_folded": [],
+              "bias_absorbed": ["0 -> 2"],
+              "absorbed_biases": {"0": [0.5] * 8, "2": [-1.0, 0.0, 1.0]}}
+    ref, note = transformed_reference(model, record, samples)
+    assert ref is not model and note["reapplied"] == ["equalize"]
+    assert note["absorbed_biases_from_record"] == ["0", "2"]
+    assert "bias_correction" in note["not_reapplied"]
+    assert ref[2].bias.tolist() == [-1.0, 0.0, 1.0] and ref[0].bias.tolist() == [0.5] * 8
+    assert torch.equal(model[2].bias, before)  # the user's model is untouched
+    # no amounts recorded: absorption is not re-estimated from the explain inputs
+    del record["absorbed_biases"]
+    _, note = transformed_reference(model, record, samples)
+    assert "bias_absorption" in note["not_reapplied"]

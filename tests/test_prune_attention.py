@@ -232,7 +232,7 @@ def test_keep_mode_and_bad_mode():
 
 
 class _FusedQKV(nn.Module):
-    """An attention module edgekit does not recognise (one fused qkv projection)."""
+    """timm-style attention: one fused qkv projection, ``num_heads``, ``head_dim``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -247,12 +247,28 @@ class _FusedQKV(nn.Module):
         return self.proj(a.transpose(1, 2).reshape(b, t, -1))
 
 
-def test_unrecognised_attention_keeps_its_head_widths():
+class _OtherQKV(nn.Module):
+    """An attention module edgekit does not recognise (fused ``to_qkv``, ``to_out``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = 4
+        self.to_qkv = nn.Linear(16, 48)
+        self.to_out = nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.to_qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-1, -2), -1) @ v
+        return self.to_out(a.transpose(1, 2).reshape(b, t, -1))
+
+
+def _net_around(attn: nn.Module) -> nn.Module:
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.inp = nn.Linear(6, 16)
-            self.attn = _FusedQKV()
+            self.attn = attn
             self.fc = nn.Linear(16, 32)
             self.head = nn.Linear(32, 3)
 
@@ -262,11 +278,32 @@ def test_unrecognised_attention_keeps_its_head_widths():
             return self.head(torch.relu(self.fc(h)))
 
     torch.manual_seed(0)
-    model = Net().eval()
+    return Net().eval()
+
+
+def test_unrecognised_attention_keeps_its_head_widths():
+    model = _net_around(_OtherQKV())
     prune(model, torch.randn(1, 5, 6), ratio=0.5)
-    assert model.attn.qkv.out_features == 48 and model.attn.proj.in_features == 16
+    assert model.attn.to_qkv.out_features == 48 and model.attn.to_out.in_features == 16
     assert model.fc.out_features == 16 and model.inp.out_features == 8  # the rest prunes
     assert model(torch.randn(2, 5, 6)).shape == (2, 5, 3)
+
+
+def test_fused_qkv_attention_shrinks_every_head_alike():
+    model = _net_around(_FusedQKV())
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 5, 6)
+    res = prune(model, x[:1], ratio=0.5)
+    a = model.attn
+    assert (a.num_heads, a.head_dim) == (4, 2)
+    assert a.qkv.out_features == 3 * 4 * 2 and a.proj.in_features == 8
+    assert model.fc.out_features == 16 and model.inp.out_features == 8  # the rest prunes
+    (rec,) = [g for g in res.history["groups"] if g.get("kind") == "attention"]
+    assert rec["mode"] == "head_dim" and rec["qk_idxs"] == rec["v_idxs"]
+    assert model(x).shape == (2, 5, 3)
+    fresh = replay(copy.deepcopy(ref), res.history, x[:1])
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh(x), model(x), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

@@ -25,6 +25,28 @@ def test_fd_output_and_foreign_warnings_are_captured_own_lines_kept(capfd):
     assert "Warning" not in out + err
 
 
+def test_a_logging_handler_made_during_a_step_writes_to_stderr_after_it(capfd):
+    import logging
+
+    log = logging.getLogger("third_party_made_in_step")
+    log.propagate = False  # only the handler made in the step (not handlers of other tests)
+    log.setLevel(logging.INFO)
+    disabled = logging.root.manager.disable  # a library imported earlier may have raised it
+    logging.disable(logging.NOTSET)
+    try:
+        with quiet("step"):
+            handler = logging.StreamHandler()  # binds the stream of the moment (the capture)
+            log.addHandler(handler)
+            log.warning("inside the step")
+        log.warning("after the step")
+    finally:
+        log.removeHandler(handler)
+        logging.disable(disabled)
+    out, err = capfd.readouterr()
+    assert "after the step" in err and "inside the step" not in out + err
+    assert "Logging error" not in err and "detached" not in err
+
+
 def test_edgekit_warnings_are_raised_again():
     from edgekit.quantize import Int8SlowerWarning
 

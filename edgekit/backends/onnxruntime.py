@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._deps import require
-from ..errors import BackendMissingError, BundleError, ExportError, QuantizationError
+from ..errors import BackendMissingError, BundleError, ExportError, QuantizationError, UsageError
 from ._common import (
     CheckedSession,
     FeedChecker,
@@ -254,8 +254,8 @@ class OnnxRuntimeBackend:
             try:
                 qinfo = quantize_onnx(fp32.path, path, input_names=list(input_names),
                                       batches=calibration, config=config, keep_float=keep_float)
-            except QuantizationError:
-                raise  # calibration failed: the message names the inputs and shapes
+            except (QuantizationError, UsageError):
+                raise  # calibration failed / a quantization setting that does not fit the model
             except Exception as exc:
                 raise ExportError(f"onnxruntime.quantization failed: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''}",

@@ -13,6 +13,7 @@ import ast
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,27 +85,58 @@ def quantize_onnx(
         extra["CalibPercentile"] = float(config.extra.get("percentile", 99.99))
     recurrent = [n.name for n in proto.graph.node if n.op_type in _RECURRENT]
     lstm = {n.name for n in proto.graph.node if n.op_type == "LSTM"}
+    op_types = list(_QUANT_OPS) + [
+        "Relu", "Clip", "MaxPool", "GlobalAveragePool", "AveragePool", "Add", "Mul", "Concat",
+        "Reshape", "Transpose", "Flatten", "Sigmoid", "Softmax", "Squeeze", "Unsqueeze",
+        "Gather", "Resize", "Split", "Where"]
+    ranges: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(fp32_path)
         pre = Path(tmp) / "pre.onnx"
         src, preprocessing = _preprocess(src, pre, Path(tmp))
         static_out = Path(tmp) / "static.onnx"
-        try:
-            quantize_static(
-                str(src), str(static_out), _Reader(input_names, batches),
-                quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-                activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
-                nodes_to_exclude=exclude, op_types_to_quantize=list(_QUANT_OPS) + [
-                    "Relu", "Clip", "MaxPool", "GlobalAveragePool", "AveragePool", "Add", "Mul",
-                    "Concat", "Reshape", "Transpose", "Flatten", "Sigmoid", "Softmax", "Squeeze",
-                    "Unsqueeze", "Gather", "Resize", "Split", "Where"],
-                extra_options=extra,
-            )
-        except Exception as exc:
-            from ._calibration import calibration_failure
 
-            raise calibration_failure("ONNX Runtime (quantize_static)", batches, input_names,
-                                      exc) from exc
+        def static(out: Path, overrides: dict[str, Any] | None) -> None:
+            options = dict(extra, **({"TensorQuantOverrides": overrides} if overrides else {}))
+            try:
+                quantize_static(
+                    str(src), str(out), _Reader(input_names, batches),
+                    quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+                    activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
+                    nodes_to_exclude=exclude, op_types_to_quantize=op_types,
+                    extra_options=options,
+                )
+            except Exception as exc:
+                from ._calibration import calibration_failure
+
+                raise calibration_failure("ONNX Runtime (quantize_static)", batches,
+                                          input_names, exc) from exc
+
+        if config.range_method == "runtime" and not config.activations_16bit:
+            static(static_out, None)
+        else:
+            plan = plan_ranges(src, input_names=input_names, batches=batches, config=config,
+                               op_types=op_types, exclude=exclude, modules=modules,
+                               act_grid="int8" if act == QuantType.QInt8 else "uint8")
+            ranges = plan.record(config.range_method)
+            want = config.activations_16bit
+            if want == "auto":
+                wide, ranges["activations_16bit_choice"] = _choose_16bit(
+                    plan, static, static_out, Path(tmp), input_names, batches, config)
+            else:
+                wide = plan.layers_16bit(want) if isinstance(want, (list, tuple)) \
+                    else plan.ranked_16bit()[:int(want)]
+                static(static_out, plan.overrides(wide))
+            if config.range_method == "auto":
+                ranges["guard"] = _guard(src, static_out, lambda out: static(
+                    out, plan.overrides(wide, minmax=True)), input_names, batches,
+                    int(_extra_number(config, "range_batches", 8)))
+                ranges["applied"] = ranges["guard"]["kept"] == "auto"
+                if not ranges["applied"]:  # the file holds min-max ranges: say so
+                    ranges["auto_chosen"] = ranges["chosen"]
+                    ranges["chosen"] = {"minmax": ranges["tensors"]}
+            ranges["requested_16bit"] = sorted(wide)
+            ranges["per_tensor_16bit"] = {t: plan.wide_choice(t).to_json() for t in sorted(wide)}
         # ONNX Runtime's dynamic quantizer rewrites LSTM only (DynamicQuantizeLSTM); GRU and
         # RNN stay float, and the summary below reads that back from the file.
         dynamic = [n for n in recurrent if n not in exclude and not _matches(
@@ -118,8 +150,17 @@ def quantize_onnx(
         else:
             shutil.copyfile(static_out, out_path)
     summary = onnx_precision_summary(out_path, modules)
+    if ranges is not None:
+        ranges["activations_16bit"] = activations_16bit(out_path)  # read from the file
+        if ranges["activations_16bit"]:
+            ranges["cpu_execution"] = {
+                **cpu_kernels(out_path),
+                "note": "ONNX Runtime's CPU EP has no 16-bit kernels: the layers around a "
+                "16-bit activation compute in float between its 16-bit Q/DQ pair (the "
+                "16-bit grid's accuracy, float speed)"}
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
+        "ranges": ranges,
         "preprocessing": preprocessing,
         "method": config.method,
         "per_channel": config.per_channel,
@@ -256,3 +297,631 @@ def onnx_precision_summary(path: Path, fp32_modules: dict[str, str] | None = Non
     return {"layers": layers, "int8_initializers": int8_inits,
             "int8_layers": sum(1 for r in layers if r["precision"] != "fp32"),
             "float_layers": sum(1 for r in layers if r["precision"] == "fp32")}
+
+
+# -- per-tensor ranges and 16-bit activations (edgekit.backends._ranges) ----------------------
+
+#: Compute ops whose data input a 16-bit activation makes an int16 layer.
+_COMPUTE_INPUT = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _consumer_weights(proto: Any, tensors: Sequence[str]
+                      ) -> tuple[dict[str, int | None], dict[str, np.ndarray]]:
+    """Per tensor: the channel axis of its values and each channel's weight, the energy of
+    the consumer weights it multiplies (``sum W[:, c]**2`` over Conv / Gemm / MatMul
+    consumers with constant weights; 1 for other consumers), normalised to mean 1."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in proto.graph.node:
+        for i, name in enumerate(n.input):
+            consumers.setdefault(name, []).append((n, i))
+    axes: dict[str, int | None] = {}
+    weights: dict[str, np.ndarray] = {}
+    for t in tensors:
+        parts: list[tuple[int, np.ndarray] | None] = []
+        for node, i in consumers.get(t, []):
+            w = inits.get(node.input[1]) if i == 0 and len(node.input) > 1 else None
+            attrs = {a.name: a for a in node.attribute}
+            energy = None
+            if w is not None and node.op_type in ("Conv", "Gemm", "MatMul"):
+                arr = numpy_helper.to_array(w).astype(np.float64) ** 2
+                if node.op_type == "Conv" and arr.ndim >= 3:
+                    g = int(attrs["group"].i) if "group" in attrs else 1
+                    o, ig = arr.shape[0], arr.shape[1]
+                    if o % g == 0:
+                        per = arr.reshape(o, ig, -1).sum(-1).reshape(g, o // g, ig).sum(1)
+                        energy = (1, per.reshape(-1))
+                elif node.op_type == "Gemm" and arr.ndim == 2 and not (
+                        "transA" in attrs and attrs["transA"].i):
+                    trans_b = "transB" in attrs and attrs["transB"].i
+                    energy = (-1, arr.sum(0) if trans_b else arr.sum(1))
+                elif node.op_type == "MatMul" and arr.ndim == 2:
+                    energy = (-1, arr.sum(1))
+            parts.append(energy)
+        found = [p for p in parts if p is not None]
+        if not found or len({a for a, _ in found}) > 1 or len({len(v) for _, v in found}) > 1:
+            axes[t] = None
+            continue
+        axis, size = found[0][0], len(found[0][1])
+        vecs = [v / v.mean() if v.mean() > 0 else np.ones(size) for _, v in found]
+        vecs += [np.ones(size)] * (len(parts) - len(found))
+        axes[t], weights[t] = axis, np.mean(vecs, axis=0)
+    return axes, weights
+
+
+def _activation_tensors(proto: Any, op_types: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Float activations in and out of the nodes quantize_static may quantize."""
+    import onnx
+
+    inits = {i.name for i in proto.graph.initializer}
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]}
+    out: list[str] = []
+    skip = set(exclude)
+    for n in proto.graph.node:
+        if n.op_type not in op_types or n.name in skip:
+            continue
+        for name in [*n.input, *n.output]:
+            if name and name not in inits and types.get(name) == onnx.TensorProto.FLOAT \
+                    and name not in out:
+                out.append(name)
+    return out
+
+
+def _consumer_fn(node: Any, inits: dict[str, Any]) -> Any:
+    """``x -> y`` for a Conv (1-D/2-D) / Gemm / MatMul node with constant weights, in torch;
+    None for any other consumer."""
+    import torch
+    import torch.nn.functional as F
+    from onnx import numpy_helper
+
+    if len(node.input) < 2 or node.input[1] not in inits:
+        return None
+    w = torch.from_numpy(numpy_helper.to_array(inits[node.input[1]]).astype(np.float32))
+    b = None
+    if len(node.input) > 2 and node.input[2] in inits:
+        b = torch.from_numpy(numpy_helper.to_array(inits[node.input[2]]).astype(np.float32))
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type == "Conv" and w.ndim in (3, 4):
+        auto_pad = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
+        if auto_pad not in ("NOTSET", "VALID"):
+            return None
+        dims = w.ndim - 2
+        stride = list(attrs["strides"].ints) if "strides" in attrs else [1] * dims
+        dil = list(attrs["dilations"].ints) if "dilations" in attrs else [1] * dims
+        pads = list(attrs["pads"].ints) if "pads" in attrs else [0] * (2 * dims)
+        group = int(attrs["group"].i) if "group" in attrs else 1
+        pad = [p for d in reversed(range(dims)) for p in (pads[d], pads[d + dims])]
+        conv = F.conv1d if dims == 1 else F.conv2d
+
+        def run_conv(x: np.ndarray) -> np.ndarray:
+            t = F.pad(torch.from_numpy(x), pad)
+            return conv(t, w, b, stride, 0, dil, group).numpy()  # type: ignore[no-any-return]
+        return run_conv
+    if node.op_type == "Gemm" and w.ndim == 2 and not ("transA" in attrs and attrs["transA"].i):
+        wt = w.T if "transB" in attrs and attrs["transB"].i else w
+        alpha = attrs["alpha"].f if "alpha" in attrs else 1.0
+        beta = attrs["beta"].f if "beta" in attrs else 1.0
+
+        def run_gemm(x: np.ndarray) -> np.ndarray:
+            y = alpha * (torch.from_numpy(x) @ wt)
+            return (y + beta * b if b is not None else y).numpy()  # type: ignore[no-any-return]
+        return run_gemm
+    if node.op_type == "MatMul" and w.ndim == 2:
+        return lambda x: (torch.from_numpy(x) @ w).numpy()
+    return None
+
+
+def _output_errors(sess: Any, proto: Any, input_names: Sequence[str],
+                   batches: Sequence[Sequence[np.ndarray]], stats: dict[str, Any],
+                   grid: Any, percentile: float, weights: dict[str, np.ndarray]
+                   ) -> dict[str, dict[str, float]]:
+    """Per tensor, each candidate range's error at its consumers' outputs
+    (:class:`~edgekit.backends._ranges.OutputError`), from a second run over the batches."""
+    import torch
+
+    from ._ranges import OutputError, candidate_ranges
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    fns: dict[str, list[Any]] = {t: [] for t in stats}
+    for n in proto.graph.node:
+        for i, name in enumerate(n.input):
+            if name in fns:
+                fn = _consumer_fn(n, inits) if i == 0 else None
+                fns[name].append(fn if fn is not None else (lambda x: x))
+    percentiles = sorted({99.99, 99.999, percentile})
+    acc = {t: OutputError(candidate_ranges(s, grid, percentiles, weights.get(t)), grid, fns[t])
+           for t, s in stats.items() if s.seen}
+    broken: set[str] = set()
+    wanted = list(acc)
+    with torch.no_grad():
+        for b in batches:
+            for t, v in zip(wanted, sess.run(wanted, dict(zip(input_names, b)))):
+                if t in broken:
+                    continue
+                try:
+                    acc[t].update(v)
+                except (RuntimeError, ValueError):  # a consumer that does not fit: diagonal
+                    broken.add(t)
+    return {t: a.relative() for t, a in acc.items() if t not in broken}
+
+
+#: Ops whose output ONNX Runtime quantizes with its input's parameters (their own range is
+#: not used): not searched.
+_SAME_AS_INPUT = ("MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather",
+                  "Split", "Resize")
+
+
+def _fake_quant_session(proto: Any, tensors: Sequence[str], grid: Any) -> tuple[Any, list[str]]:
+    """The fp32 model with every tensor of ``tensors`` through QuantizeLinear ->
+    DequantizeLinear whose scale and zero point are graph inputs ``<t>::scale`` /
+    ``<t>::zero`` (changed between runs); returns (session, the outputs to compare: a
+    quantized graph output stands for itself)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    g = m.graph
+    zero_type = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}[grid.name]
+    renamed = {t: f"{t}::fq" for t in tensors}
+    for node in g.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    nodes = []
+    for t in tensors:
+        g.input.append(helper.make_tensor_value_info(f"{t}::scale", TensorProto.FLOAT, []))
+        g.input.append(helper.make_tensor_value_info(f"{t}::zero", zero_type, []))
+        nodes += [helper.make_node("QuantizeLinear", [t, f"{t}::scale", f"{t}::zero"],
+                                   [f"{t}::q"], name=f"{t}::Q"),
+                  helper.make_node("DequantizeLinear", [f"{t}::q", f"{t}::scale", f"{t}::zero"],
+                                   [renamed[t]], name=f"{t}::DQ")]
+    g.node.extend(nodes)
+    outputs = [renamed.get(o.name, o.name) for o in g.output]
+    for o in list(g.output):
+        if o.name in renamed:
+            g.output.append(helper.make_tensor_value_info(renamed[o.name], TensorProto.FLOAT,
+                                                          None))
+    # Topological order: the Q/DQ pairs go right after their tensor's producer.
+    order, produced = [], {i.name for i in g.input} | {i.name for i in g.initializer}
+    pending = list(g.node)
+    while pending:
+        rest = []
+        for n in pending:
+            if all((not x) or x in produced for x in n.input):
+                order.append(n)
+                produced.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            order += rest
+            break
+        pending = rest
+    del g.node[:]
+    g.node.extend(order)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess, outputs
+
+
+#: The model-output search keeps min-max for a tensor unless another candidate lowers the
+#: output error by this fraction (smaller gains are calibration-sample noise).
+_SEARCH_MARGIN = 0.02
+
+
+def search_output_errors(src: Path, input_names: Sequence[str],
+                         batches: Sequence[Sequence[np.ndarray]], stats: dict[str, Any],
+                         grid: Any, percentile: float, skip: set[str],
+                         weights: dict[str, np.ndarray]
+                         ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Each tensor's candidates scored by the error of the *model's outputs* with every
+    activation fake-quantized (the others at their current choice): one greedy sweep in
+    graph order from min-max everywhere, each tensor keeping its best candidate. Returns
+    (tensor -> candidate -> relative output error at its step, summed over the outputs and
+    averaged over the batches; a record)."""
+    import onnx
+
+    from ._ranges import _scale_zero, candidate_ranges
+
+    proto = onnx.load(str(src))
+    order = [t for n in proto.graph.node for t in [*n.input, *n.output]]
+    first: dict[str, int] = {}
+    for i, t in enumerate(order):
+        first.setdefault(t, i)
+    inputs = [i.name for i in proto.graph.input]
+    tensors = sorted((t for t in stats if stats[t].seen and t not in skip),
+                     key=lambda t: (-1 if t in inputs else first.get(t, 0)))
+    sess, outs = _fake_quant_session(proto, tensors, grid)
+    ref_sess, _, _ = _augmented_session(src, [])
+    refs = [ref_sess.run(None, dict(zip(input_names, b))) for b in batches]
+    percentiles = sorted({99.99, 99.999, percentile})
+    cands = {t: candidate_ranges(stats[t], grid, percentiles, weights.get(t)) for t in tensors}
+    zdt = np.uint8 if grid.name == "uint8" else np.int8
+
+    def params(r: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        scale, zero = _scale_zero(r[0], r[1], grid)
+        return np.array(scale, np.float32), np.array(zero, dtype=zdt)
+
+    state = {t: cands[t]["minmax"] for t in tensors}
+
+    def error() -> float:
+        feeds_q = {}
+        for t in tensors:
+            sc, zp = params(state[t])
+            feeds_q[f"{t}::scale"], feeds_q[f"{t}::zero"] = sc, zp
+        total = 0.0
+        for b, ref in zip(batches, refs):
+            got = sess.run(outs, {**dict(zip(input_names, b)), **feeds_q})
+            for r, o in zip(ref, got):
+                r64 = np.asarray(r, np.float64)
+                total += float(np.sum((np.asarray(o, np.float64) - r64) ** 2)) / max(
+                    float(np.sum(r64 ** 2)), 1e-30)
+        return total / max(len(batches), 1)
+
+    start = error()
+    result: dict[str, dict[str, float]] = {}
+    runs = 1
+    for t in tensors:
+        errs: dict[str, float] = {}
+        seen: dict[tuple[float, float], float] = {}
+        for name, r in cands[t].items():
+            key = (round(r[0], 12), round(r[1], 12))
+            if key not in seen:
+                state[t] = r
+                seen[key] = error()
+                runs += 1
+            errs[name] = seen[key]
+        best = min(errs, key=lambda k: errs[k])
+        if errs[best] > (1 - _SEARCH_MARGIN) * errs["minmax"]:  # a switch must beat noise
+            best = "minmax"
+        state[t] = cands[t][best]
+        result[t] = errs
+    end = error()
+    return result, {"criterion": "model outputs, all activations fake-quantized, one greedy "
+                    "sweep from min-max", "batches": len(batches), "runs": runs,
+                    "relative_error_minmax": start, "relative_error_chosen": end}
+
+
+def _augmented_session(model_path: Path, tensors: Sequence[str]) -> tuple[Any, Any, list[str]]:
+    """The fp32 model (one thread, no graph rewrites) with ``tensors`` as extra outputs:
+    (session, the model proto, the tensors it outputs)."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(model_path))
+    outputs = {o.name for o in proto.graph.output}
+    infos = {v.name: v for v in [*proto.graph.value_info, *proto.graph.input]}
+    for t in tensors:
+        if t not in outputs and t in infos:
+            proto.graph.output.append(infos[t])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    names = {o.name for o in sess.get_outputs()}
+    return sess, proto, [t for t in tensors if t in names]
+
+
+def collect_activation_stats(model_path: Path, input_names: Sequence[str],
+                             batches: Sequence[Sequence[np.ndarray]], tensors: Sequence[str],
+                             axes: dict[str, int | None], *, cap: int = 32768) -> dict[str, Any]:
+    """:class:`~edgekit.backends._ranges.TensorStats` of ``tensors``, from the fp32 model run
+    (one thread) on the calibration batches with those tensors as extra outputs."""
+    from ._ranges import TensorStats
+
+    sess, _, wanted = _augmented_session(model_path, tensors)
+    per = max(cap // max(len(batches), 1), 256)
+    stats = {t: TensorStats(axes.get(t), cap=cap, per_update=per, seed=i)
+             for i, t in enumerate(wanted)}
+    for b in batches:
+        values = sess.run(wanted, dict(zip(input_names, b)))
+        for t, v in zip(wanted, values):
+            stats[t].update(v)
+    return stats
+
+
+class _Timed:
+    """An ONNX Runtime session behind the :class:`~edgekit.backends.base.Session` call."""
+
+    def __init__(self, path: Path, names: Sequence[str]) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        self._s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self._names = list(names)
+        self.backend = "onnxruntime"
+        self.inputs: list[Any] = []
+        self.outputs: list[Any] = []
+        self.info: dict[str, Any] = {}
+
+    def run(self, feeds: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self._s.run(None, dict(zip(self._names, feeds))))
+
+
+def _median_ms(paths: dict[str, Path], names: Sequence[str], feed: Sequence[np.ndarray],
+               runs: int) -> dict[str, float]:
+    from ..measure.timing import time_interleaved
+
+    sessions = {k: _Timed(p, names) for k, p in paths.items()}
+    stats = time_interleaved(sessions, {k: list(feed) for k in paths}, warmup=5, runs=runs)
+    return {k: round(s.median_ms, 4) for k, s in stats.items()}
+
+
+@dataclass
+class RangePlan:
+    """Per-tensor ranges chosen for one ONNX model (:func:`plan_ranges`): the statistics, the
+    8-bit choice per tensor, the Relu/Clip inputs that take their output's range, and the
+    16-bit candidates (data inputs of compute nodes -> their PyTorch modules)."""
+
+    method: str
+    percentile: float
+    grid8: Any
+    wide: Any
+    stats: dict[str, Any]
+    choices: dict[str, Any]
+    weights: dict[str, np.ndarray]
+    mirror: dict[str, str]
+    data_inputs: dict[str, list[str]]
+    own_ranges: bool = True
+    search: dict[str, Any] = field(default_factory=dict)
+    _wide_choices: dict[str, Any] = field(default_factory=dict)
+
+    def ranked_16bit(self) -> list[str]:
+        """16-bit candidates, most sensitive (lowest 8-bit SQNR) first."""
+        from ._ranges import rank_for_16bit
+
+        return rank_for_16bit({t: self.choices[t] for t in self.data_inputs})
+
+    def layers_16bit(self, layers: Sequence[str]) -> list[str]:
+        """The data inputs of the compute nodes of ``layers`` (PyTorch module names)."""
+        from ..errors import UsageError
+
+        def owns(w: str, m: str) -> bool:
+            return bool(m) and (m == w or m.startswith(w + "."))
+
+        missing = [w for w in layers if not any(owns(w, m) for ms in self.data_inputs.values()
+                                               for m in ms)]
+        if missing:
+            known = sorted({m for ms in self.data_inputs.values() for m in ms if m})
+            raise UsageError(
+                f"quantization activations_16bit names layer(s) {missing} with no quantized "
+                "Conv/Gemm/MatMul node in the ONNX model",
+                hint="name layers that are quantized (not kept in float); candidates: "
+                f"{', '.join(known) or 'none'}")
+        return [t for t, ms in self.data_inputs.items()
+                if any(owns(w, m) for m in ms for w in layers)]
+
+    def wide_choice(self, t: str) -> Any:
+        from ._ranges import choose_range
+
+        if t not in self._wide_choices:
+            self._wide_choices[t] = choose_range(self.stats[t], self.method, self.wide,
+                                                 self.weights.get(t),
+                                                 percentile=self.percentile)
+        return self._wide_choices[t]
+
+    def overrides(self, wide: Sequence[str] = (), *, minmax: bool = False
+                  ) -> dict[str, list[dict[str, Any]]]:
+        """``TensorQuantOverrides``: every tensor's ``rmin``/``rmax`` (unless the runtime's
+        calibrator sets them: ``own_ranges`` false); the ``wide`` tensors (and their Relu/Clip
+        twins) 16-bit with their 16-bit range. ``minmax``: the 8-bit tensors take their
+        min-max range instead of the chosen one (what ONNX Runtime's calibrator gives)."""
+        from onnxruntime.quantization import QuantType
+
+        qwide = QuantType.QInt16 if self.wide.name == "int16" else QuantType.QUInt16
+        back = {v: k for k, v in self.mirror.items()}
+        wide_set = set(wide)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for t, c in self.choices.items():
+            key = next((k for k in (t, self.mirror.get(t), back.get(t)) if k in wide_set), None)
+            if key is not None:
+                w = self.wide_choice(key)
+                out[t] = [{"rmin": np.float32(w.low), "rmax": np.float32(w.high),
+                           "quant_type": qwide}]
+            elif minmax:
+                st = self.stats[self.mirror.get(t, t)]
+                out[t] = [{"rmin": np.float32(st.low), "rmax": np.float32(st.high)}]
+            elif self.own_ranges:
+                out[t] = [{"rmin": np.float32(c.low), "rmax": np.float32(c.high)}]
+        return out
+
+    def record(self, range_method: str) -> dict[str, Any]:
+        """The manifest's ``ranges`` entry (the per-tensor choices, 16-bit ranking)."""
+        from ._ranges import range_summary
+
+        rec = range_summary(range_method, {t: c for t, c in self.choices.items()
+                                           if t not in self.mirror})
+        rec["relu_inputs_mirrored"] = len(self.mirror)
+        if self.search:
+            rec["search"] = self.search
+        rec["sensitivity_16bit"] = [
+            {"tensor": t, "layers": sorted({m for m in self.data_inputs[t] if m}),
+             "sqnr8_db": round(self.choices[t].sqnr_db, 2)} for t in self.ranked_16bit()]
+        return rec
+
+
+def plan_ranges(src: Path, *, input_names: Sequence[str],
+                batches: Sequence[Sequence[np.ndarray]], config: QuantConfig,
+                op_types: Sequence[str], exclude: Sequence[str], modules: dict[str, str],
+                act_grid: str) -> RangePlan:
+    """Collect the activations' statistics on ``src`` (the preprocessed fp32 model) and
+    choose each tensor's range by ``config.range_method`` (``"runtime"`` with 16-bit
+    activations: min-max) on the activation grid."""
+    import onnx
+
+    from ._ranges import GRIDS, choose_range
+
+    proto = onnx.load(str(src))
+    here = onnx_node_modules(proto)
+    tensors = _activation_tensors(proto, op_types, exclude)
+    axes, weights = _consumer_weights(proto, tensors)
+    stats = collect_activation_stats(src, input_names, batches, tensors, axes)
+    method = config.range_method if config.range_method != "runtime" else "minmax"
+    percentile = float(config.extra.get("percentile", 99.99))
+    grid8 = GRIDS[act_grid]
+    outputs: dict[str, dict[str, float]] = {}
+    search: dict[str, Any] = {}
+    uses: dict[str, int] = {}
+    for n in proto.graph.node:
+        for name in n.input:
+            uses[name] = uses.get(name, 0) + 1
+    relu_inputs = {n.input[0] for n in proto.graph.node if n.op_type in ("Relu", "Clip")
+                   and uses.get(n.input[0]) == 1}
+    same = {o for n in proto.graph.node if n.op_type in _SAME_AS_INPUT for o in n.output}
+    if method == "auto":  # each candidate scored by the model's output error
+        limit = int(_extra_number(config, "range_batches", 8))
+        try:
+            outputs, search = search_output_errors(
+                src, input_names, batches[:limit], stats, grid8, percentile,
+                skip=relu_inputs | same, weights=weights)
+        except Exception as exc:  # noqa: BLE001 - fall back to the consuming layers' error
+            sess, aug, _ = _augmented_session(src, list(stats))
+            outputs = _output_errors(sess, aug, input_names, batches[:limit], stats, grid8,
+                                     percentile, weights)
+            search = {"criterion": "consuming layers' outputs (the model-output search "
+                      f"failed: {type(exc).__name__}: {str(exc)[:200]})"}
+    choices = {t: choose_range(s, method, grid8, weights.get(t), percentile=percentile,
+                               output_errors=outputs.get(t),
+                               margin=_SEARCH_MARGIN if search.get("runs") else 0.0)
+               for t, s in stats.items() if s.seen}
+    # ORT gives a Relu / Clip input the range of its output (the activation folds into the
+    # Q/DQ pair): that input takes its output's choice, so the override given is the one used.
+    mirror = {n.input[0]: n.output[0] for n in proto.graph.node
+              if n.op_type in ("Relu", "Clip") and uses.get(n.input[0]) == 1
+              and n.output[0] in choices and n.input[0] in choices}
+    for a, b in mirror.items():
+        choices[a] = choices[b]
+    skip = set(exclude)
+    data_inputs: dict[str, list[str]] = {}
+    for n in proto.graph.node:
+        if n.op_type in _COMPUTE_INPUT and n.input and n.input[0] in choices \
+                and n.name not in skip:
+            data_inputs.setdefault(n.input[0], []).append(_module_of(n.name, here, modules))
+    return RangePlan(method, percentile, grid8, GRIDS["int16" if act_grid == "int8" else "uint16"],
+                     stats, choices, weights, mirror, data_inputs,
+                     own_ranges=config.range_method != "runtime", search=search)
+
+
+def _choose_16bit(plan: RangePlan, static: Any, base_out: Path, tmp: Path,
+                  input_names: Sequence[str], batches: Sequence[Sequence[np.ndarray]],
+                  config: QuantConfig) -> tuple[list[str], dict[str, Any]]:
+    """``activations_16bit = "auto"``: the data inputs of compute layers whose 8-bit SQNR
+    is under ``extra["sqnr_16bit_db"]`` (30 dB), most sensitive first, at most
+    ``extra["max_16bit"]`` (4), go 16-bit if the model then runs at most
+    ``extra["max_16bit_slowdown"]`` (1.10) x the all-8-bit model's median latency (one
+    thread, interleaved, the first calibration batch); else half as many, down to one.
+    Writes the chosen model to ``base_out``; returns (16-bit tensors, the record)."""
+    threshold = float(_extra_number(config, "sqnr_16bit_db", 30.0))
+    most = int(_extra_number(config, "max_16bit", 4))
+    limit = float(_extra_number(config, "max_16bit_slowdown", 1.10))
+    ranked = [t for t in plan.ranked_16bit() if plan.choices[t].sqnr_db < threshold][:most]
+    record: dict[str, Any] = {"candidates": ranked, "sqnr_threshold_db": threshold,
+                              "max_slowdown": limit, "trials": []}
+    static(base_out, plan.overrides([]))
+    k = len(ranked)
+    while k >= 1:
+        trial = tmp / f"wide{k}.onnx"
+        static(trial, plan.overrides(ranked[:k]))
+        ms = _median_ms({"int8": base_out, "mixed": trial}, input_names, batches[0],
+                        runs=max(5, min(int(config.latency_runs), 50)))
+        ratio = ms["mixed"] / ms["int8"] if ms["int8"] > 0 else float("inf")
+        record["trials"].append({"tensors_16bit": k, "int8_ms": ms["int8"],
+                                 "mixed_ms": ms["mixed"], "ratio": round(ratio, 3)})
+        if ratio <= limit:
+            shutil.copyfile(trial, base_out)
+            record["chosen"] = ranked[:k]
+            return ranked[:k], record
+        k //= 2
+    record["chosen"] = []
+    record["reason"] = ("no tensor under the SQNR threshold" if not ranked else
+                        "every 16-bit choice was slower than the limit")
+    return [], record
+
+
+def _outputs_sqnr(model: Path, ref: Path, input_names: Sequence[str],
+                  batches: Sequence[Sequence[np.ndarray]]) -> float:
+    """SQNR (dB) of ``model``'s outputs against ``ref``'s over ``batches`` (all outputs)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    a = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(ref), so, providers=["CPUExecutionProvider"])
+    sig = err = 0.0
+    for batch in batches:
+        feed = dict(zip(input_names, batch))
+        for x, r in zip(a.run(None, feed), b.run(None, feed)):
+            r64 = np.asarray(r, np.float64)
+            sig += float(np.sum(r64 ** 2))
+            err += float(np.sum((np.asarray(x, np.float64) - r64) ** 2))
+    return float(10 * np.log10(sig / err)) if err > 0 and sig > 0 else 200.0
+
+
+def _guard(src: Path, chosen: Path, build_minmax: Any, input_names: Sequence[str],
+           batches: Sequence[Sequence[np.ndarray]], searched: int) -> dict[str, Any]:
+    """``range_method = "auto"`` keeps its model only if its outputs are closer to fp32 than
+    those of the min-max build (the same 16-bit tensors, every 8-bit one at its min-max range:
+    ONNX Runtime's default) on the calibration batches the search did not use (all of them
+    when it used all); else the min-max model replaces it at ``chosen``."""
+    held = list(batches[searched:]) or list(batches)
+    minmax = chosen.with_name("guard-minmax.onnx")
+    build_minmax(minmax)
+    auto_db = _outputs_sqnr(chosen, src, input_names, held)
+    minmax_db = _outputs_sqnr(minmax, src, input_names, held)
+    kept = "auto" if auto_db >= minmax_db else "minmax"
+    if kept != "auto":
+        shutil.copyfile(minmax, chosen)
+    return {"batches": len(held), "held_out": len(batches) > searched,
+            "sqnr_auto_db": round(auto_db, 2), "sqnr_minmax_db": round(minmax_db, 2),
+            "kept": kept}
+
+
+def _extra_number(config: QuantConfig, key: str, default: float) -> float:
+    value = config.extra.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        from ..errors import UsageError
+
+        raise UsageError(f"quantization extra {key!r} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def cpu_kernels(path: Path) -> dict[str, Any]:
+    """What ONNX Runtime's CPU EP makes of a QDQ file (its graph after the extended
+    optimizations, which fuse Q/DQ around a node into an integer kernel): the integer compute
+    ops (QLinearConv, QGemm, ...) and the compute nodes left in float between Q/DQ pairs
+    (16-bit activations: ORT has no 16-bit CPU kernels)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.intra_op_num_threads = 1
+        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        proto = onnx.load(so.optimized_model_filepath)
+    integer = [n.op_type for n in proto.graph.node
+               if n.op_type in _STATIC_INT + _DYNAMIC_INT or n.op_type.startswith("QLinear")]
+    floats = [n.name for n in proto.graph.node if n.op_type in _QUANT_OPS]
+    return {"integer_ops": len(integer), "float_compute_nodes": floats}
+
+
+def activations_16bit(path: Path) -> list[str]:
+    """The activations a QDQ file quantizes to 16 bits (QuantizeLinear with an int16 or
+    uint16 zero point), read from the file."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    inits = {i.name: i.data_type for i in proto.graph.initializer}
+    wide = (onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
+    return sorted(n.input[0] for n in proto.graph.node
+                  if n.op_type == "QuantizeLinear" and len(n.input) > 2
+                  and inits.get(n.input[2]) in wide)

@@ -221,7 +221,11 @@ class OpenVinoSession(CheckedSession):
     def _call(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """NaN/inf inputs are refused by ``run`` (the CPU plugin would return finite outputs
         for them); a failing node raises :class:`ModelRunError` naming it."""
-        for view, x in zip(self._in_views, arrays):
+        for i, x in enumerate(arrays):
+            view = self._in_views[i]
+            if view.shape != x.shape:  # a dynamic input: the request's tensor takes x's shape
+                self._in_tensors[i].shape = list(x.shape)
+                view = self._in_views[i] = self._in_tensors[i].data
             np.copyto(view, x)
         req = self._req
         try:
@@ -548,6 +552,8 @@ class OpenVinoBackend:
                 f"but the artifact records {len(names_in)} and {len(names_out)}"
             )
         for port, name in zip(list(model.inputs) + list(model.outputs), names_in + names_out):
+            if not port.get_names():  # an unnamed port: name it as inspect() did (output_0...)
+                port.get_tensor().set_names({name})
             if name not in port.get_names():
                 raise BundleError(f"{xml_path}: no tensor named {name!r} at its place "
                                   f"(found {sorted(port.get_names())})")

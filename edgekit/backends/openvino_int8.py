@@ -44,11 +44,24 @@ def quantize_openvino_model(
         # NNCF's error-minimising range estimation (MSE / quantile) is its "fast bias
         # correction + advanced parameters" path; percentile/entropy map to its defaults.
         pass
+    overflow_fix = None
+    if getattr(config, "adaround", False):
+        # NNCF's default overflow fix re-rounds the first layer's weights onto 7 bits (for
+        # CPUs without VNNI); off, it keeps the 8-bit integers edgekit's AdaRound chose.
+        from nncf.quantization.advanced_parameters import (
+            AdvancedQuantizationParameters,
+            OverflowFix,
+        )
+
+        overflow_fix = "disable"
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
+            overflow_fix=OverflowFix.DISABLE)
     data = [list(b) if len(b) > 1 else b[0] for b in batches]
     q = nncf.quantize(om, nncf.Dataset(data), preset=preset, subset_size=len(data),
                       fast_bias_correction=True, **kwargs)
     return q, {"quantizer": "nncf.quantize", "preset": preset_name, "fast_bias_correction": True,
-               "ignored_patterns": patterns, "subset_size": len(data)}
+               "ignored_patterns": patterns, "subset_size": len(data),
+               "overflow_fix": overflow_fix or "nncf default (first layer on 7 bits)"}
 
 
 _SEQUENCES = ("LSTMSequence", "GRUSequence", "RNNSequence")

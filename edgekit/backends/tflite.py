@@ -335,7 +335,8 @@ class TFLiteBackend:
                 with contextlib.redirect_stdout(sys.stderr):
                     if prepared is None:
                         prepared = pt2e_prepare(model, example_inputs, quantizer)
-                        gm = pt2e_calibrate_convert(prepared, calibration, input_names)
+                        gm = pt2e_calibrate_convert(prepared, calibration, input_names,
+                                                    config=config)
                     else:  # QAT: the fake-quantized graph already holds its ranges
                         gm = pt2e_calibrate_convert(prepared.eval(), [])
                     edge_model = litert_torch.convert(
@@ -383,6 +384,7 @@ class TFLiteBackend:
                                                      [])),
                     "ops": {o: ops.count(o) for o in sorted(set(ops))},
                     "int8_weight_tensors": int8_weights,
+                    "ranges": getattr(gm, "edgekit_ranges", None),
                     **tflite_precision_summary(interp),
                 },
                 "export_seconds": round(time.perf_counter() - t0, 3),

@@ -155,21 +155,155 @@ def unshare_call_sites(gm: torch.fx.GraphModule) -> list[str]:
 
 def pt2e_calibrate_convert(prepared: torch.fx.GraphModule,
                            batches: Sequence[Sequence[np.ndarray]],
-                           input_names: Sequence[str] = ()) -> torch.fx.GraphModule:
+                           input_names: Sequence[str] = (), *,
+                           config: QuantConfig | None = None) -> torch.fx.GraphModule:
+    """Run the calibration batches through the observers and convert. With
+    ``config.range_method`` other than ``"runtime"``, each activation observer's range is
+    chosen by :mod:`edgekit.backends._ranges` from the values it saw and fixed
+    (``FixedQParamsObserver``); the record is the result's ``edgekit_ranges``."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     from ._calibration import calibration_failure
 
     names = list(input_names) or [f"input{i}" for i in range(len(batches[0]) if batches else 0)]
-    with torch.no_grad():
-        for b in batches:
-            try:
-                prepared(*(torch.from_numpy(np.asarray(a)) for a in b))
-            except Exception as exc:
-                raise calibration_failure("LiteRT (PT2E observers)", batches, names,
-                                          exc) from exc
+    method = config.range_method if config is not None else "runtime"
+    stats = _watch_observers(prepared, len(batches)) if method != "runtime" and batches else {}
+    try:
+        with torch.no_grad():
+            for b in batches:
+                try:
+                    prepared(*(torch.from_numpy(np.asarray(a)) for a in b))
+                except Exception as exc:
+                    raise calibration_failure("LiteRT (PT2E observers)", batches, names,
+                                              exc) from exc
+    finally:
+        for _st, _w, handle, _names in stats.values():
+            handle.remove()
+    record = None
+    if stats:
+        assert config is not None
+        record = _fix_observer_ranges(prepared, stats, config)
     # fold_quantize=False keeps quantize ops on float weights, which litert-torch lowers.
-    return convert_pt2e(prepared, fold_quantize=False)
+    gm = convert_pt2e(prepared, fold_quantize=False)
+    gm.edgekit_ranges = record
+    return gm
+
+
+def _activation_observers(prepared: torch.fx.GraphModule) -> dict[str, Any]:
+    """The per-tensor affine activation observers of a prepared graph (not those of weights,
+    which observe a constant)."""
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    out = {}
+    for node in prepared.graph.nodes:
+        if node.op != "call_module":
+            continue
+        mod = prepared.get_submodule(str(node.target))
+        if not isinstance(mod, ObserverBase) or getattr(mod, "qscheme", None) \
+                != torch.per_tensor_affine or getattr(mod, "dtype", None) != torch.int8:
+            continue
+        src = node.args[0] if node.args else None
+        if getattr(src, "op", "") == "get_attr":
+            continue
+        out[str(node.target)] = mod
+    return out
+
+
+def _constant(gm: torch.fx.GraphModule, node: Any, depth: int = 0) -> torch.Tensor | None:
+    """The constant tensor behind ``node`` (a get_attr, through its weight observer)."""
+    if getattr(node, "op", "") == "get_attr":
+        val: Any = gm
+        for part in str(node.target).split("."):
+            val = getattr(val, part, None)
+        return val if isinstance(val, torch.Tensor) else None
+    if getattr(node, "op", "") == "call_module" and node.args and depth < 3:
+        return _constant(gm, node.args[0], depth + 1)
+    return None
+
+
+def _consumer_weights(gm: torch.fx.GraphModule, node: Any) -> tuple[int | None, Any]:
+    """(channel axis, per-channel weight energy) of the conv / linear layers reading an
+    observer's output (each input channel's ``sum W[:, c]**2``, normalised to mean 1; other
+    readers count 1 per channel); (None, None) when they do not agree."""
+    parts: list[tuple[int, np.ndarray] | None] = []
+    for user in node.users:
+        target = str(getattr(user, "target", ""))
+        w = _constant(gm, user.args[1]) if len(user.args) > 1 and user.args[0] is node else None
+        energy = None
+        if w is not None and "conv" in target and w.ndim >= 3:
+            groups = int(user.args[6]) if len(user.args) > 6 else 1
+            arr = w.detach().double().numpy() ** 2
+            o, ig = arr.shape[0], arr.shape[1]
+            if o % groups == 0:
+                per = arr.reshape(o, ig, -1).sum(-1).reshape(groups, o // groups, ig).sum(1)
+                energy = (1, per.reshape(-1))
+        elif w is not None and "linear" in target and w.ndim == 2:
+            energy = (-1, (w.detach().double().numpy() ** 2).sum(0))
+        parts.append(energy)
+    found = [p for p in parts if p is not None]
+    if not found or len({a for a, _ in found}) > 1 or len({len(v) for _, v in found}) > 1:
+        return None, None
+    size = len(found[0][1])
+    vecs = [v / v.mean() if v.mean() > 0 else np.ones(size) for _, v in found]
+    vecs += [np.ones(size)] * (len(parts) - len(found))
+    return found[0][0], np.mean(vecs, axis=0)
+
+
+def _watch_observers(prepared: torch.fx.GraphModule, n_batches: int) -> dict[str, Any]:
+    """Per activation observer module (an observer shared by several tensors, e.g. a permute
+    sharing its input's qparams, once, under its first name): (statistics of what it sees,
+    the consumers' channel weights, the hook's handle, every name it goes by)."""
+    from ._ranges import TensorStats
+
+    stats = {}
+    nodes = {str(n.target): n for n in prepared.graph.nodes if n.op == "call_module"}
+    groups: dict[int, list[str]] = {}
+    observers = _activation_observers(prepared)
+    for name, mod in observers.items():
+        groups.setdefault(id(mod), []).append(name)
+    for i, names in enumerate(groups.values()):
+        name, mod = names[0], observers[names[0]]
+        axis, weights = _consumer_weights(prepared, nodes[name]) if len(names) == 1 \
+            else (None, None)
+        st = TensorStats(axis, cap=32768, per_update=max(32768 // max(n_batches, 1), 256),
+                         seed=i)
+
+        def hook(_m: Any, args: Any, st: Any = st) -> None:
+            if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
+                st.update(args[0].detach().numpy())
+
+        stats[name] = (st, weights, mod.register_forward_pre_hook(hook), names)
+    return stats
+
+
+def _fix_observer_ranges(prepared: torch.fx.GraphModule, stats: dict[str, Any],
+                         config: QuantConfig) -> dict[str, Any]:
+    """Replace each watched observer by a ``FixedQParamsObserver`` holding the chosen range
+    (the int8 affine grid, -128..127); ``"auto"`` compares the candidates by the error at the
+    consuming conv / linear layers' outputs in the diagonal approximation (each channel's
+    error weighted by the energy of the weights that read it)."""
+    from torchao.quantization.pt2e.observer import FixedQParamsObserver
+
+    from ._ranges import GRIDS, _scale_zero, choose_range, range_summary
+
+    grid = GRIDS["int8"]
+    percentile = float(config.extra.get("percentile", 99.99))
+    choices = {}
+    for name, (st, weights, _handle, names) in stats.items():
+        if not st.seen:
+            continue
+        c = choose_range(st, config.range_method, grid, weights, percentile=percentile)
+        scale, zero = _scale_zero(c.low, c.high, grid)
+        fixed = FixedQParamsObserver(scale=scale, zero_point=int(zero), dtype=torch.int8,
+                                     qscheme=torch.per_tensor_affine, quant_min=grid.qmin,
+                                     quant_max=grid.qmax)
+        for alias in names:
+            setattr(prepared, alias, fixed)
+        choices[name] = c
+    record = range_summary(config.range_method, choices)
+    record["criterion"] = ("the consuming layers' outputs, diagonal approximation "
+                           "(channel error x weight energy)")
+    return record
 
 
 #: TFLite compute ops whose precision the summary reports (data input 0, weight input 1).

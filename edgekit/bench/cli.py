@@ -42,12 +42,23 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--input-key", action="append",
                    help="--data: key of each model input, in order (default x)")
     p.add_argument("--target-key", default="y", help="--data: key of the labels (default y)")
-    p.add_argument("--metric", choices=["top1", "mse", "auc"],
-                   help="metric for --data without a zoo task (default top1)")
+    p.add_argument("--metric", metavar="NAME",
+                   help="metric for --data (default: the zoo task's, else top1): top1, topK "
+                   "(e.g. top5), macro_recall, macro_f1 (classification, in %%), recall@K "
+                   "(retrieval: scores vs relevant item indices or a 0/1 relevance matrix, "
+                   "in %%), mse, auc; classification results also carry top-1, macro recall "
+                   "and macro F1")
     p.add_argument("--limit", help="score at most this many samples (>= 1)")
     p.add_argument("--baseline", help="result name the ratios are taken against "
                    "(default: the first fp32 one)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each artifact per op with its runtime's own profiler "
+                   "(ONNX Runtime, OpenVINO; LiteRT: op counts and precisions only) and write "
+                   "profile.json and profile.md beside the report (with --out)")
+    p.add_argument("--input-shape", action="append", metavar="1x3x224x224",
+                   help="shape to run and time artifacts with dynamic dimensions at, one per "
+                   "model input in order (default: the data's, else batch 1)")
     p.add_argument("--out", "-o", help="folder for bench.json, bench.md and the PNG plots")
     p.add_argument("--format", action="append", choices=["json", "md", "png"],
                    help="report files to write with --out (default all)")
@@ -69,6 +80,7 @@ def add_bench_parser(sub: Any) -> None:
 def run_bench_command(args: argparse.Namespace) -> int:
     from .arguments import check_bench_args, seconds_arg
     from .harness import bench
+    from .local_run import parse_shape
     from .report import summary_text
 
     # every number checked (NaN, inf, zero, negative, huge) before anything is loaded
@@ -85,6 +97,10 @@ def run_bench_command(args: argparse.Namespace) -> int:
         remote = RemoteDevice.parse(args.remote, key=args.remote_key, python=args.remote_python,
                                     command_timeout=remote_timeout,
                                     connect_timeout=connect_timeout, emulated=args.emulated)
+    if args.metric is not None:
+        from ..measure.scoring import plain_metric
+
+        plain_metric(args.metric)  # an unknown name: exit 2 before anything is loaded
     if args.format and not args.out:
         raise UsageError("--format needs --out")
     report = bench(
@@ -94,6 +110,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
         metric=args.metric, limit=limit, baseline=args.baseline,
         memory=not args.no_memory, remote=remote, out_dir=args.out,
         formats=tuple(args.format or ("json", "md", "png")), progress=not args.quiet,
+        input_shapes=[parse_shape(s) for s in args.input_shape] if args.input_shape else None,
+        profile=args.profile,
     )
     if args.json:
         from .report import _jsonable

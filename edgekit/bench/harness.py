@@ -60,6 +60,8 @@ def bench(
     out_dir: str | Path | None = None,
     formats: Sequence[str] = ("json", "md", "png"),
     progress: bool = True,
+    input_shapes: Sequence[Sequence[int]] | None = None,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Benchmark bundles/artifacts (and optional PyTorch ``models``) and return the report.
 
@@ -70,7 +72,12 @@ def bench(
     ``data``: a ``.npz`` (keys ``input_keys`` + ``target_key``), ``None`` for the bundle's zoo
     task, or ``"none"``. ``remote``: a :class:`~edgekit.bench.remote.RemoteDevice` to run the
     artifacts on instead of this machine. Writes ``bench.json``/``bench.md``/PNGs into
-    ``out_dir`` when given.
+    ``out_dir`` when given. ``input_shapes`` (one per model input) is the shape artifacts
+    with dynamic dimensions are run and timed at (default: the data's, else batch 1; a
+    dynamic dimension other than the batch needs it). A run whose input or output is empty
+    raises :class:`~edgekit.errors.ModelRunError`: no latency is reported for no work.
+    ``profile``: also run each artifact under its runtime's own profiler and write the per-op
+    tables (``profile.json``/``profile.md``) beside the report (see :mod:`.profile`).
     """
     say = _progress(progress)
     if isinstance(sources, (str, Path)):
@@ -85,6 +92,9 @@ def bench(
     if bad:
         raise UsageError(f"unknown output format {bad[0]!r}", hint="choose from json, md, png")
     cands = collect_candidates(list(sources), targets) if sources else []
+    if remote is not None and (input_shapes or profile):
+        raise UsageError("--input-shape and --profile run on this machine only, not with "
+                         "--remote")
     if targets and not sources:
         raise UsageError("--target needs a bundle")
     add_models(cands, models or {})
@@ -125,7 +135,9 @@ def bench(
             run_on_remote(live, rows, remote, ev, refs, runs=runs or 50, warmup=warmup,
                           threads=threads, say=say)
         else:
-            run = LocalRun(live, rows, ev, refs, device, threads, say)
+            run = LocalRun(live, rows, ev, refs, device, threads, say,
+                           input_shapes=[tuple(s) for s in input_shapes] if input_shapes
+                           else None)
             stage = "load"
             run.load()
             stage = "accuracy"
@@ -134,6 +146,9 @@ def bench(
             run.score_fidelity(baseline)
             stage = "latency"
             run.time_all(report, runs=runs, duration=duration, warmup=warmup)
+            if profile:
+                stage = "profile"
+                report["profiles"] = run.profile_all()
             stage = "memory"
             if memory:
                 run.measure_memory(report)
@@ -160,5 +175,9 @@ def bench(
         from .report import write_reports
 
         report["files"] = write_reports(report, Path(out_dir), formats)
+        if report.get("profiles"):
+            from .profile import write_profiles
+
+            report["files"]["profile"] = write_profiles(report["profiles"], Path(out_dir))
         say(f"report written to {out_dir}")
     return report

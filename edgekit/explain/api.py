@@ -8,78 +8,27 @@ and relative error against PyTorch. See :mod:`edgekit.explain.layers` for the ru
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..backends import Artifact, backend_for_file, get_backend
-from ..errors import DataError, EdgekitError, NotSupportedError, ShapeError, UsageError
-from ..measure.metrics import compare_outputs, relative_error
-from .layers import TargetResult, culprits, first_jump, layer_numbers, suggest
-from .mapping import map_layers
+from ..backends import Artifact, backend_for_file
+from ..errors import DataError, NotSupportedError, ShapeError, UsageError
+from ..measure.metrics import relative_error
+from .layers import TargetResult
+from .reference import transformed_reference
 from .report import ExplainReport
-from .tensors import RuntimeTensor
+from .target import _log, explain_target
 from .torch_capture import LayerCapture, capture_torch, fx_name_modules
 
 __all__ = ["culprit_layers", "explain", "model_from_bundle"]
 
-#: Runtimes whose intermediate tensors edgekit cannot read, and why.
-UNSUPPORTED = {
-    "executorch": "the ExecuTorch runtime exposes only a method's outputs, not the "
-                  "intermediate tensors of a lowered (XNNPACK-delegated) program; explain the "
-                  "same model on an ONNX Runtime or LiteRT target instead",
-}
-
 #: The ``--data`` samples used at most (each one runs through every artifact).
 MAX_DATA_SAMPLES = 16
-
-
-def _log(progress: bool, message: str) -> None:
-    if progress:
-        print(f"[edgekit] explain: {message}", file=sys.stderr, flush=True)
-
-
-Capture = Callable[[Artifact, list[list[np.ndarray]], dict[str, str], dict[str, int], int,
-                    dict[str, Any]], list[RuntimeTensor]]
-
-
-def _onnx(artifact: Artifact, samples: list[list[np.ndarray]], fx: dict[str, str],
-          modules: dict[str, int], threads: int, options: dict[str, Any]) -> list[RuntimeTensor]:
-    from .capture_onnx import capture_onnx
-
-    return capture_onnx(artifact.path, samples, [s.name for s in artifact.inputs], fx,
-                        threads=threads)
-
-
-def _openvino(artifact: Artifact, samples: list[list[np.ndarray]], fx: dict[str, str],
-              modules: dict[str, int], threads: int, options: dict[str, Any]
-              ) -> list[RuntimeTensor]:
-    from .capture_openvino import capture_openvino
-
-    return capture_openvino(artifact.path, samples, [s.name for s in artifact.inputs], fx,
-                            modules, threads=threads,
-                            precision=str(options.get("inference_precision", "f32")))
-
-
-def _tflite(artifact: Artifact, samples: list[list[np.ndarray]], fx: dict[str, str],
-            modules: dict[str, int], threads: int, options: dict[str, Any]) -> list[RuntimeTensor]:
-    from ..backends.tflite import _ordered
-    from .capture_tflite import capture_tflite
-
-    in_map = artifact.info.get("input_map") or {}
-    mapped = [in_map.get(s.name) for s in artifact.inputs]
-    names = ([str(n) for n in mapped] if None not in mapped
-             else _ordered([f"args_{i}" for i in range(len(artifact.inputs))]))
-    return capture_tflite(artifact.path, samples, names, modules,
-                          threads=threads)
-
-
-#: Backend name -> the function that captures its artifact's intermediate tensors.
-CAPTURES: dict[str, Capture] = {"onnxruntime": _onnx, "openvino": _openvino, "tflite": _tflite}
 
 
 # ---------------------------------------------------------------- inputs and the model
@@ -189,70 +138,14 @@ def _check_model(model: torch.nn.Module, outputs: list[list[np.ndarray]],
             hint="pass the exact model (with its trained weights) the bundle was built from")
 
 
-# ---------------------------------------------------------------- one target
-def _explain_target(name: str, artifact: Artifact, options: dict[str, Any],
-                    layers: list[LayerCapture], torch_outputs: list[list[np.ndarray]],
-                    samples: list[list[np.ndarray]], fx: dict[str, str], *, threads: int,
-                    min_sqnr_db: float, jump_db: float, progress: bool) -> TargetResult:
-    backend = artifact.backend
-    result = TargetResult(name, backend, artifact.precision)
-    if backend in UNSUPPORTED or backend not in CAPTURES:
-        result.status, result.reason = "unsupported", UNSUPPORTED.get(
-            backend, f"no intermediate-tensor capture for the {backend} runtime")
-        return result
-    reason = get_backend(backend).available()
-    if reason is not None:
-        result.status, result.reason = "skipped", reason
-        return result
-    _log(progress, f"{name}: capturing {backend}'s intermediate tensors")
-    modules = {layer.name: i for i, layer in enumerate(layers)}
-    try:
-        tensors = CAPTURES[backend](artifact, samples, fx, modules, threads, options)
-    except EdgekitError:
-        raise
-    except Exception as exc:
-        from ..errors import ModelRunError
-
-        raise ModelRunError(f"{name}: capturing the intermediate tensors of {artifact.path} "
-                            f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                            backend=backend) from exc
-    matches = map_layers(layers, tensors, torch_outputs)
-    by_name = {layer.name: layer for layer in layers}
-    int8 = {t.module for t in tensors if t.module and t.precision.startswith(("int", "uint"))}
-    for depth, (layer, match) in enumerate(zip(layers, matches)):
-        reference = by_name[match.compare_to or layer.name]
-        precision = None
-        if match.tensor is not None:
-            precision = "int8" if layer.name in int8 else match.tensor.precision
-        result.rows.append(layer_numbers(layer, depth, match, reference, precision))
-    claimed = {id(m.tensor) for m in matches if m.tensor is not None}
-    result.unmatched_tensors = sum(1 for t in tensors if id(t) not in claimed)
-    result.jump = first_jump(result.rows, min_sqnr_db=min_sqnr_db, jump_db=jump_db)
-    result.ranked = culprits(result.rows, result.jump)
-    top = result.jump or next((r for r in result.rows if result.ranked
-                               and r.module == result.ranked[0][0]), None)
-    result.suggestion = suggest(top) if top is not None else None
-    session = get_backend(backend).load(artifact, threads=threads, options=options)
-    outs = [[np.asarray(o) for o in session.run([np.asarray(x) for x in s])] for s in samples]
-    n_out = min(len(outs[0]), len(torch_outputs[0]))
-    refs = [np.concatenate([o[i] for o in torch_outputs]) for i in range(n_out)]
-    got = [np.concatenate([o[i] for o in outs]).astype(np.float64) for i in range(n_out)]
-    fid = compare_outputs(refs, got, [s.name for s in artifact.outputs][:n_out],
-                          classifier=False)
-    result.output = {"sqnr_db": fid["sqnr_db"], "cosine_min": fid["cosine_min"],
-                     "rel_error": max(relative_error(r, g) for r, g in zip(refs, got))}
-    cov = result.coverage
-    _log(progress, f"{name}: {cov['mapped']}/{cov['total']} layers mapped; first jump: "
-         f"{result.jump.module if result.jump else 'none'}")
-    return result
-
-
 # ---------------------------------------------------------------- public
 def explain(model: torch.nn.Module | None = None, artifact: str | Path | Artifact | None = None,
             inputs: Any = None, *, bundle: str | Path | None = None,
             targets: Sequence[str] | None = None, data: str | Path | None = None,
             samples: int | None = None, threads: int = 1, min_sqnr_db: float = 20.0,
-            jump_db: float = 6.0, progress: bool = True) -> ExplainReport:
+            jump_db: float = 6.0, progress: bool = True,
+            options: dict[str, Any] | None = None,
+            measure_suggestion: bool = False) -> ExplainReport:
     """Find the layer where each artifact departs from PyTorch.
 
     Two forms::
@@ -266,14 +159,20 @@ def explain(model: torch.nn.Module | None = None, artifact: str | Path | Artifac
     model input) and the model is ``model`` or the one the bundle records (see
     :func:`model_from_bundle`); the model must reproduce the bundle's reference outputs.
     ``samples`` caps the number of samples (default: every reference pair, 16 of ``data``).
+    ``options``: the runtime's load options for a bare artifact (a bundle's targets use the
+    options they record). ``measure_suggestion``: rebuild each int8 target with its first
+    culprit (and the layer reading it) in float and report the end-to-end SQNR before and
+    after (:mod:`edgekit.explain.measure`).
     """
     limit = samples
     if (bundle is None) == (artifact is None):
         raise UsageError("explain needs either bundle=... or an artifact (with model and "
                          "inputs)", hint="explain(bundle='build/cnn') or "
                          "explain(model, 'model.onnx', x)")
-    jobs: list[tuple[str, Artifact, dict[str, Any]]] = []
+    # (target, artifact, load options, the manifest's quantization entry of an int8 build)
+    jobs: list[tuple[str, Artifact, dict[str, Any], dict[str, Any] | None]] = []
     expected: list[list[np.ndarray]] | None = None
+    io_names: tuple[list[str], list[str]] | None = None
     if bundle is not None:
         from ..bundle import load_bundle
 
@@ -295,8 +194,10 @@ def explain(model: torch.nn.Module | None = None, artifact: str | Path | Artifac
                 from ..bundle import check_record
 
                 check_record(b.root, rec)
-            jobs.append((t, b.artifact(t), dict(entry.options or {})))
+            jobs.append((t, b.artifact(t), dict(entry.options or {}), entry.quantization))
         title = b.name
+        if b.manifest.model is not None:
+            io_names = (list(b.manifest.model.input_names), list(b.manifest.model.output_names))
     else:
         if model is None or inputs is None:
             raise UsageError("explain(model, artifact, inputs) needs the PyTorch model and "
@@ -308,7 +209,7 @@ def explain(model: torch.nn.Module | None = None, artifact: str | Path | Artifac
             if not path.is_file():
                 raise UsageError(f"artifact {path} does not exist", hint="check the path")
             art = backend_for_file(path).inspect(path)
-        jobs.append((f"{art.backend}-{art.precision}", art, {}))
+        jobs.append((f"{art.backend}-{art.precision}", art, dict(options or {}), None))
         feeds, source = _as_samples(inputs)[:limit], "the given inputs"
         title = type(model).__name__
         if feeds and len(feeds[0]) != len(art.inputs):
@@ -328,11 +229,54 @@ def explain(model: torch.nn.Module | None = None, artifact: str | Path | Artifac
                            [{"module": c.name, "kind": c.kind, "shape": list(c.shape)}
                             for c in layers],
                            thresholds={"min_sqnr_db": min_sqnr_db, "jump_db": jump_db})
-    for name, art, options in jobs:
-        report.targets.append(_explain_target(
-            name, art, options, layers, torch_outputs, feeds, fx, threads=threads,
-            min_sqnr_db=min_sqnr_db, jump_db=jump_db, progress=progress))
+    # one PyTorch reference per distinct set of recorded transforms (like for like)
+    refs: dict[str, tuple[list[LayerCapture], list[list[np.ndarray]], dict[str, str],
+                          dict[str, Any] | None]] = {"": (layers, torch_outputs, fx, None)}
+    for name, art, options, quant in jobs:
+        transforms = (quant or {}).get("transforms")
+        keep = list(((quant or {}).get("config") or {}).get("keep_float") or [])
+        key = json.dumps([transforms, keep], sort_keys=True, default=str) if transforms else ""
+        if key not in refs:
+            ref, note = transformed_reference(model, transforms, feeds, keep)
+            if note is None:
+                refs[key] = refs[""]
+            else:
+                _log(progress, f"{name}: re-applying its float-domain transforms "
+                     f"({', '.join(note['reapplied']) or 'none'}) to the PyTorch reference")
+                ref_layers, ref_outputs = capture_torch(ref, feeds)
+                refs[key] = (ref_layers, ref_outputs, fx_name_modules(ref, feeds[0]), note)
+        ref_layers, ref_outputs, ref_fx, note = refs[key]
+        result = explain_target(
+            name, art, options, ref_layers, ref_outputs, feeds, ref_fx, threads=threads,
+            min_sqnr_db=min_sqnr_db, jump_db=jump_db, progress=progress)
+        result.reference = note
+        if measure_suggestion and result.status == "ok" and art.precision == "int8" \
+                and result.ranked:
+            result.measured = _measure(model, art, result, feeds, torch_outputs, quant,
+                                       options, io_names or ([s.name for s in art.inputs],
+                                                             [s.name for s in art.outputs]),
+                                       [c.name for c in layers], threads, progress)
+        report.targets.append(result)
     return report
+
+
+def _measure(model: torch.nn.Module, art: Artifact, result: TargetResult,
+             feeds: list[list[np.ndarray]], torch_outputs: list[list[np.ndarray]],
+             quant: dict[str, Any] | None, options: dict[str, Any],
+             io_names: tuple[list[str], list[str]], order: list[str], threads: int,
+             progress: bool) -> dict[str, Any]:
+    from .measure import measure_suggestion
+
+    culprit = result.jump.module if result.jump is not None else result.ranked[0][0]
+    _log(progress, f"{result.target}: rebuilding with {culprit} in float to measure the gain")
+    try:
+        return measure_suggestion(
+            model, art, culprit, feeds, torch_outputs, quantization=quant, options=options,
+            input_names=io_names[0], output_names=io_names[1], order=order, threads=threads,
+            shipped_sqnr_db=(result.output or {}).get("sqnr_db"))
+    except Exception as exc:  # noqa: BLE001 - the report stands without the measurement
+        return {"culprit": culprit, "error": f"{type(exc).__name__}: "
+                f"{(str(exc).splitlines() or [''])[0][:300]}"}
 
 
 def culprit_layers(model: torch.nn.Module, artifact: str | Path | Artifact, inputs: Any, *,

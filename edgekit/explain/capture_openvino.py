@@ -33,6 +33,39 @@ def _is_quant(op: Any) -> bool:
     return t == "FakeQuantize" or name.endswith(("_DequantizeLinear", "_QuantizeLinear"))
 
 
+_FAST_ENCODER = re.compile(r"^__module\.(.+)/aten::_transformer_encoder_layer_fwd/")
+_ACTIVATIONS = ("Relu", "Gelu")
+
+
+def _encoder_layers(ops: Sequence[Any], modules: Mapping[str, int]) -> dict[str, str]:
+    """Op name -> leaf module inside a ``nn.TransformerEncoderLayer`` exported through
+    PyTorch's fused inference path (one ``_transformer_encoder_layer_fwd`` op, so the
+    friendly names stop at the layer): the two layer norms are its MVN ops in order, the
+    feed-forward activation's op is ``dropout``'s value (eval dropout passes it on), and the
+    ops right before and after it (with their bias Add) are ``linear1`` and ``linear2``."""
+    blocks: dict[str, list[Any]] = {}
+    for op in ops:
+        m = _FAST_ENCODER.match(op.get_friendly_name())
+        if m and op.get_type_name() not in _SKIP:
+            blocks.setdefault(m.group(1), []).append(op)
+    out: dict[str, str] = {}
+    for layer, block in blocks.items():
+        kinds = [op.get_type_name() for op in block]
+        norms = [op for op in block if op.get_type_name() == "MVN"]
+        act = next((i for i, k in enumerate(kinds) if k in _ACTIVATIONS), None)
+        picks: list[tuple[str, Any]] = list(zip(("norm1", "norm2"), norms))
+        if act is not None and act >= 1:
+            picks.append(("linear1", block[act - 1]))
+            picks.append(("dropout", block[act]))
+            after = act + 2 if kinds[act + 1:act + 3] == ["MatMul", "Add"] else act + 1
+            if after < len(block) and kinds[act + 1] == "MatMul":
+                picks.append(("linear2", block[after]))
+        for leaf, op in picks:
+            if f"{layer}.{leaf}" in modules:
+                out[op.get_friendly_name()] = f"{layer}.{leaf}"
+    return out
+
+
 def capture_openvino(path: Path, samples: Sequence[Sequence[np.ndarray]],
                      input_names: list[str], fx_modules: Mapping[str, str],
                      modules: Mapping[str, int],
@@ -47,6 +80,7 @@ def capture_openvino(path: Path, samples: Sequence[Sequence[np.ndarray]],
     constant: set[str] = set()  # ops computed from constants only (dequantized weights)
     ports: list[tuple[str, set[str], RuntimeTensor]] = []
     output_names = [set(o.get_names()) for o in model.outputs]
+    encoder = _encoder_layers(model.get_ordered_ops(), modules)
     for order, op in enumerate(model.get_ordered_ops()):
         kind = op.get_type_name()
         name = op.get_friendly_name()
@@ -63,11 +97,16 @@ def capture_openvino(path: Path, samples: Sequence[Sequence[np.ndarray]],
         m = _MODULE.match(name)
         if m and m.group(1) in modules:
             module, source = m.group(1), "metadata"
+        elif name in encoder:
+            module, source = encoder[name], "metadata"
         named = resolve_all([*sorted(port.get_names()), name], fx_modules)
         if module is None and named:
             module, source = named[0], "tensor name"
-        from_int = parent in int_domain or (
-            act_inputs and act_inputs[0].output(0).get_element_type().is_integral())
+        # integer inputs that are quantized levels (not token indices read by a Gather or
+        # converted from an integer model input)
+        from_int = kind != "Gather" and (parent in int_domain or (
+            act_inputs and act_inputs[0].get_type_name() != "Parameter"
+            and act_inputs[0].output(0).get_element_type().is_integral()))
         if parent is not None and (module is None or from_int) and (
                 _is_quant(op) or kind in ("Convert", "FakeQuantize") or from_int):
             if module_of.get(parent) is not None:

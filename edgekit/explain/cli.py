@@ -31,7 +31,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             model = get_spec(args.model).factory().eval()
     report = explain(model, bundle=args.bundle, targets=args.target or None, data=args.data,
                      threads=args.threads, min_sqnr_db=args.min_sqnr_db, jump_db=args.jump_db,
-                     progress=not args.quiet, samples=args.samples)
+                     progress=not args.quiet, samples=args.samples,
+                     measure_suggestion=args.measure_suggestion)
     report.write(json_path=args.json, markdown=args.markdown, plot=args.plot)
     print(report.table())
     return 0
@@ -67,6 +68,10 @@ def add_explain_parser(sub: Any) -> None:
                    help="first jump: effective SQNR below this (default 20 dB) ...")
     p.add_argument("--jump-db", type=float, default=6.0,
                    help="... and this far below the previous mapped layer's (default 6 dB)")
+    p.add_argument("--measure-suggestion", action="store_true",
+                   help="rebuild each int8 target with its first culprit (then with the layer "
+                   "reading it too) in float, calibrated on the explain inputs, and report the "
+                   "end-to-end SQNR gained")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the report as Markdown")
     p.add_argument("--plot", metavar="PNG", help="write SQNR along depth, one line a runtime")

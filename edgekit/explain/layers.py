@@ -65,6 +65,9 @@ class LayerNumbers:
     rel_error: float | None = None
     ref_absmax: float | None = None
     out_absmax: float | None = None
+    #: The layer alone, fed with PyTorch's own inputs (effective SQNR, dB); None where the
+    #: runtime offers no way to run one layer (see :mod:`edgekit.explain.local_onnx`).
+    local_sqnr_db: float | None = None
 
     @property
     def mapped(self) -> bool:
@@ -81,6 +84,8 @@ class LayerNumbers:
         for k in ("cosine", "sqnr_db", "channel_sqnr_db", "effective_sqnr_db", "max_abs",
                   "rel_error"):
             out[k] = json_number(getattr(self, k))
+        out["local_sqnr_db"] = ("n/a" if self.local_sqnr_db is None
+                                else json_number(self.local_sqnr_db))
         return out
 
 
@@ -186,6 +191,12 @@ class TargetResult:
     ranked: list[tuple[str, float]] = field(default_factory=list)
     suggestion: dict[str, str] | None = None
     output: dict[str, Any] | None = None
+    #: The float-domain transforms re-applied to the PyTorch reference (None: the model as
+    #: given), see :mod:`edgekit.explain.reference`.
+    reference: dict[str, Any] | None = None
+    #: The suggestion's measured gain (``measure_suggestion=True``), see
+    #: :mod:`edgekit.explain.measure`.
+    measured: dict[str, Any] | None = None
 
     @property
     def coverage(self) -> dict[str, Any]:
@@ -208,8 +219,11 @@ class TargetResult:
             return out
         out["coverage"] = self.coverage
         out["output"] = self.output
+        out["reference"] = self.reference
         out["first_jump"] = self.jump.module if self.jump else None
         out["culprits"] = [{"module": m, "sqnr_lost_db": json_number(d)} for m, d in self.ranked]
         out["suggestion"] = self.suggestion
+        if self.measured is not None:
+            out["suggestion_measured"] = self.measured
         out["layers"] = [r.to_json() for r in self.rows]
         return out

@@ -18,7 +18,9 @@ Rules, in order:
    eval Dropout) shares the predecessor's tensor.
 6. **fused**: a module the metadata lists as fused into the next module's tensor (``also``), or
    a module with parameters whose next module has a tensor and the same output shape (Conv +
-   ReLU, Linear + ReLU), is measured at that tensor against the next module's PyTorch output.
+   ReLU, Linear + ReLU), is measured at that tensor against the next module's PyTorch output;
+   so is the ``Identity`` a BatchNorm folded into the conv before it leaves behind (a
+   like-for-like reference, :mod:`edgekit.explain.reference`), with that conv.
    (A parameterless module with no tensor, such as a Dropout before a residual add, is not
    claimed: the runtime simply has no value for it.)
 
@@ -51,6 +53,15 @@ class LayerMatch:
     #: The module whose PyTorch output the values compare with: this one, or for a module the
     #: runtime fused into a later one (Conv + ReLU), that later module.
     compare_to: str | None = None
+
+
+def _folded(layers: Sequence[LayerCapture], i: int) -> bool:
+    """An ``Identity`` that passes on the output of a module with parameters: a BatchNorm
+    folded into the conv before it (the int8 build's batch-norm folding leaves one)."""
+    if i == 0 or layers[i].kind != "Identity" or not layers[i - 1].params:
+        return False
+    a, b = layers[i - 1].stacked(), layers[i].stacked()
+    return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
 def align(t: RuntimeTensor, shape: tuple[int, ...]) -> tuple[str | None, list[np.ndarray]] | None:
@@ -170,7 +181,8 @@ def map_layers(layers: Sequence[LayerCapture], tensors: Sequence[RuntimeTensor],
         if matches[i].tensor is not None or nxt.tensor is None:
             continue
         named = any(layers[i].name in t.also for t in by_module.get(nxt.module, []))
-        if named or (layers[i].params and layers[i].shape == layers[i + 1].shape):
+        if named or ((layers[i].params or _folded(layers, i))
+                     and layers[i].shape == layers[i + 1].shape):
             matches[i] = _fused(layers[i], nxt if not nxt.how.startswith("fused")
                                 else matches[[m.module for m in matches].index(
                                     nxt.compare_to or nxt.module)])

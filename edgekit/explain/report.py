@@ -25,6 +25,23 @@ def _db(x: float | None) -> str:
     return f"{x:.1f}"
 
 
+def _measured(m: dict[str, Any] | None) -> list[str]:
+    """Lines for a suggestion's measured gain (:mod:`edgekit.explain.measure`)."""
+    if not m:
+        return []
+    if "error" in m:
+        return [f"measuring the suggestion failed: {m['error']}"]
+    out = [f"measured (rebuilt, calibrated on {m['calibration']}; shipped artifact "
+           f"{_db(m.get('shipped_sqnr_db'))} dB):"]
+    for v in m["variants"]:
+        keep = ", ".join(v["keep_float"]) or "as recorded"
+        gain = v.get("gain_db")
+        out.append(f"  keep_float [{keep}]: {_db(v['sqnr_db'])} dB end to end"
+                   + (f" ({gain:+.1f} dB)" if isinstance(gain, float) and v["keep_float"]
+                      else ""))
+    return out
+
+
 @dataclass
 class ExplainReport:
     """Returned by :func:`edgekit.explain`; ``targets`` in the order asked for."""
@@ -95,6 +112,7 @@ class ExplainReport:
             if t.jump is not None and t.suggestion:
                 lines.append(f"  {t.suggestion['symptom']}")
                 lines.append(f"  suggested: {t.suggestion['action']}")
+            lines += [f"  {m}" for m in _measured(t.measured)]
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -103,7 +121,9 @@ class ExplainReport:
                f"{self.samples} reference samples from {self.inputs}. Cells: effective SQNR "
                "(dB, the smaller of the tensor's and the median channel's) of the runtime's "
                "own tensor against the PyTorch module's output, then the precision the runtime "
-               "ran it in. `*` first jump, `~` fused into the next layer, `-` unmapped.", "",
+               "ran it in. `*` first jump, `~` fused into the next layer, `-` unmapped. Per "
+               "target, *local SQNR*: the layer alone fed with PyTorch's own inputs (n/a where "
+               "the runtime cannot run one layer alone).", "",
                "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows[1:]]
         for t in self.targets:
@@ -123,15 +143,18 @@ class ExplainReport:
             if t.suggestion and t.jump is not None:
                 out.append(f"- symptom: {t.suggestion['symptom']}")
                 out.append(f"- suggested: {t.suggestion['action']}")
+            out += [f"- {m}" for m in _measured(t.measured)]
             out += ["", "| module | tensor | how | precision | cosine | SQNR dB | channel SQNR "
-                    "dB | max abs | rel error |", "|---|---|---|---|---|---|---|---|---|"]
+                    "dB | local SQNR dB | max abs | rel error |",
+                    "|---|---|---|---|---|---|---|---|---|---|"]
             for r in t.rows:
                 if not r.mapped:
-                    out.append(f"| {r.module} | - | unmapped | | | | | | |")
+                    out.append(f"| {r.module} | - | unmapped | | | | | | | |")
                     continue
+                local = "n/a" if r.local_sqnr_db is None else _db(r.local_sqnr_db)
                 out.append(f"| {r.module} | `{str(r.tensor)[:60]}` | {r.how} | {r.precision} | "
                            f"{r.cosine:.6f} | {_db(r.sqnr_db)} | {_db(r.channel_sqnr_db)} | "
-                           f"{r.max_abs:.3g} | {r.rel_error:.3g} |")
+                           f"{local} | {r.max_abs:.3g} | {r.rel_error:.3g} |")
         return "\n".join(out) + "\n"
 
     def write(self, *, json_path: str | Path | None = None, markdown: str | Path | None = None,

@@ -39,8 +39,8 @@ import numpy as np
 
 __all__ = ["REL_FLOOR", "centred_cosine", "classification_metrics", "compare_outputs",
            "confusion_matrix", "cosine", "json_number", "macro_f1", "macro_recall",
-           "max_abs_error", "max_rel_error", "mean_iou", "sqnr_db", "top1_agreement",
-           "top1_matches"]
+           "max_abs_error", "max_rel_error", "mean_iou", "recall_at_k", "sqnr_db",
+           "top1_agreement", "top1_matches", "topk_accuracy"]
 
 #: Denominator floor of the relative error.
 REL_FLOOR = 1e-6
@@ -173,6 +173,13 @@ def compare_outputs(refs: Sequence[np.ndarray], outs: Sequence[np.ndarray],
 #   precision ``P = TP / (TP + FP)`` (0 when the class is never predicted) and ``F1 = 0`` when
 #   ``P + R = 0``; in percent. Classes absent from the targets are left out of the average
 #   (a sample wrongly predicted as one still counts against its true class's recall).
+# * :func:`recall_at_k`: retrieval, scores (N queries, M items). With ``relevant`` a 0/1 (or
+#   boolean) matrix (N, M), the mean over the queries that have a relevant item of
+#   ``|relevant among the k highest-scored| / |relevant|``; with ``relevant`` one item index
+#   per query (N,), the fraction of queries whose item is among their k highest scores. In
+#   percent. Ties at the k-th score are broken by the lower item index (a stable order).
+# * :func:`topk_accuracy`: classification, the % of samples whose true class is among the k
+#   highest logits: :func:`recall_at_k` with one relevant item (the class) per sample.
 # * :func:`mean_iou`: per-pixel segmentation, the mean over classes present in the targets or
 #   the predictions of ``|pred = c and target = c| / |pred = c or target = c|``, in percent.
 
@@ -224,6 +231,34 @@ def classification_metrics(logits: Any, targets: Any) -> dict[str, float]:
     t = np.asarray(targets).reshape(-1)
     top1 = float(100.0 * np.mean(_predictions(logits, len(t)) == t)) if t.size else 0.0
     return {"top1": top1, "macro_recall": macro_recall(logits, t), "macro_f1": macro_f1(logits, t)}
+
+
+def recall_at_k(scores: Any, relevant: Any, k: int) -> float:
+    """Recall@k (%) of ``scores`` (N queries, M items) against ``relevant`` ((N, M) 0/1, or
+    (N,) item indices); see the notes."""
+    if int(k) < 1:
+        raise ValueError(f"recall@k needs k >= 1, got {k}")
+    rel = np.asarray(relevant)
+    n = len(rel)
+    s = np.asarray(scores, dtype=np.float64).reshape(n, -1)
+    k = min(int(k), s.shape[1])
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    if rel.ndim == 1:
+        return float(100.0 * np.mean((top == rel.astype(np.int64)[:, None]).any(axis=1))) \
+            if n else 0.0
+    rel = rel.reshape(n, -1).astype(bool)
+    if rel.shape != s.shape:
+        raise ValueError(f"relevance matrix {rel.shape} does not match scores {s.shape}")
+    have = rel.sum(axis=1)
+    hits = np.take_along_axis(rel, top, axis=1).sum(axis=1)
+    keep = have > 0
+    return float(100.0 * np.mean(hits[keep] / have[keep])) if keep.any() else 0.0
+
+
+def topk_accuracy(logits: Any, targets: Any, k: int) -> float:
+    """% of samples whose true class is among the ``k`` highest of ``logits`` (N, classes)."""
+    t = np.asarray(targets).reshape(-1)
+    return recall_at_k(logits, t, k)
 
 
 def mean_iou(logits: Any, targets: Any) -> float:

@@ -19,7 +19,7 @@ from ..errors import UnknownNameError
 if TYPE_CHECKING:
     from ..data.task import Split, Task
 
-__all__ = ["PLAIN_METRICS", "evaluate_session", "plain_metric", "session_outputs",
+__all__ = ["METRIC_NAMES", "PLAIN_METRICS", "evaluate_session", "plain_metric", "session_outputs",
            "split_batches"]
 
 #: A score: (stacked outputs, targets, inputs) -> number.
@@ -72,13 +72,49 @@ def _auc(outputs: Sequence[np.ndarray], targets: np.ndarray, inputs: Any = None)
     return auc(scores[:, -1] if scores.shape[1] > 1 else scores[:, 0], targets)
 
 
-#: name -> (score function, higher is better, classifier-like outputs)
+def _macro_recall(outputs: Sequence[np.ndarray], targets: np.ndarray, inputs: Any = None
+                  ) -> float:
+    from .metrics import macro_recall
+
+    return macro_recall(outputs[0], targets)
+
+
+def _macro_f1(outputs: Sequence[np.ndarray], targets: np.ndarray, inputs: Any = None) -> float:
+    from .metrics import macro_f1
+
+    return macro_f1(outputs[0], targets)
+
+
+def _at_k(k: int, retrieval: bool) -> Score:
+    def score(outputs: Sequence[np.ndarray], targets: np.ndarray, inputs: Any = None) -> float:
+        from .metrics import recall_at_k, topk_accuracy
+
+        if retrieval:
+            return recall_at_k(outputs[0], targets, k)
+        return topk_accuracy(outputs[0], targets, k)
+    return score
+
+
+#: name -> (score function, higher is better, classifier-like outputs); plus ``topK`` (top-k
+#: accuracy, e.g. top5) and ``recall@K`` (retrieval: scores against relevant item indices or a
+#: 0/1 relevance matrix), see :func:`plain_metric`.
 PLAIN_METRICS: dict[str, tuple[Score, bool, bool]] = {
-    "top1": (_top1, True, True), "mse": (_mse, False, False), "auc": (_auc, True, False)}
+    "top1": (_top1, True, True), "mse": (_mse, False, False), "auc": (_auc, True, False),
+    "macro_recall": (_macro_recall, True, True), "macro_f1": (_macro_f1, True, True)}
+
+#: The names ``plain_metric`` takes, as shown to users.
+METRIC_NAMES = ("top1", "topK (e.g. top5)", "recall@K (e.g. recall@10)", "macro_recall",
+                "macro_f1", "mse", "auc")
 
 
 def plain_metric(name: str) -> tuple[Score, bool, bool]:
-    """(score, higher is better, classifier-like) of a plain metric; UnknownNameError else."""
-    if name not in PLAIN_METRICS:
-        raise UnknownNameError("metric", name, PLAIN_METRICS)
-    return PLAIN_METRICS[name]
+    """(score, higher is better, classifier-like) of a plain metric; UnknownNameError else.
+    ``topK`` and ``recall@K`` take any K >= 1."""
+    import re
+
+    if name in PLAIN_METRICS:
+        return PLAIN_METRICS[name]
+    m = re.fullmatch(r"(top|recall@)([0-9]+)", str(name))
+    if m and int(m.group(2)) >= 1:
+        return _at_k(int(m.group(2)), m.group(1) == "recall@"), True, m.group(1) == "top"
+    raise UnknownNameError("metric", str(name), [*PLAIN_METRICS, "top5", "recall@10"])

@@ -199,17 +199,19 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
+        # fixed at construction: pruning that shrinks head_dim keeps each head's softmax scale
+        self.scale = 1.0 / math.sqrt(self.head_dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, d = x.shape
+        b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+        scores = (q @ k.transpose(-2, -1)) * self.scale
         if mask is not None:
             scores = scores + mask
-        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1)
         return self.proj(out)
 
 

@@ -11,7 +11,12 @@ all-head size). Sites are found for
 * the popular transformer library's attention modules: BERT-style ``query``/``key``/``value``
   with the parent's ``output.dense`` (``num_attention_heads``, ``attention_head_size``,
   ``all_head_size``) and ``q_proj``/``k_proj``/``v_proj`` with ``o_proj``/``out_proj``
-  (``num_heads`` or ``num_attention_heads``, ``head_dim``), as in ViT, CLIP or wav2vec 2.0.
+  (``num_heads`` or ``num_attention_heads``, ``head_dim``), as in ViT, CLIP or wav2vec 2.0,
+* fused projections (timm's and edgekit's own ViT / BERT layout): one ``qkv`` linear layer
+  whose rows are the q, k and v blocks one after the other (each ``heads * head_dim`` wide),
+  ``proj`` / ``out_proj`` reading the heads' concatenation, and ``heads`` / ``num_heads`` and
+  ``head_dim`` attributes the forward reshapes with. The three blocks lose the same rows, so
+  q, k and v keep one head size.
 
 Removing head ``h`` removes rows ``h*d .. h*d+d-1`` of the q, k and v projections and the same
 columns of the output projection; the kept heads' weights are untouched, so they compute
@@ -40,9 +45,11 @@ ATTENTION_MODES = ("head_dim", "heads", "keep")
 
 _Q, _K, _V = ("query", "q_proj", "q_lin"), ("key", "k_proj", "k_lin"), ("value", "v_proj", "v_lin")
 _OUT = ("o_proj", "out_proj", "out_lin")
+_FUSED, _FUSED_OUT = ("qkv", "qkv_proj", "Wqkv"), ("proj", "o_proj", "out_proj", "out_lin")
 _PROJ_HINTS = ("qkv", "query", "key", "value", "q_", "k_", "v_", "to_q", "to_k", "to_v",
                "in_proj", "c_attn")
-_HEADS, _DIM = ("num_attention_heads", "num_heads", "n_heads"), ("attention_head_size", "head_dim")
+_HEADS = ("num_attention_heads", "num_heads", "n_heads", "heads")
+_DIM = ("attention_head_size", "head_dim")
 
 
 class PrunableMultiheadAttention(nn.Module):
@@ -149,6 +156,8 @@ class AttentionSite:
     out: nn.Linear
     heads_attr: str
     dim_attr: str
+    #: q, k and v are the three row blocks of one linear layer (``q is k is v``)
+    fused: bool = False
 
     @property
     def heads(self) -> int:
@@ -160,7 +169,17 @@ class AttentionSite:
 
     @property
     def v_head_dim(self) -> int:
-        return self.v.out_features // self.heads
+        return self.v_width // self.heads
+
+    @property
+    def qk_width(self) -> int:
+        """Rows of the query (and key) projection."""
+        return self.q.out_features // 3 if self.fused else self.q.out_features
+
+    @property
+    def v_width(self) -> int:
+        """Rows of the value projection."""
+        return self.v.out_features // 3 if self.fused else self.v.out_features
 
 
 def _child(module: nn.Module, names: tuple[str, ...]) -> nn.Linear | None:
@@ -178,9 +197,21 @@ def find_sites(model: nn.Module) -> list[AttentionSite]:
     sites: list[AttentionSite] = []
     for name, mod in named.items():
         q, k, v = _child(mod, _Q), _child(mod, _K), _child(mod, _V)
-        heads_attr = next((a for a in _HEADS if isinstance(getattr(mod, a, None), int)), None)
+        heads_attr = next((a for a in _HEADS if isinstance(getattr(mod, a, None), int)
+                           and not isinstance(getattr(mod, a), bool)), None)
         dim_attr = next((a for a in _DIM if isinstance(getattr(mod, a, None), int)), None)
-        if q is None or k is None or v is None or heads_attr is None or dim_attr is None:
+        if heads_attr is None or dim_attr is None:
+            continue
+        fused = _child(mod, _FUSED)
+        if fused is not None and q is None and k is None and v is None:
+            out = _child(mod, _FUSED_OUT)
+            width = getattr(mod, heads_attr) * getattr(mod, dim_attr)
+            if out is not None and fused.out_features == 3 * width and \
+                    out.in_features == width and width > 0:
+                sites.append(AttentionSite(name, mod, fused, fused, fused, out, heads_attr,
+                                           dim_attr, fused=True))
+            continue
+        if q is None or k is None or v is None:
             continue
         out = _child(mod, _OUT)
         if out is None and name:  # BERT: the parent's output.dense
@@ -213,21 +244,31 @@ def unrecognised_attention(model: nn.Module, sites: list[AttentionSite]) -> list
 def head_importance(site: AttentionSite) -> torch.Tensor:
     """Each head's L2 norm over its q/k/v rows and output-projection columns."""
     h, d, dv = site.heads, site.head_dim, site.v_head_dim
+    wq, wk, wv = _qkv_weights(site)
     with torch.no_grad():
-        score = (site.q.weight.detach().float().view(h, d, -1).pow(2).sum((1, 2))
-                 + site.k.weight.detach().float().view(h, d, -1).pow(2).sum((1, 2)))
-        score = score + site.v.weight.detach().float().view(h, dv, -1).pow(2).sum((1, 2))
+        score = (wq.view(h, d, -1).pow(2).sum((1, 2)) + wk.view(h, d, -1).pow(2).sum((1, 2)))
+        score = score + wv.view(h, dv, -1).pow(2).sum((1, 2))
         score = score + site.out.weight.detach().float().view(-1, h, dv).pow(2).sum((0, 2))
     return score.sqrt()
+
+
+def _qkv_weights(site: AttentionSite) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The query, key and value weights of ``site`` (the row blocks of a fused layer)."""
+    if site.fused:
+        wq, wk, wv = site.q.weight.detach().float().split(
+            [site.qk_width, site.qk_width, site.v_width])
+        return wq, wk, wv
+    return (site.q.weight.detach().float(), site.k.weight.detach().float(),
+            site.v.weight.detach().float())
 
 
 def _dim_importance(site: AttentionSite) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head, per-position L2 norms: (heads, head_dim) for q/k, (heads, v_head_dim) for v."""
     h, d, dv = site.heads, site.head_dim, site.v_head_dim
+    wq, wk, wv = _qkv_weights(site)
     with torch.no_grad():
-        qk = (site.q.weight.detach().float().view(h, d, -1).pow(2).sum(2)
-              + site.k.weight.detach().float().view(h, d, -1).pow(2).sum(2))
-        vo = site.v.weight.detach().float().view(h, dv, -1).pow(2).sum(2)
+        qk = wq.view(h, d, -1).pow(2).sum(2) + wk.view(h, d, -1).pow(2).sum(2)
+        vo = wv.view(h, dv, -1).pow(2).sum(2)
         vo = vo + site.out.weight.detach().float().view(-1, h, dv).pow(2).sum(0)
     return qk.sqrt(), vo.sqrt()
 
@@ -256,13 +297,18 @@ def shrink(site: AttentionSite, qk_drop: list[int], v_drop: list[int], heads: in
            head_dim: int, v_head_dim: int) -> None:
     """Remove rows ``qk_drop`` of q/k, rows ``v_drop`` of v (and those output-projection
     columns) and set the head attributes the forward reads."""
-    qk_keep = _keep(site.q.out_features, qk_drop).to(site.q.weight.device)
-    v_keep = _keep(site.v.out_features, v_drop).to(site.v.weight.device)
-    if len(qk_keep) != heads * head_dim or len(v_keep) != heads * v_head_dim or heads < 1:
+    qk_keep = _keep(site.qk_width, qk_drop).to(site.q.weight.device)
+    v_keep = _keep(site.v_width, v_drop).to(site.v.weight.device)
+    if len(qk_keep) != heads * head_dim or len(v_keep) != heads * v_head_dim or heads < 1 or \
+            (site.fused and head_dim != v_head_dim):
         raise ConfigError(f"attention pruning record for {site.name!r} does not fit the layer")
-    _rows(site.q, qk_keep)
-    _rows(site.k, qk_keep)
-    _rows(site.v, v_keep)
+    if site.fused:  # the q, k and v row blocks of one layer lose the same rows
+        qk = site.qk_width
+        _rows(site.q, torch.cat([qk_keep, qk_keep + qk, v_keep + 2 * qk]))
+    else:
+        _rows(site.q, qk_keep)
+        _rows(site.k, qk_keep)
+        _rows(site.v, v_keep)
     _cols(site.out, v_keep)
     mod = site.module
     setattr(mod, site.heads_attr, heads)
@@ -295,6 +341,9 @@ def prune_site(site: AttentionSite, mode: str, remove: int) -> dict[str, Any] | 
         if n_qk <= 0 and n_v <= 0:
             return None
         qk_imp, v_imp = _dim_importance(site)
+        if site.fused:  # one head size for q, k and v: drop the same positions from all three
+            n_qk = n_v = min(n_qk, n_v)
+            qk_imp = v_imp = qk_imp + v_imp
         qk_drop = sorted(g * d + int(j) for g in range(h)
                          for j in torch.argsort(qk_imp[g])[:n_qk].tolist())
         v_drop = sorted(g * dv + int(j) for g in range(h)

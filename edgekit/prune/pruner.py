@@ -21,7 +21,7 @@ from typing import Any
 import torch_pruning as tp
 from torch import nn
 
-from ..errors import ConfigError, EdgekitError, UsageError
+from ..errors import ConfigError, EdgekitError, NotSupportedError, UsageError
 from .atomic import commit, failing_layer, pruning_failure, working_copy
 from .attention import (
     ATTENTION_MODES,
@@ -320,6 +320,13 @@ def _check_runs(work: nn.Module, inputs: tuple, groups: list[dict[str, Any]]) ->
     if broken is None:
         return
     layer, what = broken
+    if layer in {g["layer"] for g in groups if g.get("kind") == "attention"}:
+        raise NotSupportedError(
+            f"pruning failed at attention layer {layer!r} when the pruned model ran: {what}. "
+            "The model passed in is unchanged.",
+            hint="its forward does not follow the head count / head size attributes edgekit "
+                 "updated (e.g. it reshapes the heads' output to the input width): leave "
+                 f"attention widths alone with attention='keep' or keep_layers=[{layer!r}]")
     coupled = sorted({n for g in groups for n, kind in g.get("layers", ())
                       if kind == "out" and [layer, "in"] in g.get("layers", ())} | {layer})
     raise pruning_failure(RuntimeError(what), layer=layer, coupled=coupled,

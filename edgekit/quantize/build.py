@@ -148,6 +148,8 @@ class Int8Build:
         self.source_choice: dict[str, Any] | None = None
         self.alternative: str | None = None
         self.fallback_layers: list[str] = []
+        #: explain's culprits of the first variant that missed the gate (manifest record).
+        self.culprits: dict[str, Any] | None = None
         self.workdir = Path()  # a temporary folder while :meth:`run` runs
         self._fp32: Artifact | None = None
         self._count = 0
@@ -168,13 +170,15 @@ class Int8Build:
         c = self.config
         key = repr(("transforms", c.equalize, c.equalize_relu6,
                     c.bias_correction and c.per_channel, c.smoothquant, c.smoothquant_alpha,
-                    tuple(self.keep)))
+                    c.adaround and c.per_channel, c.adaround_iterations, tuple(self.keep)))
         if key not in self.memo:
             try:
                 out, record = apply_transforms(
                     model, self.calibration, equalize=c.equalize, relu6=c.equalize_relu6,
                     bias_correction=c.bias_correction and c.per_channel,
-                    smoothquant=c.smoothquant, alpha=c.smoothquant_alpha, keep_float=self.keep)
+                    smoothquant=c.smoothquant, alpha=c.smoothquant_alpha,
+                    adaround=c.adaround and c.per_channel,
+                    adaround_iterations=c.adaround_iterations, keep_float=self.keep)
             except Exception as exc:  # noqa: BLE001 - an optimisation: build without it
                 out, record = model, {"applied": [], "error": _first_line(exc)}
                 self.log(f"float-domain transforms skipped ({_first_line(exc)})")
@@ -182,8 +186,20 @@ class Int8Build:
                 record.setdefault("skipped", {})["bias_correction"] = (
                     "per-tensor weights (per_channel = false): the correction targets the "
                     "per-channel int8 grid")
+            if c.adaround and not c.per_channel:
+                record.setdefault("skipped", {})["adaround"] = (
+                    "per-tensor weights (per_channel = false): the learned rounding targets "
+                    "the per-channel int8 grid")
             if record["applied"]:
                 self.log("float-domain transforms: " + ", ".join(record["applied"]))
+            if record.get("bias_absorbed"):
+                # the biases bias absorption set, estimated on the calibration data: for
+                # explain's like-for-like reference (edgekit.explain.reference)
+                names = {n for pair in record["bias_absorbed"] for n in pair.split(" -> ")}
+                biases = {n: getattr(out.get_submodule(n), "bias", None) for n in sorted(names)}
+                record["absorbed_biases"] = {n: b.detach().double().tolist()
+                                             for n, b in biases.items()
+                                             if isinstance(b, torch.Tensor)}
             self.memo[key] = (out, record)
         return self.memo[key]  # type: ignore[no-any-return]
 
@@ -261,6 +277,47 @@ class Int8Build:
                    if not o.passed]
             parts.append("it misses the profile's tolerance (" + " | ".join(bad) + ")")
         return " and ".join(parts) or None
+
+    def runtime_culprits(self, v: Variant) -> dict[str, Any]:
+        """The layers where ``v``'s artifact departs from PyTorch, read from the runtime's own
+        tensors (:func:`edgekit.explain.culprits.gate_culprits` on a few held-out or
+        calibration samples, one thread). Never raises: when explain cannot read the artifact
+        the record says why and the fallback uses the PyTorch-side sensitivity ranking."""
+        samples = (self.holdout or self.calibration)[:4]
+        quantizable = [n for n, _ in quantizable_layers(self.model)]
+        try:
+            from ..explain.culprits import gate_culprits
+
+            assert v.art is not None
+            record = gate_culprits(self.model, v.art, samples, quantizable,
+                                   options=self.load_options, threads=1)
+        except Exception as exc:  # noqa: BLE001 - a diagnosis: the build goes on without it
+            self.log(f"explain could not rank this variant's layers ({_first_line(exc)}); "
+                     "using the PyTorch-side sensitivity ranking")
+            return {"source": "pytorch sensitivity (explain failed on the artifact)",
+                    "error": _first_line(exc), "layers": [], "try_first": []}
+        if record["layers"]:
+            self.log("the runtime's own tensors depart from PyTorch first at " + ", ".join(
+                f"{r['module']} ({r['sqnr_db']} dB)" for r in record["layers"]))
+        return record
+
+    def _culprit_message(self) -> tuple[str, str | None]:
+        """The error's sentence naming the runtime culprits, and the hint to keep them."""
+        rec = self.culprits or {}
+        rows = rec.get("layers") or []
+        if not rows:
+            return "", None
+        named = "; ".join(
+            f"{r['module']} ({r['kind']}: SQNR {r['sqnr_db']} dB there, "
+            f"{r['sqnr_lost_db']} dB lost{', the first jump' if r['first_jump'] else ''})"
+            for r in rows)
+        keep = [n for n in rec.get("try_first", []) if n not in self.keep][:2] or \
+            [rows[0]["module"]]
+        hint = (f"keep the culprit in float: keep_float = {keep!r} under [quantization] in the "
+                f"recipe, or quantization={{'keep_float': {keep!r}}}; or raise the profile's "
+                "[gate] / [accuracy] limits")
+        return (f" The {self.profile.backend} artifact's own tensors depart from PyTorch "
+                f"at: {named}.", hint)
 
     def _drop(self, v: Variant | None) -> None:
         if v is not None and v.where is not None:
@@ -355,6 +412,10 @@ class Int8Build:
                     v, self.alternative = alt, label
                     break
                 self._drop(alt)
+        if v.failed is not None and self.culprits is None:
+            self.culprits = self.runtime_culprits(v)
+            first = [n for n in self.culprits["try_first"] if n not in self.keep]
+            ranked = first + [n for n in ranked if n not in first]
         if cfg.fallback and self.prepared is None and v.failed is not None:
             k = 1
             while k <= min(cfg.max_fallback, len(ranked)):
@@ -370,11 +431,13 @@ class Int8Build:
         if v.failed is not None:
             table = [{**r, "precision": "fp32" if r["layer"] in self.keep else "int8"}
                      for r in self.sensitivity()]
+            found, hint = self._culprit_message()
             raise QuantizationError(
                 f"target {self.profile.name}: {v.failed} (tried {len(self.attempts)} layer "
-                "choice(s)). Per-layer sensitivity (SQNR of the output with only that layer "
-                "quantized; lowest first):",
-                table=table, suggested_float=self.keep + ranked[: max(1, min(3, len(ranked)))])
+                f"choice(s)).{found} Per-layer sensitivity (SQNR of the output with only that "
+                "layer quantized; lowest first):",
+                table=table, suggested_float=self.keep + ranked[: max(1, min(3, len(ranked)))],
+                hint=hint)
         return v
 
     def latency_check(self, v: Variant) -> tuple[Variant, dict[str, Any]]:
@@ -489,6 +552,8 @@ class Int8Build:
             "calibration_samples": len(self.calibration) * self.batch,
             "float_layers": list(chosen.keep),
             "fallback_layers": fallback,
+            # where the first variant that missed the gate departed from PyTorch, and from what
+            "culprits": self.culprits,
             "latency_fallback_layers": speed_float,
             "layers": per_layer,
             "attempts": self.attempts,

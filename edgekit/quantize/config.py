@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from ..errors import UsageError
+from ..backends._ranges import RANGE_METHODS
+from ..errors import ConfigError, UsageError
 from ..schema import Field, check_table
 
 __all__ = ["QuantConfig", "METHODS", "TABLE_SCHEMA"]
@@ -20,6 +21,24 @@ OPENVINO_SOURCES = ("auto", "nncf", "qdq")
 PRESETS = ("auto", "mixed", "performance")
 #: How cross-layer equalization treats ReLU6 (see edgekit.quantize.transforms.equalize).
 RELU6_MODES = ("clamp", "skip")
+
+
+def check_activations_16bit(value: Any) -> str | None:
+    """What is wrong with an ``activations_16bit`` value (None when it is fine): a count
+    >= 0, a list of layer names, or ``"auto"``."""
+    if isinstance(value, bool):
+        return f"activations_16bit must be a count, a list of layer names or 'auto', got {value!r}"
+    if isinstance(value, int):
+        return None if value >= 0 else f"activations_16bit = {value} must be at least 0"
+    if isinstance(value, str):
+        return None if value == "auto" else (
+            f"activations_16bit = {value!r} is not 'auto' (or a count, or a list of layer names)")
+    if isinstance(value, (list, tuple)):
+        bad = [v for v in value if not isinstance(v, str) or not v]
+        return None if not bad else (
+            f"activations_16bit must list layer names (non-empty strings), got {bad!r}")
+    return ("activations_16bit must be a count, a list of layer names or 'auto', got "
+            f"{type(value).__name__} {value!r}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +95,27 @@ class QuantConfig:
       ReLU6 pairs skipped +1.4 / -0.2 / +0.1 (equalizing through ReLU6 with clamps: +0.0 /
       -0.2 / +1.4 and a 5-8% larger file, hence ``"skip"``); SmoothQuant off: within 0.3 dB
       on the zoo transformer (its post-norm layers leave only the final LayerNorm -> head).
+    * ``adaround``: learned rounding of conv/linear weights onto the per-channel int8 grid
+      (:mod:`edgekit.quantize.transforms.adaround`; ``adaround_iterations`` optimisation
+      steps per layer), written back on the grid so that each runtime's quantizer reproduces
+      the integers; it runs after equalization, and bias correction then skips the layers it
+      rounded. The manifest records each layer's output error with round to nearest and with
+      the learned rounding (``quantization.transforms.adaround_layers``).
+    * ``range_method``: how activation ranges are set, one of ``RANGE_METHODS``:
+      ``"runtime"`` (the default) leaves them to the runtime's calibrator (``method``);
+      ``"minmax"``, ``"percentile"`` (``extra["percentile"]``, 99.99), ``"mse"``,
+      ``"entropy"`` set every tensor by that method and ``"auto"`` chooses per tensor the
+      one of lowest error of the consuming layer's output
+      (:mod:`edgekit.backends._ranges`; ONNX Runtime, and OpenVINO's ``qdq`` source, which
+      reads that model). The manifest records the choices (``ranges.chosen``: tensors per
+      method).
+    * ``activations_16bit``: activations quantized to 16 bits (ONNX Runtime QDQ): a count
+      (the most sensitive data inputs of Conv/Gemm/MatMul layers, lowest 8-bit SQNR first),
+      a list of PyTorch layer names (their data inputs) or ``"auto"`` (those under
+      ``extra["sqnr_16bit_db"]`` = 30 dB, at most ``extra["max_16bit"]`` = 4, kept only
+      while the model runs within ``extra["max_16bit_slowdown"]`` = 1.10 x the all-8-bit
+      latency, measured). ``0`` (the default): none. The manifest lists the 16-bit tensors
+      read back from the file (``ranges.activations_16bit``).
     """
 
     method: str = "minmax"
@@ -98,10 +138,15 @@ class QuantConfig:
     bias_correction: bool = True
     smoothquant: bool = False
     smoothquant_alpha: float = 0.5
+    adaround: bool = False
+    adaround_iterations: int = 300
+    range_method: str = "runtime"
+    activations_16bit: int | str | tuple[str, ...] = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        checks = {"method": METHODS, "activation_type": ACTIVATION_TYPES, "io": IO_TYPES,
+        checks = {"method": METHODS, "range_method": RANGE_METHODS,
+                  "activation_type": ACTIVATION_TYPES, "io": IO_TYPES,
                   "openvino_source": OPENVINO_SOURCES,
                   "preset": PRESETS, "equalize_relu6": RELU6_MODES}
         for key, allowed in checks.items():
@@ -118,10 +163,21 @@ class QuantConfig:
         if not 0.0 <= float(self.smoothquant_alpha) <= 1.0:
             raise UsageError("quantization smoothquant_alpha must be in [0, 1], got "
                              f"{self.smoothquant_alpha}")
+        if int(self.adaround_iterations) < 1:
+            raise UsageError("quantization adaround_iterations must be >= 1, got "
+                             f"{self.adaround_iterations}")
+        if int(self.adaround_iterations) < 1:
+            raise UsageError("quantization adaround_iterations must be >= 1, got "
+                             f"{self.adaround_iterations}")
         if int(self.latency_variants) < 0:
             raise UsageError("quantization latency_variants must be >= 0, got "
                              f"{self.latency_variants}")
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        problem = check_activations_16bit(self.activations_16bit)
+        if problem is not None:
+            raise UsageError(f"quantization {problem}")
+        if isinstance(self.activations_16bit, list):
+            object.__setattr__(self, "activations_16bit", tuple(self.activations_16bit))
 
     @classmethod
     def coerce(cls, value: QuantConfig | Mapping[str, Any] | None) -> QuantConfig:
@@ -148,12 +204,18 @@ class QuantConfig:
         is checked by :data:`TABLE_SCHEMA` (:class:`~edgekit.errors.ConfigError` naming the
         key: unknown with the closest known one, wrong type, out of range).
         """
+        if "activations_16bit" in table:  # a union type: checked here, before the schema
+            problem = check_activations_16bit(table["activations_16bit"])
+            if problem is not None:
+                raise ConfigError(f"{where}: {problem}")
         values = check_table(table, TABLE_SCHEMA, where=where)
         return replace(base if base is not None else cls(), **values)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["keep_float"] = list(self.keep_float)
+        if isinstance(self.activations_16bit, tuple):
+            d["activations_16bit"] = list(self.activations_16bit)
         return d
 
 
@@ -180,5 +242,9 @@ TABLE_SCHEMA: dict[str, Field] = {
     "bias_correction": Field(bool),
     "smoothquant": Field(bool),
     "smoothquant_alpha": Field(float, low=0, high=1),
+    "adaround": Field(bool),
+    "adaround_iterations": Field(int, low=1),
+    "range_method": Field(str, choices=RANGE_METHODS),
+    "activations_16bit": Field(object),  # a count, a list of layer names or "auto"
     "extra": Field(dict),
 }

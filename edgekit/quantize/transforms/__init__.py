@@ -8,7 +8,10 @@ In order:
 1. batch-norm folding (:mod:`.bn_fold`), so equalization sees the weights that execute;
 2. SmoothQuant (:mod:`.smoothquant`): LayerNorm -> Linear activation outliers into weights;
 3. cross-layer equalization with bias absorption (:mod:`.equalize`);
-4. empirical bias correction (:mod:`.bias_correction`), last, on the final weights.
+4. learned rounding (:mod:`.adaround`): the weights rounded onto the per-channel int8 grid
+   layer by layer, written back on the grid so each runtime's quantizer reproduces them;
+5. empirical bias correction (:mod:`.bias_correction`), last, on the final weights (layers
+   AdaRound put on the grid have no rounding error left to correct and are skipped).
 
 :func:`apply_transforms` returns the transformed copy and a record for the manifest (what was
 applied where, and why a transform did nothing, e.g. a graph torch.fx cannot trace).
@@ -28,6 +31,8 @@ import numpy as np
 from torch import nn
 
 from ._graph import trace
+from .adaround import DEFAULT_ITERATIONS
+from .adaround import adaround as _adaround
 from .bias_correction import bias_correction as _bias_correction
 from .bn_fold import fold_batchnorm
 from .equalize import RELU6_MODES, ChannelClamp, absorb_bias, find_pairs
@@ -41,14 +46,15 @@ __all__ = ["apply_transforms", "ChannelClamp", "RELU6_MODES"]
 def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray]], *,
                      equalize: bool = False, bias_correction: bool = False,
                      smoothquant: bool = False, alpha: float = 0.5, relu6: str = "skip",
+                     adaround: bool = False, adaround_iterations: int = DEFAULT_ITERATIONS,
                      keep_float: Sequence[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
     """A transformed copy of ``model`` (in eval mode; ``model`` is untouched) and the record.
 
     With every switch off, ``model`` itself is returned and the record says so.
     """
     record: dict[str, Any] = {"equalize": equalize, "bias_correction": bias_correction,
-                              "smoothquant": smoothquant}
-    if not (equalize or bias_correction or smoothquant):
+                              "smoothquant": smoothquant, "adaround": adaround}
+    if not (equalize or bias_correction or smoothquant or adaround):
         return model, {**record, "applied": []}
     out = copy.deepcopy(model).eval()
     applied: list[str] = []
@@ -89,11 +95,32 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
             else:
                 skipped["equalize"] = ("no conv/linear -> [ReLU] -> conv/linear chain whose "
                                        "first output feeds only the second")
+    on_grid: list[str] = []
+    if adaround:
+        ada = _adaround(out, calibration, skip=keep_float, iterations=adaround_iterations)
+        record["adaround_layers"] = ada["layers"]  # per layer: output error, nearest vs learned
+        record["adaround_iterations"] = ada.get("iterations", adaround_iterations)
+        record["adaround_seconds"] = ada["seconds"]
+        if ada["skipped"]:
+            record["adaround_skipped"] = ada["skipped"]
+        on_grid = [r["layer"] for r in ada["layers"]]
+        if graph is None and any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
+                                 for m in out.modules()):
+            record["adaround_note"] = (
+                "batch norms not folded (no graph): a runtime that folds them into the "
+                "convolutions re-rounds those weights to nearest")
+        if on_grid:
+            applied.append("adaround")
+        else:
+            skipped["adaround"] = "no conv/linear layer ran on the calibration data"
     if bias_correction:
-        done = _bias_correction(out, calibration, skip=keep_float)
+        done = _bias_correction(out, calibration, skip=[*keep_float, *on_grid])
         record["bias_corrected"] = done
         if done:
             applied.append("bias_correction")
+        elif on_grid:
+            skipped["bias_correction"] = ("the layers are on the int8 grid already (adaround): "
+                                          "no rounding error left to correct")
         else:
             skipped["bias_correction"] = "no conv/linear layer ran on the calibration data"
     record["applied"] = applied

@@ -1,0 +1,112 @@
+"""The int8 gate's view of explain: which layers to keep in float first, read from the
+runtime's own tensors.
+
+When an int8 variant misses its gate, :func:`gate_culprits` runs a few held-out (or
+calibration) samples through PyTorch and through that variant's artifact and ranks the layers
+where the runtime's tensors lose SQNR (:mod:`edgekit.explain.layers`). A culprit tensor is the
+output of a module ``L`` as the runtime computed it: it carries the rounding of ``L``'s inputs
+and weights and, where the next layer reads it in int8, of ``L``'s output. Keeping ``L`` in
+float removes the first two; only keeping the layer that reads the tensor in float too removes
+the third. So each culprit contributes ``L`` (or, for a parameter-free culprit such as a ReLU,
+the quantizable layer before it) and then the next quantizable layer in execution order, and
+the fallback tries them in that order before the PyTorch-side sensitivity ranking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..backends import Artifact
+from ..errors import NotSupportedError
+from ..measure.metrics import json_number
+from .layers import TargetResult
+from .target import explain_artifact
+from .torch_capture import LayerCapture
+
+__all__ = ["MAX_CULPRITS", "MAX_SAMPLES", "MIN_LOSS_DB", "gate_culprits", "try_first"]
+
+#: Samples run through PyTorch and the artifact (each costs a capture of every tensor).
+MAX_SAMPLES = 4
+#: Culprits the gate reports and tries at most.
+MAX_CULPRITS = 3
+#: A layer is a culprit when it is the first jump or loses at least this much SQNR (dB).
+MIN_LOSS_DB = 3.0
+
+
+def try_first(culprit_names: Sequence[str], order: Sequence[str],
+              quantizable: Sequence[str]) -> list[str]:
+    """The quantizable layers to keep in float for ``culprit_names`` (see the module's
+    docstring), in the order to try them; ``order`` is PyTorch's execution order of the leaf
+    modules."""
+    q = set(quantizable)
+    pos = {name: i for i, name in enumerate(order)}
+    seq = [n for n in order if n in q]
+    out: list[str] = []
+
+    def add(name: str | None) -> None:
+        if name is not None and name not in out:
+            out.append(name)
+
+    for c in culprit_names:
+        if c not in pos:
+            continue
+        at = pos[c]
+        add(c if c in q else next((n for n in reversed(seq) if pos[n] < at), None))
+        add(next((n for n in seq if pos[n] > at), None))
+    return out
+
+
+def _db(x: float | None) -> float | str | None:
+    v = json_number(x)
+    return round(v, 2) if isinstance(v, float) else v
+
+
+def _rows(result: TargetResult) -> list[dict[str, Any]]:
+    by_name = {r.module: r for r in result.rows}
+    jump = result.jump.module if result.jump is not None else None
+    chosen = [(m, lost) for m, lost in result.ranked
+              if m == jump or (math.isfinite(lost) and lost >= MIN_LOSS_DB) or math.isinf(lost)]
+    out = []
+    for m, lost in chosen[:MAX_CULPRITS]:
+        r = by_name[m]
+        out.append({"module": m, "kind": r.kind, "sqnr_db": _db(r.effective_sqnr_db),
+                    "sqnr_lost_db": _db(lost), "precision": r.precision,
+                    "first_jump": m == jump})
+    return out
+
+
+def gate_culprits(model: torch.nn.Module, artifact: Artifact,
+                  samples: Sequence[Sequence[np.ndarray]], quantizable: Sequence[str], *,
+                  options: dict[str, Any] | None = None, threads: int = 1) -> dict[str, Any]:
+    """The manifest's record of the culprits of a failed int8 variant: ``layers`` (module,
+    SQNR there, dB lost, first jump), ``try_first`` (the quantizable layers the fallback keeps
+    in float first), ``source``. Raises what explain raises (the caller records it).
+
+    Example::
+
+        rec = gate_culprits(model, variant_artifact, holdout[:4], ["conv1", "conv2", "fc"])
+        rec["try_first"]  # ['conv1', 'conv2']
+    """
+    feeds = [[np.asarray(a) for a in s] for s in list(samples)[:MAX_SAMPLES]]
+    layers, result = explain_artifact(model, artifact, feeds, options=options,
+                                      threads=threads)
+    if result.status != "ok":
+        raise NotSupportedError(f"explain cannot read {artifact.path}: "
+                                f"{result.reason or result.status}")
+    rows = _rows(result)
+    order = [c.name for c in sorted(layers, key=_order)]
+    return {"source": f"runtime tensors ({artifact.backend} artifact, edgekit explain on "
+                      f"{len(feeds)} sample(s))",
+            "first_jump": result.jump.module if result.jump is not None else None,
+            "layers": rows,
+            "try_first": try_first([r["module"] for r in rows], order, quantizable),
+            "coverage": {k: result.coverage[k] for k in ("mapped", "total")}}
+
+
+def _order(layer: LayerCapture) -> int:
+    return layer.order

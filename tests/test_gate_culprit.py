@@ -1,0 +1,133 @@
+"""The int8 gate uses explain: a variant that misses its gate is read layer by layer in the
+runtime's own tensors, the fallback keeps the culprit in float first, and an error names it.
+
+The model is test_explain's ``Broken``: ``conv1``'s channel 3 is ~100x the others, so int8
+rounding of ``conv1``'s output drowns its seven ordinary channels. ONNX Runtime shows it at
+``conv1``'s output (channel SQNR ~6 dB) while PyTorch-side sensitivity (one layer
+fake-quantized at a time) ranks ``conv2`` first. Keeping ``conv1`` and the layer that reads its
+output (``conv2``) in float reaches ~49 dB on the held-out data; the sensitivity order's first
+two layers (``conv2``, ``fc``) reach ~35 dB. The builds switch off equalization (it rescales
+exactly this outlier away) so that the gate has something to catch.
+"""
+
+import dataclasses
+import json
+import re
+
+import pytest
+import torch
+from test_explain import broken_model
+
+from edgekit.backends import get_backend
+from edgekit.errors import QuantizationError
+from edgekit.explain.culprits import try_first
+from edgekit.profiles import load_profile
+
+ORT = "x86-onnxruntime-int8"
+NO_TRANSFORMS = {"latency_check": False, "equalize": False, "bias_correction": False}
+
+
+def _strict(name: str, min_sqnr_db: float = 40.0):
+    return dataclasses.replace(load_profile(name), gate={
+        "min_sqnr_db": min_sqnr_db, "min_top1_agreement": False, "min_centred_cosine": False})
+
+
+def _compress(tmp_path, profile, folder="b", **quantization):
+    from edgekit.pipeline import compress
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(1)
+    calib = torch.rand(24, 1, 8, 8, generator=gen).numpy()
+    x = torch.rand(1, 1, 8, 8, generator=gen)
+    root = tmp_path / folder
+    compress(broken_model(), x, targets=[profile], out_dir=root, calibration=calib,
+             input_names=["x"], output_names=["y"], progress=False,
+             quantization={**NO_TRANSFORMS, **quantization})
+    return json.loads((root / "manifest.json").read_text())["targets"][profile.name][
+        "quantization"]
+
+
+def _need(backend):
+    reason = get_backend(backend).available()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def test_fallback_keeps_the_runtime_culprit_in_float_first(tmp_path):
+    _need("onnxruntime")
+    q = _compress(tmp_path, _strict(ORT))
+    rec = q["culprits"]
+    assert rec["source"].startswith("runtime tensors (onnxruntime artifact")
+    assert rec["first_jump"] == "conv1"
+    top = rec["layers"][0]
+    assert top["module"] == "conv1" and top["first_jump"] and top["sqnr_db"] < 12
+    assert rec["try_first"] == ["conv1", "conv2"]
+    # the layer choices tried, in order: as configured, conv1, then conv1 + its reader
+    keeps = [a["keep_float"] for a in q["attempts"] if "config" not in a]
+    assert keeps[-2:] == [["conv1"], ["conv1", "conv2"]]
+    assert q["fallback_layers"] == ["conv1", "conv2"]
+    assert q["heldout_fidelity"]["outputs"][0]["sqnr_db"] > 40
+    # PyTorch-side sensitivity would have started elsewhere
+    sens = sorted((r for r in q["layers"] if "sqnr_db" in r), key=lambda r: r["sqnr_db"])
+    assert sens[0]["layer"] == "conv2"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target, backend", [("x86-openvino-int8", "openvino"),
+                                             ("arm64-tflite-int8", "tflite")])
+def test_openvino_and_litert_gates_use_their_own_tensors(tmp_path, target, backend):
+    _need(backend)
+    q = _compress(tmp_path, _strict(target))
+    rec = q["culprits"]
+    assert rec["source"].startswith(f"runtime tensors ({backend} artifact")
+    assert rec["first_jump"] == "conv1" and rec["layers"][0]["sqnr_db"] < 12
+    assert q["fallback_layers"] == ["conv1", "conv2"]
+    assert q["heldout_fidelity"]["outputs"][0]["sqnr_db"] > 40
+
+
+def test_with_fallback_off_the_error_names_the_culprit(tmp_path):
+    _need("onnxruntime")
+    with pytest.raises(QuantizationError) as err:
+        _compress(tmp_path, _strict(ORT), fallback=False)
+    msg = str(err.value)
+    found = re.search(r"The onnxruntime artifact's own tensors depart from PyTorch at: conv1 "
+                      r"\(Conv2d: SQNR ([0-9.]+) dB there, ([0-9.]+) dB lost, the first jump\)",
+                      msg)
+    assert found and float(found[1]) < 12 and float(found[2]) > 40, msg
+    assert "keep_float = ['conv1', 'conv2'] under [quantization] in the recipe" in msg
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_explain_failing_falls_back_to_sensitivity_and_is_recorded(tmp_path, monkeypatch):
+    _need("onnxruntime")
+    import edgekit.explain.culprits as culprits
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("capture exploded")
+
+    monkeypatch.setattr(culprits, "gate_culprits", broken)
+    q = _compress(tmp_path, _strict(ORT, 30.0))
+    rec = q["culprits"]
+    assert rec["source"] == "pytorch sensitivity (explain failed on the artifact)"
+    assert rec["error"] == "RuntimeError: capture exploded" and rec["try_first"] == []
+    # today's order: the most sensitive layer in PyTorch first
+    assert q["fallback_layers"] == ["conv2"]
+    # at the 40 dB gate that the runtime culprits pass with two float layers (conv1, conv2),
+    # the sensitivity order (conv2, then conv2 + fc) does not pass at all
+    with pytest.raises(QuantizationError) as err:
+        _compress(tmp_path, _strict(ORT, 40.0), folder="strict")
+    msg = str(err.value)
+    assert "depart from PyTorch" not in msg and "'keep_float': ['conv2', 'fc', 'conv1']" in msg
+
+
+def test_try_first_adds_the_layer_that_reads_the_culprit():
+    order = ["conv1", "bn1", "relu1", "conv2", "relu2", "pool", "fc"]
+    quantizable = ["conv1", "conv2", "fc"]
+    assert try_first(["conv1"], order, quantizable) == ["conv1", "conv2"]
+    # a parameter-free culprit: the quantizable layer before it, then the one after
+    assert try_first(["relu2"], order, quantizable) == ["conv2", "fc"]
+    assert try_first(["fc"], order, quantizable) == ["fc"]
+    assert try_first(["relu1", "conv2"], order, quantizable) == ["conv1", "conv2", "fc"]
+    assert try_first(["not_a_layer"], order, quantizable) == []
+    assert try_first([], order, quantizable) == []
