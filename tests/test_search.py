@@ -93,6 +93,21 @@ def test_active_dimensions_depend_on_the_target():
     assert "option.performance_hint" not in hints.active("onnxruntime", "fp32")
 
 
+def test_the_default_build_is_the_first_point_where_the_space_holds_it():
+    from edgekit.profiles import load_profile
+
+    ort = load_profile("x86-onnxruntime-int8")
+    point = SearchSpace.from_dict({}, max_threads=4).default_point(ort)
+    assert point["prune_ratio"] == 0.0 and point["threads"] == ort.threads
+    assert point["quant.method"] == "minmax" and point["quant.per_channel"] is True
+    assert point["quant.equalize"] is True and point["quant.smoothquant"] is False
+    assert "quant.openvino_source" not in point  # not a dimension of this target
+    # a range without 0 and a fixed dimension are left to the sampler
+    narrow = SearchSpace.from_dict({"prune_ratio": "0.2..0.4", "threads": [1]})
+    assert "prune_ratio" not in narrow.default_point(ort)
+    assert "threads" not in narrow.default_point(ort)
+
+
 def test_suggest_draws_within_the_space_and_fixes_single_values():
     optuna = pytest.importorskip("optuna")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -565,6 +580,8 @@ def test_embedded_ray_search_through_the_python_api(tmp_path, monkeypatch):
     done = [r for r in t["trials"] if r["state"] == "complete"]
     fastest = min(done, key=lambda r: r["latency_ms"])
     assert t["chosen"] == fastest["trial"]  # the budget admits every point here
+    first = min(done, key=lambda r: r["trial"])
+    assert first["point"]["prune_ratio"] == 0.0  # the default build is asked first
     for r in done:
         assert 0 <= r["point"]["prune_ratio"] <= 0.3 and r["point"]["threads"] == 1
         assert "timing:local" in r["time_node"]["node_resources"]

@@ -172,6 +172,9 @@ def search(
             n = st.recover(study)
             if n:
                 prog.say(f"{name}: {n} trial(s) interrupted by the last run: asked again")
+            if not study.trials:  # a new study: the target's default build is its first point
+                p = next(q for q in profiles if q.name == name)
+                study.enqueue_trial(dims.default_point(p))
         prog.done = prog.start_done = sum(len(st.completed(s)) for s in studies.values())
         _loop(cluster, studies, {p.name: p for p in profiles}, dims, source, base, out,
               resource, devices, trials=trials, runs=runs, warmup=warmup,

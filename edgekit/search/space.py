@@ -247,6 +247,30 @@ class SearchSpace:
             point["prune_ratio"] = round(float(point["prune_ratio"]), 3)
         return point
 
+    def default_point(self, profile: Any) -> dict[str, Any]:
+        """The parameters of the target's default build (not pruned, the profile's threads
+        and quantization settings), for every asked dimension whose range holds that value:
+        queued as a search's first trial, so the front always holds the default to beat."""
+        import dataclasses
+
+        from ..quantize.config import QuantConfig
+
+        quant = {f.name: f.default for f in dataclasses.fields(QuantConfig)
+                 if f.default is not dataclasses.MISSING}
+        quant.update(profile.quantization or {})
+        want: dict[str, Any] = {"prune_ratio": 0.0, "threads": profile.threads,
+                                **{f"quant.{k}": v for k, v in quant.items()}}
+        point: dict[str, Any] = {}
+        for key, dim in self.active(profile.backend, profile.precision).items():
+            if key not in want:
+                continue
+            if isinstance(dim, Range):
+                if dim.low < dim.high and dim.low <= want[key] <= dim.high:
+                    point[key] = want[key]
+            elif len(dim.values) > 1 and want[key] in dim.values:
+                point[key] = want[key]
+        return point
+
     def to_json(self) -> dict[str, Any]:
         return {k: d.to_json() for k, d in self.dims.items()}
 
