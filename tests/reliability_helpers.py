@@ -122,6 +122,12 @@ def wait_for(cond, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _default_sigint() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stalled_build(tmp_path: Path) -> subprocess.Popen:
     """A real `edgekit build` of the slow model into tmp_path/out, stalled mid-export (its
     staging folder exists); the caller signals it and reaps it with :func:`reap`."""
@@ -131,7 +137,10 @@ def stalled_build(tmp_path: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgekit", "build", "slownet:make", "--input-shape", "1x4",
          "-t", "x86-onnxruntime-fp32", "-o", "out", "-q"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # as a shell starts it: an ignored SIGINT is inherited across exec, and a library run
+        # earlier in this test process may have left SIGINT ignored here
+        preexec_fn=_default_sigint)
     try:
         wait_for(lambda: marker.exists() or proc.poll() is not None, 120, "the build to stall")
         assert proc.poll() is None, proc.communicate()
