@@ -125,29 +125,13 @@ def log(msg: str) -> None:
     print(f"[adaround] {msg}", file=sys.stderr, flush=True)
 
 
-def _fidelity(sess: Any, task: Any, ref: np.ndarray) -> dict[str, Any]:
-    from edgekit.measure.metrics import centred_cosine, json_number, sqnr_db, top1_agreement
-    from edgekit.measure.scoring import session_outputs
-
-    outs = session_outputs(sess, task.test, batch=1)
-    used = len(outs[0])
-    inputs = [t[:used].numpy() for t in task.test.inputs]
-    acc = float(task.score(outs, task.test.targets[:used].numpy(), inputs))
-    out, r = np.asarray(outs[0], dtype=np.float64), ref[:used]
-    agree = top1_agreement(r, out)
-    return {"accuracy": round(acc, 3),
-            "sqnr_db": json_number(round(float(sqnr_db(r, out)), 2)),
-            "centred_cosine": round(float(np.nanmean(centred_cosine(r, out))), 5),
-            "top1_agreement": None if agree is None else round(float(agree), 4)}
-
-
 def run_model(name: str, runtimes: tuple[str, ...], threads: int, tmp: Path) -> dict[str, Any]:
     from edgekit.backends import get_backend
     from edgekit.models import get_spec
     from edgekit.quantize.config import QuantConfig
     from edgekit.quantize.transforms import apply_transforms
 
-    from common import trained  # benchmarks/common.py: trained zoo models, cached
+    from common import task_fidelity, trained  # benchmarks/common.py
 
     spec = get_spec(name)
     task = spec.task()
@@ -197,7 +181,7 @@ def run_model(name: str, runtimes: tuple[str, ...], threads: int, tmp: Path) -> 
                 sess = be.load(art, threads=threads, options=opts)
                 match = compare_integers(edgekit_integers(m), artifact_integers(art.path))
                 found = [v for v in match.values() if v["found"]]
-                row = {**_fidelity(sess, task, ref),
+                row = {**task_fidelity(sess, task, ref),
                        "build_seconds": round(time.perf_counter() - t1, 1),
                        "integers": {"layers": len(match), "found": len(found),
                                     "layers_identical": sum(1 for v in found if v["differ"] == 0),

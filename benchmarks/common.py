@@ -140,3 +140,36 @@ def artifact_size(target_dir: Path) -> int:
     return sum(f.stat().st_size for f in Path(target_dir).iterdir()
                if f.suffix in WEIGHT_SUFFIXES)
 
+
+
+def cpu_name() -> str:
+    """This machine's CPU model, for result headers."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def task_fidelity(sess: Any, task: Any, ref: Any) -> dict[str, Any]:
+    """Accuracy and fidelity of ``sess`` on the task's test split against the PyTorch fp32
+    outputs ``ref`` (centred cosine, top-1 agreement, SQNR)."""
+    import numpy as np
+
+    from edgekit.measure.metrics import centred_cosine, json_number, sqnr_db, top1_agreement
+    from edgekit.measure.scoring import session_outputs
+
+    outs = session_outputs(sess, task.test, batch=1)
+    used = len(outs[0])
+    inputs = [t[:used].numpy() for t in task.test.inputs]
+    acc = float(task.score(outs, task.test.targets[:used].numpy(), inputs))
+    out, r = np.asarray(outs[0], dtype=np.float64), ref[:used]
+    agree = top1_agreement(r, out)
+    return {"accuracy": round(acc, 3),
+            "centred_cosine": round(float(np.nanmean(centred_cosine(r, out))), 5),
+            "top1_agreement": None if agree is None else round(float(agree), 4),
+            "sqnr_db": json_number(round(float(sqnr_db(r, out)), 2))}

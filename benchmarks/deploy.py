@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import FP32, INT8, RUNTIMES, artifact_size, log
+from benchmarks.common import FP32, INT8, RUNTIMES, artifact_size, cpu_name, log
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: published int8-over-fp32 speed-ups, for context (other CPUs; not targets on this one)
@@ -737,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     peak = measure_peak(threads=threads)
     report: dict[str, Any] = {
-        "threads": threads, "machine": {"cpu": _cpu(), "cores": os.cpu_count(),
+        "threads": threads, "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                                         "python": platform.python_version()},
         "peak": {"fp32": peak["fp32"]["ops_per_s"], "int8": peak["int8"]["ops_per_s"]},
         "models": [], "accuracy": []}
@@ -766,16 +766,6 @@ def main(argv: list[str] | None = None) -> int:
         (out / "deploy.md").write_text(markdown(report))
     print(markdown(report))
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

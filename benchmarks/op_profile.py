@@ -13,15 +13,13 @@ the time left in fp32 kernels of the int8 model, and the quantize/dequantize/reo
 LiteRT's Python interpreter has no op profiler: its tables list op counts and precisions
 without times, and say so.
 
-Run it on the quiet benchmark core: ``/tmp/benchrun .venv/bin/python -m benchmarks.op_profile``
-(any such wrapper; plain ``python -m`` works too, noisier).
+Run it on a quiet machine (nothing else loading the CPU): ``python -m benchmarks.op_profile``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import FP32, INT8, RUNTIMES, log
+from benchmarks.common import FP32, INT8, RUNTIMES, cpu_name, log
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: op types that move or convert data rather than compute (the int8 "glue")
@@ -156,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS), help="folder for op_profile.{json,md}")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    report: dict[str, Any] = {"cpu": _cpu(), "threads": args.threads, "runs": args.runs,
+    report: dict[str, Any] = {"cpu": cpu_name(), "threads": args.threads, "runs": args.runs,
                               "python": sys.version.split()[0], "models": []}
     runtimes = tuple(r for r in args.runtimes.split(",") if r)
     with tempfile.TemporaryDirectory(prefix="edgekit-opprof-") as tmp:
@@ -173,16 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     (out / "op_profile.md").write_text(markdown(report))
     log("op_profile", f"wrote {out / 'op_profile.json'} and op_profile.md")
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

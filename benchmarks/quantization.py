@@ -41,7 +41,7 @@ from edgekit.quantize.qat import qat_finetune
 from edgekit.train import evaluate
 
 import native
-from common import FP32, INT8, RUNTIMES, trained
+from common import FP32, INT8, RUNTIMES, task_fidelity, trained
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CALIB = 300
@@ -226,23 +226,6 @@ def _ungated(target: str):
         "min_top1_agreement": False})
 
 
-def _fidelity(sess, task, ref: np.ndarray) -> dict:
-    """Accuracy and fidelity of ``sess`` on the test split against the PyTorch fp32 outputs."""
-    from edgekit.measure.metrics import centred_cosine, json_number, sqnr_db, top1_agreement
-    from edgekit.measure.scoring import session_outputs
-
-    outs = session_outputs(sess, task.test, batch=1)
-    used = len(outs[0])
-    inputs = [t[:used].numpy() for t in task.test.inputs]
-    acc = float(task.score(outs, task.test.targets[:used].numpy(), inputs))
-    out, r = np.asarray(outs[0], dtype=np.float64), ref[:used]
-    agree = top1_agreement(r, out)
-    return {"accuracy": round(acc, 3),
-            "centred_cosine": round(float(np.nanmean(centred_cosine(r, out))), 5),
-            "top1_agreement": None if agree is None else round(float(agree), 4),
-            "sqnr_db": json_number(round(float(sqnr_db(r, out)), 2))}
-
-
 def run_transforms(name: str, threads: int, epochs_scale: float, tmp: Path,
                    runtimes: tuple[str, ...] = RUNTIMES) -> dict:
     """fp32, each runtime's default int8 flow, and edgekit PTQ with every float-domain
@@ -268,13 +251,13 @@ def run_transforms(name: str, threads: int, epochs_scale: float, tmp: Path,
                     **{k: v for k, v in kw.items() if k != "calibration"})
     fp32_sessions = {rt: fp32.load(FP32[rt], threads=threads) for rt in runtimes}
     for rt in runtimes:
-        out["builds"][f"fp32/{rt}"] = {**_fidelity(fp32_sessions[rt], task, ref),
+        out["builds"][f"fp32/{rt}"] = {**task_fidelity(fp32_sessions[rt], task, ref),
                                        "size_bytes": _size(fp32_dir, FP32[rt])}
     for rt, (sess, size, info) in _native(name, model, x, spec, task, tmp, fp32_dir, threads,
                                           fp32_sessions.get("onnxruntime")).items():
         if rt not in runtimes:
             continue
-        out["builds"][f"native/{rt}"] = ({**_fidelity(sess, task, ref), "size_bytes": size}
+        out["builds"][f"native/{rt}"] = ({**task_fidelity(sess, task, ref), "size_bytes": size}
                                          if sess is not None else dict(info))
     log(f"{name}: fp32 + native in {time.perf_counter() - t0:.0f} s")
     from edgekit.quantize.transforms import apply_transforms
@@ -300,7 +283,7 @@ def run_transforms(name: str, threads: int, epochs_scale: float, tmp: Path,
                 man = json.loads((d / "manifest.json").read_text())
                 q = man["targets"][INT8[rt]]["quantization"]
                 sess = bundle.load(INT8[rt], threads=threads)
-                out["builds"][key] = {**_fidelity(sess, task, ref),
+                out["builds"][key] = {**task_fidelity(sess, task, ref),
                                       "size_bytes": _size(d, INT8[rt]),
                                       "float_layers": q.get("float_layers"),
                                       "applied": (q.get("transforms") or {}).get("applied")}

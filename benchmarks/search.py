@@ -149,6 +149,21 @@ def default_int8(model: str, target: str, base: dict[str, Any], out: Path) -> Pa
     return out
 
 
+def _portable(obj: Any, root: Path) -> Any:
+    """``obj`` with this machine's paths under the work folder written as ``<out>/...`` (the
+    results do not depend on where the run kept its files)."""
+    prefixes = sorted({str(root), str(root.resolve())}, key=len, reverse=True)
+    if isinstance(obj, dict):
+        return {_portable(k, root): _portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_portable(v, root) for v in obj]
+    if isinstance(obj, str):
+        for p in prefixes:
+            if obj.startswith(p):
+                return "<out>" + obj[len(p):]
+    return obj
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -175,7 +190,9 @@ def main() -> None:
     root = Path(args.out)
     results: dict[str, Any] = {"machine": {"python": platform.python_version(),
                                            "cpus": os.cpu_count()},
-                               "settings": vars(args), "goal_speedup": GOAL, "models": {}}
+                               "settings": {k: v for k, v in vars(args).items()
+                                            if k not in ("out", "results")},
+                               "goal_speedup": GOAL, "models": {}}
     for model in [m for m in args.models.split(",") if m]:
         base_dir = root / model
         runs = {}
@@ -207,7 +224,8 @@ def main() -> None:
         log(f"{model}: default int8 {d} ms, best searched {best} ms, speedup {speedup}")
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "search.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (results_dir / "search.json").write_text(
+        json.dumps(_portable(results, root), indent=2, default=str) + "\n")
     lines = ["# Search vs the default int8 build", "",
              f"Target {args.target}, {args.trials} trials per search, budget {args.max_drop} "
              "metric points; latency: the bench harness, all bundles timed interleaved.", "",
