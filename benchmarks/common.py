@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
@@ -158,8 +159,6 @@ def cpu_name() -> str:
 def task_fidelity(sess: Any, task: Any, ref: Any) -> dict[str, Any]:
     """Accuracy and fidelity of ``sess`` on the task's test split against the PyTorch fp32
     outputs ``ref`` (centred cosine, top-1 agreement, SQNR)."""
-    import numpy as np
-
     from edgekit.measure.metrics import centred_cosine, json_number, sqnr_db, top1_agreement
     from edgekit.measure.scoring import session_outputs
 
@@ -173,3 +172,24 @@ def task_fidelity(sess: Any, task: Any, ref: Any) -> dict[str, Any]:
             "centred_cosine": round(float(np.nanmean(centred_cosine(r, out))), 5),
             "top1_agreement": None if agree is None else round(float(agree), 4),
             "sqnr_db": json_number(round(float(sqnr_db(r, out)), 2))}
+
+
+def settle_batchnorm(model: torch.nn.Module, feeds: list[list[np.ndarray]]) -> torch.nn.Module:
+    """Random weights with BatchNorm statistics estimated on real inputs (one batch of
+    ``feeds``), so each layer passes on normalised activations as a trained network does.
+    With default statistics a deep random network's output barely depends on its input (a
+    MobileNetV2's is constant to int8 precision), which makes int8 fidelity meaningless."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return model
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches seen
+    batch = [torch.from_numpy(np.concatenate([f[i] for f in feeds]))
+             for i in range(len(feeds[0]))]
+    model.train()
+    with torch.no_grad():
+        model(*batch)
+    for m in bns:
+        m.momentum = 0.1
+    return model.eval()

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import FP32, INT8, RUNTIMES, artifact_size, cpu_name, log
+from benchmarks.common import FP32, INT8, RUNTIMES, artifact_size, cpu_name, log, settle_batchnorm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: published int8-over-fp32 speed-ups, for context (other CPUs; not targets on this one)
@@ -169,27 +169,6 @@ def prune_copy(name: str, model: torch.nn.Module, x: tuple[torch.Tensor, ...]
         "macs_counted_before": res.macs_before, "macs_reduction_x": round(res.macs_ratio, 3),
         "params_reduction_x": round(res.params_ratio, 3),
         "prune_seconds": round(time.perf_counter() - t0, 1)}
-
-
-def settle_batchnorm(model: torch.nn.Module, feeds: list[list[np.ndarray]]) -> torch.nn.Module:
-    """Random weights with BatchNorm statistics estimated on real inputs (one batch of
-    ``feeds``), so each layer passes on normalised activations as a trained network does.
-    With default statistics a deep random network's output barely depends on its input (a
-    MobileNetV2's is constant to int8 precision), which makes int8 fidelity meaningless."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return model
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches seen
-    batch = [torch.from_numpy(np.concatenate([f[i] for f in feeds]))
-             for i in range(len(feeds[0]))]
-    model.train()
-    with torch.no_grad():
-        model(*batch)
-    for m in bns:
-        m.momentum = 0.1
-    return model.eval()
 
 
 def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, Any],

@@ -281,6 +281,41 @@ def test_align_undoes_nhwc_and_reshape():
     flat = RuntimeTensor("f", "MEAN", 1, None, "", "fp32", [np.ones((1, 16))])
     assert align(flat, (1, 16, 1, 1))[0] == "reshape"
     assert align(flat, (1, 8, 2)) is None
+    # a Conv1d that LiteRT runs as CONV_2D over (N, 1, L, C)
+    c1 = np.arange(1 * 1 * 20 * 32, dtype=np.float32).reshape(1, 1, 20, 32)
+    conv1d = RuntimeTensor("c", "CONV_2D", 2, None, "", "fp32", [c1], layout="NHWC")
+    how, vals = align(conv1d, (1, 32, 20))
+    assert how == "NHWC->NCL" and np.array_equal(vals[0], c1[0, 0].T[None])
+
+
+def test_shape_rule_claims_only_values_that_agree():
+    """A same-shaped value computed beside the layer (the ``a * b`` term a fusion layer reads)
+    is not the layer's output; a rectified copy of it is, after a ReLU."""
+    from edgekit.explain.mapping import map_layers
+    from edgekit.explain.torch_capture import LayerCapture
+
+    rng = np.random.default_rng(0)
+    proj, fuse, head = (rng.standard_normal((1, n)) for n in (256, 256, 2))
+    layers = [LayerCapture("proj", "Linear", 0, [proj], params=9),
+              LayerCapture("fuse", "Linear", 1, [fuse], params=9),
+              LayerCapture("head", "Linear", 2, [head], params=9)]
+    mul = RuntimeTensor("mul", "Mul", 1, None, "", "fp32", [rng.standard_normal((1, 256))])
+    relu = RuntimeTensor("relu", "Gemm", 2, None, "", "fp32", [np.maximum(fuse, 0)])
+    ends = [RuntimeTensor("p", "Gemm", 0, "proj", "metadata", "fp32", [proj]),
+            RuntimeTensor("h", "Gemm", 3, "head", "metadata", "fp32", [head])]
+    m = {x.module: x for x in map_layers(layers, [ends[0], mul, ends[1]])}
+    assert m["fuse"].tensor is None
+    # the runtime fused the model's F.relu into fuse's op: compared after a ReLU, and said so
+    m = {x.module: x for x in map_layers(layers, [ends[0], mul, relu, ends[1]])}
+    assert (m["fuse"].tensor, m["fuse"].activation) == (relu, "relu")
+    assert m["fuse"].how == "shape, functional ReLU fused in"
+    from edgekit.explain.layers import layer_numbers
+
+    row = layer_numbers(layers[1], 1, m["fuse"], layers[1], "fp32")
+    assert row.rel_error < 1e-12
+    near = RuntimeTensor("fc", "Gemm", 2, None, "", "int8", [fuse + 0.3 * proj])
+    m = {x.module: x for x in map_layers(layers, [ends[0], mul, near, ends[1]])}
+    assert (m["fuse"].how, m["fuse"].tensor) == ("shape", near)
 
 
 def test_first_jump_rule():
@@ -528,7 +563,91 @@ def test_openvino_maps_a_fused_transformer_encoder(tmp_path):
                  "layers.0.linear2", "layers.1.norm2"):
         assert rows[name].mapped and rows[name].rel_error < 1e-5, name
     # the attention output is never a tensor of its own (its bias is folded into the residual)
-    assert t.coverage["unmapped"] == ["layers.0.dropout1", "layers.1.dropout1"]
+    assert t.coverage["unmapped"] == ["layers.0.self_attn", "layers.0.dropout1",
+                                      "layers.1.self_attn", "layers.1.dropout1"]
+
+
+def test_modules_whose_children_are_never_called_are_layers():
+    from edgekit.explain.torch_capture import called_leaves, capture_torch
+
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+    model = nn.Sequential(layer, nn.Linear(16, 4)).eval()
+    x = np.random.default_rng(0).random((1, 5, 16), dtype=np.float32)
+    layers, _ = capture_torch(model, [[x]])
+    names = [c.name for c in layers]
+    # MultiheadAttention computes with out_proj's weights: the attention is the layer
+    assert "0.self_attn" in names and "0.self_attn.out_proj" not in names
+    assert names[-1] == "1" and layers[-1].shape == (1, 5, 4)
+    assert called_leaves(["", "a", "a.b", "c"]) == {"a.b", "c"}
+    assert called_leaves([""]) == {""}
+
+
+def test_locations_under_an_uncalled_module_list():
+    from edgekit.explain.tensors import module_path_from_location
+
+    mods = {"layers.0.self_attn", "layers.0.linear1", "layers.1.linear1", "head"}
+    enc = "pkg.Net/torch.nn.modules.transformer.TransformerEncoderLayer_0"
+    assert module_path_from_location(f"{enc}/torch.nn.Linear_linear1", mods) \
+        == "layers.0.linear1"
+    assert module_path_from_location(enc, mods) == "layers.0"  # the block itself
+    assert module_from_location(enc, mods) is None
+    assert module_path_from_location("pkg.Net/x.Block_7/torch.nn.Linear_linear1", mods) is None
+
+
+def test_a_relu_made_by_the_block_and_a_fused_gemm_relu():
+    """ONNX Runtime int8: linear1's Gemm carries the block's functional ReLU (the output is
+    reshaped and named ``relu``, tied to the block, not a layer). The Dropout after it takes
+    that value; linear1 has no value of its own and is measured fused into it, never at the
+    Gemm's output (the same value, post-ReLU)."""
+    from edgekit.explain.mapping import map_layers
+    from edgekit.explain.torch_capture import LayerCapture
+
+    rng = np.random.default_rng(0)
+    norm, lin = rng.standard_normal((1, 4, 8)), rng.standard_normal((1, 4, 6))
+    relu = np.maximum(lin, 0)
+    out = rng.standard_normal((1, 4, 8))
+    layers = [LayerCapture("blk.norm", "LayerNorm", 0, [norm]),
+              LayerCapture("blk.linear1", "Linear", 1, [lin], params=54),
+              LayerCapture("blk.dropout", "Dropout", 2, [relu]),
+              LayerCapture("blk.linear2", "Linear", 3, [out], params=56)]
+
+    def t(name, op, order, module, value, value_of=None):
+        r = RuntimeTensor(name, op, order, module, "tensor name" if module else "", "int8",
+                          [value])
+        r.value_of = value_of
+        return r
+
+    tensors = [t("layer_norm", "DequantizeLinear", 0, "blk.norm", norm),
+               t("gemm_out", "Gemm", 1, None, relu.reshape(4, 6)),
+               t("gemm_out_DequantizeLinear_Output", "DequantizeLinear", 2, None,
+                 relu.reshape(4, 6), "gemm_out"),
+               t("relu", "Reshape", 3, "blk", relu, "gemm_out"),
+               t("relu_DequantizeLinear_Output", "DequantizeLinear", 4, "blk", relu,
+                 "gemm_out"),
+               t("linear_3", "Add", 5, "blk.linear2", out)]
+    m = {x.module: x for x in map_layers(layers, tensors)}
+    assert (m["blk.dropout"].how, m["blk.dropout"].tensor.name) == (
+        "shape", "relu_DequantizeLinear_Output")
+    assert (m["blk.linear1"].how, m["blk.linear1"].compare_to) == (
+        "fused into blk.dropout", "blk.dropout")
+
+
+@pytest.mark.slow
+def test_transformer_encoder_maps_fully_on_litert_and_onnxruntime(tmp_path):
+    _need(["onnxruntime", "tflite"])
+    from edgekit.api import build_zoo_model
+
+    targets = ["x86-onnxruntime-fp32", "x86-tflite-fp32"]
+    build_zoo_model("transformer", targets=targets, out_dir=tmp_path / "t", train=False,
+                    progress=False)
+    report = explain(bundle=tmp_path / "t", progress=False)
+    for name in targets:
+        t = report.target(name)
+        assert t.coverage["unmapped"] == [], name
+        rows = {r.module: r for r in t.rows}
+        # ModuleList children (layers.0...) map through the locations that skip `layers`
+        for module in ("layers.0.self_attn", "layers.0.dropout", "layers.1.linear2"):
+            assert rows[module].mapped and rows[module].rel_error < 1e-5, (name, module)
 
 
 def test_reference_takes_absorbed_biases_from_the_record():

@@ -85,6 +85,15 @@ def test_openvino_and_litert_gates_use_their_own_tensors(tmp_path, target, backe
     assert q["heldout_fidelity"]["outputs"][0]["sqnr_db"] > 40
 
 
+def test_sensitivity_order_skips_the_runtime_culprits(tmp_path):
+    _need("onnxruntime")
+    q = _compress(tmp_path, _strict(ORT, 30.0), fallback_order="sensitivity")
+    # the culprits are still read and recorded; the fallback does not start with them
+    assert q["culprits"]["try_first"] == ["conv1", "conv2"]
+    assert q["fallback_layers"] == ["conv2"]
+    assert q["config"]["fallback_order"] == "sensitivity"
+
+
 def test_with_fallback_off_the_error_names_the_culprit(tmp_path):
     _need("onnxruntime")
     with pytest.raises(QuantizationError) as err:

@@ -23,6 +23,8 @@ from .tensors import RuntimeTensor, resolve_by_name
 __all__ = ["capture_onnx"]
 
 _PASS_THROUGH = ("QuantizeLinear", "DequantizeLinear", "Cast", "Identity")
+#: Ops whose output holds their first input's value (moved, re-typed or re-shaped).
+_SAME_VALUE = (*_PASS_THROUGH, "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 _FLOAT_TYPES = (1, 10, 11, 16)  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
@@ -72,6 +74,8 @@ def capture_onnx(path: Path, samples: Sequence[Sequence[np.ndarray]], input_name
             scope = _scope(node)
             if module is not None and scope and scope != module:
                 t.also.add(scope)
+            if node.op_type in _SAME_VALUE and act_inputs and act_inputs[0] in by_name:
+                t.value_of = by_name[act_inputs[0]].value_key
             tensors.append(t)
             by_name[out] = t
     graph_outputs = {o.name for o in proto.graph.output}

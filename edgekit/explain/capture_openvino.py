@@ -35,6 +35,8 @@ def _is_quant(op: Any) -> bool:
 
 _FAST_ENCODER = re.compile(r"^__module\.(.+)/aten::_transformer_encoder_layer_fwd/")
 _ACTIVATIONS = ("Relu", "Gelu")
+#: Ops between an activation and the MatMul reading it in an int8 model.
+_QUANT_STEPS = ("FakeQuantize", "Convert", "Subtract", "Multiply")
 
 
 def _encoder_layers(ops: Sequence[Any], modules: Mapping[str, int]) -> dict[str, str]:
@@ -57,8 +59,13 @@ def _encoder_layers(ops: Sequence[Any], modules: Mapping[str, int]) -> dict[str,
         if act is not None and act >= 1:
             picks.append(("linear1", block[act - 1]))
             picks.append(("dropout", block[act]))
-            after = act + 2 if kinds[act + 1:act + 3] == ["MatMul", "Add"] else act + 1
-            if after < len(block) and kinds[act + 1] == "MatMul":
+            # the next MatMul (in an int8 model after the activation's FakeQuantize), with
+            # its bias Add
+            mm = act + 1
+            while mm < len(block) and kinds[mm] in _QUANT_STEPS:
+                mm += 1
+            if mm < len(block) and kinds[mm] == "MatMul":
+                after = mm + 1 if kinds[mm + 1:mm + 2] == ["Add"] else mm
                 picks.append(("linear2", block[after]))
         for leaf, op in picks:
             if f"{layer}.{leaf}" in modules:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .tensors import RuntimeTensor, module_from_location
+from .tensors import RuntimeTensor, module_path_from_location
 
 __all__ = ["capture_tflite"]
 
@@ -87,11 +87,18 @@ def capture_tflite(path: Path, samples: Sequence[Sequence[np.ndarray]], input_ma
                 layout[index] = None  # litert-torch transposes back to PyTorch's layout
             else:
                 layout[index] = None
-            located = [m for m in (module_from_location(loc.split(";")[0], modules)
-                                   for loc in str(d["name"]).split(";;")) if m]
+            paths = [m for m in (module_path_from_location(loc.split(";")[0], modules)
+                                 for loc in str(d["name"]).split(";;")) if m is not None]
+            located = [m for m in paths if m in modules]
             # a fused op (Conv + ReLU, Linear + ReLU) holds the value of its last module in
-            # PyTorch's order; the locations come in either order
-            module = max(located, key=lambda m: modules[m]) if located else None
+            # PyTorch's order; the locations come in either order. An op fused with one of
+            # its block's own functional ops (the residual add after the attention, an
+            # F.relu in the model's forward: location "" ) holds the block's value, which is
+            # no layer's output
+            own_op = any(p not in modules and any(m.startswith(p + ".") or not p
+                                                  for m in located) for p in paths)
+            module = (max(located, key=lambda m: modules[m]) if located and not own_op
+                      else None)
             dtype = np.dtype(d["dtype"])
             precision = ("int8" if dtype in (np.int8, np.uint8) else
                          "int16" if dtype == np.int16 else str(dtype).replace("float", "fp"))

@@ -97,6 +97,8 @@ def layer_numbers(layer: LayerCapture, depth: int, match: LayerMatch,
     if match.tensor is None or match.values is None:
         return row
     ref = reference.stacked().astype(np.float64)
+    if match.activation == "relu":
+        ref = np.maximum(ref, 0.0)
     out = np.concatenate([np.asarray(v, dtype=np.float64) for v in match.values], axis=0)
     out = out.reshape(ref.shape)
     row.tensor, row.op, row.how = match.tensor.name, match.tensor.op, match.how
@@ -204,7 +206,7 @@ class TargetResult:
         return {"mapped": len(mapped), "total": len(self.rows),
                 "fraction": round(len(mapped) / len(self.rows), 4) if self.rows else None,
                 "fused": [r.module for r in mapped if r.how.startswith("fused")],
-                "by_shape": [r.module for r in mapped if r.how == "shape"],
+                "by_shape": [r.module for r in mapped if r.how.startswith("shape")],
                 "unmapped": [r.module for r in self.rows if not r.mapped]}
 
     def culprit_names(self) -> list[str]:

@@ -9,13 +9,17 @@ Rules, in order:
    "fused into" it (exporters fold inference BatchNorm into the conv before it).
 3. **model output**: a module whose PyTorch output is the model's output ``k`` takes the
    artifact's output ``k`` (a graph output keeps the name the user gave, not the exporter's).
-4. **shape**: each run of modules still unmapped, between mapped neighbours, is walked
+4. **same tensor**: a module whose PyTorch output equals its predecessor's (Flatten, Identity,
+   eval Dropout) shares the predecessor's tensor (applied before and after rule 5).
+5. **shape**: each run of modules still unmapped, between mapped neighbours, is walked
    backwards (a fused chain's tensor holds the value of the chain's last module); a module
-   takes the tensor tied to no module, lying between those neighbours, that has its shape
-   (else that fits it after the layout is undone) only when exactly one does: where several
-   fit, the match would be a guess, and the module stays unmapped.
-5. **same tensor**: a module whose PyTorch output equals its predecessor's (Flatten, Identity,
-   eval Dropout) shares the predecessor's tensor.
+   takes the tensor tied to no layer (to no module, or to a container module that made it
+   with a functional op), lying between those neighbours, that has its shape (else that fits
+   it after the layout is undone) only when exactly one value does (a value and its copies
+   through reshapes and quantize/dequantize count once, the last copy is taken, and a value
+   claimed is claimed with its copies), among the tensors whose values agree with the
+   module's output (centred cosine >= 0.5: a value of the same shape computed elsewhere does
+   not): where several fit, the match would be a guess, and the module stays unmapped.
 6. **fused**: a module the metadata lists as fused into the next module's tensor (``also``), or
    a module with parameters whose next module has a tensor and the same output shape (Conv +
    ReLU, Linear + ReLU), is measured at that tensor against the next module's PyTorch output;
@@ -23,6 +27,12 @@ Rules, in order:
    like-for-like reference, :mod:`edgekit.explain.reference`), with that conv.
    (A parameterless module with no tensor, such as a Dropout before a residual add, is not
    claimed: the runtime simply has no value for it.)
+
+Rule 1 never gives a layer a tensor with no entry below zero when the layer's own output has a
+real share of negative entries: that tensor holds the layer's value after an activation the
+runtime fused into it (``F.relu(self.fc(x))`` in the model's forward). Rule 5 takes such a
+tensor only when it agrees with the layer's output after a ReLU, and marks the match so
+(``activation="relu"``: the layer is compared after that ReLU).
 
 What remains is unmapped and listed. A fused module's numbers are those of the module it was
 fused into (``compare_to``): the runtime has no value of its own for it.
@@ -53,6 +63,10 @@ class LayerMatch:
     #: The module whose PyTorch output the values compare with: this one, or for a module the
     #: runtime fused into a later one (Conv + ReLU), that later module.
     compare_to: str | None = None
+    #: ``"relu"``: the tensor holds the module's output after a ReLU the model applies
+    #: functionally (``F.relu(self.fc(x))``) and the runtime fused into the op; the reference
+    #: is the module's PyTorch output with that ReLU applied.
+    activation: str | None = None
 
 
 def _folded(layers: Sequence[LayerCapture], i: int) -> bool:
@@ -65,8 +79,8 @@ def _folded(layers: Sequence[LayerCapture], i: int) -> bool:
 
 
 def align(t: RuntimeTensor, shape: tuple[int, ...]) -> tuple[str | None, list[np.ndarray]] | None:
-    """The tensor's values in PyTorch's ``shape`` (NHWC -> NCHW, or dropping size-1 axes), or
-    None when they cannot be."""
+    """The tensor's values in PyTorch's ``shape`` (NHWC -> NCHW; a 1-D convolution's
+    (N, 1, L, C) -> (N, C, L); or dropping size-1 axes), or None when they cannot be."""
     ts = t.shape
     nhwc_of = (shape[0], *shape[2:], shape[1]) if len(shape) >= 3 else None
     if t.layout == "NHWC" and len(ts) == len(shape) and ts == nhwc_of:
@@ -74,6 +88,10 @@ def align(t: RuntimeTensor, shape: tuple[int, ...]) -> tuple[str | None, list[np
         return "NHWC->NCHW", [np.transpose(v, perm) for v in t.values]
     if ts == shape:
         return None, t.values
+    if (t.layout == "NHWC" and len(ts) == 4 and len(shape) == 3 and 1 in ts[1:3]
+            and (ts[0], ts[3], ts[1] * ts[2]) == shape):
+        # a Conv1d run as a 2-D convolution over (N, 1, L, C): back to (N, C, L)
+        return "NHWC->NCL", [np.transpose(v, (0, 3, 1, 2)).reshape(shape) for v in t.values]
     if nhwc_of is not None and ts == nhwc_of:
         perm = (0, len(ts) - 1, *range(1, len(ts) - 1))
         return "NHWC->NCHW", [np.transpose(v, perm) for v in t.values]
@@ -94,6 +112,68 @@ def _own(m: LayerMatch | None) -> bool:
     return m is not None and m.tensor is not None and not m.how.startswith(("fused", "same"))
 
 
+def _same_as_previous(layers: Sequence[LayerCapture], matches: list[LayerMatch]) -> None:
+    """A module whose output equals its predecessor's (Flatten, Identity, eval Dropout) shares
+    the predecessor's tensor."""
+    for i in range(1, len(layers)):
+        prev = matches[i - 1]
+        if matches[i].tensor is not None or prev.tensor is None or prev.values is None:
+            continue
+        same, mine = layers[i - 1].stacked(), layers[i].stacked()
+        if same.size == mine.size and np.array_equal(same.ravel(), mine.ravel()):
+            shape = layers[i].shape
+            matches[i] = LayerMatch(
+                layers[i].name, prev.tensor, f"same tensor as {prev.module}",
+                prev.transform if shape == layers[i - 1].shape else "reshape",
+                [v.reshape(shape) for v in prev.values], activation=prev.activation)
+
+
+def _rectified(t: RuntimeTensor, layer: LayerCapture) -> bool:
+    """The tensor holds a rectified value (no entry below zero) where the layer's own output
+    has a real share of negative entries: the runtime fused an activation the model applies
+    functionally (``F.relu(self.fc(x))``) into the op, so the tensor is not the layer's."""
+    if not t.values or min(float(np.min(v)) for v in t.values) < 0:
+        return False
+    out = layer.stacked()
+    if out.size == 0:
+        return False
+    scale = float(np.max(np.abs(out))) or 1.0
+    return float(np.mean(out < -1e-3 * scale)) > 0.01
+
+
+#: A tensor matched by shape alone must agree this well with the layer's output (centred
+#: cosine): a value of the same shape computed elsewhere (the ``a * b`` term beside a fusion
+#: layer) does not; an int8 layer that lost most of its precision still does.
+MIN_SHAPE_COSINE = 0.5
+
+
+def _agrees(t: RuntimeTensor, layer: LayerCapture) -> bool:
+    """The tensor's values agree with the layer's output (after a ReLU when the tensor is
+    rectified and the output is not: :func:`_rectified`)."""
+    a = align(t, layer.shape)
+    if a is None:
+        return False
+    got = np.concatenate([np.asarray(v, np.float64).ravel() for v in a[1]])
+    ref = layer.stacked().astype(np.float64).ravel()
+    if _rectified(t, layer):
+        ref = np.maximum(ref, 0.0)
+    if got.size != ref.size:
+        return False
+    got, ref = got - got.mean(), ref - ref.mean()
+    denom = float(np.linalg.norm(got) * np.linalg.norm(ref))
+    return denom == 0.0 or float(got @ ref) / denom >= MIN_SHAPE_COSINE
+
+
+def _last_of_each_value(tensors: Sequence[RuntimeTensor]) -> list[RuntimeTensor]:
+    """One tensor per value: of a value and its copies through ops that move no value
+    (a Gemm's output, its DequantizeLinear, the Reshape after it) the last, the one the next
+    op reads."""
+    last: dict[str, RuntimeTensor] = {}
+    for t in sorted(tensors, key=lambda t: t.order):
+        last[t.value_key] = t
+    return sorted(last.values(), key=lambda t: t.order)
+
+
 def map_layers(layers: Sequence[LayerCapture], tensors: Sequence[RuntimeTensor],
                outputs: Sequence[Sequence[np.ndarray]] = ()) -> list[LayerMatch]:
     """One :class:`LayerMatch` per layer, in the layers' (PyTorch execution) order;
@@ -107,7 +187,7 @@ def map_layers(layers: Sequence[LayerCapture], tensors: Sequence[RuntimeTensor],
         found = None
         for t in sorted(by_module.get(layer.name, []), key=lambda t: -t.order):
             a = align(t, layer.shape)
-            if a is not None:
+            if a is not None and not _rectified(t, layer):
                 found = LayerMatch(layer.name, t, t.source, a[0], a[1])
                 break
         matches.append(found or LayerMatch(layer.name, None, ""))
@@ -134,10 +214,17 @@ def map_layers(layers: Sequence[LayerCapture], tensors: Sequence[RuntimeTensor],
                 matches[i] = LayerMatch(layers[i].name, out, "model output", a[0], a[1])
                 taken.add(id(out))
                 break
+    # a module whose output equals its predecessor's takes its tensor before the shape rule
+    # could give it a later value of the same shape (a Dropout before a residual add)
+    _same_as_previous(layers, matches)
     # shape: each run of unmapped layers between mapped neighbours, walked backwards (a
-    # runtime tensor of a fused chain holds the value of the chain's last module)
-    free = sorted((t for t in tensors if t.module is None), key=lambda t: t.order)
-    used: set[int] = set()
+    # runtime tensor of a fused chain holds the value of the chain's last module). Free
+    # tensors: tied to no layer (to no module, or to a container whose forward made them, such
+    # as a functional ReLU inside a TransformerEncoderLayer)
+    names = {layer.name for layer in layers}
+    free = [t for t in tensors if t.module is None or t.module not in names]
+    # values (a tensor and its copies) already claimed
+    used = {m.tensor.value_key for m in matches if m.tensor is not None}
     i = 0
     while i < n:
         if matches[i].tensor is not None:
@@ -150,30 +237,25 @@ def map_layers(layers: Sequence[LayerCapture], tensors: Sequence[RuntimeTensor],
         hi = min((m.tensor.order for m in matches[j:] if m.tensor is not None),
                  default=1 << 30)
         for k in range(j - 1, i - 1, -1):
-            cands = [t for t in free if lo < t.order < hi and id(t) not in used]
+            cands = _last_of_each_value(
+                [t for t in free if lo < t.order < hi and t.value_key not in used])
             exact = [t for t in cands if t.shape == layers[k].shape]
             fits = [t for t in cands if align(t, layers[k].shape) is not None]
+            exact = [t for t in exact if _agrees(t, layers[k])]
+            fits = [t for t in fits if _agrees(t, layers[k])]
             pick = exact if exact else fits
             if len(pick) != 1:
                 continue  # none, or ambiguous: several tensors fit, so none is claimed
             a = align(pick[0], layers[k].shape)
             assert a is not None
-            matches[k] = LayerMatch(layers[k].name, pick[0], "shape", a[0], a[1])
-            used.add(id(pick[0]))
+            relu = _rectified(pick[0], layers[k])
+            matches[k] = LayerMatch(layers[k].name, pick[0],
+                                    "shape, functional ReLU fused in" if relu else "shape",
+                                    a[0], a[1], activation="relu" if relu else None)
+            used.add(pick[0].value_key)
             hi = pick[0].order
         i = j
-    # a module whose output equals its predecessor's (Flatten, Identity, eval Dropout)
-    for i in range(1, n):
-        prev = matches[i - 1]
-        if matches[i].tensor is not None or prev.tensor is None or prev.values is None:
-            continue
-        same, mine = layers[i - 1].stacked(), layers[i].stacked()
-        if same.size == mine.size and np.array_equal(same.ravel(), mine.ravel()):
-            shape = layers[i].shape
-            matches[i] = LayerMatch(
-                layers[i].name, prev.tensor, f"same tensor as {prev.module}",
-                prev.transform if shape == layers[i - 1].shape else "reshape",
-                [v.reshape(shape) for v in prev.values])
+    _same_as_previous(layers, matches)
     # fused into the next module: the metadata says so (``also``), or the next module has a
     # tensor of its own and the same output shape (Conv + ReLU, Linear + ReLU)
     for i in range(n - 2, -1, -1):

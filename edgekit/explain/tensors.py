@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["RuntimeTensor", "base_tensor_name", "module_from_location", "resolve_all",
-           "resolve_by_name"]
+__all__ = ["RuntimeTensor", "base_tensor_name", "module_from_location",
+           "module_path_from_location", "resolve_all", "resolve_by_name"]
 
 
 @dataclass
@@ -39,6 +39,13 @@ class RuntimeTensor:
     also: set[str] = field(default_factory=set)
     #: The index of the model output this tensor is, if it is one.
     model_output: int | None = None
+    #: The tensor this one copies the value of through ops that move no value (reshape,
+    #: quantize/dequantize, cast): the first of the chain; None when it is its own value.
+    value_of: str | None = None
+
+    @property
+    def value_key(self) -> str:
+        return self.value_of or self.name
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -78,27 +85,48 @@ def resolve_all(names: Collection[str], fx_modules: Mapping[str, str]) -> list[s
     return out
 
 
-def module_from_location(location: str, modules: Collection[str]) -> str | None:
+def module_path_from_location(location: str, modules: Collection[str]) -> str | None:
     """A litert-torch location ``pkg.Model/torch.nn.modules.conv.Conv2d_features.0/...`` ->
-    the module path that exists in ``modules`` (``features.0``), else None.
+    the module path it names (``features.0``): a layer in ``modules`` or a module containing
+    some (a block whose forward made the op with a functional call; ``""`` for the model
+    itself), else None.
 
-    Only locations whose every part extends the path are read: inside containers that are
-    never called (a ModuleList), litert-torch also gives functional ops (a residual add, an
-    activation fused into a matmul) the location of a leaf module, so its tensors there do not
-    hold that module's output and are better left unmapped than compared wrongly.
+    Each part of the location must extend the path. A container the forward never calls (a
+    ``ModuleList`` iterated by its parent) has no part of its own: ``TransformerEncoderLayer_0``
+    under the encoder stands for ``layers.0``; one such skipped name is filled in when exactly
+    one module path fits.
     """
     parts = [p for p in location.split("/") if p][1:]
     path: list[str] = []
+
+    def known(cand: str) -> bool:
+        return cand in modules or any(m.startswith(cand + ".") for m in modules)
+
     for part in parts:
         found = None
         for i in [m.start() for m in re.finditer("_", part)]:
             attr = part[i + 1:]
-            cand = ".".join([*path, *attr.split(".")]) if attr else ""
-            if cand and (cand in modules or any(m.startswith(cand + ".") for m in modules)):
+            if not attr:
+                continue
+            cand = ".".join([*path, *attr.split(".")])
+            if known(cand):
                 found = cand
+                break
+            # the attribute sits under a container that was never called
+            head = ".".join(path) + "." if path else ""
+            fills = {m[len(head):].split(".")[0] for m in modules if m.startswith(head)}
+            fits = [f"{head}{f}.{attr}" for f in sorted(fills) if known(f"{head}{f}.{attr}")]
+            if len(fits) == 1:
+                found = fits[0]
                 break
         if found is None:
             return None
         path = found.split(".")
-    name = ".".join(path)
-    return name if name in modules else None
+    return ".".join(path)
+
+
+def module_from_location(location: str, modules: Collection[str]) -> str | None:
+    """The layer (a name in ``modules``) a litert-torch location names, else None (see
+    :func:`module_path_from_location`)."""
+    name = module_path_from_location(location, modules)
+    return name if name and name in modules else None

@@ -1,8 +1,12 @@
 """PyTorch side: every leaf module's output for each reference sample, in execution order.
 
-Forward hooks on the leaf modules (modules without children) record the first tensor each
-returns. A module called more than once per forward keeps its last call (its name then maps
-to one tensor in each runtime as well). Modules whose output is not a floating-point tensor
+Forward hooks on every module record the first tensor each returns; the layers kept are the
+modules *called as leaves*: called during the forward, with no called module inside them. That
+is a module without children, and also one whose children its forward never calls (an
+``nn.MultiheadAttention`` computes with ``out_proj``'s weights through the functional API: the
+attention itself is the layer, the uncalled ``out_proj`` is not one). A module called more
+than once per forward keeps its last call (its name then maps to one tensor in each runtime
+as well). Modules whose output is not a floating-point tensor
 (e.g. an embedding's integer indices are inputs, not outputs) are recorded only when float.
 """
 
@@ -50,10 +54,12 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
-def leaf_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Named leaf modules (no children), the root excluded unless it is itself a leaf."""
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    return [(n or type(model).__name__, m) for n, m in leaves]
+def called_leaves(called: Sequence[str]) -> set[str]:
+    """The names in ``called`` (module paths, ``""`` the root) with no other called name
+    inside them."""
+    names = set(called)
+    return {n for n in names
+            if not any(m != n and (n == "" or m.startswith(n + ".")) for m in names)}
 
 
 def capture_torch(model: torch.nn.Module, samples: Sequence[Sequence[np.ndarray]]
@@ -65,9 +71,12 @@ def capture_torch(model: torch.nn.Module, samples: Sequence[Sequence[np.ndarray]
     captures: dict[str, LayerCapture] = {}
     order = [0]
     current: dict[str, np.ndarray] = {}
+    called: set[str] = set()
+    root = type(model).__name__
 
     def hook(name: str, kind: str, params: int) -> Any:
         def fn(_m: torch.nn.Module, _args: Any, out: Any) -> None:
+            called.add(name)
             t = _first_tensor(out)
             if t is None or not t.is_floating_point():
                 return
@@ -79,7 +88,7 @@ def capture_torch(model: torch.nn.Module, samples: Sequence[Sequence[np.ndarray]
 
     handles = [m.register_forward_hook(hook(n, type(m).__name__,
                                             sum(p.numel() for p in m.parameters())))
-               for n, m in leaf_modules(model)]
+               for n, m in model.named_modules()]
     was_training = model.training
     model.eval()
     outputs: list[list[np.ndarray]] = []
@@ -98,8 +107,11 @@ def capture_torch(model: torch.nn.Module, samples: Sequence[Sequence[np.ndarray]
         for h in handles:
             h.remove()
         model.train(was_training)
+    leaves = called_leaves(sorted(called))
     layers = [c for c in sorted(captures.values(), key=lambda c: c.order)
-              if len(c.outputs) == len(samples)]
+              if c.name in leaves and len(c.outputs) == len(samples)]
+    for c in layers:
+        c.name = c.name or root
     return layers, outputs
 
 

@@ -414,8 +414,9 @@ class Int8Build:
                 self._drop(alt)
         if v.failed is not None and self.culprits is None:
             self.culprits = self.runtime_culprits(v)
-            first = [n for n in self.culprits["try_first"] if n not in self.keep]
-            ranked = first + [n for n in ranked if n not in first]
+            if cfg.fallback_order == "runtime":
+                first = [n for n in self.culprits["try_first"] if n not in self.keep]
+                ranked = first + [n for n in ranked if n not in first]
         if cfg.fallback and self.prepared is None and v.failed is not None:
             k = 1
             while k <= min(cfg.max_fallback, len(ranked)):

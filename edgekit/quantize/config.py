@@ -21,6 +21,7 @@ OPENVINO_SOURCES = ("auto", "nncf", "qdq")
 PRESETS = ("auto", "mixed", "performance")
 #: How cross-layer equalization treats ReLU6 (see edgekit.quantize.transforms.equalize).
 RELU6_MODES = ("clamp", "skip")
+FALLBACK_ORDERS = ("runtime", "sensitivity")
 
 
 def check_activations_16bit(value: Any) -> str | None:
@@ -55,14 +56,18 @@ class QuantConfig:
     * ``keep_float``: PyTorch module names kept in float on every runtime.
     * ``fallback``: with a task, keep the most sensitive layers in float until the profile's
       accuracy budget is met (at most ``max_fallback`` layers).
+    * ``fallback_order``: which layers the fallback keeps in float first: ``"runtime"`` (the
+      default: the culprits read from the failing artifact's own tensors, each with the layer
+      that reads its output, then the PyTorch-side sensitivity order) or ``"sensitivity"``
+      (the PyTorch-side order alone: one layer fake-quantized at a time).
     * ``openvino_source``: ``"nncf"`` (nncf.quantize on the OpenVINO model), ``"qdq"`` (read
       the ONNX Runtime QDQ model) or ``"auto"`` (the default: build both, gate both, and keep
       the one that passes; when both pass, the faster, timed against each other on this
       machine, or the higher-scoring one where a timing here would not be the target's). Why
-      both: neither wins everywhere - in benchmarks/results/suite/ NNCF fails the parity
-      tolerance on ds_cnn (cosine 0.70) and the budget on resnet8 where the QDQ model passes,
-      the QDQ model fails on image_audio, and where both pass each is the faster on some
-      models (QDQ: cnn, lstm, autoencoder; NNCF: mobilenet_v2, transformer, gan, vae).
+      both: neither wins everywhere - in benchmarks/results/suite/ NNCF misses the accuracy
+      budget on resnet8 and image_audio where the QDQ model passes, and where both pass each
+      is the faster on some models (QDQ: cnn, lstm, ds_cnn, image_text; NNCF: mobilenet_v2,
+      transformer, gan).
     * ``preset``: NNCF preset, ``"auto"`` = MIXED for models with recurrent layers, else
       PERFORMANCE.
     * ``latency_check``: after the accuracy gate, time the int8 artifact against the same
@@ -126,6 +131,7 @@ class QuantConfig:
     keep_float: tuple[str, ...] = ()
     fallback: bool = True
     max_fallback: int = 8
+    fallback_order: str = "runtime"
     openvino_source: str = "auto"
     preset: str = "auto"
     latency_check: bool = True
@@ -230,6 +236,7 @@ TABLE_SCHEMA: dict[str, Field] = {
     "keep_float": Field(list, item=str),
     "fallback": Field(bool),
     "max_fallback": Field(int, low=0),
+    "fallback_order": Field(str, choices=FALLBACK_ORDERS),
     "openvino_source": Field(str, choices=OPENVINO_SOURCES),
     "preset": Field(str, choices=PRESETS),
     "latency_check": Field(bool),

@@ -36,8 +36,9 @@ __all__ = ["Choice", "Range", "SearchSpace", "default_space", "option_schemas",
 MAX_PRUNE_RATIO = 0.7
 #: [quantization] keys a search never turns: they steer how a build measures or falls back,
 #: not what is built (latency checks time on the build node, which a search must not do).
-_NOT_SEARCHED = {"samples", "keep_float", "max_fallback", "latency_check", "latency_runs",
-                 "latency_max_seconds", "min_speedup", "latency_variants", "extra", "io"}
+_NOT_SEARCHED = {"samples", "keep_float", "max_fallback", "fallback_order", "latency_check",
+                 "latency_runs", "latency_max_seconds", "min_speedup", "latency_variants",
+                 "extra", "io"}
 #: Quantization keys turned by default (when the QuantConfig in use has them); others only
 #: when named in the space.
 _DEFAULT_QUANT = ("method", "per_channel", "activation_type", "openvino_source",
