@@ -6,9 +6,9 @@ each runtime's tensors map to.
 Each model is built untrained (seed 0: coverage is about the export metadata, not accuracy;
 BatchNorm statistics estimated on the calibration inputs, so a deep random network's output
 still depends on its input), one bundle per target (int8 targets calibrated on 64 samples of
-the model's task, no accuracy gate, no latency check), then explained on its reference pairs
-at 1 thread. Writes benchmarks/results/explain_coverage.{json,md}. A target that fails to
-build or explain is recorded with its error, not skipped silently.
+the model's task, no fidelity gate or tolerance, no latency check), then explained on its
+reference pairs at 1 thread. Writes benchmarks/results/explain_coverage.{json,md}. A target
+that fails to build or explain is recorded with its error, not skipped silently.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from edgekit.errors import EdgekitError
 from edgekit.explain import explain
 from edgekit.models import get_spec, list_models
 from edgekit.pipeline import compress
-from edgekit.profiles import load_profile
+from edgekit.profiles import Tolerance, load_profile
 
 from common import settle_batchnorm  # noqa: E402
 
@@ -60,8 +60,9 @@ def one(name: str, target: str, tmp: Path) -> dict:
         if target.endswith("int8"):
             kw = {"calibration": calibration,
                   "quantization": {"latency_check": False}}
-            # an untrained model's int8 fidelity is no question here: the gate is off
-            profile = dataclasses.replace(load_profile(target), gate=NO_GATE)
+            # an untrained model's int8 fidelity is no question here: gate and tolerance off
+            profile = dataclasses.replace(load_profile(target), gate=NO_GATE,
+                                          tolerance=Tolerance(None, None, None))
         compress(model, spec.example_inputs(1), targets=[profile],
                  out_dir=tmp / f"{name}-{target}",
                  input_names=list(spec.input_names), output_names=list(spec.output_names),

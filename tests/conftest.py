@@ -1,5 +1,22 @@
+import os
+import signal
+
+import pytest
 import torch
 from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _trace_sigint(request):
+    """With ``EDGEKIT_TRACE_SIGINT=FILE``, each test after which the process's SIGINT handler
+    differs from before is appended to FILE (something run in-process that leaves Ctrl-C
+    ignored is found by name)."""
+    path = os.environ.get("EDGEKIT_TRACE_SIGINT")
+    before = signal.getsignal(signal.SIGINT) if path else None
+    yield
+    if path and signal.getsignal(signal.SIGINT) != before:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{request.node.nodeid}: {before} -> {signal.getsignal(signal.SIGINT)}\n")
 
 
 class TinyNet(nn.Module):

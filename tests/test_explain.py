@@ -288,6 +288,26 @@ def test_align_undoes_nhwc_and_reshape():
     assert how == "NHWC->NCL" and np.array_equal(vals[0], c1[0, 0].T[None])
 
 
+def test_a_bias_added_in_the_next_op_is_taken_off_the_reference():
+    """LiteRT folds a Linear's bias into the Linear after it: the first Linear's tensor is its
+    output without the bias; compared as such, not as a broken layer."""
+    from edgekit.explain.layers import layer_numbers
+    from edgekit.explain.mapping import map_layers
+    from edgekit.explain.torch_capture import LayerCapture
+
+    rng = np.random.default_rng(0)
+    bias = rng.standard_normal(16)
+    out = rng.standard_normal((2, 16)) + bias
+    proj = LayerCapture("proj", "Linear", 0, [out], params=272, bias=bias, bias_axis=1)
+    t = RuntimeTensor("fc", "FULLY_CONNECTED", 0, "proj", "metadata", "fp32", [out - bias])
+    m = map_layers([proj], [t])[0]
+    assert (m.adjust, m.how) == ("no_bias", "metadata, bias added in the next op")
+    assert layer_numbers(proj, 0, m, proj, "fp32").rel_error < 1e-12
+    # the whole output: as is
+    t2 = RuntimeTensor("fc", "FULLY_CONNECTED", 0, "proj", "metadata", "fp32", [out])
+    assert map_layers([proj], [t2])[0].adjust is None
+
+
 def test_shape_rule_claims_only_values_that_agree():
     """A same-shaped value computed beside the layer (the ``a * b`` term a fusion layer reads)
     is not the layer's output; a rectified copy of it is, after a ReLU."""
@@ -307,7 +327,7 @@ def test_shape_rule_claims_only_values_that_agree():
     assert m["fuse"].tensor is None
     # the runtime fused the model's F.relu into fuse's op: compared after a ReLU, and said so
     m = {x.module: x for x in map_layers(layers, [ends[0], mul, relu, ends[1]])}
-    assert (m["fuse"].tensor, m["fuse"].activation) == (relu, "relu")
+    assert (m["fuse"].tensor, m["fuse"].adjust) == (relu, "relu")
     assert m["fuse"].how == "shape, functional ReLU fused in"
     from edgekit.explain.layers import layer_numbers
 

@@ -97,8 +97,10 @@ def layer_numbers(layer: LayerCapture, depth: int, match: LayerMatch,
     if match.tensor is None or match.values is None:
         return row
     ref = reference.stacked().astype(np.float64)
-    if match.activation == "relu":
+    if match.adjust == "relu":
         ref = np.maximum(ref, 0.0)
+    elif match.adjust == "no_bias":
+        ref = reference.without_bias(ref)
     out = np.concatenate([np.asarray(v, dtype=np.float64) for v in match.values], axis=0)
     out = out.reshape(ref.shape)
     row.tensor, row.op, row.how = match.tensor.name, match.tensor.op, match.how

@@ -32,7 +32,9 @@ Rule 1 never gives a layer a tensor with no entry below zero when the layer's ow
 real share of negative entries: that tensor holds the layer's value after an activation the
 runtime fused into it (``F.relu(self.fc(x))`` in the model's forward). Rule 5 takes such a
 tensor only when it agrees with the layer's output after a ReLU, and marks the match so
-(``activation="relu"``: the layer is compared after that ReLU).
+(``adjust="relu"``: the layer is compared after that ReLU). A Conv/Linear's tensor that sits
+much closer to its output without the bias than with it is compared without it
+(``adjust="no_bias"``: the runtime adds that bias in the next op).
 
 What remains is unmapped and listed. A fused module's numbers are those of the module it was
 fused into (``compare_to``): the runtime has no value of its own for it.
@@ -63,10 +65,11 @@ class LayerMatch:
     #: The module whose PyTorch output the values compare with: this one, or for a module the
     #: runtime fused into a later one (Conv + ReLU), that later module.
     compare_to: str | None = None
-    #: ``"relu"``: the tensor holds the module's output after a ReLU the model applies
-    #: functionally (``F.relu(self.fc(x))``) and the runtime fused into the op; the reference
-    #: is the module's PyTorch output with that ReLU applied.
-    activation: str | None = None
+    #: How the reference differs from the module's PyTorch output: ``"relu"``, the tensor
+    #: holds it after a ReLU the model applies functionally (``F.relu(self.fc(x))``) and the
+    #: runtime fused into the op; ``"no_bias"``, the runtime adds the module's bias in the
+    #: next op (LiteRT folds a Linear's bias into the Linear after it). None: as is.
+    adjust: str | None = None
 
 
 def _folded(layers: Sequence[LayerCapture], i: int) -> bool:
@@ -104,7 +107,7 @@ def align(t: RuntimeTensor, shape: tuple[int, ...]) -> tuple[str | None, list[np
 def _fused(layer: LayerCapture, into: LayerMatch) -> LayerMatch:
     assert into.tensor is not None
     return LayerMatch(layer.name, into.tensor, f"fused into {into.module}", into.transform,
-                      into.values, into.module)
+                      into.values, into.module, adjust=into.adjust)
 
 
 def _own(m: LayerMatch | None) -> bool:
@@ -125,7 +128,7 @@ def _same_as_previous(layers: Sequence[LayerCapture], matches: list[LayerMatch])
             matches[i] = LayerMatch(
                 layers[i].name, prev.tensor, f"same tensor as {prev.module}",
                 prev.transform if shape == layers[i - 1].shape else "reshape",
-                [v.reshape(shape) for v in prev.values], activation=prev.activation)
+                [v.reshape(shape) for v in prev.values], adjust=prev.adjust)
 
 
 def _rectified(t: RuntimeTensor, layer: LayerCapture) -> bool:
@@ -139,6 +142,17 @@ def _rectified(t: RuntimeTensor, layer: LayerCapture) -> bool:
         return False
     scale = float(np.max(np.abs(out))) or 1.0
     return float(np.mean(out < -1e-3 * scale)) > 0.01
+
+
+def _bias_elsewhere(values: list[np.ndarray], layer: LayerCapture) -> bool:
+    """The values are the layer's output without its bias (at most a quarter of the distance
+    to the output with it): the runtime adds the bias in a later op."""
+    if layer.bias is None or not np.any(layer.bias):
+        return False
+    out = layer.stacked().astype(np.float64)
+    got = np.concatenate([np.asarray(v, np.float64) for v in values], axis=0).reshape(out.shape)
+    with_bias = float(np.linalg.norm(got - out))
+    return float(np.linalg.norm(got - layer.without_bias(out))) < 0.25 * with_bias
 
 
 #: A tensor matched by shape alone must agree this well with the layer's output (centred
@@ -189,6 +203,8 @@ def map_layers(layers: Sequence[LayerCapture], tensors: Sequence[RuntimeTensor],
             a = align(t, layer.shape)
             if a is not None and not _rectified(t, layer):
                 found = LayerMatch(layer.name, t, t.source, a[0], a[1])
+                if _bias_elsewhere(a[1], layer):
+                    found.how, found.adjust = f"{t.source}, bias added in the next op", "no_bias"
                 break
         matches.append(found or LayerMatch(layer.name, None, ""))
     n = len(layers)
@@ -251,7 +267,7 @@ def map_layers(layers: Sequence[LayerCapture], tensors: Sequence[RuntimeTensor],
             relu = _rectified(pick[0], layers[k])
             matches[k] = LayerMatch(layers[k].name, pick[0],
                                     "shape, functional ReLU fused in" if relu else "shape",
-                                    a[0], a[1], activation="relu" if relu else None)
+                                    a[0], a[1], adjust="relu" if relu else None)
             used.add(pick[0].value_key)
             hi = pick[0].order
         i = j

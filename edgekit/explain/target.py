@@ -85,7 +85,7 @@ def _onnx_local(artifact: Artifact, samples: list[list[np.ndarray]],
     by_name = {layer.name: layer for layer in layers}
     own = [m for m in matches if m.tensor is not None and m.transform is None
            and m.compare_to in (None, m.module) and not m.how.startswith(("fused", "same"))
-           and m.activation is None]
+           and m.adjust is None]
     return local_sqnr_onnx(
         artifact.path, samples, [s.name for s in artifact.inputs],
         {m.module: m.tensor.name for m in own if m.tensor is not None},

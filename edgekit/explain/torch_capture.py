@@ -32,6 +32,16 @@ class LayerCapture:
     outputs: list[np.ndarray] = field(default_factory=list)
     #: Parameters the module holds (0 for ReLU, Dropout, Flatten...).
     params: int = 0
+    #: The bias a Conv/Linear adds (None without one) and the output axis it runs along.
+    bias: np.ndarray | None = None
+    bias_axis: int = 1
+
+    def without_bias(self, out: np.ndarray) -> np.ndarray:
+        """``out`` (this layer's output, stacked) with the layer's bias taken off."""
+        assert self.bias is not None
+        shape = [1] * out.ndim
+        shape[self.bias_axis] = -1
+        return out - self.bias.reshape(shape)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -52,6 +62,18 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
             if t is not None:
                 return t
     return None
+
+
+def _bias(m: torch.nn.Module, out: torch.Tensor) -> dict[str, Any]:
+    """A Conv's or Linear's bias and the axis of ``out`` it is added along."""
+    b = getattr(m, "bias", None)
+    if not isinstance(b, torch.Tensor) or b.ndim != 1 or out.ndim < 2:
+        return {}
+    if isinstance(m, torch.nn.Linear) and out.shape[-1] == b.numel():
+        return {"bias": b.detach().float().cpu().numpy().copy(), "bias_axis": out.ndim - 1}
+    if isinstance(m, torch.nn.modules.conv._ConvNd) and out.shape[1] == b.numel():
+        return {"bias": b.detach().float().cpu().numpy().copy(), "bias_axis": 1}
+    return {}
 
 
 def called_leaves(called: Sequence[str]) -> set[str]:
@@ -75,13 +97,14 @@ def capture_torch(model: torch.nn.Module, samples: Sequence[Sequence[np.ndarray]
     root = type(model).__name__
 
     def hook(name: str, kind: str, params: int) -> Any:
-        def fn(_m: torch.nn.Module, _args: Any, out: Any) -> None:
+        def fn(m: torch.nn.Module, _args: Any, out: Any) -> None:
             called.add(name)
             t = _first_tensor(out)
             if t is None or not t.is_floating_point():
                 return
             if name not in captures:
-                captures[name] = LayerCapture(name, kind, order[0], params=params)
+                captures[name] = LayerCapture(name, kind, order[0], params=params,
+                                              **_bias(m, t))
                 order[0] += 1
             current[name] = t.detach().float().cpu().numpy().copy()
         return fn
