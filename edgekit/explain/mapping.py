@@ -19,7 +19,8 @@ Rules, in order:
    through reshapes and quantize/dequantize count once, the last copy is taken, and a value
    claimed is claimed with its copies), among the tensors whose values agree with the
    module's output (centred cosine >= 0.5: a value of the same shape computed elsewhere does
-   not): where several fit, the match would be a guess, and the module stays unmapped.
+   not) or whose metadata names the module beside another (preferred): where several fit,
+   the match would be a guess, and the module stays unmapped.
 6. **fused**: a module the metadata lists as fused into the next module's tensor (``also``), or
    a module with parameters whose next module has a tensor and the same output shape (Conv +
    ReLU, Linear + ReLU), is measured at that tensor against the next module's PyTorch output;
@@ -257,9 +258,14 @@ def map_layers(layers: Sequence[LayerCapture], tensors: Sequence[RuntimeTensor],
                 [t for t in free if lo < t.order < hi and t.value_key not in used])
             exact = [t for t in cands if t.shape == layers[k].shape]
             fits = [t for t in cands if align(t, layers[k].shape) is not None]
-            exact = [t for t in exact if _agrees(t, layers[k])]
-            fits = [t for t in fits if _agrees(t, layers[k])]
+            # a value whose metadata names the layer beside another module (the ONNX scope
+            # of a Gemm the quantizer fused with the block's ReLU) is the layer's, agreeing or
+            # not (a layer broken by int8 does not agree); others must agree with it
+            named = {t.value_key for t in free if layers[k].name in t.also}
+            exact = [t for t in exact if t.value_key in named or _agrees(t, layers[k])]
+            fits = [t for t in fits if t.value_key in named or _agrees(t, layers[k])]
             pick = exact if exact else fits
+            pick = [t for t in pick if t.value_key in named] or pick
             if len(pick) != 1:
                 continue  # none, or ambiguous: several tensors fit, so none is claimed
             a = align(pick[0], layers[k].shape)
