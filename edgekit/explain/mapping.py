@@ -261,11 +261,11 @@ def map_layers(layers: Sequence[LayerCapture], tensors: Sequence[RuntimeTensor],
             # a value whose metadata names the layer beside another module (the ONNX scope
             # of a Gemm the quantizer fused with the block's ReLU) is the layer's, agreeing or
             # not (a layer broken by int8 does not agree); others must agree with it
-            named = {t.value_key for t in free if layers[k].name in t.also}
-            exact = [t for t in exact if t.value_key in named or _agrees(t, layers[k])]
-            fits = [t for t in fits if t.value_key in named or _agrees(t, layers[k])]
+            tied = {t.value_key for t in free if layers[k].name in t.also}
+            exact = [t for t in exact if t.value_key in tied or _agrees(t, layers[k])]
+            fits = [t for t in fits if t.value_key in tied or _agrees(t, layers[k])]
             pick = exact if exact else fits
-            pick = [t for t in pick if t.value_key in named] or pick
+            pick = [t for t in pick if t.value_key in tied] or pick
             if len(pick) != 1:
                 continue  # none, or ambiguous: several tensors fit, so none is claimed
             a = align(pick[0], layers[k].shape)
