@@ -18,7 +18,7 @@ Rules, in order:
    it after the layout is undone) only when exactly one value does (a value and its copies
    through reshapes and quantize/dequantize count once, the last copy is taken, and a value
    claimed is claimed with its copies), among the tensors whose values agree with the
-   module's output (centred cosine >= 0.5: a value of the same shape computed elsewhere does
+   module's output (centred cosine >= 0.8: a value of the same shape computed elsewhere does
    not) or whose metadata names the module beside another (preferred): where several fit,
    the match would be a guess, and the module stays unmapped.
 6. **fused**: a module the metadata lists as fused into the next module's tensor (``also``), or
@@ -158,8 +158,10 @@ def _bias_elsewhere(values: list[np.ndarray], layer: LayerCapture) -> bool:
 
 #: A tensor matched by shape alone must agree this well with the layer's output (centred
 #: cosine): a value of the same shape computed elsewhere (the ``a * b`` term beside a fusion
-#: layer) does not; an int8 layer that lost most of its precision still does.
-MIN_SHAPE_COSINE = 0.5
+#: layer) does not, nor does a sum that holds the layer's output and as much again (BERT's
+#: word + position embeddings, where ONNX Runtime folded the constant position table: about
+#: 0.7); an int8 layer at 4-5 dB SQNR still does.
+MIN_SHAPE_COSINE = 0.8
 
 
 def _agrees(t: RuntimeTensor, layer: LayerCapture) -> bool:
