@@ -1,8 +1,8 @@
 """Do the committed suite numbers reproduce? One suite run (a folder of per-model JSON files)
 against another, cell by cell.
 
-    python -m benchmarks.suite --models cnn,resnet8 --out /tmp/rerun
-    python benchmarks/suite_compare.py /tmp/rerun/suite [--base benchmarks/results/suite]
+    python -m benchmarks.suite --models cnn,resnet8 --out <rerun>
+    python benchmarks/suite_compare.py <rerun>/suite [--base benchmarks/results/suite]
 
 Per cell (model x variant x runtime) it compares the task metric and the median latency.
 - **metric**: the same recipe gives the same bytes (int8 included), so the metric must be equal

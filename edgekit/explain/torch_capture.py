@@ -35,6 +35,7 @@ class LayerCapture:
     #: The bias a Conv/Linear adds (None without one) and the output axis it runs along.
     bias: np.ndarray | None = None
     bias_axis: int = 1
+    _stacked: tuple[int, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def without_bias(self, out: np.ndarray) -> np.ndarray:
         """``out`` (this layer's output, stacked) with the layer's bias taken off."""
@@ -48,9 +49,14 @@ class LayerCapture:
         return tuple(self.outputs[0].shape) if self.outputs else ()
 
     def stacked(self) -> np.ndarray:
-        """Samples concatenated along axis 0 (each sample keeps its own batch axis)."""
-        return np.concatenate([o.reshape((-1, *o.shape[1:])) if o.ndim else o.reshape(1)
-                               for o in self.outputs], axis=0)
+        """Samples concatenated along axis 0 (each sample keeps its own batch axis); built once
+        per number of samples (the mapping asks for it many times). Read-only."""
+        if self._stacked is None or self._stacked[0] != len(self.outputs):
+            value = np.concatenate([o.reshape((-1, *o.shape[1:])) if o.ndim else o.reshape(1)
+                                    for o in self.outputs], axis=0)
+            value.flags.writeable = False
+            self._stacked = (len(self.outputs), value)
+        return self._stacked[1]
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
