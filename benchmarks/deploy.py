@@ -425,6 +425,7 @@ def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | No
         except Exception as exc:  # a failed flow is a result, with its reason
             cells[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         log(zoo, f"{key}: {cells[key]}")
+    cells.update(native_accuracy(model, spec, calib, task, test, targets, tmp))
     if pruning is not None and "error" not in pruning:
         longer, _ = trained_longer(zoo, model, int(pruning["fine_tune_epochs"]))
         cells["pytorch/fp32_trained_longer"] = task_scores(task, predict(longer, test), targets)
@@ -433,10 +434,50 @@ def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | No
            "input": [list(t.shape[1:]) for t in test.inputs], "test_samples": len(test),
            "train_epochs": meta.get("epochs"), "train_seconds": meta.get("train_seconds"),
            "calibration_samples": calib_n, "seconds": round(time.perf_counter() - t0, 1),
-           "cells": cells}
+           "machine": accuracy_machine(), "cells": cells}
     if pruning is not None:
         row["pruning"] = pruning
     return row
+
+
+def native_accuracy(model: torch.nn.Module, spec: Any, calib: list[list[np.ndarray]],
+                    task: Any, test: Any, targets: np.ndarray, tmp: Path
+                    ) -> dict[str, dict[str, Any]]:
+    """``<runtime>/native_int8``: each runtime's own default int8 flow (benchmarks.native) on
+    the same model and calibration data, scored on the same test split."""
+    from benchmarks import native
+    from edgekit.backends import get_backend
+    from edgekit.measure.scoring import session_outputs
+
+    x = spec.example_inputs(1)
+    names, outs = list(spec.input_names), list(spec.output_names)
+    fp32 = get_backend("onnxruntime").export(model, x, tmp / "native-fp32", input_names=names,
+                                             output_names=outs, options={})
+    flows = {
+        "onnxruntime": lambda: native.ort_int8(fp32.path, tmp / "native-ort", calib, names,
+                                               fp32.inputs, fp32.outputs, 1)[0],
+        "openvino": lambda: native.openvino_int8(model, x, tmp / "native-ov", calib,
+                                                 fp32.inputs, fp32.outputs, 1)[0],
+        "tflite": lambda: native.tflite_int8(model, x, tmp / "native-tfl", calib, names,
+                                             outs, 1)[0]}
+    cells: dict[str, dict[str, Any]] = {}
+    for rt in RUNTIMES:
+        key = f"{rt}/native_int8"
+        try:
+            got = session_outputs(flows[rt](), test, batch=1)
+            cells[key] = task_scores(task, got, targets[: len(got[0])])
+        except Exception as exc:  # a failed default flow is a result, with its reason
+            cells[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        log(spec.name, f"{key}: {cells[key]}")
+    return cells
+
+
+def accuracy_machine() -> dict[str, Any]:
+    """Where an accuracy row was measured: int8 scores on ONNX Runtime depend on the CPU (its
+    uint8 x int8 kernels saturate on x86-64 without VNNI)."""
+    from edgekit.backends.x86_saturation import u8s8_saturates
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "int8_kernels": u8s8_saturates()[1]}
 
 
 def accuracy_markdown(rows: list[dict[str, Any]]) -> list[str]:
@@ -469,6 +510,26 @@ def accuracy_markdown(rows: list[dict[str, Any]]) -> list[str]:
             f"{r['train_seconds']} s | {cell(r['cells']['pytorch/fp32'], r['metric'])} | "
             + " | ".join(cell(r["cells"].get(f"{rt}/{p}", {}), r["metric"])
                          for rt in RUNTIMES for p in ("fp32", "int8")) + " |")
+    native_rows = [r for r in rows if any(k.endswith("/native_int8") for k in r["cells"])]
+    if native_rows:
+        lines += ["", "Beside each runtime's own default int8 flow (same model, calibration "
+                  "data and test split, same run; `benchmarks/native.py`):", "",
+                  "| model | " + " | ".join(f"{rt} default int8 | {rt} edgekit int8"
+                                           for rt in RUNTIMES) + " |",
+                  "|---|" + "---:|" * (2 * len(RUNTIMES))]
+        for r in native_rows:
+            lines.append(f"| {r['model']} | " + " | ".join(
+                f"{cell(r['cells'].get(f'{rt}/native_int8', {}), r['metric'])} | "
+                f"{cell(r['cells'].get(f'{rt}/int8', {}), r['metric'])}" for rt in RUNTIMES)
+                + " |")
+    machines = sorted({(m["cpu"], m["cores"], m["int8_kernels"]) for r in rows
+                       if (m := r.get("machine"))})
+    if machines:
+        lines += ["", "Measured on: " + "; ".join(
+            f"{', '.join(r['model'] for r in rows if r.get('machine', {}).get('cpu') == cpu)} "
+            f"on {cpu} ({cores} cores; {kernels})" for cpu, cores, kernels in machines)
+            + (" (rows without a machine: the latency tables' machine)"
+               if any("machine" not in r for r in rows) else "") + "."]
     pruned_rows = [r for r in rows if r.get("pruning")]
     if not pruned_rows:
         return lines + [""]

@@ -188,7 +188,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     root = Path(args.out)
-    results: dict[str, Any] = {"machine": {"python": platform.python_version(),
+    from benchmarks.common import cpu_name
+
+    results: dict[str, Any] = {"machine": {"cpu": cpu_name(), "python": platform.python_version(),
                                            "cpus": os.cpu_count()},
                                "settings": {k: v for k, v in vars(args).items()
                                             if k not in ("out", "results")},
@@ -228,7 +230,8 @@ def main() -> None:
         json.dumps(_portable(results, root), indent=2, default=str) + "\n")
     lines = ["# Search vs the default int8 build", "",
              f"Target {args.target}, {args.trials} trials per search, budget {args.max_drop} "
-             "metric points; latency: the bench harness, all bundles timed interleaved.", "",
+             "metric points; latency: the bench harness, all bundles timed interleaved; on "
+             f"{results['machine']['cpu']} ({results['machine']['cpus']} cores).", "",
              "| model | default int8 ms | best searched ms | speedup | goal 1.3x | trials/h 1 "
              "node | trials/h 2 nodes |", "|---|---|---|---|---|---|---|"]
     for m, r in results["models"].items():

@@ -253,7 +253,11 @@ def test_openvino_reports_the_precision_it_runs(exported):
     sess = get_backend("openvino").load(art, threads=1, options={"inference_precision": "f32"})
     assert sess.info["precision"] == "fp32"
     sess = get_backend("openvino").load(art, threads=1, options={"inference_precision": "bf16"})
-    assert sess.info["precision"] == "bf16"  # what this CPU really runs when asked for bf16
+    import openvino as ov
+
+    # what this CPU really runs when asked for bf16: bf16 only where OpenVINO has bf16 kernels
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert sess.info["precision"] == ("bf16" if bf16 else "fp32")
     with pytest.raises(UsageError, match="inference_precision"):
         get_backend("openvino").load(art, threads=1, options={"inference_precision": "fp32"})
 

@@ -145,3 +145,23 @@ def test_run_model_builds_and_times_pruned_cells_on_every_runtime(tmp_path):
     assert "## Pruned and pruned+int8" in markdown(
         {"machine": {"cpu": "x", "cores": 2}, "threads": 1, "peak": {"fp32": 1e11, "int8": 4e11},
          "models": [res]})
+
+
+def test_accuracy_markdown_sets_each_default_flow_beside_edgekit_and_names_the_machine():
+    cells = {"pytorch/fp32": {"top1": 42.0}}
+    for rt in RUNTIMES:
+        cells[f"{rt}/fp32"] = {"top1": 42.0}
+        cells[f"{rt}/int8"] = {"top1": 41.5}
+    cells["onnxruntime/native_int8"] = {"top1": 12.25}
+    cells["openvino/native_int8"] = {"error": "RuntimeError: nncf failed"}
+    row = {"model": "bert_mini_128", "task": "docstrings", "input": [[128], [128]],
+           "metric": "top1", "train_epochs": 2, "train_seconds": 300.0, "cells": cells,
+           "machine": {"cpu": "Some CPU", "cores": 2, "int8_kernels": "x86_64 with avx512_vnni"}}
+    other = dict(row, model="unet_128", cells={"pytorch/fp32": {"top1": 1.0}})
+    del other["machine"]
+    text = "\n".join(accuracy_markdown([row, other]))
+    assert "| bert_mini_128 | 12.25 | 41.50 | failed: RuntimeError: nncf failed | 41.50 | - | " \
+        "41.50 |" in text
+    assert "| unet_128 |" in text.split("default int8 flow")[0]  # the main table only
+    assert ("Measured on: bert_mini_128 on Some CPU (2 cores; x86_64 with avx512_vnni) (rows "
+            "without a machine: the latency tables' machine).") in text

@@ -283,9 +283,12 @@ def test_int8_build_applies_and_records_the_transforms(tmp_path):
 
 
 @pytest.mark.slow
-def test_onnxruntime_int8_weights_are_on_the_grid_bias_correction_assumes(tmp_path):
-    """Bias correction targets ``quantize_weight``'s grid: the QDQ artifact's int8 weights,
-    dequantized, must equal it for every conv/linear of the transformed model."""
+@pytest.mark.parametrize("reduce_range, qmax", [("off", 127), ("on", 64)])
+def test_onnxruntime_int8_weights_are_on_the_grid_bias_correction_assumes(tmp_path, reduce_range,
+                                                                          qmax):
+    """Bias correction targets ``quantize_weight``'s grid, 8-bit or 7-bit (``reduce_range``):
+    the QDQ artifact's int8 weights, dequantized, must equal it for every conv/linear of the
+    transformed model."""
     import onnx
     from onnx import numpy_helper
 
@@ -296,7 +299,7 @@ def test_onnxruntime_int8_weights_are_on_the_grid_bias_correction_assumes(tmp_pa
     model = _random_bn(build("ds_cnn"))
     cal = _batches(spec, n=4, batch=1)
     quant = {"equalize": True, "bias_correction": True, "latency_check": False,
-             "fallback": False}
+             "fallback": False, "reduce_range": reduce_range}
     compress(model, spec.example_inputs(1), targets=["x86-onnxruntime-int8"],
              out_dir=tmp_path / "b", input_names=list(spec.input_names),
              output_names=list(spec.output_names), progress=False,
@@ -313,11 +316,16 @@ def test_onnxruntime_int8_weights_are_on_the_grid_bias_correction_assumes(tmp_pa
             if scale.size > 1:
                 shape[axis] = -1
             onnx_weights.append(q * scale.reshape(shape))
-    transformed, _ = apply_transforms(model, cal, equalize=True, bias_correction=True)
+    transformed, _ = apply_transforms(model, cal, equalize=True, bias_correction=True,
+                                      weight_qmax=qmax)
     layers = [m for m in transformed.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert len(onnx_weights) == len(layers)
+    assert max(int(np.abs(inits[n]).max()) for n in inits if inits[n].dtype == np.int8) == qmax
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    record = manifest["targets"]["x86-onnxruntime-int8"]["quantization"]["transforms"]
+    assert record["bias_correction_grid"] == f"-{qmax}..{qmax}"
     for m in layers:
-        ours = quantize_weight(m.weight.detach()).double().numpy()
+        ours = quantize_weight(m.weight.detach(), qmax).double().numpy()
         assert any(w.shape == ours.shape and np.allclose(w, ours, rtol=1e-5, atol=1e-7)
                    or w.shape == ours.T.shape and np.allclose(w, ours.T, rtol=1e-5, atol=1e-7)
                    for w in onnx_weights), m

@@ -226,7 +226,10 @@ def test_a_16bit_activation_is_16bit_in_the_artifact(built):
     import onnx
 
     model, quantize = built
-    art, sess = quantize(range_method="auto", activations_16bit=["conv2"], latency_check=False)
+    # 8-bit weights in both builds: with 7-bit ones (reduce_range) the weights' error hides
+    # what the finer activation grid gains
+    art, sess = quantize(range_method="auto", activations_16bit=["conv2"], latency_check=False,
+                         reduce_range="off")
     ranges = art.info["quantization"]["ranges"]
     assert ranges["requested_16bit"] == ["relu"]  # conv2's data input
     assert ranges["activations_16bit"] == ["relu"]  # read back from the file
@@ -239,7 +242,7 @@ def test_a_16bit_activation_is_16bit_in_the_artifact(built):
     assert rows["conv2"] == "int16" and rows["head"] == "int8"
     # ORT's CPU EP computes the layers around a 16-bit tensor in float, and says so
     assert ranges["cpu_execution"]["float_compute_nodes"]
-    art8, sess8 = quantize(range_method="auto", latency_check=False)
+    art8, sess8 = quantize(range_method="auto", latency_check=False, reduce_range="off")
     assert _sqnr(model, sess) > _sqnr(model, sess8) + 1.0
 
 

@@ -217,6 +217,13 @@ class OnnxRuntimeBackend:
     def int8_available(self) -> str | None:
         return int8_needs(["onnxruntime.quantization"])
 
+    def weight_qmax(self, config: Any) -> int:
+        """The int8 weights' grid ``-q..q`` this config gives: 64 with 7-bit weights
+        (``reduce_range``), else 127 (for bias correction)."""
+        from .onnxruntime_int8 import reduce_range_decision
+
+        return 64 if reduce_range_decision(config)["applied"] else 127
+
     def quantize(
         self,
         model: torch.nn.Module,

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .onnx_probe import augmented_session
+
 if TYPE_CHECKING:
     from ..quantize.config import QuantConfig
 
@@ -96,7 +98,11 @@ def quantize_onnx(
         src, preprocessing = _preprocess(src, pre, Path(tmp))
         static_out = Path(tmp) / "static.onnx"
 
+        softmax = _softmax_overrides(src, input_names, batches, config, exclude)
+        reduce = reduce_range_decision(config)
+
         def static(out: Path, overrides: dict[str, Any] | None) -> None:
+            overrides = _with_softmax(overrides, softmax)
             options = dict(extra, **({"TensorQuantOverrides": overrides} if overrides else {}))
             try:
                 quantize_static(
@@ -104,7 +110,7 @@ def quantize_onnx(
                     quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
                     activation_type=act, weight_type=QuantType.QInt8, calibrate_method=method,
                     nodes_to_exclude=exclude, op_types_to_quantize=op_types,
-                    extra_options=options,
+                    reduce_range=reduce["applied"], extra_options=options,
                 )
             except Exception as exc:
                 from ._calibration import calibration_failure
@@ -146,7 +152,7 @@ def quantize_onnx(
 
             quantize_dynamic(str(static_out), str(out_path), weight_type=QuantType.QInt8,
                              nodes_to_quantize=dynamic, op_types_to_quantize=list(_RECURRENT),
-                             per_channel=False)
+                             per_channel=False, reduce_range=reduce["applied"])
         else:
             shutil.copyfile(static_out, out_path)
     summary = onnx_precision_summary(out_path, modules)
@@ -161,6 +167,8 @@ def quantize_onnx(
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
         "ranges": ranges,
+        "softmax_ranges": softmax,
+        "reduce_range": reduce,
         "preprocessing": preprocessing,
         "method": config.method,
         "per_channel": config.per_channel,
@@ -173,6 +181,55 @@ def quantize_onnx(
         "float_recurrent_nodes": [r["node"] for r in summary["layers"]
                                   if r["op"] in _RECURRENT],
     }
+
+
+def reduce_range_decision(config: QuantConfig) -> dict[str, Any]:
+    """Whether the weights go on 7 bits (``config.reduce_range``), and why."""
+    from .x86_saturation import u8s8_saturates
+
+    saturates, why = u8s8_saturates()
+    if config.reduce_range != "auto":
+        return {"applied": config.reduce_range == "on", "setting": config.reduce_range,
+                "machine": why}
+    if config.adaround:
+        return {"applied": False, "setting": "auto", "machine": why,
+                "why": "adaround's learned integers are on the 8-bit grid"}
+    return {"applied": saturates, "setting": "auto", "machine": why}
+
+
+def _softmax_overrides(src: Path, input_names: Sequence[str],
+                       batches: Sequence[Sequence[np.ndarray]], config: QuantConfig,
+                       exclude: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``config.softmax_ranges``: the Softmax inputs whose calibrated range an attention mask
+    (or another far tail) stretches, with the range the softmax needs
+    (:mod:`edgekit.backends.onnx_softmax_ranges`); Softmax nodes kept in float excluded."""
+    if not config.softmax_ranges:
+        return {}
+    import onnx
+
+    from .onnx_softmax_ranges import softmax_input_ranges
+
+    skip = set(exclude)
+    proto = onnx.load(str(src))
+    if not any(n.op_type == "Softmax" and n.name not in skip for n in proto.graph.node):
+        return {}
+    found = softmax_input_ranges(src, input_names, batches)
+    floated = {n.input[0] for n in proto.graph.node if n.op_type == "Softmax" and n.name in skip}
+    return {t: e for t, e in found.items() if e["softmax_input"] not in floated}
+
+
+def _with_softmax(overrides: dict[str, Any] | None, softmax: dict[str, dict[str, Any]]
+                  ) -> dict[str, Any] | None:
+    """``overrides`` with each softmax tensor's ``rmin``/``rmax`` replaced by its row range
+    (other keys, a 16-bit type, kept)."""
+    if not softmax:
+        return overrides
+    out = dict(overrides or {})
+    for t, e in softmax.items():
+        first = dict(out[t][0]) if out.get(t) else {}
+        first.update(rmin=np.float32(e["rmin"]), rmax=np.float32(e["rmax"]))
+        out[t] = [first, *out.get(t, [])[1:]]
+    return out
 
 
 def _preprocess(src: Path, out: Path, tmp: Path) -> tuple[Path, str]:
@@ -538,7 +595,7 @@ def search_output_errors(src: Path, input_names: Sequence[str],
     tensors = sorted((t for t in stats if stats[t].seen and t not in skip),
                      key=lambda t: (-1 if t in inputs else first.get(t, 0)))
     sess, outs = _fake_quant_session(proto, tensors, grid)
-    ref_sess, _, _ = _augmented_session(src, [])
+    ref_sess, _, _ = augmented_session(src, [])
     refs = [ref_sess.run(None, dict(zip(input_names, b))) for b in batches]
     percentiles = sorted({99.99, 99.999, percentile})
     cands = {t: candidate_ranges(stats[t], grid, percentiles, weights.get(t)) for t in tensors}
@@ -588,27 +645,6 @@ def search_output_errors(src: Path, input_names: Sequence[str],
                     "relative_error_minmax": start, "relative_error_chosen": end}
 
 
-def _augmented_session(model_path: Path, tensors: Sequence[str]) -> tuple[Any, Any, list[str]]:
-    """The fp32 model (one thread, no graph rewrites) with ``tensors`` as extra outputs:
-    (session, the model proto, the tensors it outputs)."""
-    import onnx
-    import onnxruntime as ort
-
-    proto = onnx.load(str(model_path))
-    outputs = {o.name for o in proto.graph.output}
-    infos = {v.name: v for v in [*proto.graph.value_info, *proto.graph.input]}
-    for t in tensors:
-        if t not in outputs and t in infos:
-            proto.graph.output.append(infos[t])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(proto.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
-    names = {o.name for o in sess.get_outputs()}
-    return sess, proto, [t for t in tensors if t in names]
-
-
 def collect_activation_stats(model_path: Path, input_names: Sequence[str],
                              batches: Sequence[Sequence[np.ndarray]], tensors: Sequence[str],
                              axes: dict[str, int | None], *, cap: int = 32768) -> dict[str, Any]:
@@ -616,7 +652,7 @@ def collect_activation_stats(model_path: Path, input_names: Sequence[str],
     (one thread) on the calibration batches with those tensors as extra outputs."""
     from ._ranges import TensorStats
 
-    sess, _, wanted = _augmented_session(model_path, tensors)
+    sess, _, wanted = augmented_session(model_path, tensors)
     per = max(cap // max(len(batches), 1), 256)
     stats = {t: TensorStats(axes.get(t), cap=cap, per_update=per, seed=i)
              for i, t in enumerate(wanted)}
@@ -783,7 +819,7 @@ def plan_ranges(src: Path, *, input_names: Sequence[str],
                 src, input_names, batches[:limit], stats, grid8, percentile,
                 skip=relu_inputs | same, weights=weights)
         except Exception as exc:  # noqa: BLE001 - fall back to the consuming layers' error
-            sess, aug, _ = _augmented_session(src, list(stats))
+            sess, aug, _ = augmented_session(src, list(stats))
             outputs = _output_errors(sess, aug, input_names, batches[:limit], stats, grid8,
                                      percentile, weights)
             search = {"criterion": "consuming layers' outputs (the model-output search "

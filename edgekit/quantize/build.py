@@ -168,9 +168,11 @@ class Int8Build:
         from .transforms import apply_transforms
 
         c = self.config
+        weight_qmax = getattr(self.backend, "weight_qmax", lambda _c: 127)(c)
         key = repr(("transforms", c.equalize, c.equalize_relu6,
                     c.bias_correction and c.per_channel, c.smoothquant, c.smoothquant_alpha,
-                    c.adaround and c.per_channel, c.adaround_iterations, tuple(self.keep)))
+                    c.adaround and c.per_channel, c.adaround_iterations, tuple(self.keep),
+                    weight_qmax))
         if key not in self.memo:
             try:
                 out, record = apply_transforms(
@@ -178,7 +180,8 @@ class Int8Build:
                     bias_correction=c.bias_correction and c.per_channel,
                     smoothquant=c.smoothquant, alpha=c.smoothquant_alpha,
                     adaround=c.adaround and c.per_channel,
-                    adaround_iterations=c.adaround_iterations, keep_float=self.keep)
+                    adaround_iterations=c.adaround_iterations, keep_float=self.keep,
+                    weight_qmax=weight_qmax)
             except Exception as exc:  # noqa: BLE001 - an optimisation: build without it
                 out, record = model, {"applied": [], "error": _first_line(exc)}
                 self.log(f"float-domain transforms skipped ({_first_line(exc)})")

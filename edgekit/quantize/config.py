@@ -22,6 +22,7 @@ PRESETS = ("auto", "mixed", "performance")
 #: How cross-layer equalization treats ReLU6 (see edgekit.quantize.transforms.equalize).
 RELU6_MODES = ("clamp", "skip")
 FALLBACK_ORDERS = ("runtime", "sensitivity")
+REDUCE_RANGE = ("auto", "on", "off")
 
 
 def check_activations_16bit(value: Any) -> str | None:
@@ -114,6 +115,17 @@ class QuantConfig:
       (:mod:`edgekit.backends._ranges`; ONNX Runtime, and OpenVINO's ``qdq`` source, which
       reads that model). The manifest records the choices (``ranges.chosen``: tensors per
       method).
+    * ``softmax_ranges``: a Softmax input whose calibrated range an attention mask (or
+      another far tail) stretches to over twice what the softmax needs is quantized on the
+      range it needs: from the lowest row maximum minus ``ln(row length) + 10`` up to the
+      calibrated maximum (:mod:`edgekit.backends.onnx_softmax_ranges`; ONNX Runtime, and
+      OpenVINO's ``qdq`` source). On by default: a min-max range over ``[-1e4, 12]`` leaves
+      one level for every real score.
+    * ``reduce_range``: ONNX Runtime weights on 7 bits (``-64..64``): ``"auto"`` (the
+      default) where ONNX Runtime's uint8 x int8 kernels saturate on this machine (x86-64
+      without VNNI: :mod:`edgekit.backends.x86_saturation`), ``"on"``, ``"off"``. With
+      ``adaround`` on, ``"auto"`` keeps 8 bits (the learned integers are the 8-bit ones). The
+      manifest records the decision and why (``quantization.reduce_range``).
     * ``activations_16bit``: activations quantized to 16 bits (ONNX Runtime QDQ): a count
       (the most sensitive data inputs of Conv/Gemm/MatMul layers, lowest 8-bit SQNR first),
       a list of PyTorch layer names (their data inputs) or ``"auto"`` (those under
@@ -147,6 +159,8 @@ class QuantConfig:
     adaround: bool = False
     adaround_iterations: int = 300
     range_method: str = "runtime"
+    softmax_ranges: bool = True
+    reduce_range: str = "auto"
     activations_16bit: int | str | tuple[str, ...] = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -154,7 +168,8 @@ class QuantConfig:
         checks = {"method": METHODS, "range_method": RANGE_METHODS,
                   "activation_type": ACTIVATION_TYPES, "io": IO_TYPES,
                   "openvino_source": OPENVINO_SOURCES,
-                  "preset": PRESETS, "equalize_relu6": RELU6_MODES}
+                  "preset": PRESETS, "equalize_relu6": RELU6_MODES,
+                  "reduce_range": REDUCE_RANGE}
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:
                 raise UsageError(f"quantization {key} {getattr(self, key)!r} is not one of "
@@ -252,6 +267,8 @@ TABLE_SCHEMA: dict[str, Field] = {
     "adaround": Field(bool),
     "adaround_iterations": Field(int, low=1),
     "range_method": Field(str, choices=RANGE_METHODS),
+    "softmax_ranges": Field(bool),
+    "reduce_range": Field(str, choices=REDUCE_RANGE),
     "activations_16bit": Field(object),  # a count, a list of layer names or "auto"
     "extra": Field(dict),
 }

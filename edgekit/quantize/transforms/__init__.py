@@ -47,8 +47,10 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
                      equalize: bool = False, bias_correction: bool = False,
                      smoothquant: bool = False, alpha: float = 0.5, relu6: str = "skip",
                      adaround: bool = False, adaround_iterations: int = DEFAULT_ITERATIONS,
-                     keep_float: Sequence[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
+                     keep_float: Sequence[str] = (), weight_qmax: int = 127
+                     ) -> tuple[nn.Module, dict[str, Any]]:
     """A transformed copy of ``model`` (in eval mode; ``model`` is untouched) and the record.
+    Bias correction targets the runtime's weight grid ``-weight_qmax..weight_qmax``.
 
     With every switch off, ``model`` itself is returned and the record says so.
     """
@@ -114,7 +116,9 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
         else:
             skipped["adaround"] = "no conv/linear layer ran on the calibration data"
     if bias_correction:
-        done = _bias_correction(out, calibration, skip=[*keep_float, *on_grid])
+        done = _bias_correction(out, calibration, skip=[*keep_float, *on_grid],
+                                qmax=weight_qmax)
+        record["bias_correction_grid"] = f"-{weight_qmax}..{weight_qmax}"
         record["bias_corrected"] = done
         if done:
             applied.append("bias_correction")

@@ -26,11 +26,12 @@ from ._graph import run_batches
 __all__ = ["quantize_weight", "bias_correction"]
 
 
-def quantize_weight(w: torch.Tensor) -> torch.Tensor:
-    """``w`` rounded onto the symmetric per-output-channel int8 grid (dequantized)."""
+def quantize_weight(w: torch.Tensor, qmax: int = 127) -> torch.Tensor:
+    """``w`` rounded onto the symmetric per-output-channel grid ``-qmax..qmax`` (dequantized):
+    127 for int8, 64 for ONNX Runtime's 7-bit ``reduce_range``."""
     amax = w.detach().abs().reshape(w.shape[0], -1).amax(1).clamp_min(1e-12)
-    scale = (amax / 127.0).reshape(-1, *([1] * (w.dim() - 1)))
-    return torch.clamp(torch.round(w / scale), -127, 127) * scale
+    scale = (amax / float(qmax)).reshape(-1, *([1] * (w.dim() - 1)))
+    return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
 
 
 def _mean_shift(layer: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -44,15 +45,16 @@ def _mean_shift(layer: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch
 
 
 def bias_correction(model: nn.Module, batches: Sequence[Sequence[np.ndarray]],
-                    skip: Sequence[str] = ()) -> list[str]:
+                    skip: Sequence[str] = (), qmax: int = 127) -> list[str]:
     """Correct, in place, the bias of every Conv1d/Conv2d/Linear not named in ``skip`` (nor
-    inside a skipped module); return the names corrected."""
+    inside a skipped module) for the weight error of the grid ``-qmax..qmax``; return the
+    names corrected."""
     layers = {n: m for n, m in model.named_modules()
               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and n
               and not any(n == k or n.startswith(k + ".") for k in skip)}
     if not layers or not batches:
         return []
-    deltas = {n: m.weight.detach() - quantize_weight(m.weight.detach())
+    deltas = {n: m.weight.detach() - quantize_weight(m.weight.detach(), qmax)
               for n, m in layers.items()}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}

@@ -1,0 +1,133 @@
+"""Ranges for the inputs of Softmax that a calibrator's min-max would ruin.
+
+An attention mask is added to the scores before the softmax: ``-1e4`` in BERT, the float32
+minimum in Hugging Face models. A calibrator that takes the tensor's min-max spreads 256
+levels over ``[-1e4, 12]`` (a step of 39): every real score rounds to the same level and the
+attention is uniform over the unmasked tokens. The same happens to any softmax input with a
+far tail. What the softmax needs is narrower: a value more than ``K`` below its row's maximum
+weighs under ``exp(-K)`` of that maximum's weight whatever it is, so the range can start at
+``min over rows of (row max) - K`` with ``K = ln(n) + 10`` (``n`` values per row: the values
+clipped there carry at most ``n * exp(-K)`` = ``exp(-10)`` of a row's mass together) and
+clip the rest onto it. Rows whose maximum is itself masked (every value masked: the
+softmax of such a row is uniform, and stays so) do not set the floor.
+
+ONNX Runtime's QDQ gives a Reshape / Transpose / Squeeze / Unsqueeze / Flatten output its
+input's parameters, so the range goes on the Softmax input and the tensors it was reshaped
+from::
+
+    found = softmax_input_ranges(model_path, input_names, batches)
+    found["scores"]   # {"rmin": -21.3, "rmax": 11.8, "calibrated_min": -10011.2, ...}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["row_floor", "softmax_input_ranges", "MASKED_ROW_GAP"]
+
+#: A row whose maximum lies this far under the median row maximum is a fully masked row.
+MASKED_ROW_GAP = 1e3
+#: The range is narrowed only when it shrinks to at most this fraction of the calibrated one.
+_WORTH = 0.5
+#: Ops whose output shares its input's quantization parameters in ONNX Runtime's QDQ.
+_SHARED = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def row_floor(row_max: np.ndarray, row_size: int) -> float:
+    """The lowest value a softmax over rows of ``row_size`` values needs, given every row's
+    maximum: ``min(row max) - (ln(row_size) + 10)``, fully masked rows left out."""
+    m = np.asarray(row_max, dtype=np.float64).reshape(-1)
+    m = m[np.isfinite(m)]
+    if m.size == 0:
+        return -math.inf
+    m = m[m >= np.median(m) - MASKED_ROW_GAP]
+    return float(m.min() - (math.log(max(row_size, 1)) + 10.0))
+
+
+def _softmax_nodes(proto: Any) -> list[tuple[str, int, int]]:
+    """(input tensor, axis, opset rule) of every Softmax: opset >= 13 reduces over ``axis``
+    (default -1), older ones over the dims from ``axis`` on (default 1)."""
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    out = []
+    for n in proto.graph.node:
+        if n.op_type != "Softmax" or not n.input:
+            continue
+        attrs = {a.name: a.i for a in n.attribute}
+        axis = int(attrs.get("axis", -1 if opset >= 13 else 1))
+        out.append((n.input[0], axis, int(opset >= 13)))
+    return out
+
+
+def _shared_chain(proto: Any, tensor: str) -> list[str]:
+    """``tensor`` and the tensors it was reshaped / transposed from, each used once."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    chain = [tensor]
+    node = producer.get(tensor)
+    while node is not None and node.op_type in _SHARED and node.input \
+            and uses.get(node.input[0]) == 1:
+        chain.append(node.input[0])
+        node = producer.get(node.input[0])
+    return chain
+
+
+def _row_max(x: np.ndarray, axis: int, reduce_tail: bool) -> tuple[np.ndarray, int]:
+    """Each softmax row's maximum, and the row length."""
+    a = axis % x.ndim
+    if reduce_tail:  # opset 13+: one axis
+        return x.max(axis=a), int(x.shape[a])
+    rows = x.reshape(int(np.prod(x.shape[:a], dtype=np.int64)), -1)
+    return rows.max(axis=1), int(rows.shape[1])
+
+
+def softmax_input_ranges(model_path: Path, input_names: Sequence[str],
+                         batches: Sequence[Sequence[np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """Per Softmax input (and the tensors sharing its parameters) whose calibrated range the
+    row rule narrows to at most half: ``rmin`` (the row floor), ``rmax`` (the calibrated
+    maximum), ``calibrated_min``, ``softmax_input`` (the tensor the rule was computed on)."""
+    import onnx
+
+    from .onnx_probe import augmented_session
+
+    proto = onnx.load(str(model_path))
+    nodes = _softmax_nodes(proto)
+    if not nodes:
+        return {}
+    sess, _, wanted = augmented_session(model_path, [t for t, _, _ in nodes])
+    rules = {t: (axis, bool(tail)) for t, axis, tail in nodes}
+    lows = {t: math.inf for t in wanted}
+    highs = {t: -math.inf for t in wanted}
+    maxima: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
+    sizes: dict[str, int] = {}
+    for batch in batches:
+        for t, v in zip(wanted, sess.run(wanted, dict(zip(input_names, batch)))):
+            v = np.asarray(v, dtype=np.float32)
+            if v.size == 0 or v.ndim == 0:
+                continue
+            finite = v[np.isfinite(v)]
+            if finite.size:
+                lows[t], highs[t] = min(lows[t], float(finite.min())), \
+                    max(highs[t], float(finite.max()))
+            m, sizes[t] = _row_max(v, *rules[t])
+            maxima[t].append(m.reshape(-1))
+    out: dict[str, dict[str, Any]] = {}
+    for t in wanted:
+        if not maxima[t] or not math.isfinite(lows[t]):
+            continue
+        floor = row_floor(np.concatenate(maxima[t]), sizes[t])
+        low, high = lows[t], highs[t]
+        if not floor > low or (high - floor) > _WORTH * (high - low):
+            continue
+        entry = {"rmin": float(floor), "rmax": float(high), "calibrated_min": float(low),
+                 "softmax_input": t}
+        for name in _shared_chain(proto, t):
+            out[name] = entry
+    return out

@@ -1,0 +1,112 @@
+"""Softmax inputs behind an attention mask: quantized on the range the softmax needs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.backends.onnx_softmax_ranges import row_floor
+from edgekit.quantize import QuantConfig
+
+
+class MaskedAttention(nn.Module):
+    """One attention layer over token embeddings with a padding mask, peaked scores (std ~1.4,
+    max ~6): ``"additive"`` adds ``(1 - mask) * -1e4`` (BERT), ``"fill"`` fills the padded
+    keys with the float32 minimum (Hugging Face's ``masked_fill``)."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style = style
+        self.embed = nn.Embedding(50, 32)
+        self.q, self.k, self.v = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 32)
+        self.head = nn.Linear(32, 3)
+        with torch.no_grad():
+            self.q.weight *= 2
+            self.k.weight *= 2
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        scores = self.q(x) @ self.k(x).transpose(1, 2) / math.sqrt(32)
+        if self.style == "fill":
+            scores = scores.masked_fill(mask[:, None, :] == 0, torch.finfo(x.dtype).min)
+        else:
+            scores = scores + (1.0 - mask.to(x.dtype))[:, None, :] * -1e4
+        return self.head(scores.softmax(-1) @ self.v(x))
+
+
+def _data(n: int, seed: int) -> list[list[np.ndarray]]:
+    """Token ids and masks, 3..16 real tokens of 16."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(3, 17))
+        tokens = np.zeros((1, 16), np.int64)
+        tokens[0, :length] = rng.integers(1, 50, length)
+        mask = np.zeros((1, 16), np.int64)
+        mask[0, :length] = 1
+        out.append([tokens, mask])
+    return out
+
+
+def _sqnr(model: nn.Module, session) -> float:
+    num = den = 0.0
+    for batch in _data(16, 1):
+        with torch.no_grad():
+            ref = model(*[torch.from_numpy(a) for a in batch]).numpy().astype(np.float64)
+        got = session.run(batch)[0].astype(np.float64)
+        num += float((ref ** 2).sum())
+        den += float(((got - ref) ** 2).sum())
+    return float(10 * np.log10(num / den))
+
+
+def test_row_floor_leaves_out_fully_masked_rows():
+    maxima = np.array([2.0, 5.0, 3.5, -9990.0])  # the last row: every key masked
+    assert row_floor(maxima, 16) == pytest.approx(2.0 - (math.log(16) + 10.0))
+    assert row_floor(np.array([np.nan]), 16) == -math.inf
+
+
+@pytest.mark.parametrize("style", ["additive", "fill"])
+def test_a_masked_softmax_input_keeps_its_scores_where_the_default_flow_loses_them(
+        style, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from benchmarks.native import ort_int8
+    from edgekit.backends import get_backend
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = MaskedAttention(style).eval()
+    be = get_backend("onnxruntime")
+    cal = _data(16, 0)
+    ex = tuple(torch.from_numpy(a) for a in cal[0])
+    names = ["tokens", "mask"]
+    fp32 = be.export(model, ex, tmp_path / "fp32", input_names=names, output_names=["y"],
+                     options={})
+    arts = {on: be.quantize(model, ex, tmp_path / f"q{on}", input_names=names,
+                            output_names=["y"], options={}, calibration=cal,
+                            config=QuantConfig(softmax_ranges=on, latency_check=False,
+                                               fallback=False), fp32=fp32)
+            for on in (True, False)}
+    default, _ = ort_int8(fp32.path, tmp_path / "default", cal, names, fp32.inputs,
+                          fp32.outputs, threads=1)
+    ours = _sqnr(model, be.load(arts[True], threads=1, options={}))
+    off = _sqnr(model, be.load(arts[False], threads=1, options={}))
+    native = _sqnr(model, default)
+    assert ours >= native + 10.0 and ours >= off + 10.0, (ours, off, native)
+
+    found = arts[True].info["quantization"]["softmax_ranges"]
+    assert len(found) == 1 and arts[False].info["quantization"]["softmax_ranges"] == {}
+    (tensor, entry), = found.items()
+    assert entry["calibrated_min"] < -9000  # the mask, as the calibrator saw it
+    assert -30.0 < entry["rmin"] < -10.0 and 0.0 < entry["rmax"] < 10.0
+    # the file quantizes the softmax input on that range (ONNX Runtime's uint8 grid)
+    proto = onnx.load(str(arts[True].path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    scale = float(numpy_helper.to_array(inits[q.input[1]]))
+    assert scale == pytest.approx((entry["rmax"] - entry["rmin"]) / 255, rel=1e-5)
