@@ -165,3 +165,24 @@ def test_accuracy_markdown_sets_each_default_flow_beside_edgekit_and_names_the_m
     assert "| unet_128 |" in text.split("default int8 flow")[0]  # the main table only
     assert ("Measured on: bert_mini_128 on Some CPU (2 cores; x86_64 with avx512_vnni) (rows "
             "without a machine: the latency tables' machine).") in text
+
+
+def test_prune_latency_markdown_reports_each_cell_against_the_aim():
+    from benchmarks.prune_latency import markdown
+
+    ok = {"unpruned_ms": 40.0, "goal_ms": 20.0, "pruned_ms": 18.0, "steps": 5,
+          "macs_reduction_x": 2.5, "speedup_x": 40 / 18, "speedup_over_macs": 40 / 18 / 2.5,
+          "meets_aim": True}
+    slow = dict(ok, pruned_ms=30.0, speedup_x=4 / 3, speedup_over_macs=4 / 3 / 2.5,
+                meets_aim=False)
+    failed = {"unpruned_ms": 40.0, "goal_ms": 20.0,
+              "error": "ConfigError: latency goal 20.0 ms not met"}
+    text = "\n".join(markdown({"machine": {"cpu": "Some CPU", "cores": 2}, "goal": 0.5,
+                               "runs": 30, "models": {"resnet18_224": {
+                                   "onnxruntime": ok, "openvino": slow, "tflite": failed}}}))
+    assert "on Some CPU (2 cores)" in text
+    assert "| resnet18_224 | onnxruntime | 40.00 | 20.00 | 18.00 | 5 | 2.50x | 2.22x | 0.89 | " \
+        "**met** |" in text
+    assert "| resnet18_224 | openvino | 40.00 | 20.00 | 30.00 | 5 | 2.50x | 1.33x | 0.53 | " \
+        "**missed** |" in text
+    assert "| resnet18_224 | tflite | 40.00 | 20.00 | failed: ConfigError: latency goal" in text

@@ -110,3 +110,30 @@ def test_a_masked_softmax_input_keeps_its_scores_where_the_default_flow_loses_th
     q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
     scale = float(numpy_helper.to_array(inits[q.input[1]]))
     assert scale == pytest.approx((entry["rmax"] - entry["rmin"]) / 255, rel=1e-5)
+
+
+class ScoresToo(MaskedAttention):
+    """Returns the masked scores beside the result: they are not the softmax's alone."""
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor):  # type: ignore[override]
+        x = self.embed(tokens)
+        scores = self.q(x) @ self.k(x).transpose(1, 2) / math.sqrt(32)
+        scores = scores + (1.0 - mask.to(x.dtype))[:, None, :] * -1e4
+        return self.head(scores.softmax(-1) @ self.v(x)), scores
+
+
+def test_a_softmax_input_read_elsewhere_keeps_its_calibrated_range(tmp_path):
+    from edgekit.backends import get_backend
+    from edgekit.backends.onnx_softmax_ranges import softmax_input_ranges
+
+    torch.manual_seed(0)
+    cal = _data(8, 0)
+    ex = tuple(torch.from_numpy(a) for a in cal[0])
+    found = {}
+    for name, model in (("alone", MaskedAttention("additive")), ("output", ScoresToo("additive"))):
+        outs = ["y"] if name == "alone" else ["y", "scores"]
+        art = get_backend("onnxruntime").export(model.eval(), ex, tmp_path / name,
+                                                input_names=["tokens", "mask"],
+                                                output_names=outs, options={})
+        found[name] = softmax_input_ranges(art.path, ["tokens", "mask"], cal)
+    assert len(found["alone"]) == 1 and found["output"] == {}

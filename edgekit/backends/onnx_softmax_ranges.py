@@ -63,13 +63,9 @@ def _softmax_nodes(proto: Any) -> list[tuple[str, int, int]]:
     return out
 
 
-def _shared_chain(proto: Any, tensor: str) -> list[str]:
+def _shared_chain(proto: Any, tensor: str, uses: dict[str, int]) -> list[str]:
     """``tensor`` and the tensors it was reshaped / transposed from, each used once."""
     producer = {o: n for n in proto.graph.node for o in n.output}
-    uses: dict[str, int] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            uses[i] = uses.get(i, 0) + 1
     chain = [tensor]
     node = producer.get(tensor)
     while node is not None and node.op_type in _SHARED and node.input \
@@ -91,14 +87,22 @@ def _row_max(x: np.ndarray, axis: int, reduce_tail: bool) -> tuple[np.ndarray, i
 def softmax_input_ranges(model_path: Path, input_names: Sequence[str],
                          batches: Sequence[Sequence[np.ndarray]]) -> dict[str, dict[str, Any]]:
     """Per Softmax input (and the tensors sharing its parameters) whose calibrated range the
-    row rule narrows to at most half: ``rmin`` (the row floor), ``rmax`` (the calibrated
-    maximum), ``calibrated_min``, ``softmax_input`` (the tensor the rule was computed on)."""
+    row rule narrows to at most half, and which no other node reads nor the model outputs:
+    ``rmin`` (the row floor), ``rmax`` (the calibrated maximum), ``calibrated_min``,
+    ``softmax_input`` (the tensor the rule was computed on)."""
     import onnx
 
     from .onnx_probe import augmented_session
 
     proto = onnx.load(str(model_path))
-    nodes = _softmax_nodes(proto)
+    uses: dict[str, int] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    outputs = {o.name for o in proto.graph.output}
+    # only a tensor the softmax alone reads: clipping it changes nothing else
+    nodes = [(t, a, r) for t, a, r in _softmax_nodes(proto) if uses.get(t) == 1
+             and t not in outputs]
     if not nodes:
         return {}
     sess, _, wanted = augmented_session(model_path, [t for t, _, _ in nodes])
@@ -128,6 +132,6 @@ def softmax_input_ranges(model_path: Path, input_names: Sequence[str],
             continue
         entry = {"rmin": float(floor), "rmax": float(high), "calibrated_min": float(low),
                  "softmax_input": t}
-        for name in _shared_chain(proto, t):
+        for name in _shared_chain(proto, t, uses):
             out[name] = entry
     return out
