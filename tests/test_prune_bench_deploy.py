@@ -186,3 +186,21 @@ def test_prune_latency_markdown_reports_each_cell_against_the_aim():
     assert "| resnet18_224 | openvino | 40.00 | 20.00 | 30.00 | 5 | 2.50x | 1.33x | 0.53 | " \
         "**missed** |" in text
     assert "| resnet18_224 | tflite | 40.00 | 20.00 | failed: ConfigError: latency goal" in text
+
+
+def test_int8_switches_markdown_lists_each_switch_against_fp32():
+    from benchmarks.int8_switches import markdown
+
+    row = {"model": "bert_mini_128", "target": "x86-onnxruntime-int8", "metric": "top1",
+           "test_samples": 1707, "machine": {"cpu": "Some CPU", "int8_kernels": "x86_64 with "
+                                             "avx512_vnni: VPDPBUSD sums into int32"},
+           "cells": {"pytorch/fp32": {"top1": 42.36},
+                     "edgekit defaults": {"top1": 42.41, "seconds": 30.0},
+                     "softmax_ranges off": {"error": "QuantizationError: held-out fidelity",
+                                            "seconds": 20.0},
+                     "runtime default flow": {"top1": 27.48}}}
+    text = "\n".join(markdown([row]))
+    assert "## bert_mini_128 on x86-onnxruntime-int8 (top1, 1707 test samples; Some CPU" in text
+    assert "| edgekit defaults | 42.41 | +0.05 |" in text
+    assert "| softmax_ranges off | failed: QuantizationError: held-out fidelity | |" in text
+    assert "| runtime default flow | 27.48 | -14.88 |" in text
