@@ -143,6 +143,14 @@ def artifact_size(target_dir: Path) -> int:
 
 
 
+def write_results(out: Path, stem: str, data: Any, markdown: list[str]) -> None:
+    """``<out>/<stem>.json`` and ``<out>/<stem>.md`` (the folder made), the Markdown printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(markdown))
+    print("\n".join(markdown))
+
+
 def cpu_name() -> str:
     """This machine's CPU model, for result headers."""
     import platform

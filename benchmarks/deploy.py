@@ -441,10 +441,11 @@ def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | No
 
 
 def native_accuracy(model: torch.nn.Module, spec: Any, calib: list[list[np.ndarray]],
-                    task: Any, test: Any, targets: np.ndarray, tmp: Path
+                    task: Any, test: Any, targets: np.ndarray, tmp: Path,
+                    runtimes: tuple[str, ...] | list[str] = RUNTIMES
                     ) -> dict[str, dict[str, Any]]:
     """``<runtime>/native_int8``: each runtime's own default int8 flow (benchmarks.native) on
-    the same model and calibration data, scored on the same test split."""
+    the same model and calibration data, scored on the same test split (``runtimes``)."""
     from benchmarks import native
     from edgekit.backends import get_backend
     from edgekit.measure.scoring import session_outputs
@@ -461,7 +462,7 @@ def native_accuracy(model: torch.nn.Module, spec: Any, calib: list[list[np.ndarr
         "tflite": lambda: native.tflite_int8(model, x, tmp / "native-tfl", calib, names,
                                              outs, 1)[0]}
     cells: dict[str, dict[str, Any]] = {}
-    for rt in RUNTIMES:
+    for rt in runtimes:
         key = f"{rt}/native_int8"
         try:
             got = session_outputs(flows[rt](), test, batch=1)

@@ -15,7 +15,6 @@ kernels differ with VNNI). Numbers are measured, not asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -67,7 +66,8 @@ def run_model(name: str, target: str, calib_n: int) -> dict[str, Any]:
             cells[label]["seconds"] = round(time.perf_counter() - t0, 1)
             log(f"{name} {label}: {cells[label]}")
         runtime = target.split("-")[1]
-        native = native_accuracy(model, spec, calib, task, test, targets, Path(tmp))
+        native = native_accuracy(model, spec, calib, task, test, targets, Path(tmp),
+                                 runtimes=[runtime])
         cells["runtime default flow"] = native[f"{runtime}/native_int8"]
     return {"model": name, "zoo": zoo, "target": target, "metric": task.metric,
             "test_samples": len(test), "calibration_samples": calib_n,
@@ -102,13 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", type=int, default=32)
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    from benchmarks.common import write_results
+
     torch.set_num_threads(1)
     rows = [run_model(n, args.target, args.calibration) for n in args.models.split(",") if n]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "int8_switches.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "int8_switches.md").write_text("\n".join(markdown(rows)))
-    print("\n".join(markdown(rows)))
+    write_results(Path(args.out), "int8_switches", rows, markdown(rows))
     return 0
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import FP32, RUNTIMES, cpu_name, settle_batchnorm
+from benchmarks.common import FP32, RUNTIMES, cpu_name, settle_batchnorm, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: The pruning issue's aim: latency speed-up >= this x the MAC reduction.
@@ -160,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             results["models"][name][rt] = cell
             brief = {k: v for k, v in cell.items() if k != "latency_per_step_ms"}
             log(f"{name} {rt}: {json.dumps(brief, default=str)}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "prune_latency.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "prune_latency.md").write_text("\n".join(markdown(results)))
-    print("\n".join(markdown(results)))
+    write_results(Path(args.out), "prune_latency", results, markdown(results))
     return 0
 
 

@@ -49,23 +49,23 @@ def row_floor(row_max: np.ndarray, row_size: int) -> float:
     return float(m.min() - (math.log(max(row_size, 1)) + 10.0))
 
 
-def _softmax_nodes(proto: Any) -> list[tuple[str, int, int]]:
+def _softmax_nodes(proto: Any, skip: set[str]) -> list[tuple[str, int, bool]]:
     """(input tensor, axis, opset rule) of every Softmax: opset >= 13 reduces over ``axis``
-    (default -1), older ones over the dims from ``axis`` on (default 1)."""
+    (default -1), older ones over the dims from ``axis`` on (default 1). Nodes named in
+    ``skip`` (kept in float) are left out."""
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
     out = []
     for n in proto.graph.node:
-        if n.op_type != "Softmax" or not n.input:
+        if n.op_type != "Softmax" or not n.input or n.name in skip:
             continue
         attrs = {a.name: a.i for a in n.attribute}
         axis = int(attrs.get("axis", -1 if opset >= 13 else 1))
-        out.append((n.input[0], axis, int(opset >= 13)))
+        out.append((n.input[0], axis, opset >= 13))
     return out
 
 
-def _shared_chain(proto: Any, tensor: str, uses: dict[str, int]) -> list[str]:
+def _shared_chain(producer: dict[str, Any], tensor: str, uses: dict[str, int]) -> list[str]:
     """``tensor`` and the tensors it was reshaped / transposed from, each used once."""
-    producer = {o: n for n in proto.graph.node for o in n.output}
     chain = [tensor]
     node = producer.get(tensor)
     while node is not None and node.op_type in _SHARED and node.input \
@@ -85,11 +85,13 @@ def _row_max(x: np.ndarray, axis: int, reduce_tail: bool) -> tuple[np.ndarray, i
 
 
 def softmax_input_ranges(model_path: Path, input_names: Sequence[str],
-                         batches: Sequence[Sequence[np.ndarray]]) -> dict[str, dict[str, Any]]:
+                         batches: Sequence[Sequence[np.ndarray]], *,
+                         skip: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Per Softmax input (and the tensors sharing its parameters) whose calibrated range the
     row rule narrows to at most half, and which no other node reads nor the model outputs:
     ``rmin`` (the row floor), ``rmax`` (the calibrated maximum), ``calibrated_min``,
-    ``softmax_input`` (the tensor the rule was computed on)."""
+    ``softmax_input`` (the tensor the rule was computed on). Softmax nodes named in ``skip``
+    (kept in float) get nothing."""
     import onnx
 
     from .onnx_probe import augmented_session
@@ -101,12 +103,12 @@ def softmax_input_ranges(model_path: Path, input_names: Sequence[str],
             uses[i] = uses.get(i, 0) + 1
     outputs = {o.name for o in proto.graph.output}
     # only a tensor the softmax alone reads: clipping it changes nothing else
-    nodes = [(t, a, r) for t, a, r in _softmax_nodes(proto) if uses.get(t) == 1
+    nodes = [(t, a, r) for t, a, r in _softmax_nodes(proto, set(skip)) if uses.get(t) == 1
              and t not in outputs]
     if not nodes:
         return {}
     sess, _, wanted = augmented_session(model_path, [t for t, _, _ in nodes])
-    rules = {t: (axis, bool(tail)) for t, axis, tail in nodes}
+    rules = {t: (axis, tail) for t, axis, tail in nodes}
     lows = {t: math.inf for t in wanted}
     highs = {t: -math.inf for t in wanted}
     maxima: dict[str, list[np.ndarray]] = {t: [] for t in wanted}
@@ -122,6 +124,7 @@ def softmax_input_ranges(model_path: Path, input_names: Sequence[str],
                     max(highs[t], float(finite.max()))
             m, sizes[t] = _row_max(v, *rules[t])
             maxima[t].append(m.reshape(-1))
+    producer = {o: n for n in proto.graph.node for o in n.output}
     out: dict[str, dict[str, Any]] = {}
     for t in wanted:
         if not maxima[t] or not math.isfinite(lows[t]):
@@ -132,6 +135,6 @@ def softmax_input_ranges(model_path: Path, input_names: Sequence[str],
             continue
         entry = {"rmin": float(floor), "rmax": float(high), "calibrated_min": float(low),
                  "softmax_input": t}
-        for name in _shared_chain(proto, t, uses):
+        for name in _shared_chain(producer, t, uses):
             out[name] = entry
     return out

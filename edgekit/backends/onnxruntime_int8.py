@@ -205,17 +205,9 @@ def _softmax_overrides(src: Path, input_names: Sequence[str],
     (:mod:`edgekit.backends.onnx_softmax_ranges`); Softmax nodes kept in float excluded."""
     if not config.softmax_ranges:
         return {}
-    import onnx
-
     from .onnx_softmax_ranges import softmax_input_ranges
 
-    skip = set(exclude)
-    proto = onnx.load(str(src))
-    if not any(n.op_type == "Softmax" and n.name not in skip for n in proto.graph.node):
-        return {}
-    found = softmax_input_ranges(src, input_names, batches)
-    floated = {n.input[0] for n in proto.graph.node if n.op_type == "Softmax" and n.name in skip}
-    return {t: e for t, e in found.items() if e["softmax_input"] not in floated}
+    return softmax_input_ranges(src, input_names, batches, skip=exclude)
 
 
 def _with_softmax(overrides: dict[str, Any] | None, softmax: dict[str, dict[str, Any]]

@@ -15,6 +15,7 @@ the target's (as the latency check does)."""
 from __future__ import annotations
 
 import platform
+from functools import lru_cache
 from pathlib import Path
 
 __all__ = ["cpu_flags", "u8s8_saturates"]
@@ -23,7 +24,8 @@ _X86 = ("x86_64", "amd64", "i686", "i386")
 _VNNI = ("avx512_vnni", "avx_vnni")
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+@lru_cache(maxsize=8)  # read once per file: every ONNX Runtime int8 build asks
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
     """The CPU's feature flags from ``/proc/cpuinfo`` (Linux); None where it cannot be read."""
     try:
         text = cpuinfo.read_text(errors="replace")
@@ -32,11 +34,12 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "flags":
-            return set(value.split())
+            return frozenset(value.split())
     return None
 
 
-def u8s8_saturates(machine: str | None = None, flags: set[str] | None = None) -> tuple[bool, str]:
+def u8s8_saturates(machine: str | None = None,
+                   flags: set[str] | frozenset[str] | None = None) -> tuple[bool, str]:
     """(whether ONNX Runtime's u8s8 int8 kernels saturate here, why), from the machine type
     and the CPU flags (default: this machine's)."""
     machine = (machine or platform.machine()).lower()
