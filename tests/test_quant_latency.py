@@ -4,6 +4,7 @@ the variants tried on the way are recorded."""
 
 import json
 import re
+import time
 import warnings
 
 import pytest
@@ -13,6 +14,7 @@ from edgekit.errors import UsageError
 from edgekit.models import get_spec
 from edgekit.pipeline import compress
 from edgekit.quantize import Int8SlowerWarning, QuantConfig
+from edgekit.quantize.latency import faster
 
 ORT, OV, TFL = "x86-onnxruntime-int8", "x86-openvino-int8", "arm64-tflite-int8"
 
@@ -39,6 +41,34 @@ def test_config_validates_latency_settings():
                 {"latency_variants": -1}):
         with pytest.raises(UsageError):
             QuantConfig(**bad)
+
+
+class _Sleeper:
+    """A session whose call sleeps ``ms`` (``later_ms`` from call ``switch_after`` on)."""
+
+    def __init__(self, ms, later_ms=None, switch_after=None):
+        self.ms, self.later_ms, self.switch_after, self.calls = ms, later_ms, switch_after, 0
+
+    def run(self, feeds):
+        self.calls += 1
+        late = self.switch_after is not None and self.calls > self.switch_after
+        time.sleep((self.later_ms if late else self.ms) / 1e3)
+        return []
+
+
+def test_a_variant_replaces_the_current_one_only_when_two_measurements_agree():
+    cfg = QuantConfig(latency_runs=20, latency_max_seconds=5.0)
+    # truly faster: both measurements say so
+    won, ratios = faster({"best": _Sleeper(4.0), "cand": _Sleeper(1.0)}, "cand", "best", [], cfg)
+    assert won and len(ratios) == 2 and all(r < 0.5 for r in ratios)
+    # no faster: one measurement, no switch
+    won, ratios = faster({"best": _Sleeper(1.0), "cand": _Sleeper(4.0)}, "cand", "best", [], cfg)
+    assert not won and len(ratios) == 1 and ratios[0] > 1.5
+    # faster in the first measurement only (10 warm-up + 20 timed calls, then it slows down):
+    # the confirming measurement keeps the current choice
+    lucky = _Sleeper(1.0, later_ms=8.0, switch_after=30)
+    won, ratios = faster({"best": _Sleeper(4.0), "cand": lucky}, "cand", "best", [], cfg)
+    assert not won and len(ratios) == 2 and ratios[0] < 0.5 < 1.5 < ratios[1]
 
 
 @pytest.mark.slow

@@ -115,6 +115,10 @@ class Interleaved:
     interrupted: bool = False
     seconds: float = 0.0
 
+    def median_ms(self, name: str) -> float:
+        """The median of ``name``'s calls, in milliseconds."""
+        return float(np.median(np.asarray(self.samples[name], dtype=np.float64))) * 1e3
+
 
 def collect_interleaved(
     sessions: Mapping[str, Session],
