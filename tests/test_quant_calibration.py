@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from edgekit.data.task import Split
+from edgekit.data.task import Split, Task
 from edgekit.errors import DataError, ShapeError, UsageError
 from edgekit.quantize import (
     CalibrationRangeWarning,
@@ -55,6 +55,33 @@ def test_split_and_batch_size_follow_example_inputs():
     batches = calibration_batches(split, example_inputs=(torch.zeros(2, 1, 8, 8),),
                                   input_names=["image"])
     assert len(batches) == 5 and batches[0][0].shape == (2, 1, 8, 8)
+
+
+def test_a_task_trained_on_shorter_sequences_calibrates_on_its_deployed_length():
+    # train split at 64 tokens, validation and test at the deployed 128: the train split
+    # cannot feed the 128-token artifact, the validation split can
+    def split(n, length):
+        return Split((torch.randint(0, 50, (n, length)), torch.ones(n, length)), torch.zeros(n))
+
+    task = Task(name="t", kind="classification", metric="top1", higher_is_better=True,
+                train=split(20, 64), val=split(6, 128), test=split(6, 128), loss=None,
+                score=None)
+    ex = (torch.zeros(1, 128, dtype=torch.int64), torch.ones(1, 128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a constant mask beside a constant example: no warning
+        batches = calibration_batches(task, example_inputs=ex, input_names=["tokens", "mask"])
+    assert len(batches) == 6 and batches[0][0].shape == (1, 128)
+    assert np.array_equal(np.concatenate([b[0] for b in batches]), task.val.inputs[0].numpy())
+    # where the train split fits, it is the one used (the validation split is not touched)
+    task.train = split(20, 128)
+    batches = calibration_batches(task, example_inputs=ex, input_names=["tokens", "mask"])
+    assert len(batches) == 20
+    assert np.array_equal(batches[0][0], task.train.inputs[0][:1].numpy())
+    # neither fits: the error names the input and the shapes, as for any other source
+    with pytest.raises(ShapeError, match="'tokens'.*\\[128\\].*\\[32\\]"):
+        calibration_batches(task, example_inputs=(torch.zeros(1, 32, dtype=torch.int64),
+                                                  torch.ones(1, 32)),
+                            input_names=["tokens", "mask"])
 
 
 def test_empty_data_is_an_error(tmp_path):

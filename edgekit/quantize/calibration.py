@@ -106,13 +106,26 @@ def _from_npz(path: Path, names: list[str]) -> list[np.ndarray]:
                     f"name(s) {names}")
 
 
-def _sample_arrays(source: Any, names: list[str]) -> list[list[np.ndarray]] | list[np.ndarray]:
+def _task_split(task: Any, examples: Sequence[torch.Tensor]) -> Any:
+    """A task's train split, or its validation split where only that one is shaped like the
+    model's inputs (a model trained on shorter sequences than it is deployed at: the train
+    split holds the short ones, validation and test the deployed length)."""
+    def fits(split: Any) -> bool:
+        return split is not None and len(split.inputs) == len(examples) and all(
+            tuple(t.shape[1:]) == tuple(e.shape[1:]) for t, e in zip(split.inputs, examples))
+
+    val = getattr(task, "val", None)
+    return val if not fits(task.train) and fits(val) else task.train
+
+
+def _sample_arrays(source: Any, names: list[str], examples: Sequence[torch.Tensor]
+                   ) -> list[list[np.ndarray]] | list[np.ndarray]:
     """Either per-input stacked arrays (``list[np.ndarray]``, dim 0 = samples) or a list of
     per-batch feeds."""
     from ..data.task import Split, Task
 
     if isinstance(source, Task):
-        source = source.train
+        source = _task_split(source, examples)
     if isinstance(source, Split):
         if len(source.inputs) != len(names):
             raise ShapeError(f"calibration split has {len(source.inputs)} inputs, the model "
@@ -150,7 +163,7 @@ def calibration_batches(
         raise DataError(f"calibration sample limit must be >= 1, got {limit}")
     batches = [int(e.shape[0]) if e.dim() else 1 for e in examples]
     calls = max(1, limit // batches[0])
-    data = _sample_arrays(source, names)
+    data = _sample_arrays(source, names, examples)
     per_input: list[list[np.ndarray]] = [[] for _ in names]
     if isinstance(data, list) and data and all(isinstance(a, np.ndarray) for a in data) and \
             len(data) == len(names) and not isinstance(source, (list, tuple)):
@@ -254,7 +267,9 @@ def _check_ranges(names: list[str], data: list[np.ndarray], reference: Sequence[
         span_ref = max(want["max"] - want["min"], 1e-6)
         span = got["max"] - got["min"]
         if span > 8 * span_ref or got["max"] > want["max"] + 4 * span_ref or \
-                got["min"] < want["min"] - 4 * span_ref or span < span_ref / 8:
+                got["min"] < want["min"] - 4 * span_ref or \
+                (want["max"] > want["min"] and span < span_ref / 8):  # a constant reference
+            # (a full attention mask as the example input) says nothing about the spread
             warnings.warn(
                 f"calibration input {name!r} has values in [{got['min']:.4g}, {got['max']:.4g}] "
                 f"(mean {got['mean']:.4g}, std {got['std']:.4g}), but the reference data spans "
