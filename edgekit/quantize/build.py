@@ -354,6 +354,7 @@ class Int8Build:
         order = [_source_key(c) for _, c in sources]
         passing = [k for k in order if k in built and built[k].failed is None]
         timed: dict[str, float] = {}
+        vs_first: dict[str, list[float]] = {}  # a later source's time over the first's
         if not passing:
             kept = next(k for k in order if k in built)
             reason = "neither passes the gate yet: the fallback goes on from " + kept
@@ -364,8 +365,10 @@ class Int8Build:
             timed = {k: first.median_ms(k) for k in passing}
             kept = passing[0]  # the runtime's first choice, unless another is faster twice
             for k in passing[1:]:
-                if faster(sessions, k, kept, feeds, self.config,  # type: ignore[arg-type]
-                          first=first)[0]:
+                won, ratios = faster(sessions, k, kept, feeds,  # type: ignore[arg-type]
+                                     self.config, first=first)
+                vs_first[k] = ratios
+                if won:
                     kept = k
             other = next(k for k in passing if k != kept)
             reason = (f"both pass; {kept} is kept ({timed[kept]:.4f} ms vs {other} "
@@ -382,7 +385,8 @@ class Int8Build:
         self.source_choice = {"kept": kept, "why": reason, "sources": {
             k: ({"score": built[k].score, "passed": built[k].failed is None,
                  "why_failed": built[k].failed,
-                 **({"median_ms": round(timed[k], 5)} if k in timed else {})}
+                 **({"median_ms": round(timed[k], 5)} if k in timed else {}),
+                 **({"vs_first": vs_first[k]} if k in vs_first else {})}
                 if k in built else {"score": None, "passed": False, "why_failed": errors[k]})
             for k in order}}
         for k, v in built.items():
