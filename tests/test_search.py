@@ -164,6 +164,32 @@ def test_choice_is_the_fastest_within_budget_else_the_closest():
     assert b.violations(rows[1]) == pytest.approx({"drop": 1.0, "size": 1.0, "latency": 0.2})
 
 
+def test_the_choice_is_made_on_the_side_by_side_timing_where_there_is_one(tmp_path):
+    # trial 1 timed fastest during the search (while other trials built); timed again side by
+    # side with trials 0 and 2, it is the slowest: trial 2 is chosen
+    rows = [_row(0, 1.0, 89.5, 100), _row(1, 0.6, 89.4, 100), _row(2, 0.8, 89.2, 100),
+            _row(3, 0.1, 70.0, 100)]  # over the budget: never timed again, never chosen
+    again = {"latency_ms": {0: 0.9, 1: 0.95, 2: 0.7}}
+    t = target_report(TARGET, rows, Budget(max_drop=1.0), higher_is_better=True,
+                      metric="top1", base_metric=90.0, retimed=again)
+    assert t["chosen"] == 2 and t["retimed"] == {"trials": [0, 1, 2], "error": None}
+    assert [r["retimed_ms"] for r in t["trials"]] == [0.9, 0.95, 0.7, None]
+    report = {"model": "cnn", "metric": "top1", "base_metric": 90.0,
+              "budget": Budget(1.0).to_json(), "targets": {TARGET: t}}
+    write_reports(report, tmp_path, png=False)
+    md = (tmp_path / "search.md").read_text()
+    assert "Chosen: trial 2 (fastest within the budget, timed again side by side with the " \
+           "other points within it: trials 0, 1, 2)" in md
+    assert "| 2 | 0.8 | 0.7 | 89.2 |" in md and "| 3 | 0.1 | - | 70 |" in md
+    # without the side-by-side timing (it failed), the trial timings decide, and it says so
+    t = target_report(TARGET, rows, Budget(max_drop=1.0), higher_is_better=True,
+                      metric="top1", base_metric=90.0, retimed={"error": "board offline"})
+    assert t["chosen"] == 1
+    write_reports({**report, "targets": {TARGET: t}}, tmp_path, png=False)
+    assert "Timing the points again failed (board offline)" in \
+        (tmp_path / "search.md").read_text()
+
+
 def test_target_report_says_when_no_point_meets_the_budget(tmp_path):
     rows = [_row(0, 1.0, 85.0, 100), _row(1, 0.5, 80.0, 60), _row(2, 9.9, 1, 1, "fail")]
     t = target_report(TARGET, rows, Budget(max_drop=1.0), higher_is_better=True,
@@ -177,7 +203,7 @@ def test_target_report_says_when_no_point_meets_the_budget(tmp_path):
     files = write_reports(report, tmp_path)
     assert json.loads((tmp_path / "search.json").read_text())["targets"][TARGET]["closest"] == 0
     md = (tmp_path / "search.md").read_text()
-    assert "| 1 | 0.5 | 80 | +10 | 60 | yes | prune_ratio=0.1 | 10.0.0.2 | 10.0.0.1 |" in md
+    assert "| 1 | 0.5 | - | 80 | +10 | 60 | yes | prune_ratio=0.1 | 10.0.0.2 | 10.0.0.1 |" in md
     assert t["message"] in md
     if f"pareto-{TARGET}.png" in files:
         assert (tmp_path / f"pareto-{TARGET}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -328,7 +354,13 @@ def test_build_and_time_one_point_without_ray(tmp_path):
 
     from edgekit.bundle import load_bundle
     from edgekit.profiles import load_profile
-    from edgekit.search.trial import ModelSource, build_point, prepare_base, time_point
+    from edgekit.search.trial import (
+        ModelSource,
+        build_point,
+        prepare_base,
+        retime_points,
+        time_point,
+    )
 
     torch.set_num_threads(1)
     src = ModelSource.resolve("cnn", epochs=1)
@@ -358,6 +390,12 @@ def test_build_and_time_one_point_without_ray(tmp_path):
                         "target": TARGET, "threads": 1, "runs": 20, "warmup": 2})
     assert timed["status"] == "timed", timed.get("error")
     assert timed["latency_ms"] > 0 and timed["latency"]["n"] == 20
+    # timed again side by side: one point from its folder, one from its packed bytes
+    again = retime_points({"target": TARGET, "runs": 20, "warmup": 2, "points": [
+        {"trial": 0, "out": str(tmp_path / "t0"), "bundle": built["bundle"]},
+        {"trial": 1, "out": str(tmp_path / "elsewhere"), "bundle": built["bundle"]}]})
+    assert again["status"] == "timed", again.get("error")
+    assert sorted(again["latency_ms"]) == [0, 1] and min(again["latency_ms"].values()) > 0
 
 
 # ---------------------------------------------------------------- a real two-node Ray cluster
@@ -509,6 +547,13 @@ def test_two_node_search_survives_a_lost_node_and_a_killed_run(cluster, tmp_path
     report = json.loads(resumed.stdout)
     t = report["targets"][TARGET]
     assert t["complete"] == 6 and t["chosen"] is not None and t["verified"] is True
+    within = [r for r in t["trials"] if r["state"] == "complete" and r["drop"] <= 1.0]
+    if len(within) >= 2:  # the points within the budget were timed again, side by side
+        fastest = sorted(within, key=lambda r: (r["latency_ms"], r["trial"]))[:8]
+        assert t["retimed"]["trials"] == sorted(r["trial"] for r in fastest)
+        chosen = next(r for r in within if r["trial"] == t["chosen"])
+        assert chosen["retimed_ms"] == min(r["retimed_ms"] for r in within
+                                           if r["retimed_ms"] is not None)
     done = [r for r in t["trials"] if r["state"] == "complete"]
     for n, (values, _node) in before.items():
         assert next(r for r in done if r["trial"] == n)["latency_ms"] == values[0]

@@ -85,9 +85,13 @@ def pareto(rows: Sequence[dict[str, Any]], higher_is_better: bool) -> list[int]:
 def choose(rows: Sequence[dict[str, Any]], budget: Budget
            ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(the fastest complete row within the budget or None, the closest row when none is:
-    the smallest summed relative excess over the budgets, then the fastest)."""
+    the smallest summed relative excess over the budgets, then the fastest). Rows timed
+    again side by side (``retimed_ms``) are compared on those numbers, among themselves."""
     done = [r for r in rows if r["state"] == "complete"]
     within = [r for r in done if not budget.violations(r)]
+    retimed = [r for r in within if r.get("retimed_ms") is not None]
+    if retimed:
+        return min(retimed, key=lambda r: (r["retimed_ms"], r["trial"])), None
     if within:
         return min(within, key=lambda r: (r["latency_ms"], r["trial"])), None
     if not done:
@@ -97,11 +101,16 @@ def choose(rows: Sequence[dict[str, Any]], budget: Budget
 
 
 def target_report(target: str, rows: list[dict[str, Any]], budget: Budget, *,
-                  higher_is_better: bool, metric: str, base_metric: float) -> dict[str, Any]:
-    """The report of one target: rows (each marked ``pareto``), the front, the choice."""
+                  higher_is_better: bool, metric: str, base_metric: float,
+                  retimed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report of one target: rows (each marked ``pareto``), the front (on the trial
+    timings), the choice (on ``retimed`` where given: the runner's side-by-side timing of the
+    points within the budget, ``{"latency_ms": {trial: ms}}`` or ``{"error": ...}``)."""
     front = set(pareto(rows, higher_is_better))
+    again = (retimed or {}).get("latency_ms") or {}
     for r in rows:
         r["pareto"] = r["trial"] in front
+        r["retimed_ms"] = again.get(r["trial"])
     chosen, closest = choose(rows, budget)
     rep: dict[str, Any] = {
         "target": target, "metric": metric, "higher_is_better": higher_is_better,
@@ -109,7 +118,9 @@ def target_report(target: str, rows: list[dict[str, Any]], budget: Budget, *,
         "complete": sum(r["state"] == "complete" for r in rows),
         "failed": sum(r["state"] == "fail" for r in rows),
         "pareto": sorted(front), "chosen": None if chosen is None else chosen["trial"],
-        "closest": None, "within_budget": chosen is not None, "message": None}
+        "closest": None, "within_budget": chosen is not None, "message": None,
+        "retimed": None if retimed is None else
+        {"trials": sorted(again), "error": retimed.get("error")}}
     if chosen is None:
         if closest is None:
             rep["message"] = f"{target}: no trial completed"
@@ -150,19 +161,29 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"## {t['target']}", "",
                   f"{t['complete']} complete, {t['failed']} failed; Pareto front: trials "
                   f"{', '.join(map(str, t['pareto'])) or '-'}.", ""]
+        again = t.get("retimed") or {}
         if t["chosen"] is not None:
-            lines += [f"Chosen: trial {t['chosen']} (fastest within the budget); bundle "
+            how = ("fastest within the budget, timed again side by side with the other "
+                   f"points within it: trials {', '.join(map(str, again['trials']))}"
+                   if again.get("trials") else "fastest within the budget")
+            lines += [f"Chosen: trial {t['chosen']} ({how}); bundle "
                       f"`{t.get('bundle') or '-'}`.", ""]
+        if again.get("error"):
+            lines += [f"Timing the points again failed ({again['error']}); the choice uses "
+                      "the trial timings.", ""]
         if t["message"]:
             lines += [t["message"], ""]
-        lines += ["| trial | latency ms | " + t["metric"] + " | drop | size B | pareto | point "
-                  "| built on | timed on |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| trial | latency ms | again, side by side | " + t["metric"] + " | drop | "
+                  "size B | pareto | point | built on | timed on |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         done = sorted((r for r in t["trials"] if r["state"] == "complete"),
                       key=lambda r: r["latency_ms"])
         for r in done:
             mark = "chosen" if r["trial"] == t["chosen"] else ("yes" if r["pareto"] else "")
             lines.append(
-                f"| {r['trial']} | {r['latency_ms']:.4g} | {r['accuracy']:.4g} | "
+                f"| {r['trial']} | {r['latency_ms']:.4g} | "
+                f"{'-' if r.get('retimed_ms') is None else format(r['retimed_ms'], '.4g')} | "
+                f"{r['accuracy']:.4g} | "
                 f"{r['drop']:+.3g} | {r['size_bytes']} | {mark} | {_point_text(r['point'])} | "
                 f"{(r['build_node'] or {}).get('node_ip') or (r['build_node'] or {}).get('host')}"
                 f" | {(r['time_node'] or {}).get('node_ip') or (r['time_node'] or {}).get('host')}"

@@ -25,7 +25,8 @@ from typing import Any
 
 from ..errors import EdgekitError, UsageError
 
-__all__ = ["ModelSource", "prepare_base", "build_point", "time_point", "node_identity"]
+__all__ = ["ModelSource", "prepare_base", "build_point", "time_point", "retime_points",
+           "node_identity", "pack_bundle_dir"]
 
 BASE_DIR = "base"
 BASE_WEIGHTS = "model.pt"
@@ -157,6 +158,11 @@ def prepare_base(source: ModelSource, out_dir: Path, *, progress: bool = True
     return info
 
 
+def pack_bundle_dir(bundle_dir: Path) -> bytes:
+    """A bundle folder packed as archive bytes (for a node that does not share the folder)."""
+    return _pack(bundle_dir)
+
+
 def _pack(bundle_dir: Path) -> bytes:
     from ..archive import pack_bundle
 
@@ -286,5 +292,58 @@ def time_point(job: dict[str, Any]) -> dict[str, Any]:
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    result.update(node=node, time_s=time.perf_counter() - start)
+    return result
+
+
+def retime_points(job: dict[str, Any]) -> dict[str, Any]:
+    """Time several built points again, together, interleaved, where the target's timing
+    resource is (after the builds: the device is quiet), so the choice among them is made on
+    numbers taken side by side rather than on trial timings taken at different moments.
+
+    ``job``: ``target``, ``points`` (a list of ``{"trial", "out", "bundle"}``: the bundle
+    folder and its packed bytes, unpacked when the folder is not on this node), ``runs``,
+    ``warmup``, ``remote``. Each bundle is timed at its own thread count. Returns
+    ``status``, ``latency_ms`` (trial -> median), ``node``, ``time_s``.
+    """
+    from ..bench.harness import bench
+
+    start = time.perf_counter()
+    node = node_identity()
+    tmp = Path(tempfile.mkdtemp(prefix="edgekit-retime-"))
+    try:
+        folders: dict[int, Path] = {}
+        for p in job["points"]:
+            out = Path(p["out"])
+            if not (out / "manifest.json").is_file():
+                from ..archive import unpack_bundle
+
+                archive = tmp / f"{p['trial']}.tar.gz"
+                archive.write_bytes(p["bundle"])
+                out = tmp / str(p["trial"])
+                unpack_bundle(archive, out)
+            folders[int(p["trial"])] = out.resolve()
+        remote = None
+        if job.get("remote"):
+            from ..bench.remote import RemoteDevice
+
+            remote = RemoteDevice.parse(job["remote"])
+        report = bench(list(folders.values()), targets=[job["target"]],
+                       runs=int(job.get("runs", 100)), warmup=int(job.get("warmup", 10)),
+                       data="none", memory=False, remote=remote, progress=False)
+        by_source = {str(Path(r["source"]).resolve()): r for r in report["results"]}
+        latency: dict[int, float] = {}
+        for trial, folder in folders.items():
+            row = by_source.get(str(folder))
+            if row and row.get("latency"):
+                latency[trial] = float(row["latency"]["median_ms"])
+        if not latency:
+            raise EdgekitError(f"the bench harness timed none of the points: "
+                               f"{report.get('errors')}")
+        result: dict[str, Any] = {"status": "timed", "latency_ms": latency}
+    except EdgekitError as exc:
+        result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     result.update(node=node, time_s=time.perf_counter() - start)
     return result
