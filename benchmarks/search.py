@@ -126,7 +126,12 @@ def run_search(model: str, target: str, out: Path, nodes: int, args: argparse.Na
     span = (max(datetime.fromisoformat(r["finished"]) for r in done)
             - min(datetime.fromisoformat(r["started"]) for r in done)).total_seconds() \
         if done else 0.0
+    chosen = next((r for r in t["trials"] if r["trial"] == t["chosen"]), None)
     return {"nodes": nodes, "wall_s": wall, "trials_span_s": span, "complete": len(done),
+            "chosen_point": None if chosen is None else {
+                k: chosen.get(k) for k in ("point", "latency_ms", "accuracy", "drop")},
+            "trials": [{k: r.get(k) for k in ("trial", "state", "point", "latency_ms",
+                                               "accuracy", "drop")} for r in t["trials"]],
             "trials_per_hour": 3600 * len(done) / span if span > 0 else None,
             "chosen": t["chosen"], "bundle": t.get("bundle"), "message": t.get("message"),
             "pareto": t["pareto"], "report": str(out / "search.md")}
@@ -164,8 +169,62 @@ def _portable(obj: Any, root: Path) -> Any:
     return obj
 
 
+def _chosen(run: dict[str, Any]) -> str:
+    """The chosen trial's settings and numbers, and how the other trials ended."""
+    states: dict[str, int] = {}
+    for t in run.get("trials") or []:
+        states[t["state"]] = states.get(t["state"], 0) + 1
+    ended = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "trials not recorded"
+    c = run.get("chosen_point")
+    if not c:
+        return f"trial {run.get('chosen')} ({ended})"
+    p = c.get("point") or {}
+    changed = ", ".join(f"{k}={v}" for k, v in sorted(p.items()) if not k.startswith("quant."))
+    drop = c.get("drop")
+    return (f"trial {run['chosen']}: {changed}; {_ms(c.get('latency_ms'))} ms, accuracy "
+            f"{_ms(c.get('accuracy'))} (drop {'-' if drop is None else f'{drop:.2f}'}); "
+            f"trials: {ended}")
+
+
+def _per_hour(run: dict[str, Any] | None) -> str:
+    if not run:
+        return "not run"
+    return "-" if run.get("trials_per_hour") is None else f"{run['trials_per_hour']:.1f}"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """search.md from search.json's content."""
+    lines = ["# Search vs the default int8 build", "",
+             "Per model: a search from an empty study on each Ray cluster size named (one "
+             "CPU per node; `not run`: that size was not searched), budget in metric points; "
+             "latency: the bench harness, the default build and the chosen points timed "
+             "interleaved in one run. Trial 0 of every search is the default settings (no "
+             "pruning, the profile's threads and quantization).", "",
+             "| model | target | complete trials | budget | machine | default int8 ms | best "
+             "searched ms | speedup | goal 1.3x | trials/h 1 node | trials/h 2 nodes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m, r in results["models"].items():
+        st, mc = r["settings"], r["machine"]
+        sp = r["speedup"]
+        goal = "met" if r["meets_goal"] else (
+            f"short by {r['shortfall']:.2f}x" if r["shortfall"] is not None else "no point")
+        lines.append(f"| {m} | {st['target']} | {st['trials']} | {st['max_drop']} | "
+                     f"{mc['cpu']} ({mc['cpus']} cores) | {_ms(r['default_int8_ms'])} | "
+                     f"{_ms(r['best_search_ms'])} | "
+                     f"{'-' if sp is None else f'{sp:.2f}x'} | {goal} | "
+                     f"{_per_hour(r['search'].get('1'))} | {_per_hour(r['search'].get('2'))} |")
+    lines += ["", "Chosen points (the search's own timing, per trial; the table above times "
+              "them again beside the default build):", ""]
+    for m, r in results["models"].items():
+        for nodes, run in sorted(r["search"].items()):
+            lines.append(f"- {m}, {nodes} node(s): {_chosen(run)}"
+                         + ("; resumed from the study of a run stopped earlier (--resume)"
+                            if r["settings"].get("resume") else ""))
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -176,10 +235,25 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=1.0)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the searches' studies in --out instead of starting empty "
+                         "ones (a search with --trials complete trials only reports)")
+    ap.add_argument("--report", action="store_true",
+                    help="only write search.md again from the results folder's search.json")
+    ap.add_argument("--nodes", default="1,2",
+                    help="cluster sizes to search on, one search each (default 1,2)")
     ap.add_argument("--out", default="build/bench-search")
     ap.add_argument("--results", default=str(RESULTS),
                     help="folder for search.json / search.md (default benchmarks/results)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="drop the other models' rows of an existing search.json (default: "
+                         "this run's models replace theirs, the rest are kept)")
     args = ap.parse_args()
+    if args.report:
+        folder = Path(args.results)
+        (folder / "search.md").write_text(
+            markdown(json.loads((folder / "search.json").read_text())))
+        return
 
     import torch
 
@@ -190,24 +264,34 @@ def main() -> None:
     root = Path(args.out)
     from benchmarks.common import cpu_name
 
-    results: dict[str, Any] = {"machine": {"cpu": cpu_name(), "python": platform.python_version(),
-                                           "cpus": os.cpu_count()},
-                               "settings": {k: v for k, v in vars(args).items()
-                                            if k not in ("out", "results")},
-                               "goal_speedup": GOAL, "models": {}}
+    machine = {"cpu": cpu_name(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("out", "results", "fresh", "models", "report")}
+    results: dict[str, Any] = {"goal_speedup": GOAL, "models": {}}
+    results_dir = Path(args.results)
+    old = results_dir / "search.json"
+    if old.is_file() and not args.fresh:
+        kept = json.loads(old.read_text()).get("models", {})
+        results["models"] = {m: r for m, r in kept.items() if "settings" in r}
     for model in [m for m in args.models.split(",") if m]:
         base_dir = root / model
-        runs = {}
-        for nodes in (1, 2):
+        runs: dict[str, Any] = {}
+        kept = base_dir / "base"  # the trained base, reused by both searches and a rerun
+        for nodes in sorted({int(n) for n in args.nodes.split(",")}):
             out = base_dir / f"nodes{nodes}"
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir(parents=True)
-            if nodes == 2 and (base_dir / "nodes1" / "base").is_dir():
-                shutil.copytree(base_dir / "nodes1" / "base", out / "base")  # same base model
-            runs[nodes] = run_search(model, args.target, out, nodes, args)
-            log(f"{model}: {runs[nodes]['trials_per_hour']:.1f} trials/h on {nodes} node(s)")
+            if not kept.is_dir() and (out / "base").is_dir():
+                shutil.copytree(out / "base", kept)
+            if not (args.resume and (out / "study.db").is_file()):
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                if kept.is_dir():  # the search retrains when its settings differ from the base's
+                    shutil.copytree(kept, out / "base")
+            runs[str(nodes)] = run = run_search(model, args.target, out, nodes, args)
+            if not kept.is_dir() and (out / "base").is_dir():
+                shutil.copytree(out / "base", kept)
+            log(f"{model}: {run['trials_per_hour']:.1f} trials/h on {nodes} node(s)")
         src = ModelSource.resolve(model, epochs=args.epochs)
-        base = prepare_base(src, base_dir / "nodes1", progress=False)
+        base = prepare_base(src, base_dir, progress=False)  # the kept base (base_dir/base)
         default = default_int8(model, args.target, base, base_dir / "default-int8")
         sources = [default] + [Path(r["bundle"]) for r in runs.values() if r["bundle"]]
         bench = edgekit.bench(sources, runs=args.runs, memory=False, progress=False)
@@ -219,30 +303,16 @@ def main() -> None:
         best = min(found) if found else None
         speedup = d / best if d and best else None
         results["models"][model] = {
-            "base_metric": base["test"], "metric": base["metric"], "search": runs,
+            "machine": machine, "settings": settings, "base_metric": base["test"],
+            "metric": base["metric"], "search": runs,
             "default_int8_ms": d, "best_search_ms": best, "speedup": speedup,
             "accuracy": acc, "meets_goal": bool(speedup and speedup >= GOAL),
             "shortfall": None if speedup is None or speedup >= GOAL else GOAL - speedup}
         log(f"{model}: default int8 {d} ms, best searched {best} ms, speedup {speedup}")
-    results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "search.json").write_text(
         json.dumps(_portable(results, root), indent=2, default=str) + "\n")
-    lines = ["# Search vs the default int8 build", "",
-             f"Target {args.target}, {args.trials} trials per search, budget {args.max_drop} "
-             "metric points; latency: the bench harness, all bundles timed interleaved; on "
-             f"{results['machine']['cpu']} ({results['machine']['cpus']} cores).", "",
-             "| model | default int8 ms | best searched ms | speedup | goal 1.3x | trials/h 1 "
-             "node | trials/h 2 nodes |", "|---|---|---|---|---|---|---|"]
-    for m, r in results["models"].items():
-        sp = r["speedup"]
-        goal = "met" if r["meets_goal"] else (
-            f"short by {r['shortfall']:.2f}x" if r["shortfall"] is not None else "no point")
-        lines.append(f"| {m} | {_ms(r['default_int8_ms'])} | {_ms(r['best_search_ms'])} | "
-                     f"{'-' if sp is None else f'{sp:.2f}x'} | {goal} | "
-                     f"{r['search'][1]['trials_per_hour']:.1f} | "
-                     f"{r['search'][2]['trials_per_hour']:.1f} |")
-    (results_dir / "search.md").write_text("\n".join(lines) + "\n")
+    (results_dir / "search.md").write_text(markdown(results))
     log(f"written {results_dir / 'search.md'}")
 
 

@@ -99,6 +99,15 @@ def model_noise(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], mode
     return max([NOISE_FLOOR, *changes])
 
 
+def _machine(folder: Path) -> str | None:
+    """The CPU a suite run names in its ``_meta.json`` (None when it names none)."""
+    meta = folder / "_meta.json"
+    if not meta.is_file():
+        return None
+    m = json.loads(meta.read_text()).get("machine") or {}
+    return f"{m.get('cpu')} ({m.get('cores')} cores)" if m.get("cpu") else None
+
+
 def compare(base: Path, rerun: Path) -> dict[str, Any]:
     a, b = _cells(base), _cells(rerun)
 
@@ -111,16 +120,21 @@ def compare(base: Path, rerun: Path) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for r in rows.values():
         counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
-    return {"base": str(base.name), "rerun_models": sorted(noise), "counts": counts,
+    committed = base.resolve() == (RESULTS / "suite").resolve()
+    return {"base": "committed" if committed else "another run", "machine": _machine(rerun),
+            "rerun_models": sorted(noise), "counts": counts,
             "noise_pct": {m: round(100 * v, 1) for m, v in sorted(noise.items())},
             "cells": rows}
 
 
 def markdown(result: dict[str, Any], note: str) -> str:
-    lines = ["# Do the committed suite numbers reproduce?", "",
-             f"Committed suite cells against a second run of the same recipes "
-             f"({', '.join(result['rerun_models'])}). {note} Metric: must be equal (same "
-             "bytes). Speed-up over the runtime's fp32 (timed side by side in each run): "
+    lines = ["# Do the suite numbers reproduce?", "",
+             f"{'Committed suite cells' if result['base'] == 'committed' else 'One suite run'}"
+             f" against a second run of the same recipes "
+             f"({', '.join(result['rerun_models'])})"
+             f"{', on ' + result['machine'] if result.get('machine') else ''}. {note} "
+             "Metric: must be equal (same bytes). Speed-up over the runtime's fp32 (timed side "
+             "by side in each run): "
              "within noise when its relative change is no larger than the model's noise, the "
              "largest change of the speed-ups of the runtimes' own flows (`native_*` cells, no "
              "edgekit code) between the same two runs (at least 5%). `median change`: the "
