@@ -206,6 +206,40 @@ def test_gru_onnxruntime_manifest_matches_the_file(tmp_path):
     assert info["dynamic_range_nodes"] == [] and info["float_recurrent_nodes"] == [gru[0].name]
 
 
+def test_onnxruntime_lstm_with_its_head_kept_in_float_builds(tmp_path):
+    # The fallback's usual step for a recurrent model: the Gemm head in float, the LSTM
+    # dynamic-range int8. ONNX Runtime's dynamic quantizer turns the float Gemm into a MatMul
+    # with a transposed weight and then rejects the weight's recorded shape ("Inferred shape
+    # and existing shape differ in dimension 0: (64) vs (10)") unless that record is gone.
+    import onnx
+
+    from edgekit.models import get_spec
+    from edgekit.profiles import Tolerance
+
+    spec = get_spec("lstm")
+    torch.manual_seed(0)
+    model = spec.factory().eval()
+    out = tmp_path / "b"
+    # this test is about the file: no fidelity gate (an untrained model's numbers vary)
+    profile = dataclasses.replace(
+        load_profile(ORT), tolerance=Tolerance(max_abs=None, min_cosine=None,
+                                               min_top1_agreement=None),
+        gate={"min_centred_cosine": False, "min_sqnr_db": False, "min_top1_agreement": False})
+    compress(model, spec.example_inputs(1), targets=[profile], out_dir=out,
+             calibration=spec.task().train, input_names=list(spec.input_names),
+             output_names=list(spec.output_names),
+             quantization={"samples": 32, "latency_check": False, "fallback": False,
+                           "keep_float": ["head"], "reduce_range": "off"}, progress=False)
+    proto = onnx.load(str(out / ORT / "model.onnx"))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "DynamicQuantizeLSTM" in ops and ("Gemm" in ops or "MatMul" in ops)
+    assert not any(op.startswith("QLinear") or op == "QGemm" for op in ops)
+    layers = {r["layer"]: r["precision"] for r in
+              json.loads((out / "manifest.json").read_text())["targets"][ORT]["quantization"][
+                  "layers"]}
+    assert layers["head"] == "fp32" and layers["lstm"].startswith("int8")
+
+
 @pytest.mark.slow
 def test_gru_openvino_manifest_matches_the_ir(tmp_path):
     import openvino as ov

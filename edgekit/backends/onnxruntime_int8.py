@@ -150,6 +150,10 @@ def quantize_onnx(
         if dynamic:
             from onnxruntime.quantization import quantize_dynamic
 
+            # its Gemm -> MatMul rewrite transposes a float Gemm's weight (a head kept in
+            # float) but leaves the weight's recorded shape, which its own shape inference
+            # then rejects: initializers carry their shape, so drop their value_info
+            _drop_initializer_value_info(static_out)
             quantize_dynamic(str(static_out), str(out_path), weight_type=QuantType.QInt8,
                              nodes_to_quantize=dynamic, op_types_to_quantize=list(_RECURRENT),
                              per_channel=False, reduce_range=reduce["applied"])
@@ -222,6 +226,19 @@ def _with_softmax(overrides: dict[str, Any] | None, softmax: dict[str, dict[str,
         first.update(rmin=np.float32(e["rmin"]), rmax=np.float32(e["rmax"]))
         out[t] = [first, *out.get(t, [])[1:]]
     return out
+
+
+def _drop_initializer_value_info(path: Path) -> None:
+    """Rewrite ``path`` without the value_info entries of its initializers."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    weights = {i.name for i in proto.graph.initializer}
+    kept = [v for v in proto.graph.value_info if v.name not in weights]
+    if len(kept) != len(proto.graph.value_info):
+        del proto.graph.value_info[:]
+        proto.graph.value_info.extend(kept)
+        onnx.save(proto, str(path))
 
 
 def _preprocess(src: Path, out: Path, tmp: Path) -> tuple[Path, str]:
