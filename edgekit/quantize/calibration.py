@@ -111,11 +111,10 @@ def _task_split(task: Any, examples: Sequence[torch.Tensor]) -> Any:
     model's inputs (a model trained on shorter sequences than it is deployed at: the train
     split holds the short ones, validation and test the deployed length)."""
     def fits(split: Any) -> bool:
-        return split is not None and len(split.inputs) == len(examples) and all(
+        return len(split.inputs) == len(examples) and all(
             tuple(t.shape[1:]) == tuple(e.shape[1:]) for t, e in zip(split.inputs, examples))
 
-    val = getattr(task, "val", None)
-    return val if not fits(task.train) and fits(val) else task.train
+    return task.val if not fits(task.train) and fits(task.val) else task.train
 
 
 def _sample_arrays(source: Any, names: list[str], examples: Sequence[torch.Tensor]

@@ -83,7 +83,7 @@ def build_combination(job: dict[str, Any]) -> dict[str, Any]:
     from ..bundle import load_bundle
     from ..measure.scoring import evaluate_session
     from ..recipe import build_recipe, parse_recipe
-    from .trial import _pack, node_identity
+    from .trial import node_identity, pack_bundle_dir
 
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -107,7 +107,8 @@ def build_combination(job: dict[str, Any]) -> dict[str, Any]:
             if task is not None:
                 row["accuracy"] = evaluate_session(bundle.load(name), task.test, task)
             targets[name] = row
-        result: dict[str, Any] = {"status": "built", "targets": targets, "bundle": _pack(out),
+        result: dict[str, Any] = {"status": "built", "targets": targets,
+                                  "bundle": pack_bundle_dir(out),
                                   "metric": None if task is None else task.metric}
     except EdgekitError as exc:
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}

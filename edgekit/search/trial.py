@@ -160,10 +160,6 @@ def prepare_base(source: ModelSource, out_dir: Path, *, progress: bool = True
 
 def pack_bundle_dir(bundle_dir: Path) -> bytes:
     """A bundle folder packed as archive bytes (for a node that does not share the folder)."""
-    return _pack(bundle_dir)
-
-
-def _pack(bundle_dir: Path) -> bytes:
     from ..archive import pack_bundle
 
     with tempfile.TemporaryDirectory(prefix="edgekit-search-") as tmp:
@@ -241,12 +237,34 @@ def build_point(job: dict[str, Any]) -> dict[str, Any]:
         accuracy = evaluate_session(session, task.test, task)
         drop = task.drop(float(job["base"]["test"]), accuracy)
         result = {"status": "built", "accuracy": accuracy, "drop": drop,
-                  "size_bytes": _bundle_size(out, profile.name), "bundle": _pack(out)}
+                  "size_bytes": _bundle_size(out, profile.name), "bundle": pack_bundle_dir(out)}
     except EdgekitError as exc:  # a point the pipeline refuses (gate, parity): a failed trial
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     result.update(node=node, build_s=time.perf_counter() - start, out=str(out),
                   threads=profile.threads)
     return result
+
+
+def _here(out: Path, packed: bytes, tmp: Path, name: str) -> Path:
+    """``out`` where this node has the bundle folder, else ``packed`` unpacked into
+    ``tmp/name``."""
+    if (out / "manifest.json").is_file():
+        return out
+    from ..archive import unpack_bundle
+
+    archive = tmp / f"{name}.tar.gz"
+    archive.write_bytes(packed)
+    unpack_bundle(archive, tmp / name)
+    return tmp / name
+
+
+def _remote(job: dict[str, Any]) -> Any:
+    """The job's remote device (``[user@]host[:port]``), or None to time here."""
+    if not job.get("remote"):
+        return None
+    from ..bench.remote import RemoteDevice
+
+    return RemoteDevice.parse(job["remote"])
 
 
 def time_point(job: dict[str, Any]) -> dict[str, Any]:
@@ -266,18 +284,9 @@ def time_point(job: dict[str, Any]) -> dict[str, Any]:
     tmp = None
     try:
         if not (out / "manifest.json").is_file():
-            from ..archive import unpack_bundle
-
             tmp = Path(tempfile.mkdtemp(prefix="edgekit-time-"))
-            archive = tmp / "bundle.tar.gz"
-            archive.write_bytes(job["bundle"])
-            out = tmp / "bundle"
-            unpack_bundle(archive, out)
-        remote = None
-        if job.get("remote"):
-            from ..bench.remote import RemoteDevice
-
-            remote = RemoteDevice.parse(job["remote"])
+            out = _here(out, job["bundle"], tmp, "bundle")
+        remote = _remote(job)
         report = bench(out, targets=[job["target"]], threads=job.get("threads"),
                        runs=int(job.get("runs", 100)), warmup=int(job.get("warmup", 10)),
                        data="none", memory=False, remote=remote, progress=False)
@@ -314,23 +323,11 @@ def retime_points(job: dict[str, Any]) -> dict[str, Any]:
     try:
         folders: dict[int, Path] = {}
         for p in job["points"]:
-            out = Path(p["out"])
-            if not (out / "manifest.json").is_file():
-                from ..archive import unpack_bundle
-
-                archive = tmp / f"{p['trial']}.tar.gz"
-                archive.write_bytes(p["bundle"])
-                out = tmp / str(p["trial"])
-                unpack_bundle(archive, out)
-            folders[int(p["trial"])] = out.resolve()
-        remote = None
-        if job.get("remote"):
-            from ..bench.remote import RemoteDevice
-
-            remote = RemoteDevice.parse(job["remote"])
+            folders[int(p["trial"])] = _here(Path(p["out"]), p["bundle"], tmp,
+                                             str(p["trial"])).resolve()
         report = bench(list(folders.values()), targets=[job["target"]],
                        runs=int(job.get("runs", 100)), warmup=int(job.get("warmup", 10)),
-                       data="none", memory=False, remote=remote, progress=False)
+                       data="none", memory=False, remote=_remote(job), progress=False)
         by_source = {str(Path(r["source"]).resolve()): r for r in report["results"]}
         latency: dict[int, float] = {}
         for trial, folder in folders.items():
