@@ -295,7 +295,8 @@ def compress(
                     out_names=out_names, calibration=cal, config=qconfig,
                     task=task, batch=batch, progress=progress,
                     cache=quant_caches.setdefault(repr(qconfig), {}), check=_check,
-                    decisions=decisions, holdout=held, holdout_source=held_from)
+                    decisions=decisions, holdout=held, holdout_source=held_from,
+                    check_samples=samples)
                 artifact, session = result.artifact, result.session
                 quant_entry = result.quantization
                 report = result.report  # the gate verified the shipped artifact

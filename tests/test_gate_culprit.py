@@ -133,13 +133,15 @@ def test_explain_failing_falls_back_to_sensitivity_and_is_recorded(tmp_path, mon
     assert "depart from PyTorch" not in msg and "'keep_float': ['conv2', 'fc', 'conv1']" in msg
 
 
-def test_try_first_adds_the_layer_that_reads_the_culprit():
+def test_try_first_adds_the_layers_that_read_and_feed_the_culprit():
     order = ["conv1", "bn1", "relu1", "conv2", "relu2", "pool", "fc"]
     quantizable = ["conv1", "conv2", "fc"]
     assert try_first(["conv1"], order, quantizable) == ["conv1", "conv2"]
     # a parameter-free culprit: the quantizable layer before it, then the one after
     assert try_first(["relu2"], order, quantizable) == ["conv2", "fc"]
-    assert try_first(["fc"], order, quantizable) == ["fc"]
+    # the last layer: nothing reads it; the layer whose output it reads comes next
+    assert try_first(["fc"], order, quantizable) == ["fc", "conv2"]
+    assert try_first(["conv2"], order, quantizable) == ["conv2", "fc", "conv1"]
     assert try_first(["relu1", "conv2"], order, quantizable) == ["conv1", "conv2", "fc"]
     assert try_first(["not_a_layer"], order, quantizable) == []
     assert try_first([], order, quantizable) == []

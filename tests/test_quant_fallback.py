@@ -47,6 +47,7 @@ class FakeBackend:
     def __init__(self, needed):
         self.needed = needed
         self.calls = []
+        self.biases = []  # per quantize call: the biases of the model it was given
 
     def int8_sources(self, config):
         return [("fake", {})]
@@ -57,6 +58,8 @@ class FakeBackend:
 
     def quantize(self, model, inputs, out_dir, *, keep_float, **kw):
         self.calls.append(list(keep_float))
+        self.biases.append({n: m.bias.detach().clone() for n, m in model.named_modules()
+                            if getattr(m, "bias", None) is not None})
         (out_dir / "model.bin").write_bytes(b"x")
         return Artifact("fake", out_dir, ["model.bin"], [], [], "int8",
                         {"keep": list(keep_float)})
@@ -99,6 +102,24 @@ def test_fallback_keeps_most_sensitive_layer_in_float(trained, tmp_path):
     row = {r["layer"]: r for r in m["layers"]}[most]
     assert row["precision"] == "fp32" and row["reason"] == "automatic fallback (accuracy budget)"
     assert m["accuracy"]["drop"] <= 1.0 and len(m["attempts"]) == 3
+
+
+def test_a_layer_the_fallback_keeps_in_float_carries_no_bias_correction(trained, tmp_path):
+    # bias correction moves each int8 layer's bias by its expected rounding error; a layer
+    # kept in float has none, so the model its build exports has the user's bias there
+    model, task, calib = trained
+    most = layer_sensitivity(model, calib)[0]["layer"]
+    backend = FakeBackend(needed=most)
+    result = _build(trained, tmp_path, backend, bias_correction=True)
+    assert backend.calls[-1] == [most]
+    user = dict(model.named_modules())[most].bias
+    corrected = backend.biases[0][most]
+    assert not torch.allclose(corrected, user)  # corrected while int8
+    assert torch.equal(backend.biases[-1][most], user)  # as the user's once in float
+    other = next(n for n in backend.biases[0] if n != most)
+    assert torch.equal(backend.biases[-1][other], backend.biases[0][other])
+    t = result.quantization["transforms"]
+    assert most not in t["bias_corrected"] and other in t["bias_corrected"]
 
 
 def test_no_fallback_fails_with_table_and_suggestion(trained, tmp_path):

@@ -3,7 +3,8 @@
 Per-channel int8 weights, 8-bit activations (uint8 by default: ONNX Runtime's x86 kernels are
 faster with it, see BASELINE.md), calibration method min-max / percentile / entropy. Layers
 kept in float are PyTorch module names, mapped to ONNX nodes through the exporter's
-``pkg.torch.onnx.name_scopes`` metadata. Recurrent ops (LSTM/GRU), which static QDQ leaves in
+``pkg.torch.onnx.name_scopes`` metadata; the weight-free nodes that only feed them stay float
+too. Recurrent ops (LSTM/GRU), which static QDQ leaves in
 float, get dynamic-range int8 weights (``quantize_dynamic`` on those ops only).
 """
 
@@ -48,6 +49,37 @@ def onnx_node_modules(proto: Any) -> dict[str, str]:
     return out
 
 
+def onnx_float_spread(proto: Any, exclude: Sequence[str]) -> list[str]:
+    """The nodes that only feed the ``exclude`` nodes and have no weight of their own (no
+    floating-point initializer or constant of more than one element): left in float with
+    them (:func:`edgekit.backends._float_spread.spread_float`)."""
+    from onnx import numpy_helper
+
+    from ._float_spread import spread_float
+
+    if not exclude:
+        return []
+    weights = {i.name for i in proto.graph.initializer
+               if numpy_helper.to_array(i).dtype.kind == "f" and np.prod(i.dims) > 1}
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type in (1, 10, 11, 16) and \
+                        np.prod(a.t.dims) > 1:
+                    weights.update(node.output)
+    readers: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        for t in node.input:
+            readers.setdefault(t, []).append(node.name)
+    for out in proto.graph.output:
+        readers.setdefault(out.name, []).append("<output>")
+    free = {n.name for n in proto.graph.node
+            if n.op_type != "Constant" and not any(t in weights for t in n.input)}
+    consumers = {n.name: [r for t in n.output for r in readers.get(t, [])]
+                 for n in proto.graph.node}
+    return spread_float(exclude, consumers, free)
+
+
 def _matches(module: str, keep: Sequence[str]) -> bool:
     return any(module == k or module.startswith(k + ".") for k in keep)
 
@@ -79,6 +111,7 @@ def quantize_onnx(
     proto = onnx.load(str(fp32_path))
     modules = onnx_node_modules(proto)
     exclude = [n for n, m in modules.items() if keep_float and m and _matches(m, keep_float)]
+    exclude += onnx_float_spread(proto, exclude)
     act = QuantType.QInt8 if config.activation_type == "int8" else QuantType.QUInt8
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
               "entropy": CalibrationMethod.Entropy}[config.method]

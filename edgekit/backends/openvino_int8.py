@@ -3,7 +3,7 @@
 The preset is MIXED (asymmetric activations) for models with recurrent layers: NNCF's default
 PERFORMANCE preset collapsed the LSTM from 96.4% to 58.3% (BASELINE.md). Layers kept in float
 become an NNCF ``IgnoredScope`` matching the ops that ``openvino.convert_model`` names after the
-PyTorch module (``__module.<name>/...``).
+PyTorch module (``__module.<name>/...``), with the weight-free ops that only feed them.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ def quantize_openvino_model(
     preset = {"mixed": nncf.QuantizationPreset.MIXED,
               "performance": nncf.QuantizationPreset.PERFORMANCE}[preset_name]
     patterns = [rf"__module\.{re.escape(k)}(\.[^/]*)?/.*" for k in keep_float]
+    spread = openvino_float_spread(om, patterns)
     kwargs: dict[str, Any] = {}
     if patterns:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, validate=False)
+        kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, names=spread,
+                                                    validate=False)
     if config.method != "minmax":
         # NNCF's error-minimising range estimation (MSE / quantile) is its "fast bias
         # correction + advanced parameters" path; percentile/entropy map to its defaults.
@@ -60,8 +62,40 @@ def quantize_openvino_model(
     q = nncf.quantize(om, nncf.Dataset(data), preset=preset, subset_size=len(data),
                       fast_bias_correction=True, **kwargs)
     return q, {"quantizer": "nncf.quantize", "preset": preset_name, "fast_bias_correction": True,
-               "ignored_patterns": patterns, "subset_size": len(data),
+               "ignored_patterns": patterns, "ignored_feeding_float": spread,
+               "subset_size": len(data),
                "overflow_fix": overflow_fix or "nncf default (first layer on 7 bits)"}
+
+
+def openvino_float_spread(om: Any, patterns: Sequence[str]) -> list[str]:
+    """The ops that only feed the ops ``patterns`` match (those of the layers kept in float)
+    and have no weight of their own (no floating-point constant of more than one element, as
+    is or through a Convert): ignored with them
+    (:func:`edgekit.backends._float_spread.spread_float`)."""
+    from ._float_spread import spread_float
+
+    if not patterns:
+        return []
+    rx = [re.compile(p) for p in patterns]
+    ops = list(om.get_ordered_ops())
+
+    def weight(op: Any) -> bool:
+        if op.get_type_name() == "Convert":
+            op = op.input_value(0).get_node()
+        if op.get_type_name() != "Constant":
+            return False
+        out = op.output(0)
+        return out.get_element_type().is_real() and int(np.prod(list(out.get_shape()))) > 1
+
+    kept = {op.get_friendly_name() for op in ops
+            if any(r.fullmatch(op.get_friendly_name()) for r in rx)}
+    free = {op.get_friendly_name() for op in ops
+            if op.get_type_name() not in ("Constant", "Parameter", "Result", "Convert")
+            and not any(weight(op.input_value(i).get_node()) for i in range(op.get_input_size()))}
+    consumers = {op.get_friendly_name(): [t.get_node().get_friendly_name()
+                                          for o in op.outputs() for t in o.get_target_inputs()]
+                 for op in ops}
+    return spread_float(kept, consumers, free)
 
 
 _SEQUENCES = ("LSTMSequence", "GRUSequence", "RNNSequence")

@@ -2,10 +2,10 @@
 
 ``torch.export`` -> ``prepare_pt2e`` (or ``prepare_qat_pt2e``) -> calibrate -> ``convert_pt2e``;
 the converted graph module goes to ``litert_torch.convert(..., quant_config=...)``. Symmetric
-per-channel int8 weights and int8 activations; modules kept in float get
-``set_module_name(name, None)``. The litert quantizer picks dynamic-range int8 for ops it
-cannot quantize statically only when asked (``is_dynamic``), so recurrent models fall back to
-float for those ops and the manifest says so.
+per-channel int8 weights and int8 activations; the nodes of modules kept in float, and the
+parameter-free nodes that only feed them, are left unannotated. The litert quantizer picks
+dynamic-range int8 for ops it cannot quantize statically only when asked (``is_dynamic``), so
+recurrent models fall back to float for those ops and the manifest says so.
 """
 
 from __future__ import annotations
@@ -61,18 +61,20 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
         is_per_channel=config.per_channel, is_qat=qat, is_dynamic=dynamic))
     keep = [str(k) for k in keep_float]
 
-    def quantized(node: Any) -> bool:
-        for name, tp in _module_paths(node):
-            if tp in FLOAT_MODULE_TYPES or any(name == k or name.startswith(k + ".")
-                                               for k in keep):
-                return False
-        return True
+    def kept(node: Any) -> bool:
+        return any(tp in FLOAT_MODULE_TYPES or any(name == k or name.startswith(k + ".")
+                                                   for k in keep)
+                   for name, tp in _module_paths(node))
+
+    def quantized(model: torch.fx.GraphModule) -> Any:
+        floats = float_nodes(model, kept)
+        return lambda node: node.name not in floats
 
     def annotate_static(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        return q._annotate_all_static_patterns(model, q.global_config, quantized)
+        return q._annotate_all_static_patterns(model, q.global_config, quantized(model))
 
     def annotate_dynamic(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        return q._annotate_all_dynamic_patterns(model, q.global_config, quantized)
+        return q._annotate_all_dynamic_patterns(model, q.global_config, quantized(model))
 
     q._annotate_for_static_quantization_config = annotate_static
     q._annotate_for_dynamic_quantization_config = annotate_dynamic
@@ -85,6 +87,28 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
 
     q.annotate = annotate_float_only
     return q
+
+
+def float_nodes(gm: torch.fx.GraphModule, kept: Any) -> set[str]:
+    """The names of ``gm``'s nodes left unannotated: those ``kept(node)`` says belong to a
+    module kept in float, and the parameter-free nodes that only feed them
+    (:func:`edgekit.backends._float_spread.spread_float`)."""
+    from ._float_spread import spread_float
+
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
+    floats = {n.name for n in nodes if kept(n)}
+
+    def weight(arg: Any) -> bool:  # a float constant of more than one element
+        if arg.op != "get_attr":
+            return False
+        val: Any = gm
+        for part in str(arg.target).split("."):
+            val = getattr(val, part, None)
+        return isinstance(val, torch.Tensor) and val.is_floating_point() and val.numel() > 1
+
+    free = {n.name for n in nodes if not any(weight(a) for a in n.all_input_nodes)}
+    users = {n.name: [u.name for u in n.users] for n in nodes}
+    return floats | set(spread_float(floats, users, free))
 
 
 def _integer(gm: torch.fx.GraphModule, node: Any) -> bool:

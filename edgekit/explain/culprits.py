@@ -1,15 +1,17 @@
 """The int8 gate's view of explain: which layers to keep in float first, read from the
 runtime's own tensors.
 
-When an int8 variant misses its gate, :func:`gate_culprits` runs a few held-out (or
-calibration) samples through PyTorch and through that variant's artifact and ranks the layers
+When an int8 variant misses its gate, :func:`gate_culprits` runs the few samples where the
+artifact departs most from PyTorch (:func:`worst_samples`, among the verification, held-out
+or calibration samples) through PyTorch and through that variant's artifact and ranks the layers
 where the runtime's tensors lose SQNR (:mod:`edgekit.explain.layers`). A culprit tensor is the
 output of a module ``L`` as the runtime computed it: it carries the rounding of ``L``'s inputs
 and weights and, where the next layer reads it in int8, of ``L``'s output. Keeping ``L`` in
-float removes the first two; only keeping the layer that reads the tensor in float too removes
-the third. So each culprit contributes ``L`` (or, for a parameter-free culprit such as a ReLU,
-the quantizable layer before it) and then the next quantizable layer in execution order, and
-the fallback tries them in that order before the PyTorch-side sensitivity ranking.
+float removes the second; keeping the layer that reads the tensor in float too removes the
+third, and keeping the layer whose output ``L`` reads in float too removes the first. So each culprit contributes ``L`` (or,
+for a parameter-free culprit such as a ReLU, the quantizable layer before it), the next
+quantizable layer in execution order, then (for ``L`` itself) the one before it, and the
+fallback tries them in that order before the PyTorch-side sensitivity ranking.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from .layers import TargetResult
 from .target import explain_artifact
 from .torch_capture import LayerCapture
 
-__all__ = ["MAX_CULPRITS", "MAX_SAMPLES", "MIN_LOSS_DB", "gate_culprits", "try_first"]
+__all__ = ["MAX_CULPRITS", "MAX_SAMPLES", "MIN_LOSS_DB", "gate_culprits", "try_first",
+           "worst_samples"]
 
 #: Samples run through PyTorch and the artifact (each costs a capture of every tensor).
 MAX_SAMPLES = 4
@@ -56,9 +59,52 @@ def try_first(culprit_names: Sequence[str], order: Sequence[str],
         if c not in pos:
             continue
         at = pos[c]
-        add(c if c in q else next((n for n in reversed(seq) if pos[n] < at), None))
+        before = next((n for n in reversed(seq) if pos[n] < at), None)
+        add(c if c in q else before)
         add(next((n for n in seq if pos[n] > at), None))
+        if c in q:  # the layer whose output it reads: its input's rounding
+            add(before)
     return out
+
+
+def worst_samples(model: torch.nn.Module, session: Any,
+                  pool: Sequence[Sequence[np.ndarray]], k: int = MAX_SAMPLES
+                  ) -> tuple[list[list[np.ndarray]], dict[str, Any]]:
+    """The ``k`` samples of ``pool`` where ``session`` departs most from ``model``: those
+    whose top-1 class differs first (outputs with 2+ entries per row), then the lowest
+    cosine of any output. A gate fails on its worst samples, and the layers that break those
+    are not always the ones that lose the most on typical inputs (a near-tied pair of logits,
+    an output rounded to zero). Returns the samples and what was chosen (indices, cosines)."""
+    from ..backends._common import flatten_outputs
+    from ..measure.metrics import cosine
+
+    scored = []
+    was = model.training
+    model.eval()
+    try:
+        for i, sample in enumerate(pool):
+            feeds = [np.asarray(a) for a in sample]
+            with torch.no_grad():
+                ref = [t.detach().cpu().numpy() for t in
+                       flatten_outputs(model(*(torch.from_numpy(np.ascontiguousarray(a))
+                                               for a in feeds)))]
+            got = [np.asarray(g) for g in session.run(feeds)]
+            cos, flip = 1.0, False
+            for r, g in zip(ref, got):
+                if r.shape != g.shape or r.size == 0:
+                    continue
+                c = float(np.nanmin(cosine(r[None], g[None])))
+                cos = min(cos, c if math.isfinite(c) else -1.0)
+                if r.ndim == 2 and r.shape[1] > 1:
+                    flip = flip or bool(np.any(r.argmax(1) != g.argmax(1)))
+            scored.append((not flip, cos, i))
+    finally:
+        model.train(was)
+    chosen = sorted(scored)[:k]
+    return ([[np.asarray(a) for a in pool[i]] for _, _, i in chosen],
+            {"pool": len(pool), "indices": [i for _, _, i in chosen],
+             "cosines": [round(c, 6) for _, c, _ in chosen],
+             "top1_flips": sum(not f for f, _, _ in chosen)})
 
 
 def _db(x: float | None) -> float | str | None:

@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,8 +120,11 @@ class Int8Build:
                  config: QuantConfig, task: Task | None, batch: int, progress: bool = True,
                  memo: dict[str, Any] | None = None, prepared: Any = None,
                  check: Any = None, holdout: list[list[np.ndarray]] | None = None,
-                 holdout_source: str = "held-out calibration data") -> None:
+                 holdout_source: str = "held-out calibration data",
+                 check_samples: Sequence[Sequence[np.ndarray]] = ()) -> None:
         self.backend, self.profile, self.model, self.inputs = backend, profile, model, inputs
+        #: the samples ``check`` verifies on (where a gate failure is found)
+        self.check_samples = [list(s) for s in check_samples]
         # The fidelity gate (no task, or verify data given): held-out data against fp32.
         self.holdout, self.holdout_source = holdout or None, holdout_source
         self.fidelity_gate = FidelityGate.from_table(
@@ -151,7 +155,7 @@ class Int8Build:
         #: explain's culprits of the first variant that missed the gate (manifest record).
         self.culprits: dict[str, Any] | None = None
         self.workdir = Path()  # a temporary folder while :meth:`run` runs
-        self._fp32: Artifact | None = None
+        self._fp32: dict[int, Artifact] = {}  # id(model) -> its fp32 export
         self._count = 0
         self.ref_score: float | None = None
         if task is not None:
@@ -164,14 +168,25 @@ class Int8Build:
         if self.prepared is None and self.qat is None:
             self.model, self.transforms = self._transformed(model)
 
-    def _transformed(self, model: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, Any]]:
+    def _model_for(self, keep: list[str]) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+        """The model a variant keeping ``keep`` in float is built from, and its transforms
+        record: the transforms redone without those layers (bias correction and bias
+        absorption set for int8 rounding would move a float layer away from the model)."""
+        if self.transforms is None or keep == self.keep:
+            return self.model, self.transforms
+        return self._transformed(self._fp32_model, keep)
+
+    def _transformed(self, model: torch.nn.Module, keep: list[str] | None = None
+                     ) -> tuple[torch.nn.Module, dict[str, Any]]:
         from .transforms import apply_transforms
 
+        first = keep is None
+        keep = self.keep if keep is None else keep
         c = self.config
         weight_qmax = getattr(self.backend, "weight_qmax", lambda _c: 127)(c)
         key = repr(("transforms", c.equalize, c.equalize_relu6,
                     c.bias_correction and c.per_channel, c.smoothquant, c.smoothquant_alpha,
-                    c.adaround and c.per_channel, c.adaround_iterations, tuple(self.keep),
+                    c.adaround and c.per_channel, c.adaround_iterations, tuple(keep),
                     weight_qmax))
         if key not in self.memo:
             try:
@@ -180,7 +195,7 @@ class Int8Build:
                     bias_correction=c.bias_correction and c.per_channel,
                     smoothquant=c.smoothquant, alpha=c.smoothquant_alpha,
                     adaround=c.adaround and c.per_channel,
-                    adaround_iterations=c.adaround_iterations, keep_float=self.keep,
+                    adaround_iterations=c.adaround_iterations, keep_float=keep,
                     weight_qmax=weight_qmax)
             except Exception as exc:  # noqa: BLE001 - an optimisation: build without it
                 out, record = model, {"applied": [], "error": _first_line(exc)}
@@ -193,7 +208,7 @@ class Int8Build:
                 record.setdefault("skipped", {})["adaround"] = (
                     "per-tensor weights (per_channel = false): the learned rounding targets "
                     "the per-channel int8 grid")
-            if record["applied"]:
+            if record["applied"] and first:
                 self.log("float-domain transforms: " + ", ".join(record["applied"]))
             if record.get("bias_absorbed"):
                 # the biases bias absorption set, estimated on the calibration data: for
@@ -217,16 +232,18 @@ class Int8Build:
                                                          per_channel=self.config.per_channel)
         return list(self.memo["sensitivity"])
 
-    def fp32(self) -> Artifact | None:
-        """The target's fp32 artifact, exported once (None for a backend without fp32 export)."""
-        if self._fp32 is None and callable(getattr(self.backend, "export", None)):
-            where = self.workdir / "fp32"
+    def fp32(self, model: torch.nn.Module | None = None) -> Artifact | None:
+        """The target's fp32 artifact of ``model`` (default: the transformed model), exported
+        once per model (None for a backend without fp32 export)."""
+        model = self.model if model is None else model
+        if id(model) not in self._fp32 and callable(getattr(self.backend, "export", None)):
+            where = self.workdir / ("fp32" if model is self.model else f"fp32-{len(self._fp32)}")
             where.mkdir()
-            self._fp32 = self.backend.export(self.model, self.inputs, where,
-                                             input_names=self.in_names,
-                                             output_names=self.out_names,
-                                             options=dict(self.profile.options))
-        return self._fp32
+            self._fp32[id(model)] = self.backend.export(model, self.inputs, where,
+                                                        input_names=self.in_names,
+                                                        output_names=self.out_names,
+                                                        options=dict(self.profile.options))
+        return self._fp32.get(id(model))
 
     def candidates(self) -> list[tuple[str, dict[str, Any]]]:
         """The runtime's int8 sources for the requested config: (name, config changes)."""
@@ -240,14 +257,15 @@ class Int8Build:
         self._count += 1
         where = self.workdir / f"build{self._count}"
         where.mkdir()
-        fp32 = None if getattr(self.backend, "qat_graph", False) else self.fp32()
+        model, transforms = self._model_for(list(keep))
+        fp32 = None if getattr(self.backend, "qat_graph", False) else self.fp32(model)
         art = self.backend.quantize(
-            self.model, self.inputs, where, input_names=self.in_names,
+            model, self.inputs, where, input_names=self.in_names,
             output_names=self.out_names, options=dict(self.profile.options),
             calibration=self.calibration, config=config, keep_float=list(keep), fp32=fp32,
             prepared=self.prepared)
         sess = self.backend.load(art, threads=self.profile.threads, options=self.load_options)
-        check_outputs_sane(sess, self.calibration, f"target {self.profile.name}", self.model)
+        check_outputs_sane(sess, self.calibration, f"target {self.profile.name}", model)
         score = None
         if self.task is not None:
             from ..measure.scoring import evaluate_session
@@ -255,7 +273,7 @@ class Int8Build:
             score = evaluate_session(sess, self.task.test, self.task, batch=self.batch)
         report = self.check(sess) if self.check is not None else None
         variant = Variant(name, config, list(keep), dict(changes or {}), art, sess, score, where,
-                          report)
+                          report, transforms=transforms)
         variant.failed = self.gate(variant)
         return variant
 
@@ -283,17 +301,20 @@ class Int8Build:
 
     def runtime_culprits(self, v: Variant) -> dict[str, Any]:
         """The layers where ``v``'s artifact departs from PyTorch, read from the runtime's own
-        tensors (:func:`edgekit.explain.culprits.gate_culprits` on a few held-out or
-        calibration samples, one thread). Never raises: when explain cannot read the artifact
-        the record says why and the fallback uses the PyTorch-side sensitivity ranking."""
-        samples = (self.holdout or self.calibration)[:4]
+        tensors (:func:`edgekit.explain.culprits.gate_culprits`, one thread) on the samples
+        where it departs most (among the verification, held-out or calibration samples).
+        Never raises: when explain cannot read the artifact the record says why and the
+        fallback uses the PyTorch-side sensitivity ranking."""
+        pool = [*self.check_samples, *(self.holdout or [])] or self.calibration
         quantizable = [n for n, _ in quantizable_layers(self.model)]
         try:
-            from ..explain.culprits import gate_culprits
+            from ..explain.culprits import gate_culprits, worst_samples
 
-            assert v.art is not None
+            assert v.art is not None and v.sess is not None
+            samples, chosen = worst_samples(self._fp32_model, v.sess, pool)
             record = gate_culprits(self.model, v.art, samples, quantizable,
                                    options=self.load_options, threads=1)
+            record["samples"] = chosen
         except Exception as exc:  # noqa: BLE001 - a diagnosis: the build goes on without it
             self.log(f"explain could not rank this variant's layers ({_first_line(exc)}); "
                      "using the PyTorch-side sensitivity ranking")
@@ -579,7 +600,8 @@ class Int8Build:
                 "the tolerance, this one met it with every layer in int8"
                 if self.alternative else None),
             "executed_precision": chosen.sess.info.get("precision"),
-            "transforms": self.transforms,
+            "transforms": chosen.transforms if chosen.transforms is not None
+            else self.transforms,
             "unattributed_nodes": unattributed_nodes(read_back, names, kinds),
             "size_bytes": chosen.art.size_bytes,
             "latency_check": latency,
@@ -623,6 +645,7 @@ def build_int8(
     decisions: DecisionStore | None = None,
     holdout: list[list[np.ndarray]] | None = None,
     holdout_source: str = "held-out calibration data",
+    check_samples: Sequence[Sequence[np.ndarray]] = (),
 ) -> Int8Result:
     """Build ``profile``'s int8 artifact into ``target_dir`` (see :class:`Int8Build`).
 
@@ -631,13 +654,14 @@ def build_int8(
     :class:`QuantizationError` with the per-layer table. ``check(session)`` (the pipeline's
     verification against the profile's tolerance) returns a report with ``passed``; a failing
     check also triggers the fallback, and the shipped artifact's report is
-    :attr:`Int8Result.report`. ``holdout``: batches kept out of calibration; the build must
-    then pass the profile's ``[gate]`` (:mod:`edgekit.quantize.gate`) on them. ``cache``
-    memoises the reference score and the sensitivity
-    ranking across the targets of one model; ``decisions`` records and reuses the choices.
+    :attr:`Int8Result.report`; ``check_samples`` are the samples it verifies on.
+    ``holdout``: batches kept out of calibration; the build must then pass the profile's
+    ``[gate]`` (:mod:`edgekit.quantize.gate`) on them. ``cache`` memoises the reference score
+    and the sensitivity ranking across the targets of one model; ``decisions`` records and
+    reuses the choices.
     """
     return Int8Build(backend, profile, model, inputs, in_names=in_names, out_names=out_names,
                      calibration=calibration, config=config, task=task, batch=batch,
                      progress=progress, memo=cache, prepared=prepared,
-                     check=check, holdout=holdout,
-                     holdout_source=holdout_source).run(target_dir, decisions)
+                     check=check, holdout=holdout, holdout_source=holdout_source,
+                     check_samples=check_samples).run(target_dir, decisions)

@@ -69,6 +69,9 @@ class Variant:
     #: (None when it passed)
     report: Any = None
     failed: str | None = None
+    #: the float-domain transforms record of the model this variant was built from (layers
+    #: kept in float carry no bias correction nor absorbed bias); None: the build's own
+    transforms: dict[str, Any] | None = None
 
 
 #: build(config, keep_float) -> the variant, built in its own folder, checked and gated

@@ -43,6 +43,10 @@ from .smoothquant import smoothquant as _smoothquant
 __all__ = ["apply_transforms", "ChannelClamp", "RELU6_MODES"]
 
 
+def _kept(name: str, keep_float: Sequence[str]) -> bool:
+    return any(name == k or name.startswith(k + ".") for k in keep_float)
+
+
 def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray]], *,
                      equalize: bool = False, bias_correction: bool = False,
                      smoothquant: bool = False, alpha: float = 0.5, relu6: str = "skip",
@@ -92,7 +96,10 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
                 record["equalize_relu6"] = relu6
                 record["clamped_relu6"] = sorted(n for n, m in out.named_modules()
                                                  if isinstance(m, ChannelClamp))
-                record["bias_absorbed"] = absorb_bias(out, pairs, calibration)
+                # a layer kept in float computes as in the model: no bias moved through it
+                record["bias_absorbed"] = absorb_bias(
+                    out, [p for p in pairs if not _kept(p.first, keep_float)
+                          and not _kept(p.second, keep_float)], calibration)
                 applied.append("equalize")
             else:
                 skipped["equalize"] = ("no conv/linear -> [ReLU] -> conv/linear chain whose "
