@@ -9,17 +9,20 @@ Each case: the zoo model trained as in the suite (same cache; ``model:target:pru
 suite's pruned model, same plan and cache), built for one int8 target with
 the suite's settings (its task's accuracy budget and tolerance, 300 calibration samples, 64
 verification samples) and no latency check (so every float layer is there for accuracy),
-once per order, one after the other. Per build: passed or not, the layers kept in float, how
-many layer choices were tried, the culprits explain named (module, SQNR there), and for a
-failure the error's first sentence naming them. Writes
+once per order, one after the other, then with the fallback off: the error's hint (the
+culprits to keep in float) followed by hand, in one more build. Per build: passed or not, the
+layers kept in float, how many layer choices were tried, the culprits explain named (module,
+SQNR there), and for a failure the error's first sentence naming them. Writes
 benchmarks/results/gate_culprits.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -48,24 +51,59 @@ CASES = [("image_audio", "arm64-tflite-int8", False),
 ORDERS = ("runtime", "sensitivity")
 
 
-def one(name: str, target: str, prune: bool, order: str, tmp: Path) -> dict[str, Any]:
-    spec = get_spec(name)
-    task = spec.task()
+def _model(name: str, prune: bool) -> torch.nn.Module:
     model, _ = trained(name)
     if prune:
         plan = {**PLANS.get(name, DEFAULT_PLAN),
                 "epochs_scale": MODES["full"].prune_epochs_scale}
         model, _ = pruned(name, model, plan)
+    return model
+
+
+def _compress(name: str, model: torch.nn.Module, target: str, out: Path,
+              **quantization: Any) -> None:
+    spec = get_spec(name)
+    compress(model, spec.example_inputs(1), targets=[target], out_dir=out, task=spec.task(),
+             verify_samples=64, progress=False, input_names=list(spec.input_names),
+             output_names=list(spec.output_names),
+             quantization={"samples": 300, "latency_check": False, **quantization})
+
+
+def hinted(name: str, target: str, prune: bool, tmp: Path) -> dict[str, Any]:
+    """With the fallback off: the error's hint (the culprits to keep in float), then a build
+    with exactly that ``keep_float`` and the fallback still off."""
+    model = _model(name, prune)
+    row: dict[str, Any] = {"model": name + (" (pruned)" if prune else ""), "target": target,
+                           "order": "error's hint"}
+    t0 = time.perf_counter()
+    try:
+        _compress(name, model, target, tmp / f"{name}-{target}-nofallback", fallback=False)
+        row.update(passed=True, float_layers=[], note="passes with every layer in int8")
+        return row
+    except QuantizationError as exc:
+        found = re.search(r"keep_float = (\[[^\]]*\])", exc.hint or "")
+        keep = ast.literal_eval(found.group(1)) if found else []
+        row["hint"] = exc.hint
+    row["float_layers"] = keep
+    try:
+        _compress(name, model, target, tmp / f"{name}-{target}-hint", fallback=False,
+                  keep_float=keep)
+        row["passed"] = True
+    except QuantizationError as exc:
+        row.update(passed=False, error=f"keep_float {keep}: " + str(exc).split(
+            " Per-layer sensitivity")[0][:400])
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def one(name: str, target: str, prune: bool, order: str, tmp: Path) -> dict[str, Any]:
+    model = _model(name, prune)
     out = tmp / f"{name}-{target}-{order}"
     row: dict[str, Any] = {"model": name + (" (pruned)" if prune else ""), "target": target,
                            "order": order}
     t0 = time.perf_counter()
     try:
-        compress(model, spec.example_inputs(1), targets=[target], out_dir=out, task=task,
-                 verify_samples=64, progress=False, input_names=list(spec.input_names),
-                 output_names=list(spec.output_names),
-                 quantization={"samples": 300, "latency_check": False,
-                               "fallback_order": order})
+        _compress(name, model, target, out, fallback_order=order)
     except QuantizationError as exc:
         text = str(exc)
         row.update(passed=False, error=text.split(" Per-layer sensitivity")[0][:600],
@@ -90,10 +128,21 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
              "`runtime`: the layers explain finds in the failing artifact's own tensors are "
              "kept in float first (each with the layer reading its output), then the PyTorch "
              "order; `sensitivity`: the PyTorch order alone (one layer fake-quantized at a "
-             "time). `float layers`: those the fallback kept in float; fewer is better.", "",
+             "time). `float layers`: those the fallback kept in float; fewer is better. "
+             "`error's hint`: the fallback off, the error's hint (`keep_float = [...]`, the "
+             "culprits read from the artifact) followed by hand: one build with exactly that, "
+             "the fallback still off.", "",
              "| model | target | order | passed | float layers | choices tried | culprits "
              "(SQNR dB there) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r["order"] == "error's hint":
+            fl = r.get("float_layers") or []
+            said = (r.get("note") or r.get("error") or r.get("hint") or "").replace("|", "/")
+            lines.append(f"| {r['model']} | {r['target']} | {r['order']} | "
+                         f"{'yes' if r['passed'] else '**no**'} | "
+                         f"{len(fl)}: {', '.join(fl) or '-'} | {1 if r.get('note') else 2} | "
+                         f"{said} |")
+            continue
         if r["passed"]:
             cul = ", ".join(f"{m} ({s})" for m, s in r.get("culprits") or []) or "-"
             fl = r["float_layers"]
@@ -142,6 +191,12 @@ def main() -> int:
                 rows.append(row)
                 pair.append(row)
             verdicts.append(verdict(*pair))
+            row = hinted(name, target, prune, Path(tmp))
+            log("gate_culprits", f"{row['model']} {target} error's hint: " + (
+                f"passes with {row.get('float_layers')}" if row["passed"] else "fails"))
+            rows.append(row)
+            verdicts[-1] += (f"; the error's hint {row.get('float_layers')} "
+                             + ("passes" if row["passed"] else "fails"))
     summary = {"machine": f"{platform.machine()}, torch {torch.__version__}, 1 thread",
                "seconds": round(time.perf_counter() - start, 1), "verdicts": verdicts}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from test_explain import broken_model
@@ -145,3 +146,34 @@ def test_try_first_adds_the_layers_that_read_and_feed_the_culprit():
     assert try_first(["relu1", "conv2"], order, quantizable) == ["conv1", "conv2", "fc"]
     assert try_first(["not_a_layer"], order, quantizable) == []
     assert try_first([], order, quantizable) == []
+
+
+class _Shifted:
+    """A 'session' that returns the model's logits, with sample 2's classes swapped and
+    sample 4 damped towards zero in one class."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def run(self, feeds):
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(feeds[0])).numpy().copy()
+        k, self.calls = self.calls, self.calls + 1
+        if k == 2:
+            out = out[:, ::-1].copy()
+        if k == 4:
+            out[:, 0] *= 0.2
+        return [out]
+
+
+def test_worst_samples_takes_the_top1_flip_first_then_the_lowest_cosine():
+    from edgekit.explain.culprits import worst_samples
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([3.0, 0.0, -3.0]))  # class 0 wins clearly
+    pool = [[np.full((1, 4), 0.1 * i, np.float32)] for i in range(6)]
+    samples, chosen = worst_samples(model, _Shifted(model), pool, k=2)
+    assert chosen["indices"] == [2, 4] and chosen["pool"] == 6 and chosen["top1_flips"] == 1
+    assert chosen["cosines"][1] < 1.0 and np.array_equal(samples[0][0], pool[2][0])

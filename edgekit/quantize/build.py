@@ -312,7 +312,7 @@ class Int8Build:
 
             assert v.art is not None and v.sess is not None
             samples, chosen = worst_samples(self._fp32_model, v.sess, pool)
-            record = gate_culprits(self.model, v.art, samples, quantizable,
+            record = gate_culprits(self._model_for(v.keep)[0], v.art, samples, quantizable,
                                    options=self.load_options, threads=1)
             record["samples"] = chosen
         except Exception as exc:  # noqa: BLE001 - a diagnosis: the build goes on without it
