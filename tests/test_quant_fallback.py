@@ -48,6 +48,7 @@ class FakeBackend:
         self.needed = needed
         self.calls = []
         self.biases = []  # per quantize call: the biases of the model it was given
+        self.models = []
 
     def int8_sources(self, config):
         return [("fake", {})]
@@ -60,6 +61,7 @@ class FakeBackend:
         self.calls.append(list(keep_float))
         self.biases.append({n: m.bias.detach().clone() for n, m in model.named_modules()
                             if getattr(m, "bias", None) is not None})
+        self.models.append(model)
         (out_dir / "model.bin").write_bytes(b"x")
         return Artifact("fake", out_dir, ["model.bin"], [], [], "int8",
                         {"keep": list(keep_float)})
@@ -115,11 +117,37 @@ def test_a_layer_the_fallback_keeps_in_float_carries_no_bias_correction(trained,
     user = dict(model.named_modules())[most].bias
     corrected = backend.biases[0][most]
     assert not torch.allclose(corrected, user)  # corrected while int8
-    assert torch.equal(backend.biases[-1][most], user)  # as the user's once in float
+    # as the user's once in float (the correction taken back: float32 rounding only)
+    assert torch.allclose(backend.biases[-1][most], user, rtol=0, atol=1e-7)
     other = next(n for n in backend.biases[0] if n != most)
     assert torch.equal(backend.biases[-1][other], backend.biases[0][other])
     t = result.quantization["transforms"]
     assert most not in t["bias_corrected"] and other in t["bias_corrected"]
+
+
+def test_a_layer_kept_in_float_has_no_absorbed_bias(trained, tmp_path):
+    # fc1 -> ReLU -> fc2 is equalized, and fc1's always-positive channels move their floor
+    # into fc2's bias (exact only where fc1's output stays above it); keeping fc1 in float
+    # rebuilds from a model without that move, which computes exactly the user's function
+    _, task, calib = trained
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10)).eval()
+    fit(model, task, epochs=1, progress=False)
+    with torch.no_grad():
+        model[1].bias[:8] += 6.0  # always positive on the data: absorbed
+    backend = FakeBackend(needed="1")
+    backend.model = model
+    build_int8(backend, load_profile("x86-onnxruntime-int8"), model, (torch.zeros(1, 1, 8, 8),),
+               tmp_path / "t", in_names=["image"], out_names=["logits"], calibration=calib,
+               config=QuantConfig(equalize=True, bias_correction=False), task=task, batch=1,
+               progress=False)
+    assert backend.calls[0] == [] and "1" in backend.calls[-1]
+    x = torch.from_numpy(np.concatenate([b[0] for b in calib])) * 3.0  # beyond calibration
+    with torch.no_grad():
+        ref, first, last = model(x), backend.models[0](x), backend.models[-1](x)
+    assert (first - ref).abs().max() > 1e-3  # the absorbed floor departs off the data
+    assert torch.allclose(last, ref, rtol=0, atol=1e-4)
 
 
 def test_no_fallback_fails_with_table_and_suggestion(trained, tmp_path):

@@ -8,10 +8,11 @@ where the runtime's tensors lose SQNR (:mod:`edgekit.explain.layers`). A culprit
 output of a module ``L`` as the runtime computed it: it carries the rounding of ``L``'s inputs
 and weights and, where the next layer reads it in int8, of ``L``'s output. Keeping ``L`` in
 float removes the second; keeping the layer that reads the tensor in float too removes the
-third, and keeping the layer whose output ``L`` reads in float too removes the first. So each culprit contributes ``L`` (or,
-for a parameter-free culprit such as a ReLU, the quantizable layer before it), the next
-quantizable layer in execution order, then (for ``L`` itself) the one before it, and the
-fallback tries them in that order before the PyTorch-side sensitivity ranking.
+third, and keeping the layer whose output ``L`` reads in float too removes the first. So each
+culprit contributes ``L`` (or, for a parameter-free culprit such as a ReLU, the quantizable
+layer before it), the next quantizable layer in execution order, then (for ``L`` itself) the
+one before it, and the fallback tries them in that order before the PyTorch-side sensitivity
+ranking.
 """
 
 from __future__ import annotations

@@ -170,11 +170,46 @@ class Int8Build:
 
     def _model_for(self, keep: list[str]) -> tuple[torch.nn.Module, dict[str, Any] | None]:
         """The model a variant keeping ``keep`` in float is built from, and its transforms
-        record: the transforms redone without those layers (bias correction and bias
-        absorption set for int8 rounding would move a float layer away from the model)."""
-        if self.transforms is None or keep == self.keep:
-            return self.model, self.transforms
-        return self._transformed(self._fp32_model, keep)
+        record: as if the transforms had been applied without those layers (bias correction,
+        bias absorption and learned rounding are set for int8 rounding and would move a float
+        layer away from the model). Bias corrections are independent of one another, so the
+        common case (no absorbed pair nor learned rounding among the new float layers) only
+        takes the new float layers' corrections back; otherwise the transforms are redone."""
+        record = self.transforms
+        if record is None or keep == self.keep:
+            return self.model, record
+        new = [k for k in keep if k not in self.keep]
+
+        def kept(name: str) -> bool:
+            return any(name == k or name.startswith(k + ".") for k in new)
+
+        absorbed = {n for pair in record.get("bias_absorbed") or [] for n in pair.split(" -> ")}
+        rounded = {r["layer"] for r in record.get("adaround_layers") or []}
+        if any(kept(n) for n in absorbed | rounded):
+            return self._transformed(self._fp32_model, keep)
+        undo = [n for n in record.get("bias_corrected") or [] if kept(n)]
+        if not undo:
+            return self.model, record
+        key = repr(("uncorrected", self._transforms_key(self.keep), tuple(sorted(undo))))
+        if key not in self.memo:
+            amounts = self.memo[self._transforms_key(self.keep) + "/corrections"]
+            out = copy.deepcopy(self.model)
+            with torch.no_grad():
+                for n in undo:
+                    bias = out.get_submodule(n).bias
+                    assert isinstance(bias, torch.Tensor)
+                    bias.sub_(amounts[n])
+            self.memo[key] = (out, {**record, "bias_corrected": [
+                n for n in record["bias_corrected"] if n not in undo]})
+        return self.memo[key]  # type: ignore[no-any-return]
+
+    def _transforms_key(self, keep: list[str]) -> str:
+        c = self.config
+        weight_qmax = getattr(self.backend, "weight_qmax", lambda _c: 127)(c)
+        return repr(("transforms", c.equalize, c.equalize_relu6,
+                     c.bias_correction and c.per_channel, c.smoothquant, c.smoothquant_alpha,
+                     c.adaround and c.per_channel, c.adaround_iterations, tuple(keep),
+                     weight_qmax))
 
     def _transformed(self, model: torch.nn.Module, keep: list[str] | None = None
                      ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -184,11 +219,10 @@ class Int8Build:
         keep = self.keep if keep is None else keep
         c = self.config
         weight_qmax = getattr(self.backend, "weight_qmax", lambda _c: 127)(c)
-        key = repr(("transforms", c.equalize, c.equalize_relu6,
-                    c.bias_correction and c.per_channel, c.smoothquant, c.smoothquant_alpha,
-                    c.adaround and c.per_channel, c.adaround_iterations, tuple(keep),
-                    weight_qmax))
+        key = self._transforms_key(keep)
         if key not in self.memo:
+            corrections: dict[str, Any] = {}
+            self.memo[key + "/corrections"] = corrections
             try:
                 out, record = apply_transforms(
                     model, self.calibration, equalize=c.equalize, relu6=c.equalize_relu6,
@@ -196,7 +230,7 @@ class Int8Build:
                     smoothquant=c.smoothquant, alpha=c.smoothquant_alpha,
                     adaround=c.adaround and c.per_channel,
                     adaround_iterations=c.adaround_iterations, keep_float=keep,
-                    weight_qmax=weight_qmax)
+                    weight_qmax=weight_qmax, corrections=corrections)
             except Exception as exc:  # noqa: BLE001 - an optimisation: build without it
                 out, record = model, {"applied": [], "error": _first_line(exc)}
                 self.log(f"float-domain transforms skipped ({_first_line(exc)})")

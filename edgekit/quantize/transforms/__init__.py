@@ -51,10 +51,12 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
                      equalize: bool = False, bias_correction: bool = False,
                      smoothquant: bool = False, alpha: float = 0.5, relu6: str = "skip",
                      adaround: bool = False, adaround_iterations: int = DEFAULT_ITERATIONS,
-                     keep_float: Sequence[str] = (), weight_qmax: int = 127
+                     keep_float: Sequence[str] = (), weight_qmax: int = 127,
+                     corrections: dict[str, Any] | None = None
                      ) -> tuple[nn.Module, dict[str, Any]]:
     """A transformed copy of ``model`` (in eval mode; ``model`` is untouched) and the record.
-    Bias correction targets the runtime's weight grid ``-weight_qmax..weight_qmax``.
+    Bias correction targets the runtime's weight grid ``-weight_qmax..weight_qmax``;
+    ``corrections`` (when given) receives each corrected layer's bias correction.
 
     With every switch off, ``model`` itself is returned and the record says so.
     """
@@ -124,7 +126,7 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
             skipped["adaround"] = "no conv/linear layer ran on the calibration data"
     if bias_correction:
         done = _bias_correction(out, calibration, skip=[*keep_float, *on_grid],
-                                qmax=weight_qmax)
+                                qmax=weight_qmax, amounts=corrections)
         record["bias_correction_grid"] = f"-{weight_qmax}..{weight_qmax}"
         record["bias_corrected"] = done
         if done:

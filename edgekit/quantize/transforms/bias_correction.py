@@ -45,10 +45,13 @@ def _mean_shift(layer: nn.Module, x: torch.Tensor, delta: torch.Tensor) -> torch
 
 
 def bias_correction(model: nn.Module, batches: Sequence[Sequence[np.ndarray]],
-                    skip: Sequence[str] = (), qmax: int = 127) -> list[str]:
+                    skip: Sequence[str] = (), qmax: int = 127,
+                    amounts: dict[str, torch.Tensor] | None = None) -> list[str]:
     """Correct, in place, the bias of every Conv1d/Conv2d/Linear not named in ``skip`` (nor
     inside a skipped module) for the weight error of the grid ``-qmax..qmax``; return the
-    names corrected."""
+    names corrected. ``amounts`` (when given) receives each layer's correction. Each
+    correction is measured on the float model before any is applied, so they do not depend on
+    one another: subtracting one gives exactly the model corrected without that layer."""
     layers = {n: m for n, m in model.named_modules()
               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and n
               and not any(n == k or n.startswith(k + ".") for k in skip)}
@@ -89,4 +92,6 @@ def bias_correction(model: nn.Module, batches: Sequence[Sequence[np.ndarray]],
                 layer.bias = nn.Parameter(torch.zeros_like(corr))
             layer.bias.data.add_(corr)  # type: ignore[operator]
             done.append(name)
+            if amounts is not None:
+                amounts[name] = corr.clone()
     return done
