@@ -65,7 +65,7 @@ def measure_suggestion(model: torch.nn.Module, artifact: Artifact, culprit: str,
     calib = [[np.asarray(a) for a in s] for s in samples]
     base = list(cfg.keep_float)
     quantizable = [n for n, _ in quantizable_layers(model)]
-    reader = try_first([culprit], order, quantizable)
+    reader = try_first([culprit], order, quantizable)[:2]  # the culprit (or its layer), reader
     choices = [base]
     for extra in ([culprit] if culprit in quantizable else [], reader):
         keep = base + [n for n in extra if n not in base]
