@@ -453,8 +453,9 @@ class Int8Build:
         return chosen
 
     def fallback(self, v: Variant) -> Variant:
-        """``v`` missed the gate: QAT ranges -> calibrated, the runtime's alternatives, then the
-        most sensitive layers in float (1, 2, 4, ... up to ``max_fallback``); raise
+        """``v`` missed the gate: QAT ranges -> calibrated, the runtime's alternatives, then
+        layers in float (1, 2, 4, ... up to ``max_fallback``; at each size the runtime's
+        culprits first, then the most sensitive layers in PyTorch); raise
         :class:`QuantizationError` with the per-layer table when nothing passes."""
         cfg = self.config
         self.log(f"{v.failed}; measuring per-layer sensitivity")
@@ -482,22 +483,31 @@ class Int8Build:
                     v, self.alternative = alt, label
                     break
                 self._drop(alt)
+        orders = [ranked]  # each a ranking of the layers to keep in float
         if v.failed is not None and self.culprits is None:
             self.culprits = self.runtime_culprits(v)
             if cfg.fallback_order == "runtime":
                 first = [n for n in self.culprits["try_first"] if n not in self.keep]
                 ranked = first + [n for n in ranked if n not in first]
+                orders = [ranked, orders[0]]
         if cfg.fallback and self.prepared is None and v.failed is not None:
-            k = 1
-            while k <= min(cfg.max_fallback, len(ranked)):
-                trial = self.keep + ranked[:k]
-                self.log(f"retrying with {trial} in float")
-                self._drop(v)
-                v = self.build(v.name, v.config, trial, v.changes)
-                self.attempts.append({"keep_float": list(trial), "score": v.score})
-                if v.failed is None:
-                    self.fallback_layers = ranked[:k]
-                    break
+            # 1, 2, 4, ... layers; at each size the runtime's culprits first, then the
+            # PyTorch-side order (two kinds of evidence, and near-tied samples make neither
+            # monotonic); a set already built is not built again
+            k, tried = 1, set()
+            while k <= min(cfg.max_fallback, len(ranked)) and v.failed is not None:
+                for order in orders:
+                    trial = self.keep + order[:k]
+                    if frozenset(trial) in tried:
+                        continue
+                    tried.add(frozenset(trial))
+                    self.log(f"retrying with {trial} in float")
+                    self._drop(v)
+                    v = self.build(v.name, v.config, trial, v.changes)
+                    self.attempts.append({"keep_float": list(trial), "score": v.score})
+                    if v.failed is None:
+                        self.fallback_layers = order[:k]
+                        break
                 k *= 2
         if v.failed is not None:
             table = [{**r, "precision": "fp32" if r["layer"] in self.keep else "int8"}

@@ -59,8 +59,9 @@ class QuantConfig:
       accuracy budget is met (at most ``max_fallback`` layers).
     * ``fallback_order``: which layers the fallback keeps in float first: ``"runtime"`` (the
       default: the culprits read from the failing artifact's own tensors, each with the layer
-      that reads its output, then the PyTorch-side sensitivity order) or ``"sensitivity"``
-      (the PyTorch-side order alone: one layer fake-quantized at a time).
+      that reads its output and the one it reads, then the PyTorch-side sensitivity order;
+      at each number of float layers this order is tried, then the PyTorch-side one) or
+      ``"sensitivity"`` (the PyTorch-side order alone: one layer fake-quantized at a time).
     * ``openvino_source``: ``"nncf"`` (nncf.quantize on the OpenVINO model), ``"qdq"`` (read
       the ONNX Runtime QDQ model) or ``"auto"`` (the default: build both, gate both, and keep
       the one that passes; when both pass, the faster, timed against each other on this
