@@ -645,3 +645,30 @@ def test_embedded_ray_search_through_the_python_api(tmp_path, monkeypatch):
     left = [c for c in psutil.Process().children(recursive=True)
             if "ray" in " ".join(c.cmdline())]
     assert not left, [c.cmdline()[:2] for c in left]
+
+
+def test_a_study_file_opened_by_two_processes_at_once_is_retried(tmp_path, monkeypatch):
+    # a second process (a report, the test's own reader) opening the new file while the
+    # search writes its schema version makes one of them fail on the version row
+    optuna = pytest.importorskip("optuna", reason="optuna is not installed")
+    from sqlalchemy.exc import IntegrityError
+
+    from edgekit.search import study as st
+
+    calls = []
+
+    class Racing(optuna.storages.RDBStorage):
+        def __init__(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise IntegrityError("INSERT INTO alembic_version", {}, Exception(
+                    "UNIQUE constraint failed: alembic_version.version_num"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", Racing)
+    study = st.open_study(tmp_path, "t", higher_is_better=True)
+    assert len(calls) == 2 and study.study_name == "t" and st.in_db(tmp_path) == ["t"]
+    calls.clear()
+    monkeypatch.setattr(st, "STORAGE_TRIES", 1)  # no retry left: the error is the runtime's
+    with pytest.raises(IntegrityError):
+        st.open_study(tmp_path, "t", higher_is_better=True)

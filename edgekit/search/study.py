@@ -8,6 +8,7 @@ RUNNING), marked failed with the reason, and their points asked again first.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ __all__ = ["STUDY_FILE", "completed", "in_db", "objectives", "open_study", "reco
            "record_failure", "record_result", "require_optuna"]
 
 STUDY_FILE = "study.db"
+#: Opening attempts of the storage (see :func:`_storage`).
+STORAGE_TRIES = 5
 
 
 def require_optuna() -> Any:
@@ -32,12 +35,29 @@ def storage_url(out_dir: Path) -> str:
     return f"sqlite:///{(Path(out_dir) / STUDY_FILE).resolve()}"
 
 
+def _storage(out_dir: Path) -> Any:
+    """Optuna's storage on ``out_dir/study.db``. Opening a new file writes its schema version;
+    a second process opening the same new file at that moment (a report, a second search)
+    makes one of the two fail on the version row: retried, the schema is then there."""
+    optuna = require_optuna()
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(STORAGE_TRIES):
+        try:
+            return optuna.storages.RDBStorage(
+                storage_url(out_dir), engine_kwargs={"connect_args": {"timeout": 60}})
+        except (IntegrityError, OperationalError):
+            if attempt == STORAGE_TRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def open_study(out_dir: Path, target: str, *, higher_is_better: bool, seed: int = 0) -> Any:
     """The study for ``target`` in ``out_dir/study.db``, created or loaded."""
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(
-        storage_url(out_dir), engine_kwargs={"connect_args": {"timeout": 60}})
+    storage = _storage(out_dir)
     return optuna.create_study(
         study_name=target, storage=storage, directions=objectives(higher_is_better),
         load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed))
@@ -48,7 +68,7 @@ def in_db(out_dir: Path) -> list[str]:
     optuna = require_optuna()
     if not (Path(out_dir) / STUDY_FILE).is_file():
         return []
-    return [s.study_name for s in optuna.get_all_study_summaries(storage_url(out_dir))]
+    return [s.study_name for s in optuna.get_all_study_summaries(_storage(out_dir))]
 
 
 def completed(study: Any) -> list[Any]:
