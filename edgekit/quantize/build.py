@@ -178,10 +178,12 @@ class Int8Build:
         record = self.transforms
         if record is None or keep == self.keep:
             return self.model, record
+        from .transforms import in_modules
+
         new = [k for k in keep if k not in self.keep]
 
         def kept(name: str) -> bool:
-            return any(name == k or name.startswith(k + ".") for k in new)
+            return in_modules(name, new)
 
         absorbed = {n for pair in record.get("bias_absorbed") or [] for n in pair.split(" -> ")}
         rounded = {r["layer"] for r in record.get("adaround_layers") or []}

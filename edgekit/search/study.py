@@ -42,15 +42,16 @@ def _storage(out_dir: Path) -> Any:
     optuna = require_optuna()
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    for attempt in range(STORAGE_TRIES):
+    attempt = 0
+    while True:
         try:
             return optuna.storages.RDBStorage(
                 storage_url(out_dir), engine_kwargs={"connect_args": {"timeout": 60}})
         except (IntegrityError, OperationalError):
-            if attempt == STORAGE_TRIES - 1:
+            attempt += 1
+            if attempt >= STORAGE_TRIES:
                 raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(0.2 * attempt)
 
 
 def open_study(out_dir: Path, target: str, *, higher_is_better: bool, seed: int = 0) -> Any:

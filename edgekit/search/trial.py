@@ -281,11 +281,9 @@ def time_point(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     node = node_identity()
     out = Path(job["out"])
-    tmp = None
+    tmp = Path(tempfile.mkdtemp(prefix="edgekit-time-"))  # used when out is elsewhere
     try:
-        if not (out / "manifest.json").is_file():
-            tmp = Path(tempfile.mkdtemp(prefix="edgekit-time-"))
-            out = _here(out, job["bundle"], tmp, "bundle")
+        out = _here(out, job["bundle"], tmp, "bundle")
         remote = _remote(job)
         report = bench(out, targets=[job["target"]], threads=job.get("threads"),
                        runs=int(job.get("runs", 100)), warmup=int(job.get("warmup", 10)),
@@ -299,8 +297,7 @@ def time_point(job: dict[str, Any]) -> dict[str, Any]:
     except EdgekitError as exc:
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     result.update(node=node, time_s=time.perf_counter() - start)
     return result
 

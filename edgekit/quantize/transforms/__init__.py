@@ -43,8 +43,9 @@ from .smoothquant import smoothquant as _smoothquant
 __all__ = ["apply_transforms", "ChannelClamp", "RELU6_MODES"]
 
 
-def _kept(name: str, keep_float: Sequence[str]) -> bool:
-    return any(name == k or name.startswith(k + ".") for k in keep_float)
+def in_modules(name: str, modules: Sequence[str]) -> bool:
+    """``name`` is one of ``modules`` or inside one of them."""
+    return any(name == k or name.startswith(k + ".") for k in modules)
 
 
 def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray]], *,
@@ -100,8 +101,8 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
                                                  if isinstance(m, ChannelClamp))
                 # a layer kept in float computes as in the model: no bias moved through it
                 record["bias_absorbed"] = absorb_bias(
-                    out, [p for p in pairs if not _kept(p.first, keep_float)
-                          and not _kept(p.second, keep_float)], calibration)
+                    out, [p for p in pairs if not in_modules(p.first, keep_float)
+                          and not in_modules(p.second, keep_float)], calibration)
                 applied.append("equalize")
             else:
                 skipped["equalize"] = ("no conv/linear -> [ReLU] -> conv/linear chain whose "
