@@ -77,7 +77,7 @@ def worst_samples(model: torch.nn.Module, session: Any,
     are not always the ones that lose the most on typical inputs (a near-tied pair of logits,
     an output rounded to zero). Returns the samples and what was chosen (indices, cosines)."""
     from ..backends._common import flatten_outputs
-    from ..measure.metrics import cosine
+    from ..measure.metrics import cosine, top1_matches
 
     scored = []
     was = model.training
@@ -96,8 +96,9 @@ def worst_samples(model: torch.nn.Module, session: Any,
                     continue
                 c = float(np.nanmin(cosine(r[None], g[None])))
                 cos = min(cos, c if math.isfinite(c) else -1.0)
-                if r.ndim == 2 and r.shape[1] > 1:
-                    flip = flip or bool(np.any(r.argmax(1) != g.argmax(1)))
+                if r.ndim == 2 and r.shape[1] > 1:  # class scores: one row per sample
+                    agree, rows = top1_matches(r, g)
+                    flip = flip or agree < rows
             scored.append((not flip, cos, i))
     finally:
         model.train(was)
