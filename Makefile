@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.edgekit-installed
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: demo test test-fast lint bench bench-quick install clean
+.PHONY: demo test test-slow test-all test-fast lint bench bench-quick install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,11 +33,18 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check edgekit tests benchmarks scripts
 	$(PY) -m mypy
 
-## test: lint, then the whole suite, slow end-to-end tests included (what CI runs)
+## test: lint, then every test not marked slow (minutes). test-slow: the slow end-to-end
+## tests (real clusters, full builds, the CLI in child processes). CI (.ci/run) runs both;
+## test-all runs both here.
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-## test-fast: skip the tests marked slow
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: test test-slow
+
+## test-fast: the tests not marked slow, without the lint
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
