@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..modulenames import in_modules
 from .onnx_probe import augmented_session
 
 if TYPE_CHECKING:
@@ -80,10 +81,6 @@ def onnx_float_spread(proto: Any, exclude: Sequence[str]) -> list[str]:
     return spread_float(exclude, consumers, free)
 
 
-def _matches(module: str, keep: Sequence[str]) -> bool:
-    return any(module == k or module.startswith(k + ".") for k in keep)
-
-
 class _Reader:
     def __init__(self, names: list[str], batches: Sequence[Sequence[np.ndarray]]) -> None:
         self._it = iter([dict(zip(names, b)) for b in batches])
@@ -110,7 +107,7 @@ def quantize_onnx(
 
     proto = onnx.load(str(fp32_path))
     modules = onnx_node_modules(proto)
-    exclude = [n for n, m in modules.items() if keep_float and m and _matches(m, keep_float)]
+    exclude = [n for n, m in modules.items() if keep_float and m and in_modules(m, keep_float)]
     exclude += onnx_float_spread(proto, exclude)
     act = QuantType.QInt8 if config.activation_type == "int8" else QuantType.QUInt8
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -178,7 +175,7 @@ def quantize_onnx(
             ranges["per_tensor_16bit"] = {t: plan.wide_choice(t).to_json() for t in sorted(wide)}
         # ONNX Runtime's dynamic quantizer rewrites LSTM only (DynamicQuantizeLSTM); GRU and
         # RNN stay float, and the summary below reads that back from the file.
-        dynamic = [n for n in recurrent if n not in exclude and not _matches(
+        dynamic = [n for n in recurrent if n not in exclude and not in_modules(
             modules.get(n, ""), keep_float) and n in lstm]
         if dynamic:
             from onnxruntime.quantization import quantize_dynamic
@@ -762,11 +759,8 @@ class RangePlan:
         """The data inputs of the compute nodes of ``layers`` (PyTorch module names)."""
         from ..errors import UsageError
 
-        def owns(w: str, m: str) -> bool:
-            return bool(m) and (m == w or m.startswith(w + "."))
-
-        missing = [w for w in layers if not any(owns(w, m) for ms in self.data_inputs.values()
-                                               for m in ms)]
+        missing = [w for w in layers if not any(in_modules(m, (w,))
+                                               for ms in self.data_inputs.values() for m in ms)]
         if missing:
             known = sorted({m for ms in self.data_inputs.values() for m in ms if m})
             raise UsageError(
@@ -775,7 +769,7 @@ class RangePlan:
                 hint="name layers that are quantized (not kept in float); candidates: "
                 f"{', '.join(known) or 'none'}")
         return [t for t, ms in self.data_inputs.items()
-                if any(owns(w, m) for m in ms for w in layers)]
+                if any(in_modules(m, layers) for m in ms)]
 
     def wide_choice(self, t: str) -> Any:
         from ._ranges import choose_range

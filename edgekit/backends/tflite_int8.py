@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..modulenames import in_modules
+
 if TYPE_CHECKING:
     from ..quantize.config import QuantConfig
 
@@ -62,8 +64,7 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
     keep = [str(k) for k in keep_float]
 
     def kept(node: Any) -> bool:
-        return any(tp in FLOAT_MODULE_TYPES or any(name == k or name.startswith(k + ".")
-                                                   for k in keep)
+        return any(tp in FLOAT_MODULE_TYPES or in_modules(name, keep)
                    for name, tp in _module_paths(node))
 
     def quantized(model: torch.fx.GraphModule) -> Any:

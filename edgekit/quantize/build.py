@@ -178,7 +178,7 @@ class Int8Build:
         record = self.transforms
         if record is None or keep == self.keep:
             return self.model, record
-        from .transforms import in_modules
+        from ..modulenames import in_modules
 
         new = [k for k in keep if k not in self.keep]
 

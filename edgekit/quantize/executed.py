@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..modulenames import in_modules
+
 __all__ = ["layer_precisions", "unattributed_nodes"]
 
 
 def _owns(layer: str, module: str) -> bool:
-    return bool(module) and (module == layer or module.startswith(layer + "."))
+    return in_modules(module, (layer,))
 
 
 def layer_precisions(rows: Sequence[Mapping[str, Any]] | None,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ...modulenames import in_modules
 from ._graph import trace
 from .adaround import DEFAULT_ITERATIONS
 from .adaround import adaround as _adaround
@@ -41,11 +42,6 @@ from .smoothquant import find_sites
 from .smoothquant import smoothquant as _smoothquant
 
 __all__ = ["apply_transforms", "ChannelClamp", "RELU6_MODES"]
-
-
-def in_modules(name: str, modules: Sequence[str]) -> bool:
-    """``name`` is one of ``modules`` or inside one of them."""
-    return any(name == k or name.startswith(k + ".") for k in modules)
 
 
 def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray]], *,

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...modulenames import in_modules
 from ._graph import activation_kind, module_of, only_user, trace
 
 __all__ = ["adaround", "grid_integers", "DEFAULT_ITERATIONS"]
@@ -315,7 +316,7 @@ def adaround(model: nn.Module, batches: Sequence[Sequence[np.ndarray]], *,
     done: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for name in order:
-        if any(name == k or name.startswith(k + ".") for k in skip):
+        if in_modules(name, skip):
             skipped[name] = "kept in float"
             continue
         if calls.get(name, 0) != 1:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...modulenames import in_modules
 from ._graph import run_batches
 
 __all__ = ["quantize_weight", "bias_correction"]
@@ -54,7 +55,7 @@ def bias_correction(model: nn.Module, batches: Sequence[Sequence[np.ndarray]],
     one another: subtracting one gives exactly the model corrected without that layer."""
     layers = {n: m for n, m in model.named_modules()
               if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and n
-              and not any(n == k or n.startswith(k + ".") for k in skip)}
+              and not in_modules(n, skip)}
     if not layers or not batches:
         return []
     deltas = {n: m.weight.detach() - quantize_weight(m.weight.detach(), qmax)
