@@ -42,6 +42,7 @@ import platform
 import tempfile
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -373,7 +374,8 @@ def trained_longer(name: str, model: torch.nn.Module, epochs: int, seed: int = 0
 
 
 def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | None = None,
-                   prune: bool = True) -> dict[str, Any]:
+                   prune: bool = True, int8_config: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
     """Train (cached) the zoo twin of ``deploy_name``, export it fp32 and int8 to every runtime
     at its task's shape and score each artifact on the test split; with ``prune`` and a plan
     in ``ACCURACY_PRUNE_PLANS``, the same for the pruned, fine-tuned twin (fp32 and int8)."""
@@ -419,9 +421,11 @@ def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | No
                               out_dir=tmp / f"acc-{rt}-{prefix}{prec}", name=zoo,
                               input_names=spec.input_names, output_names=spec.output_names,
                               calibration=calib if prec == "int8" else None,
+                              quantization=int8_config if prec == "int8" else None,
                               verify_samples=8, progress=False)
             outs = session_outputs(bundle.load(target, threads=1), test, batch=1)
-            cells[key] = task_scores(task, outs, targets[: len(outs[0])])
+            cells[key] = {**task_scores(task, outs, targets[: len(outs[0])]),
+                          **int8_record(bundle.target(target).quantization)}
         except Exception as exc:  # a failed flow is a result, with its reason
             cells[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         log(zoo, f"{key}: {cells[key]}")
@@ -433,11 +437,28 @@ def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | No
     row = {"model": deploy_name, "zoo": zoo, "task": task.name, "metric": task.metric,
            "input": [list(t.shape[1:]) for t in test.inputs], "test_samples": len(test),
            "train_epochs": meta.get("epochs"), "train_seconds": meta.get("train_seconds"),
-           "calibration_samples": calib_n, "seconds": round(time.perf_counter() - t0, 1),
+           "calibration_samples": calib_n, "int8_config": int8_config or {},
+           "seconds": round(time.perf_counter() - t0, 1),
            "machine": accuracy_machine(), "cells": cells}
     if pruning is not None:
         row["pruning"] = pruning
     return row
+
+
+def int8_record(q: dict[str, Any] | None) -> dict[str, Any]:
+    """What an int8 build shipped, from its manifest: the layers kept in float, the layers per
+    precision read from the artifact and, where the runtime has several int8 sources, the one
+    kept and why."""
+    if not q:
+        return {}
+    out: dict[str, Any] = {"float_layers": list(q.get("float_layers") or []),
+                           "layer_precisions": dict(Counter(
+                               str(r.get("precision")) for r in q.get("layers") or []))}
+    if choice := q.get("openvino_source_choice"):
+        out["source"] = {"kept": choice["kept"], "why": choice["why"],
+                         "heldout_sqnr_db": {k: v.get("heldout_sqnr_db")
+                                             for k, v in choice["sources"].items()}}
+    return out
 
 
 def native_accuracy(model: torch.nn.Module, spec: Any, calib: list[list[np.ndarray]],
@@ -758,6 +779,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="score only the first N test samples (default: the whole split)")
     ap.add_argument("--prune", action=argparse.BooleanOptionalAction, default=True,
                     help="also build, time and score pruned and pruned+int8 models")
+    ap.add_argument("--int8-config", type=json.loads, default=None, metavar="JSON",
+                    help='the accuracy part\'s int8 builds\' quantization settings, e.g. '
+                    '\'{"fallback": false}\' for every layer int8 (default: edgekit\'s)')
     ap.add_argument("--merge", action="store_true",
                     help="keep the other models of an existing deploy.json (each model's row "
                     "records the run and peak it was measured with)")
@@ -771,7 +795,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             with tempfile.TemporaryDirectory(prefix=f"edgekit-acc-{name}-") as tmp:
                 rows.append(accuracy_model(name, Path(tmp), calib_n=args.calibration,
-                                           limit=args.test_limit, prune=args.prune))
+                                           limit=args.test_limit, prune=args.prune,
+                                           int8_config=args.int8_config))
             out.mkdir(parents=True, exist_ok=True)
             (out / "deploy_accuracy.json").write_text(json.dumps(rows, indent=2) + "\n")
         print("\n".join(accuracy_markdown(rows)))

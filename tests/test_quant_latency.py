@@ -210,16 +210,39 @@ def test_openvino_auto_builds_both_sources_and_keeps_the_faster_passing_one(tmp_
     passed = [k for k, v in choice["sources"].items() if v["passed"]]
     assert choice["kept"] in passed
     if len(passed) == 2:  # both pass: timed against each other; the second source replaces
-        # the first only when both measurements put it 3% ahead
+        # the first only when both measurements put it 3% ahead; then the other one is kept
+        # when its held-out SQNR is 1 dB higher at a median within 1.10x
         first, second = passed
-        assert all(choice["sources"][k]["median_ms"] > 0 for k in passed)
-        ratios = choice["sources"][second]["vs_first"]
-        assert 1 <= len(ratios) <= 2 and "two measurements" in choice["why"]
-        assert (choice["kept"] == second) == (len(ratios) == 2 and max(ratios) < 0.97)
+        src = choice["sources"]
+        assert all(src[k]["median_ms"] > 0 and src[k]["heldout_sqnr_db"] > 0 for k in passed)
+        ratios = src[second]["vs_first"]
+        assert 1 <= len(ratios) <= 2
+        fast = second if len(ratios) == 2 and max(ratios) < 0.97 else first
+        other = first if fast == second else second
+        truer = (src[other]["heldout_sqnr_db"] >= src[fast]["heldout_sqnr_db"] + 1.0
+                 and src[other]["median_ms"] <= src[fast]["median_ms"] * 1.10)
+        assert choice["kept"] == (other if truer else fast)
+        assert ("for its fidelity" if truer else "two measurements") in choice["why"]
     # the latency check does not rebuild the source the choice already compared
     tried = q["latency_check"]["variants_tried"]
     assert len(tried) == 3 and not any("openvino_source" in v["changes"] for v in tried)
     assert bundle.load(OV).run([get_spec("cnn").example_inputs(1)[0].numpy()])[0].shape == (1, 10)
+
+
+def test_a_more_faithful_source_is_kept_within_the_slowdown():
+    from edgekit.quantize.build import more_faithful, truer_source
+
+    ms = {"nncf": 0.3367, "qdq": 0.3427}  # resnet8 on OpenVINO: 2% apart
+    sqnr = {"nncf": 17.46, "qdq": 29.11}
+    assert truer_source("nncf", ["nncf", "qdq"], ms, sqnr, scored=False) == "qdq"
+    # slower beyond 1.10x: the faster stays
+    assert truer_source("nncf", ["nncf", "qdq"], {**ms, "qdq": 0.38}, sqnr, scored=False) is None
+    # under 1 dB better: the faster stays; unmeasured: never wins
+    assert truer_source("nncf", ["nncf", "qdq"], ms, {**sqnr, "qdq": 18.4}, scored=False) is None
+    assert truer_source("nncf", ["nncf", "qdq"], ms, {**sqnr, "qdq": None}, scored=False) is None
+    # with a task any higher score counts; a tie does not
+    assert more_faithful(97.5, 97.22, scored=True) and not more_faithful(97.5, 97.5, scored=True)
+    assert not more_faithful(18.0, 17.5, scored=False) and more_faithful(18.5, 17.5, scored=False)
 
 
 def test_openvino_int8_exports_fp32_once_and_ships_the_gates_verification(tmp_path,
