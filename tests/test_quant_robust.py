@@ -266,6 +266,34 @@ def test_gate_table_and_holdout_split():
         FidelityGate.from_table({"min_sqnr": 3})
 
 
+def test_gate_top1_of_a_dense_output_is_per_pixel_over_the_class_axis():
+    class Seg(nn.Module):  # (batch, 2 classes, H, W) logits: classes on axis 1
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, -x], dim=1)
+
+    rng = np.random.default_rng(0)
+    held = [[rng.normal(size=(1, 1, 4, 6)).astype(np.float32)] for _ in range(5)]
+
+    class Session:  # the sign of one pixel in each call flipped: 1 of 24 pixels disagrees
+        def run(self, feeds):
+            x = feeds[0].copy()
+            x[0, 0, 0, 0] *= -1
+            return [np.concatenate([x, -x], axis=1)]
+
+    numbers = FidelityGate().measure(Seg(), Session(), held, ["logits"])
+    row = numbers["outputs"][0]
+    assert row["top1_rows"] == 5 * 4 * 6 and row["top1_agreement"] == pytest.approx(23 / 24)
+    # a (batch, classes) output keeps its last axis
+    flat = [[rng.normal(size=(1, 3)).astype(np.float32)] for _ in range(4)]
+
+    class Same:
+        def run(self, feeds):
+            return [np.asarray(feeds[0])]
+
+    row = FidelityGate().measure(nn.Identity(), Same(), flat, ["y"])["outputs"][0]
+    assert row["top1_rows"] == 4 and row["top1_agreement"] == 1.0
+
+
 @pytest.mark.slow
 def test_no_task_build_with_poor_heldout_fidelity_fails_with_the_numbers(tmp_path):
     torch.set_num_threads(1)

@@ -9,9 +9,12 @@ number in :mod:`edgekit.measure.metrics`:
 * ``centred_cosine``: mean over the held-out calls of the cosine of each call's output minus
   its own mean;
 * ``sqnr_db``: SQNR over every held-out element;
-* ``top1_agreement``: for the first output when its last axis has two or more entries (class
-  scores by convention); gated only over at least :data:`MIN_TOP1_ROWS` rows (fewer rows
-  make a single disagreement a failure), reported always.
+* ``top1_agreement``: for the first output when its class axis has two or more entries (class
+  scores by convention: the last axis of a ``(batch, classes)`` or ``(batch, tokens,
+  classes)`` output, axis 1 of a dense ``(batch, classes, H, W, ...)`` one, as PyTorch's
+  losses take it: per-pixel labels of a segmentation); gated only over at least
+  :data:`MIN_TOP1_ROWS` rows (fewer rows make a single disagreement a failure), reported
+  always.
 
 Thresholds come from the target profile's ``[gate]`` table (``false`` switches one off)::
 
@@ -50,6 +53,13 @@ GATE_SCHEMA: dict[str, Field] = {
 }
 
 
+def class_scores_last(stacked: np.ndarray) -> np.ndarray:
+    """``stacked`` (held-out calls x one call's output) with the class axis last: a call's
+    output of rank 4 or more is channels-first (``batch, classes, H, W, ...``), its class axis
+    moved to the end; lower ranks have it last already."""
+    return np.moveaxis(stacked, 2, -1) if stacked.ndim >= 5 else stacked
+
+
 @dataclass(frozen=True)
 class FidelityGate:
     """Thresholds of the held-out fidelity check (None: that check is off)."""
@@ -86,9 +96,10 @@ class FidelityGate:
                                    "centred_cosine_min": float(np.min(cc)),
                                    "sqnr_db": sqnr_db(ref, out)}
             rows = 0
-            if i == 0 and ref.ndim >= 2 and ref.shape[-1] >= 2:
-                row["top1_agreement"] = top1_agreement(ref, out)
-                rows = int(ref.size // ref.shape[-1])
+            r1, o1 = class_scores_last(ref), class_scores_last(out)
+            if i == 0 and r1.ndim >= 2 and r1.shape[-1] >= 2:
+                row["top1_agreement"] = top1_agreement(r1, o1)
+                rows = int(r1.size // r1.shape[-1])
                 row["top1_rows"] = rows
             fails = []
             c, s, t = row["centred_cosine"], row["sqnr_db"], row.get("top1_agreement")
