@@ -211,7 +211,7 @@ def test_openvino_auto_builds_both_sources_and_keeps_the_faster_passing_one(tmp_
     assert choice["kept"] in passed
     if len(passed) == 2:  # both pass: timed against each other; the second source replaces
         # the first only when both measurements put it 3% ahead; then the other one is kept
-        # when its held-out SQNR is 1 dB higher at a median within 1.10x
+        # when its held-out SQNR is 1 dB higher at a median within 1.10x (6 dB: 1.5x)
         first, second = passed
         src = choice["sources"]
         assert all(src[k]["median_ms"] > 0 and src[k]["heldout_sqnr_db"] > 0 for k in passed)
@@ -219,8 +219,9 @@ def test_openvino_auto_builds_both_sources_and_keeps_the_faster_passing_one(tmp_
         assert 1 <= len(ratios) <= 2
         fast = second if len(ratios) == 2 and max(ratios) < 0.97 else first
         other = first if fast == second else second
-        truer = (src[other]["heldout_sqnr_db"] >= src[fast]["heldout_sqnr_db"] + 1.0
-                 and src[other]["median_ms"] <= src[fast]["median_ms"] * 1.10)
+        gain = src[other]["heldout_sqnr_db"] - src[fast]["heldout_sqnr_db"]
+        slowdown = 1.5 if gain >= 6 else 1.10 if gain >= 1 else 0.0
+        truer = src[other]["median_ms"] <= src[fast]["median_ms"] * slowdown
         assert choice["kept"] == (other if truer else fast)
         assert ("for its fidelity" if truer else "two measurements") in choice["why"]
     # the latency check does not rebuild the source the choice already compared
@@ -235,8 +236,14 @@ def test_a_more_faithful_source_is_kept_within_the_slowdown():
     ms = {"nncf": 0.3367, "qdq": 0.3427}  # resnet8 on OpenVINO: 2% apart
     sqnr = {"nncf": 17.46, "qdq": 29.11}
     assert truer_source("nncf", ["nncf", "qdq"], ms, sqnr, scored=False) == "qdq"
-    # slower beyond 1.10x: the faster stays
-    assert truer_source("nncf", ["nncf", "qdq"], {**ms, "qdq": 0.38}, sqnr, scored=False) is None
+    # 1 dB better may be 1.10x slower, 6 dB (one bit) 1.5x: the zoo transformer's 12.8 dB at
+    # 1.32x is kept; 3 dB at 1.2x and 12 dB at 1.6x are not
+    slow = {**ms, "qdq": ms["nncf"] * 1.32}
+    assert truer_source("nncf", ["nncf", "qdq"], slow, sqnr, scored=False) == "qdq"
+    assert truer_source("nncf", ["nncf", "qdq"], {**ms, "qdq": ms["nncf"] * 1.2},
+                        {**sqnr, "qdq": 20.46}, scored=False) is None
+    assert truer_source("nncf", ["nncf", "qdq"], {**ms, "qdq": ms["nncf"] * 1.6}, sqnr,
+                        scored=False) is None
     # under 1 dB better: the faster stays; unmeasured: never wins
     assert truer_source("nncf", ["nncf", "qdq"], ms, {**sqnr, "qdq": 18.4}, scored=False) is None
     assert truer_source("nncf", ["nncf", "qdq"], ms, {**sqnr, "qdq": None}, scored=False) is None
