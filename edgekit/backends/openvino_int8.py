@@ -42,10 +42,6 @@ def quantize_openvino_model(
     if patterns:
         kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, names=spread,
                                                     validate=False)
-    if config.method != "minmax":
-        # NNCF's error-minimising range estimation (MSE / quantile) is its "fast bias
-        # correction + advanced parameters" path; percentile/entropy map to its defaults.
-        pass
     overflow_fix = None
     if getattr(config, "adaround", False):
         # NNCF's default overflow fix re-rounds the first layer's weights onto 7 bits (for

@@ -47,7 +47,8 @@ def check_activations_16bit(value: Any) -> str | None:
 class QuantConfig:
     """How int8 artifacts are built.
 
-    * ``method``: calibration method, one of :data:`METHODS`.
+    * ``method``: calibration method, one of :data:`METHODS` (ONNX Runtime's calibrator, and
+      so OpenVINO's ``qdq`` source; NNCF and PT2E use their own observers).
     * ``samples``: calibration samples taken at most.
     * ``per_channel``: per-output-channel weight scales (fixes the depthwise-conv collapse).
     * ``activation_type``: ONNX Runtime activation type; ``"auto"`` = uint8, which ORT's x86
