@@ -38,6 +38,9 @@ from .gate import FidelityGate
 from .latency import Int8SlowerWarning, Variant, faster, host_arch, latency_choice, time_sessions
 from .sensitivity import layer_sensitivity, quantizable_layers
 
+__all__ = ["Int8Build", "Int8Result", "build_int8", "check_outputs_sane"]
+
+
 #: Where several int8 sources pass (OpenVINO: NNCF and the QDQ model), a more faithful one
 #: is kept over the faster one at up to a slowdown that grows with what it gains: (held-out
 #: SQNR gain in dB, median over the faster's) - 1 dB within 1.10x, 6 dB (one bit) within
@@ -73,8 +76,6 @@ def truer_source(fastest: str, passing: Sequence[str], median_ms: dict[str, floa
              and median_ms[k] <= median_ms[fastest] * allowed_slowdown(
                  (fidelity[k] or 0.0) - (base or 0.0), scored=scored)]
     return max(truer, key=lambda k: fidelity[k] or 0.0) if truer else None
-
-__all__ = ["Int8Build", "Int8Result", "build_int8", "check_outputs_sane"]
 
 
 class DecisionStore(Protocol):
