@@ -39,6 +39,7 @@ TARGET = "x86-openvino-int8"
 
 def run_model(name: str, tmp: Path) -> dict[str, Any]:
     from benchmarks import native
+    from benchmarks.deploy import int8_record
     from edgekit.backends import get_backend
     from edgekit.models import get_spec
     from edgekit.pipeline import compress
@@ -79,7 +80,7 @@ def run_model(name: str, tmp: Path) -> dict[str, Any]:
             q = bundle.target(TARGET).quantization or {}
             cell = {**task_fidelity(bundle.load(TARGET, threads=1), task, ref),
                     "seconds": round(time.perf_counter() - t0, 1),
-                    "float_layers": list(q.get("float_layers") or []),
+                    "float_layers": int8_record(q)["float_layers"],
                     "heldout_sqnr_db": round(min(o["sqnr_db"] for o in
                                                  q["heldout_fidelity"]["outputs"]), 2)}
             if choice := q.get("openvino_source_choice"):

@@ -42,15 +42,12 @@ def quantize_openvino_model(
     if patterns:
         kwargs["ignored_scope"] = nncf.IgnoredScope(patterns=patterns, names=spread,
                                                     validate=False)
-    # Three of NNCF's defaults cost fidelity here (OpenVINO, zoo models, every layer int8,
-    # 300 samples; SQNR against fp32 of nncf.quantize defaults -> these settings): resnet8
-    # 17.1 -> 32.8 dB, cnn 24.3 -> 43.0, ds_cnn 23.5 -> 36.2, mobilenet_v2 15.2 -> 21.1.
-    # Activation ranges: the min / max over every calibration sample, not the mean of each
-    # sample's (which clips what the test data reaches). Bias correction: NNCF's fast one cost
-    # 5.5 dB on resnet8; edgekit's own (``bias_correction``) runs in PyTorch before export.
-    # Overflow fix off: the first layer's weights stay on 8 bits (7 by default for CPUs
-    # without VNNI; no saturation measured on this AVX2 machine, 5.5 dB gained on resnet8;
-    # AdaRound's integers are 8-bit).
+    # Three of NNCF's defaults cost fidelity on this AVX2 machine; off, the NNCF source gains
+    # 2-19 dB SQNR over nncf.quantize's defaults on the zoo (benchmarks/results/
+    # openvino_source.md, the native and nncf columns). Activation ranges: the min / max over
+    # every calibration sample, not the mean of each sample's. Bias correction: edgekit's own
+    # (``bias_correction``) runs in PyTorch before export. Overflow fix: the first layer's
+    # weights stay on 8 bits (AdaRound's integers are 8-bit too).
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
         OverflowFix,
