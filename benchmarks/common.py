@@ -151,6 +151,21 @@ def write_results(out: Path, stem: str, data: Any, markdown: list[str]) -> None:
     print("\n".join(markdown))
 
 
+def run_models(names: list[str], res: dict[str, Any], run_model: Any, out: Path, stem: str,
+               markdown: Any) -> None:
+    """``run_model(name, tmp)`` for each model in its own temporary folder, appending its row
+    (or its failure, as a row) to ``res["models"]`` and writing the results after each."""
+    import tempfile
+
+    for name in names:
+        with tempfile.TemporaryDirectory(prefix=f"edgekit-{stem}-{name}-") as tmp:
+            try:
+                res["models"].append(run_model(name, Path(tmp)))
+            except Exception as exc:  # noqa: BLE001 - one model's failure is its row
+                res["models"].append({"model": name, "error": f"{type(exc).__name__}: {exc}"})
+        write_results(out, stem, res, markdown(res))
+
+
 def cpu_name() -> str:
     """This machine's CPU model, for result headers."""
     import platform

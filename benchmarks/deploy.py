@@ -221,7 +221,7 @@ def run_model(name: str, tmp: Path, *, runs: int, calib_n: int, peak: dict[str, 
             s, size, entry = _compress_one(model, x, INT8[rt], tmp / f"{rt}-int8", names, calib)
             q = entry.get("quantization", {})
             return s, size, {"float_layers": q.get("float_layers", []),
-                             "source": (q.get("openvino_source_choice") or {}).get("kept")}
+                             "source": (q.get("source_choice") or {}).get("kept")}
         attempt(f"{rt}/int8", int8)
         if pruned_model is None:
             continue
@@ -456,7 +456,7 @@ def int8_record(q: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"float_layers": list(q.get("float_layers") or []),
                            "layer_precisions": dict(Counter(
                                str(r.get("precision")) for r in q.get("layers") or []))}
-    if choice := q.get("openvino_source_choice"):
+    if choice := q.get("source_choice"):
         out["source"] = {"kept": choice["kept"], "why": choice["why"],
                          "heldout_sqnr_db": {k: v.get("heldout_sqnr_db")
                                              for k, v in choice["sources"].items()}}
@@ -470,20 +470,10 @@ def native_accuracy(model: torch.nn.Module, spec: Any, calib: list[list[np.ndarr
     """``<runtime>/native_int8``: each runtime's own default int8 flow (benchmarks.native) on
     the same model and calibration data, scored on the same test split (``runtimes``)."""
     from benchmarks import native
-    from edgekit.backends import get_backend
     from edgekit.measure.scoring import session_outputs
 
-    x = spec.example_inputs(1)
-    names, outs = list(spec.input_names), list(spec.output_names)
-    fp32 = get_backend("onnxruntime").export(model, x, tmp / "native-fp32", input_names=names,
-                                             output_names=outs, options={})
-    flows = {
-        "onnxruntime": lambda: native.ort_int8(fp32.path, tmp / "native-ort", calib, names,
-                                               fp32.inputs, fp32.outputs, 1)[0],
-        "openvino": lambda: native.openvino_int8(model, x, tmp / "native-ov", calib,
-                                                 fp32.inputs, fp32.outputs, 1)[0],
-        "tflite": lambda: native.tflite_int8(model, x, tmp / "native-tfl", calib, names,
-                                             outs, 1)[0]}
+    flows = native.default_int8_flows(model, spec.example_inputs(1), list(spec.input_names),
+                                      list(spec.output_names), calib, tmp)
     cells: dict[str, dict[str, Any]] = {}
     for rt in runtimes:
         key = f"{rt}/native_int8"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,33 @@ def tflite_int8(model: torch.nn.Module, x: tuple[torch.Tensor, ...], out_dir: Pa
     be = get_backend("tflite")
     art = be.quantize(model, x, out_dir, input_names=list(input_names),
                       output_names=list(output_names), options={}, calibration=calib,
-                      config=QuantConfig(io="float", fallback=False))
+                      # litert-torch's own scale clamp (2**-12), as its default flow has it
+                      config=QuantConfig(io="float", fallback=False, scale_floor="off"))
     return be.load(art, threads=threads, options={"io": "float"}), art.size_bytes
+
+
+def default_int8_flows(model: torch.nn.Module, x: tuple[torch.Tensor, ...],
+                       input_names: list[str], output_names: list[str],
+                       calib: list[list[np.ndarray]], tmp: Path,
+                       threads: int = 1) -> dict[str, Callable[[], Any]]:
+    """Per runtime, a call that builds its own default int8 flow on ``model`` and returns a
+    session (the ONNX Runtime one from edgekit's fp32 ONNX export, as a user would hand it)."""
+    fp32: list[Artifact] = []
+
+    def onnx() -> Artifact:
+        if not fp32:
+            fp32.append(get_backend("onnxruntime").export(
+                model, x, tmp / "native-fp32", input_names=input_names,
+                output_names=output_names, options={}))
+        return fp32[0]
+
+    return {
+        "onnxruntime": lambda: ort_int8(onnx().path, tmp / "native-ort", calib, input_names,
+                                        onnx().inputs, onnx().outputs, threads)[0],
+        "openvino": lambda: openvino_int8(model, x, tmp / "native-ov", calib, onnx().inputs,
+                                          onnx().outputs, threads)[0],
+        "tflite": lambda: tflite_int8(model, x, tmp / "native-tfl", calib, input_names,
+                                      output_names, threads)[0]}
 
 
 def torch_pruning_by_hand(model: torch.nn.Module, x: tuple[torch.Tensor, ...], task: Any, *,

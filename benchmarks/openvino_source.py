@@ -21,7 +21,6 @@ split against PyTorch fp32. Writes benchmarks/results/openvino_source.{json,md}.
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import cpu_name, log, task_fidelity, trained, write_results
+from benchmarks.common import cpu_name, log, run_models, task_fidelity, trained
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CALIB = 300
@@ -83,7 +82,7 @@ def run_model(name: str, tmp: Path) -> dict[str, Any]:
                     "float_layers": int8_record(q)["float_layers"],
                     "heldout_sqnr_db": round(min(o["sqnr_db"] for o in
                                                  q["heldout_fidelity"]["outputs"]), 2)}
-            if choice := q.get("openvino_source_choice"):
+            if choice := q.get("source_choice"):
                 cell["choice"] = choice
         except Exception as exc:  # noqa: BLE001 - a failed build is a result, with its reason
             cell = {"error": f"{type(exc).__name__}: {exc}"[:300]}
@@ -142,13 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     res: dict[str, Any] = {"machine": f"{cpu_name()}", "calibration_samples": CALIB,
                            "measured": time.strftime("%Y-%m-%d %H:%M"), "models": []}
-    for name in args.models.split(","):
-        with tempfile.TemporaryDirectory(prefix=f"edgekit-ovsrc-{name}-") as tmp:
-            try:
-                res["models"].append(run_model(name, Path(tmp)))
-            except Exception as exc:  # noqa: BLE001 - one model's failure is its row
-                res["models"].append({"model": name, "error": f"{type(exc).__name__}: {exc}"})
-        write_results(Path(args.out), "openvino_source", res, markdown(res))
+    run_models(args.models.split(","), res, run_model, Path(args.out), "openvino_source", markdown)
     return 0
 
 

@@ -135,7 +135,7 @@ class ModelRun:
                     "dynamic_range_nodes": qi.get("dynamic_range_nodes"),
                     "latency_check": q.get("latency_check"),
                     **({"openvino_source": (q.get("config") or {}).get("openvino_source"),
-                        "openvino_source_choice": q.get("openvino_source_choice")}
+                        "openvino_source_choice": q.get("source_choice")}
                        if rt == "openvino" else {}),
                     } if "int8" in variant else {}),
             }

@@ -95,3 +95,26 @@ def test_truncated_and_mislabelled_programs_are_refused(built, tmp_path: Path):
     lying.write_bytes(bytes(header))
     with pytest.raises(BundleError, match="extended header"):
         BACKEND.check_file(lying)
+
+
+def test_int8_of_a_tiny_valued_model_keeps_its_signal(tmp_path: Path):
+    # the XNNPACK quantizer's own config clamps scales at 2**-12: this model's logits (~1e-7)
+    # came out constant at 0; edgekit floors scales far lower (backends/_pt2e_scales.py)
+    import json
+
+    from test_quant_robust import Tiny
+
+    from edgekit.pipeline import compress
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(5)
+    data = [torch.rand(1, 3, 16, 16, generator=g) for _ in range(24)]
+    target = "x86-executorch-int8"
+    compress(Tiny().eval(), (data[0],), targets=[target], out_dir=tmp_path / "b",
+             progress=False, calibration=data,
+             quantization={"latency_check": False, "fallback": False})
+    entry = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][target]
+    out = entry["quantization"]["heldout_fidelity"]["outputs"][0]
+    assert out["sqnr_db"] > 25 and out["centred_cosine"] > 0.99, out
+    assert entry["quantization"]["source_choice"]["kept"] == "scale_floor=on"
+    assert entry["artifact_info"]["quantization"]["scale_floor"]["observers_below_clamp"] >= 3

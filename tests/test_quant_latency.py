@@ -204,7 +204,7 @@ def test_openvino_auto_builds_both_sources_and_keeps_the_faster_passing_one(tmp_
     _, bundle, manifest, _ = _build(tmp_path, [OV], latency_runs=50, min_speedup=100.0,
                                     latency_variants=2)
     q = manifest["targets"][OV]["quantization"]
-    choice = q["openvino_source_choice"]
+    choice = q["source_choice"]
     assert set(choice["sources"]) == {"nncf", "qdq"}
     assert q["config"]["openvino_source"] == choice["kept"]
     passed = [k for k, v in choice["sources"].items() if v["passed"]]
@@ -304,7 +304,7 @@ def test_openvino_int8_exports_fp32_once_and_ships_the_gates_verification(tmp_pa
     q = res.quantization
     assert len(exports) == 1
     assert len(onnx_exports) == 1  # the QDQ source's ONNX, once for every QDQ attempt
-    choice = q["openvino_source_choice"]
+    choice = q["source_choice"]
     assert choice["kept"] == "nncf" and not any(v["passed"] for v in choice["sources"].values())
     assert q["accuracy_alternative"].startswith("NNCF mixed preset")
     tried = q["latency_check"]["variants_tried"]

@@ -433,6 +433,9 @@ def test_litert_int8_builds_a_gru_model_with_the_gru_left_float(tmp_path):
     entry, folder = _gru_build(tmp_path, TFL)
     info = entry["artifact_info"]["quantization"]
     assert info["float_modules_unannotatable"] == ["gru"]
+    # no scale under litert-torch's 2**-12 clamp: the clamped source is the same file, not built
+    assert info["scale_floor"]["observers_below_clamp"] == 0
+    assert "not_built" in entry["quantization"]["source_choice"]["sources"]["scale_floor=off"]
     layers = {r["layer"]: (r["precision"], r["reason"]) for r in entry["quantization"]["layers"]}
     assert layers["proj"][0] == layers["head"][0] == "int8"
     assert layers["gru"][0] == "fp32" and "leaves it in float" in layers["gru"][1]
@@ -477,3 +480,69 @@ def test_onnxruntime_lstm_with_its_head_kept_in_float_builds(tmp_path):
               json.loads((out / "manifest.json").read_text())["targets"][ORT]["quantization"][
                   "layers"]}
     assert layers["head"] == "fp32" and layers["lstm"].startswith("int8")
+
+
+class Tiny(nn.Module):
+    """A trained-looking network scaled down: weight channels of ~1e-3 and logits of ~1e-7
+    (a randomly initialised MobileNetV2's logits are ~1e-9)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.head = nn.Linear(8, 10)
+        with torch.no_grad():
+            self.conv.weight.mul_(0.01)
+            self.conv.bias.mul_(0.01)
+            self.head.weight.mul_(1e-4)
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_litert_observers_floor_scales_far_below_litert_torchs_eps():
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
+
+    from edgekit.backends._pt2e_scales import SCALE_FLOOR, with_scale_floor
+
+    for qat in (False, True):
+        cfg = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+        for field in ("input_activation", "output_activation", "weight"):
+            before = getattr(cfg, field).observer_or_fake_quant_ctr.p
+            after = getattr(with_scale_floor(cfg), field).observer_or_fake_quant_ctr.p
+            assert before.keywords["eps"] == 2 ** -12  # litert-torch's clamp
+            assert after.keywords["eps"] == SCALE_FLOOR < 1e-17
+            assert after.func is before.func  # same observers otherwise
+            assert {k: v for k, v in after.keywords.items() if k != "eps"} == \
+                {k: v for k, v in before.keywords.items() if k != "eps"}
+
+
+@pytest.mark.slow
+def test_litert_int8_of_a_tiny_valued_model_keeps_its_signal(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(5)
+    data = [torch.rand(1, 3, 16, 16, generator=g) for _ in range(24)]
+    model = Tiny().eval()
+    with torch.no_grad():
+        assert float(model(data[0]).abs().max()) < 1e-5
+    compress(model, (data[0],), targets=[TFL], out_dir=tmp_path / "b", progress=False,
+             calibration=data, quantization={**NO_SEARCH, "fallback": False})
+    entry = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][TFL]
+    q = entry["quantization"]
+    out = q["heldout_fidelity"]["outputs"][0]
+    assert out["sqnr_db"] > 25 and out["centred_cosine"] > 0.99, out
+    # litert-torch's own clamp (scales >= 2**-12) leaves this output constant at 0: that
+    # source fails, the floored one is kept
+    choice = q["source_choice"]
+    assert choice["kept"] == "scale_floor=on"
+    assert "is constant" in choice["sources"]["scale_floor=off"]["why_failed"]
+    floor = entry["artifact_info"]["quantization"]["scale_floor"]
+    assert floor["floored"] and floor["observers_below_clamp"] >= 3
+    interp = Interpreter(model_path=str(tmp_path / "b" / TFL / "model.tflite"))
+    fc = next(op for op in interp._get_ops_details() if op["op_name"] == "FULLY_CONNECTED")
+    weight = {t["index"]: t for t in interp.get_tensor_details()}[fc["inputs"][1]]
+    assert np.dtype(weight["dtype"]).name == "int8"
+    assert max(weight["quantization_parameters"]["scales"]) < 2 ** -12 / 10

@@ -415,7 +415,10 @@ class ExecuTorchBackend:
         art = _artifact(path, out_dir, input_names, output_names, {
             "export_seconds": round(time.perf_counter() - t0, 3),
             "exporter": "PT2E XNNPACKQuantizer + to_edge_transform_and_lower(XnnpackPartitioner)",
-            "quantization": {**recipe, "float_modules": list(keep_float)}})
+            "quantization": {**recipe, "float_modules": list(keep_float)},
+            # no scale under the clamp: the other scale_floor source is this same program
+            "sources_identical": not recipe["scale_floor"]["observers_below_clamp"],
+            "sources_same_ops": True})  # the scale_floor sources differ in scales only
         if art.precision != "int8":
             raise ExportError("the int8 program holds no quantized tensor: XNNPACK took none "
                               "of the quantized ops", backend=_NAME,
@@ -423,8 +426,12 @@ class ExecuTorchBackend:
         return art
 
     def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
-        """One realisation: PT2E with the XNNPACK quantizer."""
-        return [("PT2E xnnpack", {})]
+        """PT2E with the XNNPACK quantizer: with ``scale_floor="auto"``, scales floored and
+        clamped at its 2**-12, compared where the two differ
+        (:mod:`edgekit.backends._pt2e_scales`)."""
+        from ._pt2e_scales import floor_sources
+
+        return floor_sources(config, "PT2E xnnpack")
 
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
                           sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:

@@ -22,15 +22,20 @@ __all__ = ["quantize_graph", "xnnpack_quantizer"]
 
 
 def xnnpack_quantizer(config: QuantConfig, keep_float: Sequence[str] = ()) -> Any:
-    """ExecuTorch's ``XNNPACKQuantizer`` with the symmetric static config; ``keep_float``
+    """ExecuTorch's ``XNNPACKQuantizer`` with the symmetric static config (with
+    ``config.scale_floor``, scales floored at
+    :data:`~edgekit.backends._pt2e_scales.SCALE_FLOOR`, not its 2**-12); ``keep_float``
     modules unannotated."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
-    quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=config.per_channel))
+    from ._pt2e_scales import floored, with_scale_floor
+
+    qconfig = get_symmetric_quantization_config(is_per_channel=config.per_channel)
+    quantizer = XNNPACKQuantizer().set_global(with_scale_floor(qconfig) if floored(config)
+                                              else qconfig)
     for name in keep_float:
         # set_module_name(name, None) asserts "not supported yet"; a None entry is skipped by
         # the annotator and excludes the module from the global config.
@@ -51,11 +56,15 @@ def quantize_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, .
     with torch.no_grad():
         for batch in calibration:
             prepared(*(torch.from_numpy(np.asarray(a)) for a in batch))
+    from ._pt2e_scales import floor_record, scales_below_clamp
+
+    below = scales_below_clamp(prepared)
     graph = convert_pt2e(prepared)
     observer = quantizer.global_config.input_activation.observer_or_fake_quant_ctr
     recipe = {"quantizer": "PT2E + executorch XNNPACKQuantizer (symmetric, static)",
               "per_channel": config.per_channel,
               "activation_observer": getattr(getattr(observer, "func", observer), "__name__",
                                              str(observer)),
-              "calibration_batches": len(calibration)}
+              "calibration_batches": len(calibration),
+              "scale_floor": floor_record(config, below)}
     return graph, recipe

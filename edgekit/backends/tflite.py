@@ -315,6 +315,7 @@ class TFLiteBackend:
         litert_torch = require("litert_torch", backend=_NAME, extra=_EXTRA)
         from litert_torch.quantize.quant_config import QuantConfig as LiteRTQuantConfig
 
+        from ._pt2e_scales import floor_record
         from .tflite_int8 import (
             float_modules,
             litert_quantizer,
@@ -347,6 +348,7 @@ class TFLiteBackend:
                 raise  # calibration failed: the message names the inputs and shapes
             except Exception as exc:
                 raise export_failure(_NAME, model, example_inputs, exc) from exc
+        below = list(getattr(gm, "edgekit_scales_below_clamp", []))
         interp = _open_interpreter(path, 1)
         key, in_det, out_det, sig_in, sig_out = _signature(interp, path)
         inputs = [_spec(n, d) for n, d in zip(input_names, in_det)]
@@ -385,16 +387,24 @@ class TFLiteBackend:
                     "ops": {o: ops.count(o) for o in sorted(set(ops))},
                     "int8_weight_tensors": int8_weights,
                     "ranges": getattr(gm, "edgekit_ranges", None),
+                    "scale_floor": floor_record(config, below),
                     **tflite_precision_summary(interp),
                 },
                 "export_seconds": round(time.perf_counter() - t0, 3),
                 "exporter": "litert_torch.convert (PT2E int8)",
+                # no scale under the clamp: the other scale_floor source is this same file
+                "sources_identical": not below,
+                "sources_same_ops": True,  # the scale_floor sources differ in scales only
             },
         )
 
     def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
-        """One realisation: PT2E with litert-torch's quantizer."""
-        return [("PT2E litert", {})]
+        """PT2E with litert-torch's quantizer: with ``scale_floor="auto"``, scales floored and
+        clamped at litert-torch's 2**-12, compared where the two differ
+        (:mod:`edgekit.backends._pt2e_scales`)."""
+        from ._pt2e_scales import floor_sources
+
+        return floor_sources(config, "PT2E litert")
 
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
                           sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..modulenames import in_modules
+from ._pt2e_scales import floored, scales_below_clamp, with_scale_floor
 
 if TYPE_CHECKING:
     from ..quantize.config import QuantConfig
@@ -59,8 +60,9 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
         get_symmetric_quantization_config,
     )
 
-    q = PT2EQuantizer().set_global(get_symmetric_quantization_config(
-        is_per_channel=config.per_channel, is_qat=qat, is_dynamic=dynamic))
+    qconfig = get_symmetric_quantization_config(
+        is_per_channel=config.per_channel, is_qat=qat, is_dynamic=dynamic)
+    q = PT2EQuantizer().set_global(with_scale_floor(qconfig) if floored(config) else qconfig)
     keep = [str(k) for k in keep_float]
 
     def kept(node: Any) -> bool:
@@ -185,7 +187,8 @@ def pt2e_calibrate_convert(prepared: torch.fx.GraphModule,
     """Run the calibration batches through the observers and convert. With
     ``config.range_method`` other than ``"runtime"``, each activation observer's range is
     chosen by :mod:`edgekit.backends._ranges` from the values it saw and fixed
-    (``FixedQParamsObserver``); the record is the result's ``edgekit_ranges``."""
+    (``FixedQParamsObserver``); the record is the result's ``edgekit_ranges``, and the
+    observers with a scale under the quantizer's clamp its ``edgekit_scales_below_clamp``."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     from ._calibration import calibration_failure
@@ -208,9 +211,11 @@ def pt2e_calibrate_convert(prepared: torch.fx.GraphModule,
     if stats:
         assert config is not None
         record = _fix_observer_ranges(prepared, stats, config)
+    below = scales_below_clamp(prepared)
     # fold_quantize=False keeps quantize ops on float weights, which litert-torch lowers.
     gm = convert_pt2e(prepared, fold_quantize=False)
     gm.edgekit_ranges = record
+    gm.edgekit_scales_below_clamp = below
     return gm
 
 

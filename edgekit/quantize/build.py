@@ -142,8 +142,10 @@ def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where:
 
 
 def _source_key(changes: dict[str, Any]) -> str:
-    """The manifest's name for an int8 source: its setting's value (``nncf``, ``qdq``)."""
-    return "/".join(str(v) for v in changes.values()) or "default"
+    """The manifest's name for an int8 source: a ``*_source`` setting's value (``nncf``,
+    ``qdq``), another setting as ``key=value`` (``scale_floor=on``)."""
+    return "/".join(str(v) if k.endswith("_source") else f"{k}={v}"
+                    for k, v in changes.items()) or "default"
 
 
 class Int8Build:
@@ -443,8 +445,13 @@ class Int8Build:
             return v
         built: dict[str, Variant] = {}
         errors: dict[str, str] = {}
+        same: list[str] = []  # sources the backend says would give a file already built
         for name, changes in sources:
             key = _source_key(changes)
+            if any(v.art is not None and v.art.info.get("sources_identical")
+                   for v in built.values()):
+                same.append(key)
+                continue
             try:
                 built[key] = self.build(name, dataclasses.replace(self.config, **changes),
                                         self.keep, changes)
@@ -457,6 +464,9 @@ class Int8Build:
                 hint="keep the failing layers in float (keep_float)")
         order = [_source_key(c) for _, c in sources]
         passing = [k for k in order if k in built and built[k].failed is None]
+        # sources that run the same ops on other numbers (LiteRT's scale floors): no timing
+        same_ops = all(v.art is not None and v.art.info.get("sources_same_ops")
+                       for v in built.values())
         fid = {k: self._fidelity_of(v) for k, v in built.items()}
         what = "score" if self.task is not None else "held-out SQNR"
         timed: dict[str, float] = {}
@@ -464,7 +474,8 @@ class Int8Build:
         if not passing:
             kept = next(k for k in order if k in built)
             reason = "neither passes the gate yet: the fallback goes on from " + kept
-        elif len(passing) > 1 and self.config.latency_check and self.profile.arch == host_arch():
+        elif len(passing) > 1 and self.config.latency_check and self.profile.arch == host_arch() \
+                and not same_ops:
             sessions = {k: built[k].sess for k in passing}
             feeds = [t.detach().numpy() for t in self.inputs]
             first = time_sessions(sessions, feeds, self.config)  # type: ignore[arg-type]
@@ -491,13 +502,18 @@ class Int8Build:
                           "faster its gain allows")
         elif len(passing) == 1:
             kept, reason = passing[0], "the only one that passes the gate"
+            if same:
+                reason = (f"the only one built: {', '.join(same)} would give the same file "
+                          "(the runtime says so), so it was not built")
         else:
             kept = passing[0]
             for k in passing[1:]:
                 if more_faithful(fid[k], fid[kept], scored=self.task is not None):
                     kept = k
-            reason = ("both pass; not timed here (another CPU architecture or latency_check "
-                      f"off): the higher {what}, then " + passing[0].upper())
+            why = ("the sources run the same ops" if same_ops else
+                   "another CPU architecture or latency_check off")
+            reason = (f"both pass; not timed ({why}): the higher {what} by the smallest "
+                      f"gain that counts, else the first ({passing[0]})")
         self.source_choice = {"kept": kept, "why": reason, "sources": {
             k: ({"score": built[k].score, "passed": built[k].failed is None,
                  "why_failed": built[k].failed,
@@ -505,7 +521,9 @@ class Int8Build:
                     and (f := fid[k]) is not None else {}),
                  **({"median_ms": round(timed[k], 5)} if k in timed else {}),
                  **({"vs_first": vs_first[k]} if k in vs_first else {})}
-                if k in built else {"score": None, "passed": False, "why_failed": errors[k]})
+                if k in built else {"score": None, "passed": False, "why_failed": errors[k]}
+                if k in errors else {"score": None, "passed": None,
+                                     "not_built": "the same file as " + next(iter(built))})
             for k in order}}
         for k, v in built.items():
             if k != kept:
@@ -701,7 +719,7 @@ class Int8Build:
             "latency_fallback_layers": speed_float,
             "layers": per_layer,
             "attempts": self.attempts,
-            "openvino_source_choice": self.source_choice,
+            "source_choice": self.source_choice,
             "accuracy_alternative": (
                 f"{self.alternative}: the configured realisation missed the accuracy budget or "
                 "the tolerance, this one met it with every layer in int8"

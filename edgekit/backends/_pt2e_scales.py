@@ -1,0 +1,85 @@
+"""The smallest scale a PT2E observer may give a tensor, shared by the PT2E backends (LiteRT,
+ExecuTorch).
+
+litert-torch's and ExecuTorch's XNNPACK quantizer configs clamp every scale at
+``eps = 2**-12``: a weight channel under 0.031 in magnitude, or an activation spanning under
+0.062, lands on a coarser grid than its range needs, and a tensor of a few 1e-4 or less
+quantizes to zero (a randomly initialised MobileNetV2's logits, ~1e-9, came out constant on
+both). :data:`SCALE_FLOOR` only keeps an all-zero tensor's scale positive; 2**-60 leaves the
+product of two floored scales (2**-120) a normal float32, as the requantization multipliers
+need.
+
+Floored is not always better: a tiny tensor that the clamp zeroes may feed a kernel that
+cannot work at a tiny scale (TFLite's int8 HARD_SWISH: a randomly initialised
+MobileNetV3-Large fell from 44 to 10 dB SQNR with every scale floored). So
+``scale_floor="auto"`` (the default) builds both where the clamp would change a scale and
+keeps the more faithful on the held-out data (:func:`floor_sources`,
+:func:`scales_below_clamp`; ``quantize.build`` compares them untimed, as they run the same
+ops); where it would change none the two are the same file and only one is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+SCALE_FLOOR = 2.0 ** -60
+#: The clamp of litert-torch's and ExecuTorch's XNNPACK quantizer configs.
+QUANTIZER_EPS = 2.0 ** -12
+#: ``QuantConfig.scale_floor`` settings.
+SCALE_FLOORS = ("auto", "on", "off")
+
+
+def floored(config: Any) -> bool:
+    """Whether a build with ``config`` floors scales (``"on"``, and ``"auto"`` built alone)."""
+    return str(getattr(config, "scale_floor", "auto")) != "off"
+
+
+def floor_sources(config: Any, name: str) -> list[tuple[str, dict[str, Any]]]:
+    """A PT2E backend's int8 sources: with ``scale_floor="auto"`` the floored build and the
+    quantizer's own clamp, compared; otherwise the configured one."""
+    if config.scale_floor != "auto":
+        return [(name, {})]
+    return [(f"{name}, scales floored", {"scale_floor": "on"}),
+            (f"{name}, the quantizer's 2**-12 clamp", {"scale_floor": "off"})]
+
+
+def scales_below_clamp(prepared: Any) -> list[str]:
+    """The observers of a calibrated PT2E graph with a scale under :data:`QUANTIZER_EPS`:
+    those the quantizer's own clamp would change (none: a clamped build is the same file)."""
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    below = []
+    for name, mod in prepared.named_modules():
+        obs = getattr(mod, "activation_post_process", mod)
+        if not isinstance(obs, ObserverBase) or not hasattr(obs, "eps"):
+            continue
+        try:
+            scale = obs.calculate_qparams()[0]
+        except Exception:  # noqa: BLE001 - an observer that saw nothing sets no scale
+            continue
+        if scale.numel() and float(scale.min()) < QUANTIZER_EPS:
+            below.append(name)
+    return below
+
+
+def floor_record(config: Any, below: list[str]) -> dict[str, Any]:
+    """What the manifest records of the scale floor of one build."""
+    return {"setting": config.scale_floor, "floored": floored(config),
+            "observers_below_clamp": len(below), "examples": below[:5]}
+
+
+def with_scale_floor(qconfig: Any, eps: float = SCALE_FLOOR) -> Any:
+    """``qconfig`` (a PT2E ``QuantizationConfig``) with the ``eps`` of every observer that
+    takes one set to ``eps``; the observers and their other arguments unchanged."""
+
+    def floored(spec: Any) -> Any:
+        ctr = getattr(spec, "observer_or_fake_quant_ctr", None)
+        partial = getattr(ctr, "p", None)
+        if partial is None or "eps" not in partial.keywords:
+            return spec
+        return dataclasses.replace(spec, observer_or_fake_quant_ctr=partial.func.with_args(
+            *partial.args, **{**partial.keywords, "eps": eps}))
+
+    return dataclasses.replace(qconfig, **{f: floored(getattr(qconfig, f)) for f in
+                                           ("input_activation", "output_activation", "weight")})
