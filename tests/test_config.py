@@ -95,6 +95,8 @@ def test_profile_quantization_table(tmp_path):
     for text, needle in [(INT8 + '[quantization]\nmethd = "entropy"\n', "did you mean 'method'"),
                          (INT8 + '[quantization]\nsamples = 0\n', "samples = 0"),
                          (INT8 + '[quantization]\nmin_speedup = -1\n', "min_speedup = -1"),
+                         (INT8 + '[quantization]\nscale_floor = true\n', "scale_floor"),
+                         (INT8 + '[quantization]\nscale_floor = "of"\n', "'off'"),
                          (INT8.replace("int8", "fp32") + '[quantization]\nmethod = "entropy"\n',
                           'need precision = "int8"')]:
         path = _profile(tmp_path, text)

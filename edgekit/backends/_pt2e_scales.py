@@ -73,7 +73,7 @@ def with_scale_floor(qconfig: Any, eps: float = SCALE_FLOOR) -> Any:
     """``qconfig`` (a PT2E ``QuantizationConfig``) with the ``eps`` of every observer that
     takes one set to ``eps``; the observers and their other arguments unchanged."""
 
-    def floored(spec: Any) -> Any:
+    def floor_spec(spec: Any) -> Any:
         ctr = getattr(spec, "observer_or_fake_quant_ctr", None)
         partial = getattr(ctr, "p", None)
         if partial is None or "eps" not in partial.keywords:
@@ -81,5 +81,5 @@ def with_scale_floor(qconfig: Any, eps: float = SCALE_FLOOR) -> Any:
         return dataclasses.replace(spec, observer_or_fake_quant_ctr=partial.func.with_args(
             *partial.args, **{**partial.keywords, "eps": eps}))
 
-    return dataclasses.replace(qconfig, **{f: floored(getattr(qconfig, f)) for f in
+    return dataclasses.replace(qconfig, **{f: floor_spec(getattr(qconfig, f)) for f in
                                            ("input_activation", "output_activation", "weight")})
