@@ -438,6 +438,10 @@ class Int8Build:
         most faithful, then the first source. None passing: the fallback goes on from the
         first usable one."""
         sources = self.candidates()
+        if self.prepared is not None:
+            # a fake-quantized (QAT) graph carries its quantizer: a source that changes the
+            # quantizer's config would convert the same graph into the same file
+            sources = sources[:1]
         if len(sources) == 1:
             name, changes = sources[0]
             v = self.build(name, dataclasses.replace(self.config, **changes), self.keep, changes)
