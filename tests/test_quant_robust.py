@@ -546,3 +546,19 @@ def test_litert_int8_of_a_tiny_valued_model_keeps_its_signal(tmp_path):
     weight = {t["index"]: t for t in interp.get_tensor_details()}[fc["inputs"][1]]
     assert np.dtype(weight["dtype"]).name == "int8"
     assert max(weight["quantization_parameters"]["scales"]) < 2 ** -12 / 10
+
+
+@pytest.mark.slow
+def test_a_collapsed_tiny_output_names_its_size_and_the_scale_floor(tmp_path):
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(5)
+    data = [torch.rand(1, 3, 16, 16, generator=g) for _ in range(24)]
+    with pytest.raises(QuantizationError) as err:
+        compress(Tiny().eval(), (data[0],), targets=[TFL], out_dir=tmp_path / "b",
+                 progress=False, calibration=data,
+                 quantization={**NO_SEARCH, "fallback": False, "scale_floor": "off"})
+    msg = str(err.value)
+    assert "is constant over" in msg and "while the fp32 output varies, at most |" in msg
+    assert 'scale_floor = "on"' in msg and "degenerate" not in msg
+    assert not (tmp_path / "b").exists()
+

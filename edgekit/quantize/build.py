@@ -108,6 +108,11 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"[:300]
 
 
+#: An fp32 output whose largest magnitude is under this spans less than PT2E's scale clamp
+#: (2**-12) covers with 256 levels.
+TINY_OUTPUT = 0.03
+
+
 def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where: str,
                        model: torch.nn.Module | None = None) -> None:
     """NaN/inf outputs fail; so do outputs that stay constant over the calibration inputs while
@@ -129,16 +134,28 @@ def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where:
                 f"{where}: output {spec.name!r} is NaN or infinite after quantization "
                 f"({int((~np.isfinite(vals)).sum())} of {vals.size} values)",
                 hint="check the calibration data's range; keep the failing layers in float")
-        varies = True
+        varies, peak = True, None
         if refs is not None:
             ref = np.stack([np.asarray(r[i], dtype=np.float64) for r in refs])
-            varies = float(ref.std(axis=0).max()) > 0.01 * max(float(np.abs(ref).max()), 1e-12)
+            peak = float(np.abs(ref).max())
+            varies = float(ref.std(axis=0).max()) > 0.01 * max(peak, 1e-12)
         if len(outs) > 1 and varies and float(vals.std(axis=0).max()) == 0.0:
-            raise QuantizationError(
-                f"{where}: output {spec.name!r} is constant over {len(outs)} calibration "
-                f"batches after quantization (value {float(vals.reshape(-1)[0]):.4g})",
-                hint="calibration data may be degenerate (all equal?) or a layer collapsed; "
-                "keep the most sensitive layers in float")
+            message = (f"{where}: output {spec.name!r} is constant over {len(outs)} "
+                       f"calibration batches after quantization (value "
+                       f"{float(vals.reshape(-1)[0]):.4g})")
+            if peak is None:
+                hint = ("calibration data may be degenerate (all equal?) or a layer collapsed; "
+                        "keep the most sensitive layers in float")
+            elif peak < TINY_OUTPUT:
+                message += f" while the fp32 output varies, at most |{peak:.3g}|"
+                hint = ("an output this small is zeroed by a quantizer that clamps scales "
+                        "(PT2E's 2**-12): set quantization scale_floor = \"on\" (LiteRT, "
+                        "ExecuTorch), or keep the last layers in float")
+            else:
+                message += f" while the fp32 output varies, at most |{peak:.3g}|"
+                hint = ("a layer collapsed in int8: `edgekit explain` finds it; keep the most "
+                        "sensitive layers in float")
+            raise QuantizationError(message, hint=hint)
 
 
 def _source_key(changes: dict[str, Any]) -> str:
