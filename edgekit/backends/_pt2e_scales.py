@@ -63,6 +63,18 @@ def scales_below_clamp(prepared: Any) -> list[str]:
     return below
 
 
+def configured(qconfig: Any, config: Any) -> Any:
+    """The quantizer config ``qconfig`` as ``config.scale_floor`` asks (floored or not)."""
+    return with_scale_floor(qconfig) if floored(config) else qconfig
+
+
+def source_flags(below: int) -> dict[str, bool]:
+    """What an artifact tells the int8 source choice: with no scale under the clamp the other
+    scale_floor source is this same file; the two run the same ops either way (untimed).
+    ``below``: how many observers have a scale under the clamp."""
+    return {"sources_identical": below == 0, "sources_same_ops": True}
+
+
 def floor_record(config: Any, below: list[str]) -> dict[str, Any]:
     """What the manifest records of the scale floor of one build."""
     return {"setting": config.scale_floor, "floored": floored(config),

@@ -56,6 +56,7 @@ from ._common import (
     package_versions,
     run_failure,
 )
+from ._pt2e_scales import source_flags
 from .base import Artifact, TensorSpec
 
 __all__ = ["ExecuTorchBackend", "ExecuTorchSession", "ProgramSummary", "check_pte_file"]
@@ -416,9 +417,7 @@ class ExecuTorchBackend:
             "export_seconds": round(time.perf_counter() - t0, 3),
             "exporter": "PT2E XNNPACKQuantizer + to_edge_transform_and_lower(XnnpackPartitioner)",
             "quantization": {**recipe, "float_modules": list(keep_float)},
-            # no scale under the clamp: the other scale_floor source is this same program
-            "sources_identical": not recipe["scale_floor"]["observers_below_clamp"],
-            "sources_same_ops": True})  # the scale_floor sources differ in scales only
+            **source_flags(recipe["scale_floor"]["observers_below_clamp"])})
         if art.precision != "int8":
             raise ExportError("the int8 program holds no quantized tensor: XNNPACK took none "
                               "of the quantized ops", backend=_NAME,

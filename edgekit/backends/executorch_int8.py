@@ -31,11 +31,10 @@ def xnnpack_quantizer(config: QuantConfig, keep_float: Sequence[str] = ()) -> An
         get_symmetric_quantization_config,
     )
 
-    from ._pt2e_scales import floored, with_scale_floor
+    from ._pt2e_scales import configured
 
-    qconfig = get_symmetric_quantization_config(is_per_channel=config.per_channel)
-    quantizer = XNNPACKQuantizer().set_global(with_scale_floor(qconfig) if floored(config)
-                                              else qconfig)
+    quantizer = XNNPACKQuantizer().set_global(configured(
+        get_symmetric_quantization_config(is_per_channel=config.per_channel), config))
     for name in keep_float:
         # set_module_name(name, None) asserts "not supported yet"; a None entry is skipped by
         # the annotator and excludes the module from the global config.

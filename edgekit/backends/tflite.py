@@ -315,7 +315,7 @@ class TFLiteBackend:
         litert_torch = require("litert_torch", backend=_NAME, extra=_EXTRA)
         from litert_torch.quantize.quant_config import QuantConfig as LiteRTQuantConfig
 
-        from ._pt2e_scales import floor_record
+        from ._pt2e_scales import floor_record, source_flags
         from .tflite_int8 import (
             float_modules,
             litert_quantizer,
@@ -392,9 +392,7 @@ class TFLiteBackend:
                 },
                 "export_seconds": round(time.perf_counter() - t0, 3),
                 "exporter": "litert_torch.convert (PT2E int8)",
-                # no scale under the clamp: the other scale_floor source is this same file
-                "sources_identical": not below,
-                "sources_same_ops": True,  # the scale_floor sources differ in scales only
+                **source_flags(len(below)),
             },
         )
 

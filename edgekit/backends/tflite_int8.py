@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..modulenames import in_modules
-from ._pt2e_scales import floored, scales_below_clamp, with_scale_floor
+from ._pt2e_scales import configured, scales_below_clamp
 
 if TYPE_CHECKING:
     from ..quantize.config import QuantConfig
@@ -62,7 +62,7 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
 
     qconfig = get_symmetric_quantization_config(
         is_per_channel=config.per_channel, is_qat=qat, is_dynamic=dynamic)
-    q = PT2EQuantizer().set_global(with_scale_floor(qconfig) if floored(config) else qconfig)
+    q = PT2EQuantizer().set_global(configured(qconfig, config))
     keep = [str(k) for k in keep_float]
 
     def kept(node: Any) -> bool:
