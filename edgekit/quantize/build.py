@@ -143,16 +143,16 @@ def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where:
             message = (f"{where}: output {spec.name!r} is constant over {len(outs)} "
                        f"calibration batches after quantization (value "
                        f"{float(vals.reshape(-1)[0]):.4g})")
+            if peak is not None:
+                message += f" while the fp32 output varies, at most |{peak:.3g}|"
             if peak is None:
                 hint = ("calibration data may be degenerate (all equal?) or a layer collapsed; "
                         "keep the most sensitive layers in float")
             elif peak < TINY_OUTPUT:
-                message += f" while the fp32 output varies, at most |{peak:.3g}|"
                 hint = ("an output this small is zeroed by a quantizer that clamps scales "
                         "(PT2E's 2**-12): set quantization scale_floor = \"on\" (LiteRT, "
                         "ExecuTorch), or keep the last layers in float")
             else:
-                message += f" while the fp32 output varies, at most |{peak:.3g}|"
                 hint = ("a layer collapsed in int8: `edgekit explain` finds it; keep the most "
                         "sensitive layers in float")
             raise QuantizationError(message, hint=hint)
@@ -338,8 +338,11 @@ class Int8Build:
         return self._fp32.get(id(model))
 
     def candidates(self) -> list[tuple[str, dict[str, Any]]]:
-        """The runtime's int8 sources for the requested config: (name, config changes)."""
-        return list(self.backend.int8_sources(self.config))
+        """The runtime's int8 sources for the requested config: (name, config changes). A
+        fake-quantized (QAT) graph carries its quantizer, so a source that changes the
+        quantizer's config would convert the same graph into the same file: only the first."""
+        sources = list(self.backend.int8_sources(self.config))
+        return sources[:1] if self.prepared is not None else sources
 
     def build(self, name: str, config: QuantConfig, keep: list[str],
               changes: dict[str, Any] | None = None) -> Variant:
@@ -455,10 +458,6 @@ class Int8Build:
         most faithful, then the first source. None passing: the fallback goes on from the
         first usable one."""
         sources = self.candidates()
-        if self.prepared is not None:
-            # a fake-quantized (QAT) graph carries its quantizer: a source that changes the
-            # quantizer's config would convert the same graph into the same file
-            sources = sources[:1]
         if len(sources) == 1:
             name, changes = sources[0]
             v = self.build(name, dataclasses.replace(self.config, **changes), self.keep, changes)
