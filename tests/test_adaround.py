@@ -182,20 +182,30 @@ def _runtime_available(rt: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rt", ["onnxruntime", "openvino", "tflite"])
-def test_each_runtime_stores_edgekits_integers(rounded, rt, tmp_path):
+@pytest.mark.parametrize("rt,reduce_range", [("onnxruntime", "off"), ("onnxruntime", "on"),
+                                             ("openvino", "auto"), ("tflite", "auto")])
+def test_each_runtime_stores_edgekits_integers(rounded, rt, reduce_range, tmp_path):
     """The int8 weights read back from the artifact (ONNX QDQ initializers, OpenVINO i8
-    constants, TFLite int8 buffers) equal edgekit's adarounded integers, every element."""
+    constants, TFLite int8 buffers) equal edgekit's adarounded integers, every element; on
+    ONNX Runtime's 7-bit grid (``reduce_range``) too, AdaRound rounding onto ``-64..64``."""
     from edgekit.backends import get_backend
 
     _runtime_available(rt)
-    _, _, ada, _, cal, _ = rounded
+    model, _, ada, _, cal, _ = rounded
     be = get_backend(rt)
     config = QuantConfig(openvino_source="nncf", adaround=True, equalize=False,
-                         bias_correction=False, fallback=False, latency_check=False)
+                         bias_correction=False, fallback=False, latency_check=False,
+                         reduce_range=reduce_range)
+    qmax = getattr(be, "weight_qmax", lambda _c: 127)(config)
+    assert qmax == (64 if reduce_range == "on" else 127)
+    if qmax != 127:
+        ada, rec = apply_transforms(model, cal, equalize=True, adaround=True, weight_qmax=qmax)
+        assert rec["adaround_grid"] == "-64..64"
+        assert max(int(grid_integers(m.weight, 64)[0].abs().max())
+                   for m in _layers(ada).values()) == 64
     art = be.quantize(ada, (torch.rand(1, 1, 8, 8),), tmp_path / rt, input_names=["x"],
                       output_names=["y"], options={}, calibration=cal[:8], config=config)
-    ours = edgekit_integers(ada)
+    ours = edgekit_integers(ada, qmax)
     match = compare_integers(ours, artifact_integers(art.path))
     assert set(match) == {"conv1", "conv2", "dw", "head"}
     assert all(m["found"] and m["differ"] == 0 for m in match.values()), match

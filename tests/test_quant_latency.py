@@ -230,6 +230,55 @@ def test_openvino_auto_builds_both_sources_and_keeps_the_faster_passing_one(tmp_
     assert bundle.load(OV).run([get_spec("cnn").example_inputs(1)[0].numpy()])[0].shape == (1, 10)
 
 
+class _SqueezeExcite(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Conv2d(c, c // 4, 1), torch.nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class _SENet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.se = torch.nn.Conv2d(3, 16, 3, padding=1), _SqueezeExcite(16)
+        self.conv, self.head = torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.se(torch.relu(self.stem(x)))
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_fallback_off_keeps_the_source_that_runs_every_layer_int8(tmp_path):
+    # NNCF leaves a squeeze-excitation block's two 1x1 convs in float by its own defaults;
+    # with fallback off the source choice keeps the QDQ source, which runs them int8
+    torch.manual_seed(0)
+    calib = [torch.randn(1, 3, 16, 16) for _ in range(40)]
+    compress(_SENet().eval(), (calib[0],), targets=[OV], out_dir=tmp_path / "b",
+             calibration=calib, quantization={"samples": 32, "fallback": False,
+                                              "latency_check": False}, progress=False)
+    q = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][OV][
+        "quantization"]
+    src = q["source_choice"]["sources"]
+    assert src["nncf"]["passed"] and src["qdq"]["passed"]
+    assert src["nncf"]["float_layers"] == 2 and src["qdq"]["float_layers"] == 0
+    assert q["source_choice"]["kept"] == "qdq"
+    assert "nncf passed too but leaves more layers in float" in q["source_choice"]["why"]
+    assert {r["layer"]: r["precision"] for r in q["layers"]} == {
+        "stem": "int8", "se.fc1": "int8", "se.fc2": "int8", "conv": "int8", "head": "int8"}
+
+
+def test_fewest_float_sources():
+    from edgekit.quantize.build import fewest_float
+
+    assert fewest_float(["nncf", "qdq"], {"nncf": 16, "qdq": 0}) == ["qdq"]
+    assert fewest_float(["nncf", "qdq"], {"nncf": 1, "qdq": 1}) == ["nncf", "qdq"]
+    # a backend that does not count its float layers: no source is dropped
+    assert fewest_float(["nncf", "qdq"], {"nncf": 3, "qdq": None}) == ["nncf", "qdq"]
+    assert fewest_float([], {}) == []
+
+
 def test_a_more_faithful_source_is_kept_within_the_slowdown():
     from edgekit.quantize.build import more_faithful, truer_source
 

@@ -70,7 +70,8 @@ def test_reduced_weights_are_7bit_in_the_file_and_recorded(spiky):
     auto, _ = build()
     assert auto.info["quantization"]["reduce_range"]["applied"] is SATURATES
     adaround, _ = build(adaround=True, adaround_iterations=5)
-    assert adaround.info["quantization"]["reduce_range"]["applied"] is False
+    # bias correction and adaround target whichever grid the file gets
+    assert adaround.info["quantization"]["reduce_range"]["applied"] is SATURATES
 
 
 @pytest.mark.skipif(not SATURATES, reason=f"this CPU's int8 kernels do not saturate ({WHY})")

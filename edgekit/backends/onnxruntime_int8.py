@@ -225,9 +225,6 @@ def reduce_range_decision(config: QuantConfig) -> dict[str, Any]:
     if config.reduce_range != "auto":
         return {"applied": config.reduce_range == "on", "setting": config.reduce_range,
                 "machine": why}
-    if config.adaround:
-        return {"applied": False, "setting": "auto", "machine": why,
-                "why": "adaround's learned integers are on the 8-bit grid"}
     return {"applied": saturates, "setting": "auto", "machine": why}
 
 

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -76,6 +76,25 @@ def truer_source(fastest: str, passing: Sequence[str], median_ms: dict[str, floa
              and median_ms[k] <= median_ms[fastest] * allowed_slowdown(
                  (fidelity[k] or 0.0) - (base or 0.0), scored=scored)]
     return max(truer, key=lambda k: fidelity[k] or 0.0) if truer else None
+
+
+def float_layer_count(v: Variant) -> int | None:
+    """The compute layers ``v``'s artifact executes in float, as its backend read them back
+    (``info["quantization"]["float_layers"]``); None where the backend does not say."""
+    q = (v.art.info.get("quantization") or {}) if v.art is not None else {}
+    n = q.get("float_layers")
+    return n if isinstance(n, int) else None
+
+
+def fewest_float(passing: Sequence[str], floats: Mapping[str, int | None]) -> list[str]:
+    """Of the passing sources, those that execute the fewest layers in float (all of them
+    where a count is missing): with ``fallback`` off, a source that leaves layers in float by
+    its own defaults (NNCF's squeeze-excitation pattern) yields to one that runs them int8."""
+    counts = [floats.get(k) for k in passing]
+    if not passing or any(c is None for c in counts):
+        return list(passing)
+    least = min(c for c in counts if c is not None)
+    return [k for k in passing if floats[k] == least]
 
 
 class DecisionStore(Protocol):
@@ -484,6 +503,10 @@ class Int8Build:
                 hint="keep the failing layers in float (keep_float)")
         order = [_source_key(c) for _, c in sources]
         passing = [k for k in order if k in built and built[k].failed is None]
+        floats = {k: float_layer_count(v) for k, v in built.items()}
+        all_int8 = fewest_float(passing, floats) if not self.config.fallback else passing
+        dropped = [k for k in passing if k not in all_int8]
+        passing = all_int8
         # sources that run the same ops on other numbers (LiteRT's scale floors): no timing
         same_ops = all(v.art is not None and v.art.info.get("sources_same_ops")
                        for v in built.values())
@@ -534,9 +557,15 @@ class Int8Build:
                    "another CPU architecture or latency_check off")
             reason = (f"both pass; not timed ({why}): the higher {what} by the smallest "
                       f"gain that counts, else the first ({passing[0]})")
+        if dropped:  # fallback off: the sources that run more layers in float yield
+            why = (f"{', '.join(dropped)} passed too but leaves more layers in float ("
+                   + ", ".join(f"{k} {floats[k]}" for k in [kept, *dropped])
+                   + " float compute layers, read from the artifacts) and fallback is off")
+            reason = why if len(passing) == 1 else f"{reason}; {why}"
         self.source_choice = {"kept": kept, "why": reason, "sources": {
             k: ({"score": built[k].score, "passed": built[k].failed is None,
                  "why_failed": built[k].failed,
+                 **({"float_layers": floats[k]} if floats[k] is not None else {}),
                  **({"heldout_sqnr_db": round(f, 2)} if self.task is None
                     and (f := fid[k]) is not None else {}),
                  **({"median_ms": round(timed[k], 5)} if k in timed else {}),

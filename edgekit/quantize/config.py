@@ -58,7 +58,10 @@ class QuantConfig:
       ``"int8"`` (the caller quantizes with the tensor's scale / zero point).
     * ``keep_float``: PyTorch module names kept in float on every runtime.
     * ``fallback``: with a task, keep the most sensitive layers in float until the profile's
-      accuracy budget is met (at most ``max_fallback`` layers).
+      accuracy budget is met (at most ``max_fallback`` layers). Off, no layer is kept in float
+      for accuracy, and of a runtime's passing int8 sources those that execute the fewest
+      layers in float (read from the artifacts) are chosen among: NNCF leaves
+      squeeze-excitation blocks in float by its own defaults, edgekit's QDQ source does not.
     * ``fallback_order``: which layers the fallback keeps in float first: ``"runtime"`` (the
       default: the culprits read from the failing artifact's own tensors, each with the layer
       that reads its output and the one it reads, then the PyTorch-side sensitivity order;
@@ -107,7 +110,7 @@ class QuantConfig:
       ReLU6 pairs skipped +1.4 / -0.2 / +0.1 (equalizing through ReLU6 with clamps: +0.0 /
       -0.2 / +1.4 and a 5-8% larger file, hence ``"skip"``); SmoothQuant off: within 0.3 dB
       on the zoo transformer (its post-norm layers leave only the final LayerNorm -> head).
-    * ``adaround``: learned rounding of conv/linear weights onto the per-channel int8 grid
+    * ``adaround``: learned rounding of conv/linear weights onto the per-channel weight grid
       (:mod:`edgekit.quantize.transforms.adaround`; ``adaround_iterations`` optimisation
       steps per layer), written back on the grid so that each runtime's quantizer reproduces
       the integers; it runs after equalization, and bias correction then skips the layers it
@@ -129,9 +132,9 @@ class QuantConfig:
       one level for every real score.
     * ``reduce_range``: ONNX Runtime weights on 7 bits (``-64..64``): ``"auto"`` (the
       default) where ONNX Runtime's uint8 x int8 kernels saturate on this machine (x86-64
-      without VNNI: :mod:`edgekit.backends.x86_saturation`), ``"on"``, ``"off"``. With
-      ``adaround`` on, ``"auto"`` keeps 8 bits (the learned integers are the 8-bit ones). The
-      manifest records the decision and why (``quantization.reduce_range``).
+      without VNNI: :mod:`edgekit.backends.x86_saturation`), ``"on"``, ``"off"``. Bias
+      correction and ``adaround`` target the grid the weights get. The manifest records the
+      decision and why (``quantization.reduce_range``).
     * ``activations_16bit``: activations quantized to 16 bits (ONNX Runtime QDQ): a count
       (the most sensitive data inputs of Conv/Gemm/MatMul layers, lowest 8-bit SQNR first),
       a list of PyTorch layer names (their data inputs) or ``"auto"`` (those under

@@ -52,7 +52,7 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
                      corrections: dict[str, Any] | None = None
                      ) -> tuple[nn.Module, dict[str, Any]]:
     """A transformed copy of ``model`` (in eval mode; ``model`` is untouched) and the record.
-    Bias correction targets the runtime's weight grid ``-weight_qmax..weight_qmax``;
+    Bias correction and AdaRound target the runtime's weight grid ``-weight_qmax..weight_qmax``;
     ``corrections`` (when given) receives each corrected layer's bias correction.
 
     With every switch off, ``model`` itself is returned and the record says so.
@@ -105,7 +105,9 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
                                        "first output feeds only the second")
     on_grid: list[str] = []
     if adaround:
-        ada = _adaround(out, calibration, skip=keep_float, iterations=adaround_iterations)
+        ada = _adaround(out, calibration, skip=keep_float, iterations=adaround_iterations,
+                        qmax=weight_qmax)
+        record["adaround_grid"] = f"-{weight_qmax}..{weight_qmax}"
         record["adaround_layers"] = ada["layers"]  # per layer: output error, nearest vs learned
         record["adaround_iterations"] = ada.get("iterations", adaround_iterations)
         record["adaround_seconds"] = ada["seconds"]

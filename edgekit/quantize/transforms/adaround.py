@@ -9,7 +9,8 @@ order the model runs them:
 * the grid is the one every edgekit runtime uses for weights: symmetric per output channel,
   ``scale_c = max |W_c| / 127``, integers in [-127, 127] (ONNX Runtime's ``quantize_static``
   per-channel int8 weights, NNCF's narrow-range 8-bit weights, litert's PT2E per-channel
-  symmetric config);
+  symmetric config), or ``-64..64`` for ONNX Runtime's 7-bit ``reduce_range`` weights (x86
+  without VNNI, where 8-bit products saturate);
 * the layer's input is taken from the model with the earlier layers already rounded, the
   target is the float model's output (so a layer can make up for its predecessors' rounding),
   both after the activation that follows the layer (ReLU, ReLU6) where there is one; for
@@ -21,7 +22,7 @@ order the model runs them:
   nearest's, else the layer is rounded to nearest.
 
 The weights are then written back already on the grid (``W = s * q``), each channel's largest
-element kept at +-127, so that a runtime's quantizer recomputes the same scales and reproduces
+element kept at +-qmax, so that a runtime's quantizer recomputes the same scales and reproduces
 these integers exactly. The float function moves by less than one grid step per weight.
 
 Example::
@@ -64,16 +65,16 @@ class _Stop(Exception):
     """Ends a forward pass once the layer's input is captured."""
 
 
-def grid_integers(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(q, scale)``: ``weight``'s integers on the per-output-channel symmetric int8 grid
-    (rounded to nearest, as every runtime's quantizer rounds) and the per-channel scales
-    ``max |W_c| / 127``. For adarounded weights (already on the grid) ``q * scale`` is the
-    weight itself."""
+def grid_integers(weight: torch.Tensor, qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)``: ``weight``'s integers on the per-output-channel symmetric grid
+    ``-qmax..qmax`` (rounded to nearest, as every runtime's quantizer rounds) and the
+    per-channel scales ``max |W_c| / qmax``. For adarounded weights (already on the grid)
+    ``q * scale`` is the weight itself."""
     w = weight.detach().float()
     amax = w.abs().reshape(w.shape[0], -1).amax(1).clamp_min(1e-12)
-    scale = amax / 127.0
+    scale = amax / float(qmax)
     shaped = scale.reshape(-1, *([1] * (w.dim() - 1)))
-    q = torch.clamp(torch.round(w / shaped), -127, 127).to(torch.int8)
+    q = torch.clamp(torch.round(w / shaped), -qmax, qmax).to(torch.int8)
     return q, scale
 
 
@@ -232,14 +233,16 @@ def _activations(model: nn.Module) -> dict[str, str]:
 
 def _round_layer(w: torch.Tensor, x_q: torch.Tensor, y: torch.Tensor,
                  bias: torch.Tensor | None, act: str | None, iterations: int,
-                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Learn the rounding of ``w`` ``(C_out, d)``; return (integers, scales, record)."""
+                 gen: torch.Generator, qmax: int = 127
+                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Learn the rounding of ``w`` ``(C_out, d)`` on the grid ``-qmax..qmax``; return
+    (integers, scales, record)."""
     amax = w.abs().amax(1).clamp_min(1e-12)
-    s = (amax / 127.0).unsqueeze(1)
+    s = (amax / float(qmax)).unsqueeze(1)
     v = w / s
-    nearest = torch.clamp(torch.round(v), -127, 127)
-    # the channel's largest elements sit at +-127: fixed, so the runtime finds the same scale
-    pinned = v.abs() >= 127.0 - 1e-4
+    nearest = torch.clamp(torch.round(v), -qmax, qmax)
+    # the channel's largest elements sit at +-qmax: fixed, so the runtime finds the same scale
+    pinned = v.abs() >= qmax - 1e-4
     floor = torch.floor(v)
     rest = (v - floor).clamp(1e-4, 1 - 1e-4)
     alpha = (-torch.log((_ZETA - _GAMMA) / (rest - _GAMMA) - 1)).requires_grad_(True)
@@ -264,7 +267,7 @@ def _round_layer(w: torch.Tensor, x_q: torch.Tensor, y: torch.Tensor,
     for step in range(iterations):
         idx = torch.randint(0, p, (min(_BATCH_ROWS, p),), generator=gen)
         h = _h(alpha)
-        q_soft = torch.where(pinned, nearest, torch.clamp(floor + h, -127, 127))
+        q_soft = torch.where(pinned, nearest, torch.clamp(floor + h, -qmax, qmax))
         recon = (apply(_out(x_q[idx], q_soft * s, bias)) - y[idx]).pow(2).sum(1).mean() / norm
         loss = recon
         if step >= _WARM_START * iterations and any_free:
@@ -278,7 +281,7 @@ def _round_layer(w: torch.Tensor, x_q: torch.Tensor, y: torch.Tensor,
             alpha.sub_(_LR * (m1 / (1 - 0.9 ** t)) / ((m2 / (1 - 0.999 ** t)).sqrt() + 1e-8))
     with torch.no_grad():
         learned = torch.where(pinned, nearest,
-                              torch.clamp(floor + (alpha >= 0).float(), -127, 127))
+                              torch.clamp(floor + (alpha >= 0).float(), -qmax, qmax))
     e_learned = err(learned)
     keep = e_learned < e_nearest
     q = learned if keep else nearest
@@ -292,10 +295,12 @@ def _round_layer(w: torch.Tensor, x_q: torch.Tensor, y: torch.Tensor,
 
 def adaround(model: nn.Module, batches: Sequence[Sequence[np.ndarray]], *,
              skip: Sequence[str] = (), iterations: int = DEFAULT_ITERATIONS,
-             samples: int = _SAMPLES, rows: int = _ROWS, seed: int = 0) -> dict[str, Any]:
+             samples: int = _SAMPLES, rows: int = _ROWS, seed: int = 0,
+             qmax: int = 127) -> dict[str, Any]:
     """Round, in place, the weights of every Conv1d/Conv2d/Linear of ``model`` (not named in
-    ``skip`` nor inside a skipped module) onto the per-channel int8 grid with learned rounding;
-    return the record. Per layer: the output error (mean over the sampled calibration rows of
+    ``skip`` nor inside a skipped module) onto the per-channel grid ``-qmax..qmax`` (127:
+    int8; 64: ONNX Runtime's 7-bit ``reduce_range``) with learned rounding; return the
+    record. Per layer: the output error (mean over the sampled calibration rows of
     the squared error summed over output channels) of round to nearest (``error_nearest``)
     and of the learned rounding (``error_adaround``), which one was ``kept``, the kept one's
     error reduction (``reduction_pct``) and the share of weights rounded the other way than
@@ -352,7 +357,8 @@ def adaround(model: nn.Module, batches: Sequence[Sequence[np.ndarray]], *,
             y_all = torch.relu(y_all)
         elif acts.get(name) == "relu6":
             y_all = torch.clamp(y_all, 0, 6)
-        q, s, rec = _round_layer(w2, x_q_all, y_all, bias, acts.get(name), iterations, gen)
+        q, s, rec = _round_layer(w2, x_q_all, y_all, bias, acts.get(name), iterations, gen,
+                                 qmax)
         with torch.no_grad():
             weight.copy_((q * s.unsqueeze(1)).reshape(weight.shape).to(weight.dtype))
         done.append({"layer": name, **({"activation": acts[name]} if name in acts else {}),
