@@ -258,7 +258,8 @@ def main() -> None:
     import torch
 
     import edgekit
-    from edgekit.search.trial import ModelSource, prepare_base
+    from edgekit.search.source import ModelSource
+    from edgekit.search.trial import prepare_base
 
     torch.set_num_threads(1)
     root = Path(args.out)

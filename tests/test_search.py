@@ -299,6 +299,7 @@ def test_timing_resources_and_an_offline_device():
     (["-t", "nosuch-target"], ["unknown target 'nosuch-target'"]),
     (["--device", "x86-onnxruntime-fp32=pi@rpi4"], ["devices given for x86-onnxruntime-fp32"]),
     (["--trials", "0"], ["trials must be >= 1"]),
+    (["--data", "train.npz"], ["data given for the zoo model cnn", "module:factory"]),
 ])
 def test_cli_search_refuses_bad_input_with_exit_code_2(tmp_path, capsys, argv, words):
     from edgekit.cli import main
@@ -311,20 +312,115 @@ def test_cli_search_refuses_bad_input_with_exit_code_2(tmp_path, capsys, argv, w
     assert not (tmp_path / "s" / "study.db").exists()
 
 
-def test_search_refuses_models_without_a_task(tmp_path):
-    from edgekit.search.trial import ModelSource
+_USER_MODULE = """
+from pathlib import Path
 
-    with pytest.raises(UsageError, match="module:factory; a search scores every point"):
-        ModelSource.resolve("mypkg.models:build")
+import torch
+from torch import nn
+
+
+def build():
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
+                      nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(16 * 4 * 4, 10))
+    m.load_state_dict(torch.load(Path(__file__).with_name("digitsnet.pt"), weights_only=True))
+    return m
+"""
+
+
+@pytest.fixture(scope="module")
+def user_model(tmp_path_factory):
+    """A trained user model (``digitsnet:build`` in its own folder) and its data as .npz:
+    scikit-learn's digits, 1x8x8, integer labels."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("user")
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target.astype(np.int64)
+    np.savez(root / "train.npz", x=x[:1400], y=y[:1400])
+    np.savez(root / "val.npz", x=x[1400:], y=y[1400:])
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(16 * 4 * 4, 10))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(x[:1400]), torch.from_numpy(y[:1400])
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(xt), yt).backward()
+        opt.step()
+    torch.save(m.state_dict(), root / "digitsnet.pt")
+    (root / "digitsnet.py").write_text(_USER_MODULE)
+    return root
+
+
+def test_search_source_checks_user_models_and_their_data(tmp_path, user_model, monkeypatch):
+    from edgekit.errors import DataError
+    from edgekit.search.source import ModelSource
+
+    monkeypatch.chdir(user_model)
+    data = user_model / "train.npz"
+    with pytest.raises(UsageError, match="needs its data") as e:
+        ModelSource.resolve("digitsnet:build", input_shapes=["1x1x8x8"])
+    assert "--data train.npz" in (e.value.hint or "")
+    with pytest.raises(UsageError, match="needs its input shapes"):
+        ModelSource.resolve("digitsnet:build", data=data)
+    with pytest.raises(UsageError, match="a user model comes trained"):
+        ModelSource.resolve("digitsnet:build", input_shapes=["1x1x8x8"], data=data, epochs=2)
+    with pytest.raises(DataError, match=r"holds samples of shape \(1, 8, 8\)"):
+        ModelSource.resolve("digitsnet:build", input_shapes=["1x1x9x9"], data=data)
+    with pytest.raises(UsageError, match="cannot import module 'nosuchmodule'"):
+        ModelSource.resolve("nosuchmodule:build", input_shapes=["1x1x8x8"], data=data)
+    with pytest.raises(UsageError, match="data given for the zoo model cnn"):
+        ModelSource.resolve("cnn", data=data)
+    src = ModelSource.resolve("digitsnet:build", input_shapes=["1x1x8x8"], data="train.npz",
+                              val_data="val.npz")
+    assert src.data == str(data) and src.import_path == str(user_model) and src.epochs == 0
+    # a recipe of a user model: its shapes, its folder importable, the data given beside it
     recipe = tmp_path / "r.toml"
-    recipe.write_text('model = "mypkg.models:build"\ninput_shapes = ["1x4"]\n'
+    shutil.copy(user_model / "digitsnet.py", tmp_path)
+    shutil.copy(user_model / "digitsnet.pt", tmp_path)
+    recipe.write_text('model = "digitsnet:build"\ninput_shapes = ["1x1x8x8"]\n'
                       'targets = ["x86-onnxruntime-fp32"]\n')
-    with pytest.raises(UsageError, match="only zoo models carry"):
+    with pytest.raises(UsageError, match="needs its data"):
         ModelSource.resolve(recipe)
+    src = ModelSource.resolve(recipe, data=data)
+    assert src.input_shapes == ["1x1x8x8"] and src.import_path == str(tmp_path)
     recipe.write_text('model = "cnn"\ntargets = ["x86-onnxruntime-int8"]\nepochs = 2\n'
                       '[quantization]\nmethod = "entropy"\n')
     src = ModelSource.resolve(recipe)
     assert (src.model, src.epochs, src.quantization) == ("cnn", 2, {"method": "entropy"})
+
+
+def test_a_user_model_point_is_pruned_on_its_data_and_scored_on_it(tmp_path, user_model,
+                                                                    monkeypatch):
+    import torch
+
+    from edgekit.profiles import load_profile
+    from edgekit.search.source import ModelSource
+    from edgekit.search.trial import build_point, prepare_base
+
+    torch.set_num_threads(1)
+    monkeypatch.chdir(user_model)
+    src = ModelSource.resolve("digitsnet:build", input_shapes=["1x1x8x8"],
+                              data="train.npz", val_data="val.npz", fine_tune_epochs=1)
+    monkeypatch.chdir(tmp_path)  # the factory is found through the recorded import path
+    base = prepare_base(src, tmp_path, progress=False)
+    assert base["metric"] == "top1" and base["epochs"] == 0 and base["test"] > 80
+    built = build_point({"source": src.to_json(), "base": base, "point": {
+        "prune_ratio": 0.25, "importance": "l2", "threads": 1},
+        "profile": load_profile("x86-onnxruntime-fp32"), "out": str(tmp_path / "t0")})
+    assert built["status"] == "built", built.get("error")
+    assert built["drop"] == pytest.approx(base["test"] - built["accuracy"])
+    manifest = json.loads((tmp_path / "t0" / "manifest.json").read_text())
+    assert manifest["name"] == "build"
+    prune = next(h for h in manifest["history"] if h["stage"] == "prune")
+    assert prune["macs_after"] < prune["macs_before"]
+    assert prune["test_before"] == pytest.approx(base["test"], abs=1e-3)
 
 
 def test_sweep_grid_is_checked_as_recipes():
@@ -645,6 +741,34 @@ def test_embedded_ray_search_through_the_python_api(tmp_path, monkeypatch):
     left = [c for c in psutil.Process().children(recursive=True)
             if "ray" in " ".join(c.cmdline())]
     assert not left, [c.cmdline()[:2] for c in left]
+
+
+@pytest.mark.slow
+def test_cli_search_of_a_user_model_with_its_data(tmp_path, user_model):
+    """``edgekit search module:factory --data``: Ray's workers rebuild the user's model from
+    its folder, prune it on the user's data and score it there; the chosen point's bundle is
+    verified and named after the factory."""
+    pytest.importorskip("ray", reason="ray is not installed (edgekit[distributed])")
+    pytest.importorskip("optuna", reason="optuna is not installed (edgekit[distributed])")
+    out = tmp_path / "s"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "edgekit", "search", "digitsnet:build", "--input-shape",
+           "1x1x8x8", "--data", "train.npz", "--val-data", "val.npz", "-t", TARGET,
+           "--trials", "2", "--space", "threads=1", "--space", "prune_ratio=0.2..0.4",
+           "--runs", "20", "--max-drop", "100", "-o", str(out), "--json", "--quiet"]
+    run = subprocess.run(cmd, cwd=user_model, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    t = report["targets"][TARGET]
+    assert report["model"] == "digitsnet:build" and t["complete"] == 2 and t["verified"]
+    done = [r for r in t["trials"] if r["state"] == "complete"]
+    assert any(r["point"]["prune_ratio"] >= 0.2 for r in done)
+    assert all(r["accuracy"] > 50 for r in done)  # scored on val.npz, pruned and fine-tuned
+    manifest = json.loads((out / "best" / TARGET / "manifest.json").read_text())
+    assert manifest["name"] == "build"
+    assert manifest["recipe"]["search_point"] == next(
+        r["point"] for r in done if r["trial"] == t["chosen"])
 
 
 def test_a_study_file_opened_by_two_processes_at_once_is_retried(tmp_path, monkeypatch):

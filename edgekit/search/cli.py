@@ -54,7 +54,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 max_drop=args.max_drop, max_size_bytes=args.max_size,
                 max_latency_ms=args.max_latency, space=parse_space_arg(args.space or []),
                 address=args.address, devices=_devices(args.device), epochs=args.epochs,
-                fine_tune_epochs=args.fine_tune_epochs, seed=args.seed, runs=args.runs,
+                fine_tune_epochs=args.fine_tune_epochs, seed=args.seed,
+                input_shapes=args.input_shape, data=args.data, val_data=args.val_data,
+                input_keys=args.input_key, target_key=args.target_key, runs=args.runs,
                 progress=not args.quiet)
         status = 0
     except BudgetNotMetError as exc:
@@ -115,7 +117,8 @@ def add_search_parsers(sub: Any) -> None:
         "the fastest point within the budget, verified, to OUT/best/TARGET. The study lives in "
         "OUT/study.db: run the same command again to resume. Exit 1 when a target has no point "
         "within the budget (the front and the closest point are still reported).")
-    p.add_argument("model", help="zoo model name or a recipe .toml of one")
+    p.add_argument("model", help="zoo model name, module:factory of a trained model (with "
+                   "--input-shape and --data) or a recipe .toml of either")
     p.add_argument("--target", "-t", action="append", required=True,
                    help="target profile name or .toml path; repeat for several")
     p.add_argument("--trials", type=int, default=20,
@@ -131,6 +134,17 @@ def add_search_parsers(sub: Any) -> None:
     p.add_argument("--fine-tune-epochs", type=int, default=1,
                    help="fine-tuning epochs after pruning (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--input-shape", action="append",
+                   help="user models: one per input, e.g. 1x3x32x32 or int64:1x64")
+    p.add_argument("--data", metavar="NPZ",
+                   help="user models: the task's data (.npz with the input key(s) and the "
+                   "target key; integer targets: classification, float: regression)")
+    p.add_argument("--val-data", metavar="NPZ",
+                   help="user models: the data every point is scored on (default: the last "
+                   "fifth of --data)")
+    p.add_argument("--input-key", action="append",
+                   help="user models: .npz key of each input, in order (default x)")
+    p.add_argument("--target-key", default="y", help="user models: .npz key of the targets")
     _common(p)
     p.set_defaults(func=_cmd_search)
 

@@ -103,6 +103,11 @@ def search(
     epochs: int | None = None,
     fine_tune_epochs: int = 1,
     seed: int = 0,
+    input_shapes: Sequence[str] | None = None,
+    data: str | Path | None = None,
+    val_data: str | Path | None = None,
+    input_keys: Sequence[str] | None = None,
+    target_key: str = "y",
     runs: int = 100,
     warmup: int = 10,
     max_failures: int | None = None,
@@ -110,13 +115,17 @@ def search(
 ) -> dict[str, Any]:
     """Search pruning, quantization and runtime settings per target; return the report.
 
-    ``model``: a zoo model name or a recipe ``.toml`` of one (a search scores every point on
-    the model's task). ``targets``: target profile names or files. For each target the search
-    runs ``trials`` complete trials (a point built, verified, scored, then timed on the
-    target's device) and reports the Pareto front of (median latency, task metric, size); the
-    chosen point is the fastest within the budget (``max_drop`` metric points against the
-    unpruned PyTorch model, optional ``max_size_bytes`` and ``max_latency_ms``) and its
-    verified bundle is copied to ``out_dir/best/<target>``.
+    ``model``: a zoo model name, a trained user model ``module:factory`` with its
+    ``input_shapes`` and task ``data`` (``.npz``: ``x`` (or ``input_keys``) and ``target_key``;
+    integer targets: classification, float: regression; ``val_data`` scores the points,
+    default the last fifth of ``data``), or a recipe ``.toml`` of either (a search scores
+    every point on the model's task; :mod:`edgekit.search.source`). ``targets``: target
+    profile names or files. For each target the search runs ``trials`` complete trials (a
+    point built, verified, scored, then timed on the target's device) and reports the Pareto
+    front of (median latency, task metric, size); the chosen point is the fastest within the
+    budget (``max_drop`` metric points against the unpruned PyTorch model, optional
+    ``max_size_bytes`` and ``max_latency_ms``) and its verified bundle is copied to
+    ``out_dir/best/<target>``.
 
     ``space``: see :mod:`edgekit.search.space`. ``address``: an existing Ray cluster
     (``HOST:PORT``); default: an embedded Ray on this machine. ``devices``: target name ->
@@ -133,8 +142,9 @@ def search(
     from ..profiles import resolve_targets
     from . import study as st
     from .scheduler import Cluster, timing_resource
+    from .source import ModelSource
     from .space import SearchSpace
-    from .trial import ModelSource, prepare_base
+    from .trial import prepare_base
 
     if int(trials) < 1:
         raise UsageError(f"trials must be >= 1, got {trials}")
@@ -142,7 +152,11 @@ def search(
         raise UsageError(f"max_drop must be >= 0 metric points, got {max_drop}")
     budget = Budget(float(max_drop), max_size_bytes, max_latency_ms)
     source = ModelSource.resolve(model, epochs=epochs, seed=seed,
-                                 fine_tune_epochs=fine_tune_epochs)
+                                 fine_tune_epochs=fine_tune_epochs,
+                                 input_shapes=list(input_shapes or []) or None, data=data,
+                                 val_data=val_data,
+                                 input_keys=list(input_keys or []) or None,
+                                 target_key=target_key)
     profiles = resolve_targets(list(targets))
     devices = dict(devices or {})
     unknown = sorted(set(devices) - {p.name for p in profiles})

@@ -19,11 +19,11 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import EdgekitError, UsageError
+from ..errors import EdgekitError
+from .source import ModelSource, bundle_name, model_spec
 
 __all__ = ["ModelSource", "prepare_base", "build_point", "time_point", "retime_points",
            "node_identity", "pack_bundle_dir"]
@@ -31,63 +31,6 @@ __all__ = ["ModelSource", "prepare_base", "build_point", "time_point", "retime_p
 BASE_DIR = "base"
 BASE_WEIGHTS = "model.pt"
 BASE_INFO = "base.json"
-
-
-@dataclass
-class ModelSource:
-    """What is searched: a zoo model (trained from ``seed`` for ``epochs``, or loaded from
-    ``weights``), with the recipe's quantization and prune settings as the base of every
-    point."""
-
-    model: str
-    epochs: int | None = None
-    seed: int = 0
-    weights: str | None = None
-    trust_weights: bool = False
-    quantization: dict[str, Any] = field(default_factory=dict)
-    prune: dict[str, Any] = field(default_factory=dict)
-    fine_tune_epochs: int = 1
-
-    @classmethod
-    def resolve(cls, model: str | Path, *, epochs: int | None = None, seed: int = 0,
-                fine_tune_epochs: int = 1) -> ModelSource:
-        """A zoo model name or a recipe ``.toml`` of a zoo model; anything else is refused
-        (a search scores accuracy on the model's task)."""
-        from ..models import list_models
-
-        text = str(model)
-        if text.endswith(".toml"):
-            from ..recipe import load_recipe
-
-            recipe = load_recipe(text)
-            if not recipe.is_zoo:
-                raise UsageError(
-                    f"recipe {text}: model {recipe.model!r} is a module:factory; a search "
-                    "scores every point on the model's task, which only zoo models carry",
-                    hint="use a zoo model (see `edgekit models`) or a recipe of one")
-            prune = {k: v for k, v in recipe.raw.get("prune", {}).items()
-                     if k in ("round_to", "keep", "global", "distill", "fine_tune_epochs")}
-            return cls(model=recipe.model, epochs=recipe.epochs if epochs is None else epochs,
-                       seed=recipe.seed, weights=None if recipe.weights_path() is None
-                       else str(recipe.weights_path()), trust_weights=recipe.trust_weights,
-                       quantization=dict(recipe.quantization), prune=prune,
-                       fine_tune_epochs=int(prune.get("fine_tune_epochs", fine_tune_epochs)))
-        if text in list_models(realistic=True):
-            return cls(model=text, epochs=epochs, seed=seed, fine_tune_epochs=fine_tune_epochs)
-        from ..errors import UnknownNameError
-
-        if ":" in text:
-            raise UsageError(
-                f"{text!r} is a module:factory; a search scores every point on the model's "
-                "task, which only zoo models carry",
-                hint="use a zoo model (see `edgekit models`) or a recipe .toml of one")
-        raise UnknownNameError("model", text, list_models(realistic=True))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "epochs": self.epochs, "seed": self.seed,
-                "weights": self.weights, "trust_weights": self.trust_weights,
-                "quantization": self.quantization, "prune": self.prune,
-                "fine_tune_epochs": self.fine_tune_epochs}
 
 
 def node_identity() -> dict[str, Any]:
@@ -120,7 +63,6 @@ def prepare_base(source: ModelSource, out_dir: Path, *, progress: bool = True
     ``out_dir/base`` and are reused by a resumed search."""
     import torch
 
-    from ..models import get_spec
     from ..train import evaluate, fit
 
     base = out_dir / BASE_DIR
@@ -129,10 +71,10 @@ def prepare_base(source: ModelSource, out_dir: Path, *, progress: bool = True
         info = json.loads(info_path.read_text())
         if info.get("source") == source.to_json():
             return dict(info)
-    spec = get_spec(source.model)
+    spec = model_spec(source.to_json())
     torch.manual_seed(source.seed)
     model = spec.factory()
-    if source.weights is not None:
+    if source.weights is not None and not source.is_user:  # a user spec loads its own
         from ..checkpoint import load_checkpoint
 
         state = load_checkpoint(Path(source.weights), trust=source.trust_weights)
@@ -141,7 +83,7 @@ def prepare_base(source: ModelSource, out_dir: Path, *, progress: bool = True
         model.load_state_dict(state)
     task = spec.task()
     epochs = spec.default_epochs if source.epochs is None else source.epochs
-    if epochs > 0:
+    if epochs > 0:  # a zoo model (a user model comes trained)
         fit(model, task, epochs=epochs, seed=source.seed, progress=progress, spec=spec)
     model.eval()
     metric = float(evaluate(model, task.test, task))
@@ -189,7 +131,6 @@ def build_point(job: dict[str, Any]) -> dict[str, Any]:
 
     from ..manifest import StageRecord
     from ..measure.scoring import evaluate_session
-    from ..models import get_spec
     from ..pipeline import compress
     from ..profiles import validate_options
     from .space import point_options, split_point
@@ -209,7 +150,7 @@ def build_point(job: dict[str, Any]) -> dict[str, Any]:
             where=f"search point for {profile.name}"))
     out = Path(job["out"])
     try:
-        spec = get_spec(src["model"])
+        spec = model_spec(src)
         task = spec.task()
         model = spec.factory()
         model.load_state_dict(torch.load(job["base"]["weights"], weights_only=True))
@@ -227,7 +168,7 @@ def build_point(job: dict[str, Any]) -> dict[str, Any]:
             # the search times every point on its device: no timing on the build node
             quantization = {**src.get("quantization", {}), **quant, "latency_check": False}
         compress(model, spec.example_inputs(1), targets=[profile], out_dir=out,
-                 name=src["model"], input_names=spec.input_names,
+                 name=bundle_name(src["model"]), input_names=spec.input_names,
                  output_names=spec.output_names, task=task, history=history,
                  quantization=quantization, progress=False, overwrite=True,
                  recipe={"search_point": dict(job["point"]), "model": src["model"]})
