@@ -101,6 +101,16 @@ def test_keep_float_moves_named_layers_to_float_in_manifest(cnn, tmp_path):
     assert {r["module"]: r["precision"] for r in ov_layers}["conv"] == "int8"
 
 
+def test_keep_float_naming_no_layer_is_refused_before_any_build(cnn, tmp_path):
+    from edgekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="keep_float names 'haed', not a module") as e:
+        _build(cnn, tmp_path / "b", [ORT], calibration=cnn[2].val,
+               quantization={"keep_float": ["haed"], "samples": 8})
+    assert "did you mean 'head'" in (e.value.hint or "")
+    assert not (tmp_path / "b" / "manifest.json").exists()
+
+
 def test_gate_fails_build_over_budget_with_table_and_no_bundle(cnn, tmp_path):
     _, _, task = cnn
     strict = dataclasses.replace(load_profile(ORT), name="strict-int8", max_accuracy_drop=-50.0)

@@ -124,6 +124,20 @@ def test_suggest_draws_within_the_space_and_fixes_single_values():
         study.tell(trial, [1.0, 1.0, 1.0])
 
 
+def test_layers_kept_in_float_are_searched_as_sets():
+    from edgekit.profiles import load_profile
+    from edgekit.search.space import split_point
+
+    space = SearchSpace.from_dict(parse_space_arg(["quant.keep_float=none,head,conv+head"]))
+    assert space.dims["quant.keep_float"] == Choice(("none", "head", "conv+head"))
+    assert split_point({"quant.keep_float": "conv+head"})[3] == {"keep_float": ["conv", "head"]}
+    assert split_point({"quant.keep_float": "none"})[3] == {"keep_float": []}
+    # the default build keeps nothing in float: "none" is its value, asked first
+    assert space.default_point(load_profile(TARGET))["quant.keep_float"] == "none"
+    with pytest.raises(ConfigError, match="is not a set of layers"):
+        SearchSpace.from_dict({"quant.keep_float": ["+"]})
+
+
 def test_parse_space_arg():
     got = parse_space_arg(["prune_ratio=0..0.5", "threads=1,2", "quant.per_channel=true,false",
                            "quant.method=minmax,entropy"])

@@ -28,7 +28,7 @@ import torch
 
 from ..backends import Artifact, Backend, Session
 from ..data.task import Task
-from ..errors import EdgekitError, QuantizationError
+from ..errors import ConfigError, EdgekitError, QuantizationError
 from ..profiles import TargetProfile
 from ..train import evaluate
 from .calibration import check_calibration_feeds
@@ -76,6 +76,23 @@ def truer_source(fastest: str, passing: Sequence[str], median_ms: dict[str, floa
              and median_ms[k] <= median_ms[fastest] * allowed_slowdown(
                  (fidelity[k] or 0.0) - (base or 0.0), scored=scored)]
     return max(truer, key=lambda k: fidelity[k] or 0.0) if truer else None
+
+
+def check_layer_names(model: torch.nn.Module, names: Sequence[str], where: str) -> None:
+    """Every name is a module of ``model``; else a ConfigError naming the unknown ones and
+    the closest module names."""
+    import difflib
+
+    modules = [n for n, _ in model.named_modules() if n]
+    unknown = [n for n in names if n not in set(modules)]
+    if unknown:
+        close = sorted({c for n in unknown
+                        for c in difflib.get_close_matches(n, modules, n=2, cutoff=0.5)})
+        raise ConfigError(
+            f"{where} names {', '.join(repr(n) for n in unknown)}, not a module of the model",
+            hint=(f"did you mean {' or '.join(repr(c) for c in close)}? " if close else "")
+            + "layer names are the model's module paths (model.named_modules()), e.g. "
+            f"{modules[0]!r}" if modules else "the model has no submodules to keep in float")
 
 
 def float_layer_count(v: Variant) -> int | None:
@@ -223,6 +240,7 @@ class Int8Build:
             # who chose io="int8" gets int8 tensors from Bundle.load (the artifact records it).
             self.load_options["io"] = "float"
         self.keep = list(config.keep_float)
+        check_layer_names(model, self.keep, f"target {profile.name}: [quantization] keep_float")
         self.attempts: list[dict[str, Any]] = []
         self.source_choice: dict[str, Any] | None = None
         self.alternative: str | None = None

@@ -10,6 +10,8 @@ Keys::
     quant.<key>        a key of a [quantization] table in edgekit.quantize.config.TABLE_SCHEMA
                        (int8 targets only): choice and on/off keys take their allowed values by
                        default, numeric keys (smoothquant_alpha) the values given
+    quant.keep_float   layers kept in float, each value a set written ``none`` or
+                       ``layer+layer`` (e.g. ``none``, ``head``, ``features.0+head``)
 
 A space is given as a dict: a ``(low, high)`` tuple or ``"low..high"`` is a float range, a list
 is a set of choices::
@@ -36,7 +38,7 @@ __all__ = ["Choice", "Range", "SearchSpace", "default_space", "option_schemas",
 MAX_PRUNE_RATIO = 0.7
 #: [quantization] keys a search never turns: they steer how a build measures or falls back,
 #: not what is built (latency checks time on the build node, which a search must not do).
-_NOT_SEARCHED = {"samples", "keep_float", "max_fallback", "fallback_order", "latency_check",
+_NOT_SEARCHED = {"samples", "max_fallback", "fallback_order", "latency_check",
                  "latency_runs", "latency_max_seconds", "min_speedup", "latency_variants",
                  "extra", "io"}
 #: Quantization keys turned by default (when the QuantConfig in use has them); others only
@@ -70,6 +72,16 @@ class Choice:
 
 
 Dim = Range | Choice
+
+
+#: A list-valued key searched over sets of layers, each written as one string.
+_LAYER_SETS = "keep_float"
+
+
+def layer_set(value: Any) -> list[str]:
+    """A ``quant.keep_float`` value (``"none"`` or ``"a+b"``) as the layer list."""
+    text = str(value).strip()
+    return [] if text == "none" else [n for n in text.split("+") if n]
 
 
 def quant_keys() -> dict[str, tuple[Any, ...]]:
@@ -183,6 +195,12 @@ def _check_dim(key: str, value: Any, allowed: tuple[Any, ...] | None) -> Dim:
                     errors.append(exc)
             else:
                 raise errors[0]
+        elif key == f"quant.{_LAYER_SETS}":
+            if not isinstance(v, str) or not v.strip() or (v.strip() != "none"
+                                                            and not layer_set(v)):
+                raise _fail(key, f"value {v!r} is not a set of layers",
+                            hint="write each set as none or layer+layer, e.g. "
+                            "quant.keep_float=none,head,features.0+head")
         elif key.startswith("quant."):
             from ..quantize.config import TABLE_SCHEMA
             from ..schema import check_table
@@ -259,6 +277,7 @@ class SearchSpace:
         quant = {f.name: f.default for f in dataclasses.fields(QuantConfig)
                  if f.default is not dataclasses.MISSING}
         quant.update(profile.quantization or {})
+        quant[_LAYER_SETS] = "+".join(quant.get(_LAYER_SETS) or []) or "none"
         want: dict[str, Any] = {"prune_ratio": 0.0, "threads": profile.threads,
                                 **{f"quant.{k}": v for k, v in quant.items()}}
         point: dict[str, Any] = {}
@@ -284,6 +303,8 @@ def point_options(point: Mapping[str, Any]) -> dict[str, Any]:
 def split_point(point: Mapping[str, Any]) -> tuple[float, str, int | None, dict[str, Any]]:
     """(pruning ratio, importance, threads, the [quantization] dict) of a point."""
     quant = {k[len("quant."):]: v for k, v in point.items() if k.startswith("quant.")}
+    if _LAYER_SETS in quant:
+        quant[_LAYER_SETS] = layer_set(quant[_LAYER_SETS])
     ratio = float(point.get("prune_ratio", 0.0) or 0.0)
     threads = point.get("threads")
     return ratio, str(point.get("importance", "l2")), \
