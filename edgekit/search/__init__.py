@@ -3,7 +3,8 @@ measured on the target.
 
 The package is callable: ``edgekit.search("cnn", targets=[...], out_dir=...)`` is
 :func:`edgekit.search.runner.search`; :func:`edgekit.sweep` (:func:`.sweep.sweep`) runs a
-plain grid over a recipe's fields. Modules: :mod:`.space` (what is searched), :mod:`.trial`
+plain grid over a recipe's fields. Modules: :mod:`.source` (the model: zoo, user factory with
+its data, recipe), :mod:`.space` (what is searched), :mod:`.trial`
 (build and time one point), :mod:`.scheduler` (Ray tasks and resources), :mod:`.study` (Optuna,
 resumable SQLite storage), :mod:`.report` (JSON, Markdown, Pareto PNG), :mod:`.runner` (the
 loop). Ray and Optuna are imported only when a search runs (``edgekit[distributed]``).
