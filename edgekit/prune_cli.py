@@ -12,7 +12,7 @@ from typing import Any
 from .errors import UsageError
 from .manifest import StageRecord, add_stage
 
-__all__ = ["DEFAULT_TARGET", "add_prune_parser", "run_prune", "user_task"]
+__all__ = ["DEFAULT_TARGET", "add_prune_parser", "add_user_data_args", "run_prune", "user_task"]
 
 DEFAULT_TARGET = "x86-onnxruntime-fp32"
 
@@ -33,17 +33,8 @@ def add_prune_parser(sub: Any) -> None:
     p.add_argument("--target", "-t", action="append",
                    help="target profile name or .toml path; repeat for several "
                    f"(default: {DEFAULT_TARGET})")
-    p.add_argument("--input-shape", action="append",
-                   help="user models: one per input, e.g. 1x3x32x32 or int64:1x64")
-    p.add_argument("--data", metavar="NPZ",
-                   help="user models: training data for fine-tuning (.npz with the input key(s) "
-                   "and the target key)")
-    p.add_argument("--val-data", metavar="NPZ",
-                   help="user models: validation data, scored before and after (default: the "
-                   "last fifth of --data)")
-    p.add_argument("--input-key", action="append",
-                   help="user models: .npz key of each input, in order (default x)")
-    p.add_argument("--target-key", default="y", help="user models: .npz key of the targets")
+    add_user_data_args(p, data="training data for fine-tuning",
+                       val_data="validation data, scored before and after")
     p.add_argument("--attention", default="head_dim", choices=["head_dim", "heads", "keep"],
                    help="attention layers: shrink every head alike (default), remove whole "
                    "heads, or keep them")
@@ -147,6 +138,22 @@ def run_prune(args: argparse.Namespace) -> int:
                   f"{report['after_fine_tune']:.4g} after fine-tuning")
     sys.stdout.flush()
     return 0
+
+
+def add_user_data_args(p: argparse.ArgumentParser, *, data: str, val_data: str) -> None:
+    """The flags that give a user model (module:factory) its input shapes and task data:
+    ``--input-shape``, ``--data``, ``--val-data``, ``--input-key``, ``--target-key``
+    (read by :func:`user_task`); ``data`` / ``val_data`` say what each file is for."""
+    p.add_argument("--input-shape", action="append",
+                   help="user models: one per input, e.g. 1x3x32x32 or int64:1x64")
+    p.add_argument("--data", metavar="NPZ",
+                   help=f"user models: {data} (.npz with the input key(s) and the target key; "
+                   "integer targets: classification, float: regression)")
+    p.add_argument("--val-data", metavar="NPZ",
+                   help=f"user models: {val_data} (default: the last fifth of --data)")
+    p.add_argument("--input-key", action="append",
+                   help="user models: .npz key of each input, in order (default x)")
+    p.add_argument("--target-key", default="y", help="user models: .npz key of the targets")
 
 
 def _zoo_model(args: argparse.Namespace, history: list[StageRecord], progress: bool):

@@ -109,6 +109,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_search_parsers(sub: Any) -> None:
     """Add ``search`` and ``sweep`` to the ``edgekit`` subcommands."""
+    from ..prune_cli import add_user_data_args
+
     p = sub.add_parser(
         "search", help="search pruning/quantization/threads for the fastest point per target",
         description="Optuna proposes points (pruning ratio and importance, quantization "
@@ -134,17 +136,8 @@ def add_search_parsers(sub: Any) -> None:
     p.add_argument("--fine-tune-epochs", type=int, default=1,
                    help="fine-tuning epochs after pruning (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--input-shape", action="append",
-                   help="user models: one per input, e.g. 1x3x32x32 or int64:1x64")
-    p.add_argument("--data", metavar="NPZ",
-                   help="user models: the task's data (.npz with the input key(s) and the "
-                   "target key; integer targets: classification, float: regression)")
-    p.add_argument("--val-data", metavar="NPZ",
-                   help="user models: the data every point is scored on (default: the last "
-                   "fifth of --data)")
-    p.add_argument("--input-key", action="append",
-                   help="user models: .npz key of each input, in order (default x)")
-    p.add_argument("--target-key", default="y", help="user models: .npz key of the targets")
+    add_user_data_args(p, data="the task's data (pruned points are fine-tuned on it)",
+                       val_data="the data every point is scored on")
     _common(p)
     p.set_defaults(func=_cmd_search)
 
