@@ -12,7 +12,8 @@ from typing import Any
 from .errors import UsageError
 from .manifest import StageRecord, add_stage
 
-__all__ = ["DEFAULT_TARGET", "add_prune_parser", "add_user_data_args", "run_prune", "user_task"]
+__all__ = ["DEFAULT_TARGET", "add_prune_parser", "add_user_data_args", "first_samples",
+           "input_keys", "run_prune", "user_task"]
 
 DEFAULT_TARGET = "x86-onnxruntime-fp32"
 
@@ -188,38 +189,51 @@ def _user_model(args: argparse.Namespace):
     if args.val_data and not args.data:
         raise UsageError("--val-data needs --data (the training data for fine-tuning)")
     inputs = tuple(parse_input_spec(s) for s in args.input_shape)
-    keys = tuple(args.input_key or (["x"] if len(inputs) == 1 else
-                                    [f"x{i}" for i in range(len(inputs))]))
-    if len(keys) != len(inputs):
-        raise UsageError(f"{len(keys)} --input-key for {len(inputs)} --input-shape",
-                         hint="give one --input-key per model input, in order")
+    input_keys(args.input_key, len(inputs))
     model = load_factory(args.model).eval()
     task = None
     if args.data:
-        task = user_task(args.data, args.val_data, keys, args.target_key, inputs)
-        # the example inputs become real samples of the user's data: the bundle's reference
-        # outputs and the int8 calibration range check are then about data like theirs
-        inputs = tuple(t[: ex.shape[0]].clone() if t.shape[0] >= ex.shape[0] and
-                       t.dtype == ex.dtype else ex for t, ex in zip(task.train.inputs, inputs))
+        task = user_task(args.data, args.val_data, args.input_key, args.target_key, inputs)
+        inputs = first_samples(task.train, inputs)
     elif args.fine_tune_epochs:
         raise UsageError("--fine-tune-epochs needs --data to fine-tune on",
                          hint="give --data train.npz (and --val-data val.npz)")
     return model, inputs, task, (None, None)
 
 
-def user_task(train: str, val: str | None, input_keys, target_key: str, inputs):
+def input_keys(given, n: int) -> tuple[str, ...]:
+    """The .npz key of each of ``n`` inputs: ``given``, else ``x`` (one input) or
+    ``x0, x1, ...``; a count that does not match is a UsageError."""
+    keys = tuple(given or (["x"] if n == 1 else [f"x{i}" for i in range(n)]))
+    if len(keys) != n:
+        raise UsageError(f"{len(keys)} --input-key for {n} --input-shape",
+                         hint="give one --input-key per model input, in order")
+    return keys
+
+
+def first_samples(train, examples) -> tuple:
+    """The first samples of the user's training data as the example inputs, as many as each
+    example's batch (where an input's data has the example's dtype), so reference outputs and
+    the int8 calibration range check are about data like theirs; ``examples`` elsewhere."""
+    return tuple(t[: ex.shape[0]].clone() if t.shape[0] >= ex.shape[0] and t.dtype == ex.dtype
+                 else ex for t, ex in zip(train.inputs, examples))
+
+
+def user_task(train: str, val: str | None, keys, target_key: str, inputs):
     """A :class:`~edgekit.data.task.Task` over the user's .npz files: classification (cross
     entropy, top-1 %) for integer targets, regression (MSE) for float ones. Without ``val``
-    the last fifth of ``train`` is held out."""
+    the last fifth of ``train`` is held out. ``keys``: the .npz key of each input
+    (:func:`input_keys`: None for the default)."""
+    names = input_keys(keys, len(inputs))
     import torch.nn.functional as F
 
     from .data import Split, Task, load_npz
     from .data.tasks import classification_loss, mse_score, top1
     from .errors import DataError
 
-    tr = load_npz(train, input_keys, target_key)
+    tr = load_npz(train, names, target_key)
     if val:
-        va = load_npz(val, input_keys, target_key)
+        va = load_npz(val, names, target_key)
     else:
         if len(tr) < 5:
             raise DataError(f"data file {train} has {len(tr)} samples: too few to hold out "
@@ -228,7 +242,7 @@ def user_task(train: str, val: str | None, input_keys, target_key: str, inputs):
         tr, va = (Split(tuple(t[:cut] for t in tr.inputs), tr.targets[:cut]),
                   Split(tuple(t[cut:] for t in tr.inputs), tr.targets[cut:]))
     for where, split in ((train, tr), (val or train, va)):
-        for key, data, example in zip(input_keys, split.inputs, inputs):
+        for key, data, example in zip(names, split.inputs, inputs):
             if tuple(data.shape[1:]) != tuple(example.shape[1:]):
                 raise DataError(f"data file {where}: {key!r} holds samples of shape "
                                 f"{tuple(data.shape[1:])}, the model input is "

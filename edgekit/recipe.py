@@ -51,7 +51,7 @@ from .fsio import check_name, check_tensor_name
 from .manifest import StageRecord, add_stage
 from .schema import Field, check_table
 
-__all__ = ["Recipe", "load_recipe", "parse_recipe", "build_recipe"]
+__all__ = ["Recipe", "load_recipe", "load_weights", "parse_recipe", "build_recipe"]
 
 _KEYS: dict[str, type | Field] = {
     "model": str,
@@ -244,26 +244,30 @@ def _sha256(path: Path) -> str:
 
 def _load_weights(recipe: Recipe, model: torch.nn.Module) -> None:
     path = recipe.weights_path()
-    if path is None:
-        return
+    if path is not None:
+        load_weights(model, path, trust=recipe.trust_weights,
+                     where=f"recipe {recipe.source}: weights = {recipe.weights!r}")
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, *, trust: bool, where: str) -> None:
+    """Load a state_dict file (``trust``: a whole pickled module too) into ``model``; a refused,
+    truncated or misfitting file is a ConfigError starting with ``where``."""
     from .checkpoint import load_checkpoint
     from .errors import DataError
 
     try:
-        state = load_checkpoint(path, trust=recipe.trust_weights)
+        state = load_checkpoint(path, trust=trust)
     except DataError as exc:  # refused globals, truncated files, non-tensor payloads
-        raise _fail(recipe.source, f"weights = {recipe.weights!r}: {exc.message}",
-                    hint=exc.hint) from exc
-    if recipe.trust_weights and isinstance(state, torch.nn.Module):
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from exc
+    if trust and isinstance(state, torch.nn.Module):
         state = state.state_dict()
     if not isinstance(state, dict):
-        raise _fail(recipe.source, f"weights = {recipe.weights!r}: {path} holds a "
-                    f"{type(state).__name__}, not a state_dict")
+        raise ConfigError(f"{where}: {path} holds a {type(state).__name__}, not a state_dict")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise _fail(recipe.source, f"weights = {recipe.weights!r} do not fit "
-                    f"{type(model).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+        raise ConfigError(f"{where} do not fit {type(model).__name__}: "
+                          f"{str(exc).splitlines()[0][:300]}") from exc
 
 
 def _quantization(recipe: Recipe, profiles: list[Any], argument: Any) -> Any:

@@ -84,7 +84,8 @@ def check_layer_names(model: torch.nn.Module, names: Sequence[str], where: str) 
     import difflib
 
     modules = [n for n, _ in model.named_modules() if n]
-    unknown = [n for n in names if n not in set(modules)]
+    known = set(modules)
+    unknown = [n for n in names if n not in known]
     if unknown:
         close = sorted({c for n in unknown
                         for c in difflib.get_close_matches(n, modules, n=2, cutoff=0.5)})

@@ -25,9 +25,6 @@ from ..errors import UsageError
 
 __all__ = ["ModelSource", "UserModelSpec", "model_spec", "bundle_name"]
 
-_USER_ONLY = ("input_shapes", "data", "val_data", "input_keys")
-
-
 @dataclass
 class ModelSource:
     """What is searched: a zoo model (trained from ``seed`` for ``epochs``, or loaded from
@@ -145,7 +142,7 @@ class UserModelSpec:
     """The parts of a zoo :class:`~edgekit.models.ModelSpec` a search uses, for a user model
     (:meth:`ModelSource.to_json`): ``factory()`` (the trained model, with the recipe's weights
     loaded), ``task()`` (over its ``.npz`` files), ``example_inputs(1)`` (the first training
-    sample, as ``edgekit prune`` takes it), ``input_names`` / ``output_names``."""
+    samples, as ``edgekit prune`` takes them), ``input_names`` / ``output_names``."""
 
     default_epochs = 0
 
@@ -164,15 +161,11 @@ class UserModelSpec:
             sys.path.insert(0, path)
         model = load_factory(self.name)
         if self.source.get("weights"):
-            import torch
+            from ..recipe import load_weights
 
-            from ..checkpoint import load_checkpoint
-
-            state = load_checkpoint(Path(self.source["weights"]),
-                                    trust=bool(self.source.get("trust_weights")))
-            if isinstance(state, torch.nn.Module):
-                state = state.state_dict()
-            model.load_state_dict(state)
+            load_weights(model, self.source["weights"],
+                         trust=bool(self.source.get("trust_weights")),
+                         where=f"weights {self.source['weights']}")
         return model.eval()
 
     def _shapes(self) -> tuple[Any, ...]:
@@ -184,20 +177,17 @@ class UserModelSpec:
         if self._task is None:
             from ..prune_cli import user_task
 
-            shapes = self._shapes()
-            keys = self.source.get("input_keys") or (
-                ["x"] if len(shapes) == 1 else [f"x{i}" for i in range(len(shapes))])
-            if len(keys) != len(shapes):
-                raise UsageError(f"{len(keys)} input keys for {len(shapes)} input shapes",
-                                 hint="give one --input-key per model input, in order")
-            self._task = user_task(self.source["data"], self.source.get("val_data"), keys,
-                                   self.source.get("target_key") or "y", shapes)
+            self._task = user_task(self.source["data"], self.source.get("val_data"),
+                                   self.source.get("input_keys"),
+                                   self.source.get("target_key") or "y", self._shapes())
         return self._task
 
     def example_inputs(self, batch: int = 1) -> tuple[Any, ...]:
-        shapes, train = self._shapes(), self.task().train
-        return tuple(t[:batch].clone() if t.shape[0] >= batch and t.dtype == ex.dtype else ex
-                     for t, ex in zip(train.inputs, shapes))
+        """The first training samples, as many per input as its ``input_shapes`` batch (a
+        user model's inputs keep the batch sizes they were given; ``batch`` is unused)."""
+        from ..prune_cli import first_samples
+
+        return first_samples(self.task().train, self._shapes())
 
 
 def model_spec(source: dict[str, Any]) -> Any:

@@ -75,12 +75,10 @@ def prepare_base(source: ModelSource, out_dir: Path, *, progress: bool = True
     torch.manual_seed(source.seed)
     model = spec.factory()
     if source.weights is not None and not source.is_user:  # a user spec loads its own
-        from ..checkpoint import load_checkpoint
+        from ..recipe import load_weights
 
-        state = load_checkpoint(Path(source.weights), trust=source.trust_weights)
-        if isinstance(state, torch.nn.Module):
-            state = state.state_dict()
-        model.load_state_dict(state)
+        load_weights(model, source.weights, trust=source.trust_weights,
+                     where=f"weights {source.weights}")
     task = spec.task()
     epochs = spec.default_epochs if source.epochs is None else source.epochs
     if epochs > 0:  # a zoo model (a user model comes trained)
