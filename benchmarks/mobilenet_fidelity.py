@@ -15,9 +15,12 @@ cosine per sample). Models:
   activations as a trained network does); 16 uniform random calibration inputs, 16 held out.
 
 Aim (the int8 issue): SQNR on MobileNet-class models >= the default flow's + 6 dB.
+On LiteRT, edgekit's 16x8 build (``activations_16bit = "all"``: int16 activations, int8
+weights) is scored too, timed against edgekit's 8-bit build in the same run (one thread,
+interleaved): the accuracy it buys and what it costs.
 Writes benchmarks/results/mobilenet_fidelity.{json,md}.
 
-    python -m benchmarks.mobilenet_fidelity [--models mobilenet_v2,mobilenet_v2_224,...]
+    python -m benchmarks.mobilenet_fidelity [--models mobilenet_v2,...] [--runtimes tflite]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ TARGETS = {"onnxruntime": "x86-onnxruntime-int8", "openvino": "x86-openvino-int8
            "tflite": "arm64-tflite-int8"}
 AIM_DB = 6.0
 RANDOM_INPUTS = 16
+WIDE_RUNS = 30
 
 
 def _setup(name: str) -> dict[str, Any]:
@@ -91,7 +95,34 @@ def _score(sess: Any, s: dict[str, Any], ref: np.ndarray) -> dict[str, Any]:
     return cell
 
 
-def run_model(name: str, tmp: Path) -> dict[str, Any]:
+def _wide_cell(model: torch.nn.Module, s: dict[str, Any], ref: np.ndarray, tmp: Path,
+               eight: Any) -> dict[str, Any]:
+    """edgekit's LiteRT 16x8 build, scored like the others and timed against ``eight`` (the
+    8-bit build's session), interleaved on the first held-out input."""
+    from benchmarks.deploy import int8_record
+    from edgekit.measure.timing import time_interleaved
+    from edgekit.pipeline import compress
+
+    target = TARGETS["tflite"]
+    t0 = time.perf_counter()
+    bundle = compress(model, s["x"], targets=[target], out_dir=tmp / "tflite16", name="m",
+                      input_names=s["names"], output_names=s["outs"], calibration=s["calib"],
+                      quantization={"fallback": False, "activations_16bit": "all"},
+                      progress=False)
+    sess = bundle.load(target, threads=1)
+    cell = {**_score(sess, s, ref), "seconds": round(time.perf_counter() - t0, 1),
+            **int8_record(bundle.target(target).quantization)}
+    stats = time_interleaved({"int8": eight, "16x8": sess},
+                             {"int8": list(s["test"][0]), "16x8": list(s["test"][0])},
+                             warmup=5, runs=WIDE_RUNS)
+    cell["median_ms"] = round(stats["16x8"].median_ms, 3)
+    cell["int8_median_ms"] = round(stats["int8"].median_ms, 3)
+    cell["slowdown"] = round(stats["16x8"].median_ms / stats["int8"].median_ms, 2)
+    return cell
+
+
+def run_model(name: str, tmp: Path, runtimes: tuple[str, ...] = tuple(TARGETS)
+              ) -> dict[str, Any]:
     from benchmarks import native
     from benchmarks.deploy import int8_record
     from edgekit.pipeline import compress
@@ -111,6 +142,8 @@ def run_model(name: str, tmp: Path) -> dict[str, Any]:
                                                    [a.numpy() for a in t.test.inputs])), 3)
     flows = native.default_int8_flows(model, s["x"], s["names"], s["outs"], s["calib"], tmp)
     for rt, target in TARGETS.items():
+        if rt not in runtimes:
+            continue
         cells: dict[str, Any] = {}
         t0 = time.perf_counter()
         try:
@@ -129,6 +162,13 @@ def run_model(name: str, tmp: Path) -> dict[str, Any]:
                                 **int8_record(bundle.target(target).quantization)}
         except Exception as exc:  # noqa: BLE001 - a failed build is a result, with its reason
             cells["edgekit"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        if rt == "tflite" and "error" not in cells["edgekit"]:
+            try:
+                cells["edgekit_16x8"] = _wide_cell(model, s, ref, tmp,
+                                                   bundle.load(target, threads=1))
+            except Exception as exc:  # noqa: BLE001 - a failed build is a result
+                cells["edgekit_16x8"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            log(name, f"tflite 16x8: {cells['edgekit_16x8']}")
         row["runtimes"][rt] = cells
         log(name, f"{rt}: default {cells['default']} edgekit "
                   f"{ {k: v for k, v in cells['edgekit'].items() if k != 'source'} }")
@@ -172,7 +212,9 @@ def markdown(res: dict[str, Any]) -> list[str]:
                 f"{e.get('centred_cosine', '-')} | {e.get('float_layers', '-') or 'none'} | "
                 f"{(e.get('source') or {}).get('kept', '-')} | "
                 f"{'met' if ok else 'missed'} |")
-    lines += ["", f"Aim met in {met} of {total} cells.", "", "Settings:", ""]
+    lines += ["", f"Aim met in {met} of {total} cells."]
+    lines += wide_markdown(res)
+    lines += ["", "Settings:", ""]
     lines += [f"- {r['model']}: {r.get('setting', '-')}; fp32 output max |y| "
               f"{r.get('fp32_output_max_abs', '-')}"
               + (f"; accuracy fp32 {r['fp32_accuracy']}, default / edgekit int8: " + ", ".join(
@@ -182,16 +224,58 @@ def markdown(res: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def wide_markdown(res: dict[str, Any]) -> list[str]:
+    """The LiteRT 16x8 table: SQNR against the default flow and edgekit's 8-bit build, and
+    the 16x8 file's latency over the 8-bit one's (same run)."""
+    rows = [(r["model"], r["runtimes"]["tflite"]) for r in res["models"]
+            if "error" not in r and "edgekit_16x8" in r.get("runtimes", {}).get("tflite", {})]
+    if not rows:
+        return []
+    lines = ["", "## LiteRT 16x8: 16-bit activations, int8 weights", "",
+             "edgekit with `activations_16bit = \"all\"` (every layer on int16 data, read "
+             "back from the file; convolution biases int64), same inputs; latency: median of "
+             f"{WIDE_RUNS} interleaved one-thread calls against edgekit's 8-bit file (XNNPACK "
+             "runs the 8-bit file; it has no 16x8 kernels, TFLite's own int16 kernels run "
+             "the other).", "",
+             "| model | default SQNR dB | edgekit 8-bit dB | edgekit 16x8 dB | 16x8 gain over "
+             "default dB | 8-bit ms | 16x8 ms | slowdown | int16 layers | aim (+6 dB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    met = 0
+    for name, cells in rows:
+        d, e, w = cells["default"], cells["edgekit"], cells["edgekit_16x8"]
+        if "error" in w:
+            lines.append(f"| {name} | {d.get('sqnr_db', 'failed')} | {e.get('sqnr_db', '-')} "
+                         f"| failed: {w['error'][:100]} | | | | | | missed |")
+            continue
+        gain = float(w["sqnr_db"]) - float(d.get("sqnr_db", 0.0) or 0.0)
+        ok = gain >= AIM_DB
+        met += ok
+        prec = w.get("layer_precisions", {})
+        lines.append(f"| {name} | {d.get('sqnr_db', 'failed')} | {e.get('sqnr_db', '-')} | "
+                     f"{w['sqnr_db']} | {gain:+.2f} | {w['int8_median_ms']} | "
+                     f"{w['median_ms']} | {w['slowdown']}x | "
+                     f"{prec.get('int16', 0)} of {sum(prec.values())} | "
+                     f"{'met' if ok else 'missed'} |")
+    return lines + ["", f"16x8 meets the aim in {met} of {len(rows)} LiteRT cells."]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=MODELS)
+    ap.add_argument("--runtimes", default=",".join(TARGETS),
+                    help="comma-separated subset of " + ", ".join(TARGETS))
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    runtimes = tuple(r for r in args.runtimes.split(",") if r)
+    unknown = sorted(set(runtimes) - set(TARGETS))
+    if unknown:
+        ap.error(f"unknown runtime(s) {unknown}; known: {', '.join(TARGETS)}")
     torch.set_num_threads(1)
     res: dict[str, Any] = {"machine": cpu_name(), "aim_db": AIM_DB,
                            "measured": time.strftime("%Y-%m-%d %H:%M"), "models": []}
-    run_models(args.models.split(","), res, run_model, Path(args.out), "mobilenet_fidelity",
-               markdown)
+    run_models(args.models.split(","), res,
+               lambda name, tmp: run_model(name, tmp, runtimes), Path(args.out),
+               "mobilenet_fidelity", markdown)
     return 0
 
 

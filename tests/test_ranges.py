@@ -277,10 +277,10 @@ def test_16bit_for_an_unknown_layer_names_the_candidates(built):
 
 @pytest.mark.parametrize("value, message", [
     (-1, "activations_16bit = -1 must be at least 0"),
-    (True, "activations_16bit must be a count, a list of layer names or 'auto', got True"),
-    ("most", "activations_16bit = 'most' is not 'auto'"),
+    (True, "activations_16bit must be a count, a list of layer names, 'all' or 'auto', got True"),
+    ("most", "activations_16bit = 'most' is not 'all' or 'auto'"),
     ([3], "activations_16bit must list layer names"),
-    (1.5, "activations_16bit must be a count, a list of layer names or 'auto', got float"),
+    (1.5, "activations_16bit must be a count, a list of layer names, 'all' or 'auto', got float"),
 ])
 def test_bad_activations_16bit_is_a_config_error(value, message):
     with pytest.raises(ConfigError, match="recipe r.toml \\[quantization\\]: " + message):
@@ -300,9 +300,7 @@ def test_range_method_is_checked_and_recorded():
     assert json.loads(json.dumps(cfg.to_json()))["activations_16bit"] == ["conv2"]
     assert QuantConfig().range_method == "runtime" and QuantConfig().activations_16bit == 0
     with pytest.raises(UsageError, match="extra 'max_16bit_slowdown' must be a positive number"):
-        from edgekit.backends.onnxruntime_int8 import _extra_number
-
-        _extra_number(QuantConfig(extra={"max_16bit_slowdown": "x"}), "max_16bit_slowdown", 1.1)
+        QuantConfig(extra={"max_16bit_slowdown": "x"}).extra_number("max_16bit_slowdown", 1.1)
 
 
 def _scale_model(path, factor: float) -> None:

@@ -46,13 +46,17 @@ def floor_sources(config: Any, name: str) -> list[tuple[str, dict[str, Any]]]:
 
 def scales_below_clamp(prepared: Any) -> list[str]:
     """The observers of a calibrated PT2E graph with a scale under :data:`QUANTIZER_EPS`:
-    those the quantizer's own clamp would change (none: a clamped build is the same file)."""
+    those the quantizer's own clamp would change (none: a clamped build is the same file).
+    16-bit observers (LiteRT's 16x8 activations) are floored whatever the setting: not
+    counted."""
+    import torch
     from torchao.quantization.pt2e.observer import ObserverBase
 
     below = []
     for name, mod in prepared.named_modules():
         obs = getattr(mod, "activation_post_process", mod)
-        if not isinstance(obs, ObserverBase) or not hasattr(obs, "eps"):
+        if not isinstance(obs, ObserverBase) or not hasattr(obs, "eps") \
+                or getattr(obs, "dtype", None) == torch.int16:
             continue
         try:
             scale = obs.calculate_qparams()[0]

@@ -160,13 +160,13 @@ def quantize_onnx(
                 wide, ranges["activations_16bit_choice"] = _choose_16bit(
                     plan, static, static_out, Path(tmp), input_names, batches, config)
             else:
-                wide = plan.layers_16bit(want) if isinstance(want, (list, tuple)) \
-                    else plan.ranked_16bit()[:int(want)]
+                wide = plan.ranked_16bit() if want == "all" else plan.layers_16bit(want) \
+                    if isinstance(want, (list, tuple)) else plan.ranked_16bit()[:int(want)]
                 static(static_out, plan.overrides(wide))
             if config.range_method == "auto":
                 ranges["guard"] = _guard(src, static_out, lambda out: static(
                     out, plan.overrides(wide, minmax=True)), input_names, batches,
-                    int(_extra_number(config, "range_batches", 8)))
+                    int(config.extra_number("range_batches", 8)))
                 ranges["applied"] = ranges["guard"]["kept"] == "auto"
                 if not ranges["applied"]:  # the file holds min-max ranges: say so
                     ranges["auto_chosen"] = ranges["chosen"]
@@ -846,7 +846,7 @@ def plan_ranges(src: Path, *, input_names: Sequence[str],
                    and uses.get(n.input[0]) == 1}
     same = {o for n in proto.graph.node if n.op_type in _SAME_AS_INPUT for o in n.output}
     if method == "auto":  # each candidate scored by the model's output error
-        limit = int(_extra_number(config, "range_batches", 8))
+        limit = int(config.extra_number("range_batches", 8))
         try:
             outputs, search = search_output_errors(
                 src, input_names, batches[:limit], stats, grid8, percentile,
@@ -888,9 +888,9 @@ def _choose_16bit(plan: RangePlan, static: Any, base_out: Path, tmp: Path,
     ``extra["max_16bit_slowdown"]`` (1.10) x the all-8-bit model's median latency (one
     thread, interleaved, the first calibration batch); else half as many, down to one.
     Writes the chosen model to ``base_out``; returns (16-bit tensors, the record)."""
-    threshold = float(_extra_number(config, "sqnr_16bit_db", 30.0))
-    most = int(_extra_number(config, "max_16bit", 4))
-    limit = float(_extra_number(config, "max_16bit_slowdown", 1.10))
+    threshold = float(config.extra_number("sqnr_16bit_db", 30.0))
+    most = int(config.extra_number("max_16bit", 4))
+    limit = float(config.extra_number("max_16bit_slowdown", 1.10))
     ranked = [t for t in plan.ranked_16bit() if plan.choices[t].sqnr_db < threshold][:most]
     record: dict[str, Any] = {"candidates": ranked, "sqnr_threshold_db": threshold,
                               "max_slowdown": limit, "trials": []}
@@ -951,15 +951,6 @@ def _guard(src: Path, chosen: Path, build_minmax: Any, input_names: Sequence[str
     return {"batches": len(held), "held_out": len(batches) > searched,
             "sqnr_auto_db": round(auto_db, 2), "sqnr_minmax_db": round(minmax_db, 2),
             "kept": kept}
-
-
-def _extra_number(config: QuantConfig, key: str, default: float) -> float:
-    value = config.extra.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        from ..errors import UsageError
-
-        raise UsageError(f"quantization extra {key!r} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def cpu_kernels(path: Path) -> dict[str, Any]:

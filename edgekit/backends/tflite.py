@@ -311,11 +311,14 @@ class TFLiteBackend:
         """int8 .tflite through PT2E with litert-torch's quantizer (symmetric, per-channel
         weights, int8 activations), from the PyTorch model (``fp32`` is not used: LiteRT
         quantizes the graph, not a file). ``prepared``: an already fake-quantized (QAT)
-        graph."""
+        graph. ``config.activations_16bit``: ``"all"`` builds TFLite's 16x8 mode (int16
+        activations), ``"auto"`` builds it where the 8-bit outputs need it and keeps it
+        within the latency limit (:mod:`edgekit.backends.tflite_16x8`)."""
         litert_torch = require("litert_torch", backend=_NAME, extra=_EXTRA)
         from litert_torch.quantize.quant_config import QuantConfig as LiteRTQuantConfig
 
         from ._pt2e_scales import floor_record, source_flags
+        from .tflite_16x8 import choose_16x8, wide_mode, widen_16x8_biases
         from .tflite_int8 import (
             float_modules,
             litert_quantizer,
@@ -329,25 +332,43 @@ class TFLiteBackend:
         path = out_dir / "model.tflite"
         example_inputs = tuple(example_inputs)
         t0 = time.perf_counter()
-        quantizer = litert_quantizer(config, keep_float, qat=prepared is not None)
-        with eval_mode(model):
-            check_export_args(model, example_inputs, input_names, output_names)
-            try:
-                with contextlib.redirect_stdout(sys.stderr):
-                    if prepared is None:
-                        prepared = pt2e_prepare(model, example_inputs, quantizer)
-                        gm = pt2e_calibrate_convert(prepared, calibration, input_names,
-                                                    config=config)
-                    else:  # QAT: the fake-quantized graph already holds its ranges
-                        gm = pt2e_calibrate_convert(prepared.eval(), [])
-                    edge_model = litert_torch.convert(
-                        gm, example_inputs,
-                        quant_config=LiteRTQuantConfig(pt2e_quantizer=quantizer))
-                    edge_model.export(str(path))
-            except QuantizationError:
-                raise  # calibration failed: the message names the inputs and shapes
-            except Exception as exc:
-                raise export_failure(_NAME, model, example_inputs, exc) from exc
+        qat = prepared is not None
+        mode = wide_mode(config, qat=qat)
+
+        def build(target: Path, wide: bool) -> tuple[Any, Any, list[str]]:
+            """Convert to ``target``: (converted graph, prepared graph, widened biases)."""
+            quantizer = litert_quantizer(config, keep_float, qat=qat, wide=wide)
+            graph = prepared
+            with eval_mode(model):
+                check_export_args(model, example_inputs, input_names, output_names)
+                try:
+                    with contextlib.redirect_stdout(sys.stderr):
+                        if graph is None:
+                            graph = pt2e_prepare(model, example_inputs, quantizer)
+                            gm = pt2e_calibrate_convert(graph, calibration, input_names,
+                                                        config=config)
+                        else:  # QAT: the fake-quantized graph already holds its ranges
+                            gm = pt2e_calibrate_convert(graph.eval(), [])
+                        edge_model = litert_torch.convert(
+                            gm, example_inputs,
+                            quant_config=LiteRTQuantConfig(pt2e_quantizer=quantizer))
+                        edge_model.export(str(target))
+                except QuantizationError:
+                    raise  # calibration failed: the message names the inputs and shapes
+                except Exception as exc:
+                    raise export_failure(_NAME, model, example_inputs, exc) from exc
+            return gm, graph, widen_16x8_biases(target) if wide else []
+
+        wide_record: dict[str, Any] = {"setting": config.activations_16bit, "chosen": False}
+        if mode == "auto":
+            (gm, prepared, widened), wide_record = choose_16x8(
+                build, path, model, calibration, config)
+        else:
+            gm, prepared, widened = build(path, mode == "all")
+            wide_record["chosen"] = mode == "all"
+            if qat and config.activations_16bit:
+                wide_record["reason"] = "a QAT graph carries its own 8-bit fake-quantizers"
+        wide_record["int64_biases"] = len(widened)
         below = list(getattr(gm, "edgekit_scales_below_clamp", []))
         interp = _open_interpreter(path, 1)
         key, in_det, out_det, sig_in, sig_out = _signature(interp, path)
@@ -360,6 +381,10 @@ class TFLiteBackend:
                     "zero_point": int(zp)}
 
         ops = [o["op_name"] for o in interp._get_ops_details()]
+        summary = tflite_precision_summary(interp)
+        # what executes, read from the file: compute layers on int16 data (16x8)
+        wide_record["int16_layers"] = sum(1 for r in summary["layers"]
+                                          if r["precision"] == "int16")
         tensors = interp.get_tensor_details()
         int8_weights = sum(1 for t in tensors if np.dtype(t["dtype"]) == np.int8
                            and len(t["shape"]) >= 2)
@@ -376,8 +401,10 @@ class TFLiteBackend:
                     **{n: qparams(d) for n, d in zip(output_names, out_det)}},
                 "layout": "NCHW (as in PyTorch)",
                 "quantization": {
-                    "quantizer": "PT2E + litert_torch PT2EQuantizer (symmetric)",
-                    "per_channel": config.per_channel, "qat": prepared is not None,
+                    "quantizer": "PT2E + litert_torch PT2EQuantizer (symmetric"
+                    + (", 16x8: int16 activations)" if wide_record["int16_layers"] else ")"),
+                    "activations_16bit": wide_record,
+                    "per_channel": config.per_channel, "qat": qat,
                     "float_modules": list(keep_float),
                     # modules litert's quantizer cannot annotate (GRU): left in float
                     "float_modules_unannotatable": float_modules(model),
@@ -388,7 +415,7 @@ class TFLiteBackend:
                     "int8_weight_tensors": int8_weights,
                     "ranges": getattr(gm, "edgekit_ranges", None),
                     "scale_floor": floor_record(config, below),
-                    **tflite_precision_summary(interp),
+                    **summary,
                 },
                 "export_seconds": round(time.perf_counter() - t0, 3),
                 "exporter": "litert_torch.convert (PT2E int8)",
@@ -503,8 +530,9 @@ class TFLiteBackend:
 
 
 def _conversion(detail: dict[str, Any]) -> Conversion:
-    """The float<->int8 conversion of one interpreter tensor, None when it is not int8."""
+    """The float<->integer conversion of one interpreter tensor (int8, uint8, or int16 in
+    16x8 files), None when it is not quantized."""
     scale, zero_point = detail["quantization"]
-    if np.dtype(detail["dtype"]) in (np.int8, np.uint8) and scale:
+    if np.dtype(detail["dtype"]) in (np.int8, np.uint8, np.int16) and scale:
         return float(scale), int(zero_point), np.dtype(detail["dtype"])
     return None

@@ -49,9 +49,10 @@ def float_modules(model: torch.nn.Module) -> list[str]:
 
 
 def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat: bool = False,
-                     dynamic: bool = False) -> Any:
+                     dynamic: bool = False, wide: bool = False) -> Any:
     """litert-torch's PT2E quantizer with the global config on every node outside the
-    ``keep_float`` modules and the modules of :data:`FLOAT_MODULE_TYPES`.
+    ``keep_float`` modules and the modules of :data:`FLOAT_MODULE_TYPES`; ``wide``: 16-bit
+    activations (TFLite's 16x8 mode, :func:`wide_qconfig`).
 
     The quantizer's own module-name filter does not match torch.export's ``nn_module_stack``
     keys (``L__self__proj``), so modules are matched here by their qualified names."""
@@ -62,6 +63,10 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
 
     qconfig = get_symmetric_quantization_config(
         is_per_channel=config.per_channel, is_qat=qat, is_dynamic=dynamic)
+    if wide:
+        from .tflite_16x8 import wide_qconfig
+
+        qconfig = wide_qconfig(qconfig)
     q = PT2EQuantizer().set_global(configured(qconfig, config))
     keep = [str(k) for k in keep_float]
 

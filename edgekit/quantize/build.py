@@ -513,6 +513,8 @@ class Int8Build:
             try:
                 built[key] = self.build(name, dataclasses.replace(self.config, **changes),
                                         self.keep, changes)
+            except ConfigError:
+                raise  # a setting this runtime refuses: every source would refuse it
             except Exception as exc:  # noqa: BLE001 - this source failed; another may not
                 errors[key] = _first_line(exc)
         if not built:

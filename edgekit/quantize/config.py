@@ -24,24 +24,27 @@ PRESETS = ("auto", "mixed", "performance")
 RELU6_MODES = ("clamp", "skip")
 FALLBACK_ORDERS = ("runtime", "sensitivity")
 REDUCE_RANGE = ("auto", "on", "off")
+#: The words ``activations_16bit`` takes besides a count or a list of layer names.
+WIDE_WORDS = ("all", "auto")
 
 
 def check_activations_16bit(value: Any) -> str | None:
     """What is wrong with an ``activations_16bit`` value (None when it is fine): a count
-    >= 0, a list of layer names, or ``"auto"``."""
+    >= 0, a list of layer names, ``"all"`` or ``"auto"``."""
+    usage = "a count, a list of layer names, 'all' or 'auto'"
     if isinstance(value, bool):
-        return f"activations_16bit must be a count, a list of layer names or 'auto', got {value!r}"
+        return f"activations_16bit must be {usage}, got {value!r}"
     if isinstance(value, int):
         return None if value >= 0 else f"activations_16bit = {value} must be at least 0"
     if isinstance(value, str):
-        return None if value == "auto" else (
-            f"activations_16bit = {value!r} is not 'auto' (or a count, or a list of layer names)")
+        return None if value in WIDE_WORDS else (
+            f"activations_16bit = {value!r} is not 'all' or 'auto' (or a count, or a list of "
+            "layer names)")
     if isinstance(value, (list, tuple)):
         bad = [v for v in value if not isinstance(v, str) or not v]
         return None if not bad else (
             f"activations_16bit must list layer names (non-empty strings), got {bad!r}")
-    return ("activations_16bit must be a count, a list of layer names or 'auto', got "
-            f"{type(value).__name__} {value!r}")
+    return f"activations_16bit must be {usage}, got {type(value).__name__} {value!r}"
 
 
 @dataclass(frozen=True)
@@ -135,13 +138,18 @@ class QuantConfig:
       without VNNI: :mod:`edgekit.backends.x86_saturation`), ``"on"``, ``"off"``. Bias
       correction and ``adaround`` target the grid the weights get. The manifest records the
       decision and why (``quantization.reduce_range``).
-    * ``activations_16bit``: activations quantized to 16 bits (ONNX Runtime QDQ): a count
+    * ``activations_16bit``: activations quantized to 16 bits. ONNX Runtime (QDQ): a count
       (the most sensitive data inputs of Conv/Gemm/MatMul layers, lowest 8-bit SQNR first),
-      a list of PyTorch layer names (their data inputs) or ``"auto"`` (those under
-      ``extra["sqnr_16bit_db"]`` = 30 dB, at most ``extra["max_16bit"]`` = 4, kept only
-      while the model runs within ``extra["max_16bit_slowdown"]`` = 1.10 x the all-8-bit
-      latency, measured). ``0`` (the default): none. The manifest lists the 16-bit tensors
-      read back from the file (``ranges.activations_16bit``).
+      a list of PyTorch layer names (their data inputs), ``"all"`` (every such input) or
+      ``"auto"`` (those under ``extra["sqnr_16bit_db"]`` = 30 dB, at most
+      ``extra["max_16bit"]`` = 4, kept only while the model runs within
+      ``extra["max_16bit_slowdown"]`` = 1.10 x the all-8-bit latency, measured). LiteRT:
+      TFLite's 16x8 mode, whole-model (:mod:`edgekit.backends.tflite_16x8`): ``"all"``, or
+      ``"auto"`` (built where the 8-bit outputs are under ``sqnr_16bit_db`` and kept when
+      more faithful within ``max_16bit_slowdown``); a count or a list is a ConfigError there.
+      ``0`` (the default): none. The manifest lists the 16-bit tensors or layers read back
+      from the file (ONNX Runtime ``ranges.activations_16bit``, LiteRT
+      ``activations_16bit.int16_layers``).
     * ``scale_floor``: the smallest scale of PT2E observers (LiteRT, ExecuTorch)
       (:mod:`edgekit.backends._pt2e_scales`). The quantizers' own configs clamp scales at
       2**-12, which puts a weight channel under 0.031 or an activation spanning under 0.062
@@ -249,6 +257,14 @@ class QuantConfig:
         values = check_table(table, TABLE_SCHEMA, where=where)
         return replace(base if base is not None else cls(), **values)
 
+    def extra_number(self, key: str, default: float) -> float:
+        """``extra[key]`` (``default`` when absent), a positive number; UsageError if not."""
+        value = self.extra.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise UsageError(
+                f"quantization extra {key!r} must be a positive number, got {value!r}")
+        return float(value)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["keep_float"] = list(self.keep_float)
@@ -286,7 +302,7 @@ TABLE_SCHEMA: dict[str, Field] = {
     "range_method": Field(str, choices=RANGE_METHODS),
     "softmax_ranges": Field(bool),
     "reduce_range": Field(str, choices=REDUCE_RANGE),
-    "activations_16bit": Field(object),  # a count, a list of layer names or "auto"
+    "activations_16bit": Field(object),  # a count, a list of layer names, "all" or "auto"
     "scale_floor": Field(str, choices=SCALE_FLOORS),
     "extra": Field(dict),
 }

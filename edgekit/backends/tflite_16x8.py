@@ -1,0 +1,229 @@
+"""TFLite's 16x8 mode for LiteRT builds: int16 activations, int8 weights, int64 biases.
+
+litert-torch converts a PT2E graph whose activation specs are int16 into a 16x8 file
+(:func:`wide_qconfig`), with two gaps filled here:
+
+* Its converter writes int32 biases, while TFLite's 16x8 CONV_2D / DEPTHWISE_CONV_2D /
+  TRANSPOSE_CONV kernels take int64: CONV_2D runs and returns wrong numbers, DEPTHWISE_CONV_2D
+  refuses to prepare. :func:`widen_16x8_biases` rewrites the file with those biases widened.
+* It does not mix int8 and int16 activations in one graph (a layer made 16-bit alone comes out
+  with int8 input and int16 output, which TFLite refuses), so on LiteRT 16-bit activations are
+  whole-model: ``activations_16bit = "all"``, or ``"auto"`` (:func:`choose_16x8`). A count or a
+  list of layers (ONNX Runtime's per-layer choice) is refused with that reason.
+
+XNNPACK has no 16x8 kernels: the file runs on TFLite's built-in int16 kernels, several times
+slower than int8 with XNNPACK, which ``"auto"`` measures before it keeps one.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ._pt2e_scales import SCALE_FLOOR
+
+if TYPE_CHECKING:
+    from ..quantize.config import QuantConfig
+
+__all__ = ["choose_16x8", "wide_mode", "wide_qconfig", "widen_16x8_biases"]
+
+
+def wide_mode(config: QuantConfig, *, qat: bool) -> str:
+    """What ``config.activations_16bit`` asks of a LiteRT build: ``"off"``, ``"all"`` or
+    ``"auto"``. A count or a layer list: ConfigError (whole-model only here). QAT graphs
+    carry their own 8-bit fake-quantizers: ``"off"`` (the manifest says why)."""
+    from ..errors import ConfigError
+
+    want = config.activations_16bit
+    if want in (0, (), "off") or qat:
+        return "off"
+    if want in ("all", "auto"):
+        return str(want)
+    raise ConfigError(
+        f"quantization activations_16bit = {want!r}: LiteRT's 16-bit activations are "
+        "whole-model (TFLite's 16x8 mode; its converter does not mix int8 and int16 "
+        "activations in one graph)",
+        hint="use activations_16bit = 'all' (every activation 16-bit) or 'auto' (16x8 kept "
+        "where the 8-bit outputs are under extra['sqnr_16bit_db'] and it runs within "
+        "extra['max_16bit_slowdown']); a count or a list of layers applies to ONNX Runtime")
+
+
+def wide_qconfig(qconfig: Any) -> Any:
+    """litert's quantizer config for TFLite's 16x8 mode: every activation int16, symmetric
+    (zero point 0, ``-32767..32767``, as TFLite's int16 kernels require), set by min-max
+    (litert's histogram observer searches an 8-bit grid) with scales floored at
+    :data:`~edgekit.backends._pt2e_scales.SCALE_FLOOR` (the quantizer's 2**-12 clamp would
+    undo the 16-bit grid of any tensor spanning under 16); the fixed ranges of Logistic /
+    Softmax outputs on TFLite's int16 grid (scale 1/32768, zero point 0); int8 weights
+    unchanged."""
+    import dataclasses
+
+    from torchao.quantization.pt2e import MinMaxObserver
+    from torchao.quantization.pt2e.quantizer import (
+        FixedQParamsQuantizationSpec,
+        QuantizationSpec,
+    )
+
+    act = QuantizationSpec(dtype=torch.int16, quant_min=-32767, quant_max=32767,
+                           qscheme=torch.per_tensor_symmetric,
+                           observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=SCALE_FLOOR))
+    fixed = FixedQParamsQuantizationSpec(dtype=torch.int16, scale=1 / 32768, zero_point=0,
+                                         quant_min=-32768, quant_max=32767,
+                                         qscheme=torch.per_tensor_affine)
+    return dataclasses.replace(qconfig, input_activation=act, output_activation=act,
+                               fixed_qparams=fixed)
+
+
+#: TFLite ops whose 16x8 kernels take int64 biases (TFLite's quantization spec); with int32
+#: biases from the converter the CONV_2D kernel runs and returns wrong numbers (a two-conv
+#: model: -6.8 dB SQNR against fp32, 44.7 dB with the biases widened) and DEPTHWISE_CONV_2D
+#: refuses to prepare. TRANSPOSE_CONV's bias is input 3, the others' input 2.
+_INT64_BIAS_OPS = {"CONV_2D": (0, 2), "DEPTHWISE_CONV_2D": (0, 2), "TRANSPOSE_CONV": (2, 3)}
+
+
+def widen_16x8_biases(path: Any) -> list[str]:
+    """Rewrite the .tflite file at ``path`` with the int32 biases of its 16x8 convolutions
+    (int16 data) widened to int64 (values unchanged); return the bias tensors changed."""
+    from ai_edge_litert import schema_py_generated as fb
+    from ai_edge_litert.tools import flatbuffer_utils as fu
+
+    path = Path(path)
+    model = fu.read_model(str(path))
+    names = {getattr(fb.BuiltinOperator, k): k for k in _INT64_BIAS_OPS}
+    changed: list[str] = []
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = fu.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+            if code not in names:
+                continue
+            data, bias = _INT64_BIAS_OPS[names[code]]
+            ins = list(op.inputs)
+            if len(ins) <= bias or ins[bias] < 0:
+                continue
+            x, b = graph.tensors[ins[data]], graph.tensors[ins[bias]]
+            if x.type != fb.TensorType.INT16 or b.type != fb.TensorType.INT32:
+                continue
+            buf = model.buffers[b.buffer]
+            values = np.frombuffer(bytes(bytearray(buf.data)), dtype="<i4").astype("<i8")
+            buf.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
+            b.type = fb.TensorType.INT64
+            changed.append(b.name.decode() if isinstance(b.name, bytes) else str(b.name))
+    if changed:
+        tmp = path.with_suffix(".widening")
+        fu.write_model(model, str(tmp))
+        os.replace(tmp, path)
+    return changed
+
+
+
+
+def _float_runner(path: Path) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
+    """A one-thread interpreter of ``path`` with float inputs and outputs in model order
+    (quantized and dequantized at the boundary as :class:`~.tflite.FloatIOSession` does)."""
+    from .tflite import _conversion, _open_interpreter, _quantize, _signature
+
+    interp = _open_interpreter(path, 1)
+    _key, in_det, out_det, _sig_in, _sig_out = _signature(interp, path)
+    conv_in = [_conversion(d) for d in in_det]
+    conv_out = [_conversion(d) for d in out_det]
+
+    def run(feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        for d, c, x in zip(in_det, conv_in, feeds):
+            x = np.asarray(x)
+            interp.set_tensor(d["index"], x if c is None else _quantize(x, *c))
+        interp.invoke()
+        outs = [interp.get_tensor(d["index"]) for d in out_det]
+        return [o if c is None else (o.astype(np.float32) - c[1]) * np.float32(c[0])
+                for o, c in zip(outs, conv_out)]
+
+    return run
+
+
+class _Runner:
+    """A float runner as a timing session (``run(feeds)``)."""
+
+    def __init__(self, run: Callable[[Sequence[np.ndarray]], list[np.ndarray]]) -> None:
+        self.run = run
+
+
+def _sqnr(model: torch.nn.Module, run: Callable[[Sequence[np.ndarray]], list[np.ndarray]],
+          batches: Sequence[Sequence[np.ndarray]]) -> float:
+    """SQNR (dB) of ``run``'s outputs against ``model``'s (all outputs, every batch)."""
+    from ..measure.metrics import sqnr_db
+
+    refs: list[np.ndarray] = []
+    outs: list[np.ndarray] = []
+    with torch.no_grad():
+        for b in batches:
+            ref = model(*(torch.from_numpy(np.asarray(a)) for a in b))
+            ref = ref if isinstance(ref, (tuple, list)) else (ref,)
+            refs += [np.asarray(r.detach().numpy(), np.float64).ravel() for r in ref]
+            outs += [np.asarray(o, np.float64).ravel() for o in run(b)]
+    return round(float(sqnr_db(np.concatenate(refs), np.concatenate(outs))), 2)
+
+
+def choose_16x8(build: Callable[[Path, bool], Any], path: Path, model: torch.nn.Module,
+                batches: Sequence[Sequence[np.ndarray]], config: QuantConfig
+                ) -> tuple[Any, dict[str, Any]]:
+    """``activations_16bit = "auto"`` on LiteRT: the 8-bit file at ``path`` (``build(path,
+    False)``) is kept when its outputs' SQNR against ``model`` (the model handed to the
+    quantizer, after edgekit's float transforms) on the first
+    ``extra["range_batches"]`` (8) calibration batches reaches ``extra["sqnr_16bit_db"]``
+    (30 dB); else the 16x8 file is built beside it and replaces it when it is more faithful
+    and runs within ``extra["max_16bit_slowdown"]`` (1.10) x its median latency (one thread,
+    interleaved, the first batch; timed on this machine whatever the target: XNNPACK's int8
+    kernels against TFLite's built-in int16 ones, which XNNPACK lacks on every CPU).
+    Returns (the result of the ``build`` kept, the record)."""
+    threshold = config.extra_number("sqnr_16bit_db", 30.0)
+    limit = config.extra_number("max_16bit_slowdown", 1.10)
+    probe = list(batches)[: int(config.extra_number("range_batches", 8))]
+    kept = build(path, False)
+    record: dict[str, Any] = {"setting": "auto", "sqnr_threshold_db": threshold,
+                              "max_slowdown": limit, "chosen": False,
+                              "timed_on": platform.machine()}
+    if not probe:
+        record["reason"] = "no calibration batches to measure the 8-bit outputs on"
+        return kept, record
+    run8 = _float_runner(path)
+    record["int8_sqnr_db"] = s8 = _sqnr(model, run8, probe)
+    if s8 >= threshold:
+        record["reason"] = f"8-bit outputs at {s8:.2f} dB SQNR, at or above {threshold:g} dB"
+        return kept, record
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        wide_path = Path(tmp) / "model.tflite"
+        try:
+            wide = build(wide_path, True)
+            run16 = _float_runner(wide_path)
+        except Exception as exc:  # noqa: BLE001 - the 8-bit file stays, with the reason
+            first = str(exc).splitlines()[0][:300] if str(exc) else ""
+            record["reason"] = f"the 16x8 build failed: {type(exc).__name__}: {first}"
+            return kept, record
+        record["int16_sqnr_db"] = s16 = _sqnr(model, run16, probe)
+        from ..measure.timing import time_interleaved
+
+        runners: dict[str, Any] = {"int8": _Runner(run8), "16x8": _Runner(run16)}
+        stats = time_interleaved(runners,
+                                 {"int8": list(probe[0]), "16x8": list(probe[0])}, warmup=5,
+                                 runs=max(5, min(int(config.latency_runs), 50)))
+        ms8, ms16 = stats["int8"].median_ms, stats["16x8"].median_ms
+        ratio = ms16 / ms8 if ms8 > 0 else float("inf")
+        record.update(int8_ms=round(ms8, 4), int16_ms=round(ms16, 4), ratio=round(ratio, 3))
+        if s16 <= s8:
+            record["reason"] = f"16x8 no more faithful ({s16:.2f} vs {s8:.2f} dB)"
+        elif ratio > limit:
+            record["reason"] = (f"16x8 {ratio:.2f}x the 8-bit latency ({ms16:.4f} vs "
+                                f"{ms8:.4f} ms), over the {limit:g}x limit")
+        else:
+            os.replace(wide_path, path)
+            record["chosen"] = True
+            record["reason"] = (f"16x8 at {s16:.2f} dB against {s8:.2f} dB, "
+                                f"{ratio:.2f}x the 8-bit latency")
+            return wide, record
+    return kept, record
