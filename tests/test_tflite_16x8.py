@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, QuantizationError
 from edgekit.quantize import QuantConfig
 
 pytest.importorskip("litert_torch", reason="LiteRT int8 needs litert-torch (extra tflite)")
@@ -91,12 +91,13 @@ def test_all_16bit_runs_every_layer_on_int16_data_with_int64_biases(litert):
     assert {r["precision"] for r in art8.info["quantization"]["layers"]} == {"int8"}
     assert q["activations_16bit"]["int16_layers"] == len(layers)
     assert "16x8" in q["quantizer"]
-    # the convolutions' biases are int64 in the file (litert-torch writes int32, which the
-    # 16x8 CONV_2D kernel misreads and DEPTHWISE_CONV_2D refuses)
-    convs = sum(n for op, n in q["ops"].items() if op in ("CONV_2D", "DEPTHWISE_CONV_2D"))
-    assert q["activations_16bit"]["int64_biases"] == convs == 4
+    # the biases are int64 in the file (litert-torch writes int32, which the 16x8 CONV_2D
+    # kernel misreads and DEPTHWISE_CONV_2D refuses)
+    biased = sum(n for op, n in q["ops"].items()
+                 if op in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
+    assert q["activations_16bit"]["int64_biases"] == biased == 5
     types = _tensor_types(art16.path)
-    assert list(types.values()).count("int64") >= convs
+    assert list(types.values()).count("int64") >= biased
     assert sess16.inputs[0].dtype == "float32"  # io="float": int16 I/O converted at the edge
     # the finer activation grid shows in the outputs (weights are int8 in both)
     assert sqnr16 > sqnr8 + 6.0, (sqnr8, sqnr16)
@@ -124,13 +125,108 @@ def test_int32_biases_are_what_breaks_16x8_convolutions(litert, tmp_path):
                 buf.data = np.frombuffer(vals.tobytes(), np.uint8)
                 t.type = fb.TensorType.INT32
                 narrowed += 1
-    assert narrowed == 4
+    assert narrowed == 5
     bad = tmp_path / "int32.tflite"
     fu.write_model(model, str(bad))
     with pytest.raises(RuntimeError, match="INT32 != INT64"):
         Interpreter(model_path=str(bad)).allocate_tensors()
-    assert len(widen_16x8_biases(bad)) == 4  # and the rewrite mends it
+    assert len(widen_16x8_biases(bad)) == 5  # and the rewrite mends it
     Interpreter(model_path=str(bad)).allocate_tensors()
+
+
+class Faint(nn.Module):
+    """Activations of ~1e-4 into a head with ordinary biases: at input scale x weight scale
+    (~1e-11) the biases do not fit int32, and litert-torch's converter saturates them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+        with torch.no_grad():
+            self.conv.weight.mul_(1e-4)
+            self.conv.bias.zero_()
+            self.head.weight.mul_(1e-2)
+            self.head.bias.copy_(torch.linspace(-0.1, 0.1, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_biases_the_converter_saturated_are_recomputed_from_the_graph(tmp_path):
+    from edgekit.backends import get_backend
+    from edgekit.backends.tflite_16x8 import _unsaturated
+
+    torch.set_num_threads(1)
+    be = get_backend("tflite")
+    torch.manual_seed(0)
+    model = Faint().eval()
+    cal = _data(16, 0)
+    art = be.quantize(model, (torch.from_numpy(cal[0][0]),), tmp_path / "q", input_names=["x"],
+                      output_names=["y"], options={}, calibration=cal,
+                      config=QuantConfig(activations_16bit="all", equalize=False,
+                                         bias_correction=False))
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(art.path))
+    head = [d for d in interp.get_tensor_details()
+            if np.dtype(d["dtype"]) == np.int64 and "Linear_head" in d["name"]]
+    assert len(head) == 1
+    interp.allocate_tensors()
+    values = interp.get_tensor(head[0]["index"])
+    scales = head[0]["quantization_parameters"]["scales"]
+    assert np.abs(values).max() > 2 ** 31  # beyond int32: recomputed, not saturated
+    np.testing.assert_allclose(values * scales, np.linspace(-0.1, 0.1, 10), rtol=1e-5,
+                               atol=1e-12)
+    sess = be.load(art, threads=1, options={"io": "float"})
+    x = _data(1, 1)[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x[0])).numpy()
+    np.testing.assert_allclose(sess.run(x)[0], ref, rtol=0, atol=1e-3 * np.abs(ref).max())
+    # a saturated bias with no float bias to recompute it from is an error naming the op
+    sat = np.array([5, 2 ** 31 - 1], np.int64)
+    with pytest.raises(QuantizationError, match=r"FULLY_CONNECTED.*1 bias value\(s\) do not "
+                       "fit int32") as e:
+        _unsaturated(sat, np.array([1e-11, 1e-11]), [np.array([1.0, 2.0, 3.0])],
+                     "FULLY_CONNECTED (bias 'b')")
+    assert "activations_16bit = 0" in e.value.hint
+
+
+class Joined(nn.Module):
+    """Two branches concatenated: litert-torch's converter has no int16 concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.b = nn.Conv2d(1, 4, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.a(x), self.b(x)], 1).mean((2, 3)))
+
+
+def test_an_op_without_int16_form_is_named_and_auto_keeps_8bit(tmp_path):
+    from edgekit.backends import get_backend
+
+    torch.set_num_threads(1)
+    be = get_backend("tflite")
+    torch.manual_seed(0)
+    model = Joined().eval()
+    cal = _data(16, 0)
+    ex = (torch.from_numpy(cal[0][0]),)
+
+    def quantize(name, **config):
+        return be.quantize(model, ex, tmp_path / name, input_names=["x"], output_names=["y"],
+                           options={}, calibration=cal, config=QuantConfig(**config))
+
+    with pytest.raises(ConfigError, match=r"no int16 tfl\.concatenation \(the op at "
+                       r"\S*test_tflite_16x8\.py:\d+\)") as e:
+        quantize("all", activations_16bit="all")
+    assert "'auto'" in e.value.hint
+    art = quantize("auto", activations_16bit="auto", extra={"sqnr_16bit_db": 200.0})
+    rec = art.info["quantization"]["activations_16bit"]
+    assert rec["chosen"] is False and rec["reason"].startswith("the 16x8 build failed: "
+                                                               "ConfigError")
+    assert {r["precision"] for r in art.info["quantization"]["layers"]} == {"int8"}
 
 
 def test_auto_16x8_is_kept_only_within_the_latency_limit(litert):

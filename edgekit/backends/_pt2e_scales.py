@@ -86,10 +86,14 @@ def floor_record(config: Any, below: list[str]) -> dict[str, Any]:
 
 
 def with_scale_floor(qconfig: Any, eps: float = SCALE_FLOOR) -> Any:
-    """``qconfig`` (a PT2E ``QuantizationConfig``) with the ``eps`` of every observer that
-    takes one set to ``eps``; the observers and their other arguments unchanged."""
+    """``qconfig`` (a PT2E ``QuantizationConfig``) with the ``eps`` of every 8-bit observer
+    that takes one set to ``eps``; the observers and their other arguments unchanged (16-bit
+    ones keep their own floor: :data:`edgekit.backends.tflite_16x8.INT16_EPS`)."""
+    import torch
 
     def floor_spec(spec: Any) -> Any:
+        if getattr(spec, "dtype", None) == torch.int16:
+            return spec
         ctr = getattr(spec, "observer_or_fake_quant_ctr", None)
         partial = getattr(ctr, "p", None)
         if partial is None or "eps" not in partial.keywords:

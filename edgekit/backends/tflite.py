@@ -318,7 +318,13 @@ class TFLiteBackend:
         from litert_torch.quantize.quant_config import QuantConfig as LiteRTQuantConfig
 
         from ._pt2e_scales import floor_record, source_flags
-        from .tflite_16x8 import choose_16x8, wide_mode, widen_16x8_biases
+        from .tflite_16x8 import (
+            choose_16x8,
+            graph_biases,
+            unsupported_int16,
+            wide_mode,
+            widen_16x8_biases,
+        )
         from .tflite_int8 import (
             float_modules,
             litert_quantizer,
@@ -356,8 +362,11 @@ class TFLiteBackend:
                 except QuantizationError:
                     raise  # calibration failed: the message names the inputs and shapes
                 except Exception as exc:
+                    refused = unsupported_int16(exc) if wide else None
+                    if refused is not None:
+                        raise refused from exc
                     raise export_failure(_NAME, model, example_inputs, exc) from exc
-            return gm, graph, widen_16x8_biases(target) if wide else []
+            return gm, graph, widen_16x8_biases(target, graph_biases(gm)) if wide else []
 
         wide_record: dict[str, Any] = {"setting": config.activations_16bit, "chosen": False}
         if mode == "auto":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +33,54 @@ from ._pt2e_scales import SCALE_FLOOR
 if TYPE_CHECKING:
     from ..quantize.config import QuantConfig
 
-__all__ = ["choose_16x8", "wide_mode", "wide_qconfig", "widen_16x8_biases"]
+__all__ = ["INT16_EPS", "choose_16x8", "floor_bounded_outputs", "graph_biases",
+           "unsupported_int16", "wide_mode", "wide_qconfig", "widen_16x8_biases"]
+
+#: The smallest scale of the int16 output of a bounded activation (ReLU6, hardtanh, clamp):
+#: 2**-28, so that its bound in steps (6 / scale) fits the int32 TFLite computes it in (a
+#: smaller scale fails to prepare: ``no_integer_overflow_from_quantization``). Other int16
+#: activations are floored at :data:`~edgekit.backends._pt2e_scales.SCALE_FLOOR` only (the
+#: quantizers' 2**-12 clamp would undo the 16-bit grid of any tensor spanning under 16).
+INT16_EPS = 2.0 ** -28
+#: PT2E ops TFLite fuses into the producing op as a bounded activation.
+_BOUNDED = ("aten.hardtanh.default", "aten.hardtanh_.default", "aten.relu6.default",
+            "aten.relu6_.default", "aten.clamp.default")
+
+
+def floor_bounded_outputs(gm: torch.fx.GraphModule) -> list[str]:
+    """Give the int16 outputs of bounded activations in an annotated graph the
+    :data:`INT16_EPS` floor (where the output shares another tensor's spec, as a ReLU6
+    shares its input's, that spec); return the nodes changed."""
+    import dataclasses
+
+    from torchao.quantization.pt2e import MinMaxObserver
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    def floored(spec: Any) -> Any:
+        return dataclasses.replace(
+            spec, observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=INT16_EPS))
+
+    changed = []
+    for node in gm.graph.nodes:
+        if str(node.target) not in _BOUNDED:
+            continue
+        owner, key = node, None  # the spec's holder: a node's output, or an input edge
+        for _ in range(8):
+            ann = owner.meta.get("quantization_annotation")
+            spec = getattr(ann, "output_qspec", None) if key is None \
+                else ann.input_qspec_map.get(key) if ann is not None else None
+            if not isinstance(spec, SharedQuantizationSpec):
+                break
+            ref = spec.edge_or_node
+            owner, key = (ref, None) if isinstance(ref, torch.fx.Node) else (ref[1], ref[0])
+        if spec is None or getattr(spec, "dtype", None) != torch.int16:
+            continue
+        if key is None:
+            ann.output_qspec = floored(spec)
+        else:
+            ann.input_qspec_map[key] = floored(spec)
+        changed.append(node.name)
+    return changed
 
 
 def wide_mode(config: QuantConfig, *, qat: bool) -> str:
@@ -55,12 +103,30 @@ def wide_mode(config: QuantConfig, *, qat: bool) -> str:
         "extra['max_16bit_slowdown']); a count or a list of layers applies to ONNX Runtime")
 
 
+def unsupported_int16(exc: Exception) -> Exception | None:
+    """A ConfigError for a 16x8 conversion that failed on an op litert-torch's converter has
+    no int16 form of (``'tfl.concatenation' op operand #0 must be ...``), naming the op and
+    the PyTorch source line; None for any other failure."""
+    from ..errors import ConfigError
+
+    text = str(exc)
+    op = re.search(r"'tfl\.(\w+)' op (?:operand|result) #\d+ must be", text)
+    if op is None:
+        return None
+    at = re.search(r"([^\s:]+\.py:\d+):\d+: error", text)
+    return ConfigError(
+        f"LiteRT 16x8 (activations_16bit = 'all'): litert-torch's converter has no int16 "
+        f"tfl.{op.group(1)}" + (f" (the op at {at.group(1)})" if at else ""),
+        hint="build 8-bit activations (activations_16bit = 0), or 'auto', which keeps the "
+        "8-bit file where 16x8 does not build; ONNX Runtime takes 16-bit activations per layer")
+
+
 def wide_qconfig(qconfig: Any) -> Any:
     """litert's quantizer config for TFLite's 16x8 mode: every activation int16, symmetric
     (zero point 0, ``-32767..32767``, as TFLite's int16 kernels require), set by min-max
     (litert's histogram observer searches an 8-bit grid) with scales floored at
-    :data:`~edgekit.backends._pt2e_scales.SCALE_FLOOR` (the quantizer's 2**-12 clamp would
-    undo the 16-bit grid of any tensor spanning under 16); the fixed ranges of Logistic /
+    :data:`~edgekit.backends._pt2e_scales.SCALE_FLOOR` (bounded activations' outputs at
+    :data:`INT16_EPS`: :func:`floor_bounded_outputs`); the fixed ranges of Logistic /
     Softmax outputs on TFLite's int16 grid (scale 1/32768, zero point 0); int8 weights
     unchanged."""
     import dataclasses
@@ -85,12 +151,19 @@ def wide_qconfig(qconfig: Any) -> Any:
 #: biases from the converter the CONV_2D kernel runs and returns wrong numbers (a two-conv
 #: model: -6.8 dB SQNR against fp32, 44.7 dB with the biases widened) and DEPTHWISE_CONV_2D
 #: refuses to prepare. TRANSPOSE_CONV's bias is input 3, the others' input 2.
-_INT64_BIAS_OPS = {"CONV_2D": (0, 2), "DEPTHWISE_CONV_2D": (0, 2), "TRANSPOSE_CONV": (2, 3)}
+_INT64_BIAS_OPS = {"CONV_2D": (0, 2), "DEPTHWISE_CONV_2D": (0, 2), "TRANSPOSE_CONV": (2, 3),
+                   "FULLY_CONNECTED": (0, 2)}
 
 
-def widen_16x8_biases(path: Any) -> list[str]:
-    """Rewrite the .tflite file at ``path`` with the int32 biases of its 16x8 convolutions
-    (int16 data) widened to int64 (values unchanged); return the bias tensors changed."""
+def widen_16x8_biases(path: Any, float_biases: Sequence[np.ndarray] = ()) -> list[str]:
+    """Rewrite the .tflite file at ``path`` with the int32 biases of its 16x8 compute ops
+    (int16 data) as int64; return the bias tensors changed.
+
+    The converter saturates a bias that does not fit int32 (a bias of 0.1 over a scale of
+    input x weight scale under ~5e-11: tiny activations); such a bias is recomputed from its
+    float values, found among ``float_biases`` (the PT2E graph's) as the one of that length
+    whose other entries the file holds. A saturated bias with no such match: a
+    QuantizationError naming the op, as the file would compute wrong outputs."""
     from ai_edge_litert import schema_py_generated as fb
     from ai_edge_litert.tools import flatbuffer_utils as fu
 
@@ -111,15 +184,64 @@ def widen_16x8_biases(path: Any) -> list[str]:
             if x.type != fb.TensorType.INT16 or b.type != fb.TensorType.INT32:
                 continue
             buf = model.buffers[b.buffer]
+            name = b.name.decode() if isinstance(b.name, bytes) else str(b.name)
             values = np.frombuffer(bytes(bytearray(buf.data)), dtype="<i4").astype("<i8")
-            buf.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
+            values = _unsaturated(values, np.asarray(b.quantization.scale, np.float64),
+                                  float_biases, f"{names[code]} (bias {name!r})")
+            buf.data = np.frombuffer(values.astype("<i8").tobytes(), dtype=np.uint8)
             b.type = fb.TensorType.INT64
-            changed.append(b.name.decode() if isinstance(b.name, bytes) else str(b.name))
+            changed.append(name)
     if changed:
         tmp = path.with_suffix(".widening")
         fu.write_model(model, str(tmp))
         os.replace(tmp, path)
     return changed
+
+
+_INT32 = (-(2 ** 31), 2 ** 31 - 1)
+
+
+def graph_biases(gm: torch.fx.GraphModule) -> list[np.ndarray]:
+    """The float biases of the convolutions and linear layers of a converted PT2E graph."""
+    from .tflite_int8 import _constant
+
+    out = []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and len(node.args) > 2 and \
+                str(node.target).startswith(("aten.conv", "aten.linear")):
+            t = _constant(gm, node.args[2])
+            if t is not None and t.is_floating_point():
+                out.append(t.detach().double().numpy())
+    return out
+
+
+def _unsaturated(values: np.ndarray, scales: np.ndarray, float_biases: Sequence[np.ndarray],
+                 where: str) -> np.ndarray:
+    """``values`` (an int32 bias read as int64), with the entries the converter saturated
+    recomputed from the matching float bias (see :func:`widen_16x8_biases`)."""
+    from ..errors import QuantizationError
+
+    full = np.isin(values, _INT32)
+    if not full.any():
+        return values
+    scale = np.broadcast_to(scales if scales.size else np.ones(1), values.shape)
+    for fb_ in float_biases:
+        f = np.asarray(fb_, np.float64).reshape(-1)
+        if f.shape != values.shape:
+            continue
+        exact = np.rint(f / scale)
+        # the converter divides in float32: a relative tolerance, not one step
+        near = np.abs(exact[~full] - values[~full]) <= np.maximum(1.0, 1e-6 * np.abs(
+            values[~full]))
+        if np.all(near) and \
+                np.all(np.abs(exact[full]) >= _INT32[1]) and \
+                np.all(np.sign(exact[full]) == np.sign(values[full])):
+            return exact.astype(np.int64)
+    raise QuantizationError(
+        f"LiteRT 16x8: {where}: {int(full.sum())} bias value(s) do not fit int32 at its "
+        "scale (input scale x weight scale), and the converter saturated them",
+        hint="the layer's inputs are tiny (an untrained model?): build 8-bit activations "
+        "(activations_16bit = 0), or 'auto', which keeps the 8-bit file when 16x8 fails")
 
 
 

@@ -91,6 +91,10 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
     def annotate_float_only(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         model = annotate(model)
         drop_integer_annotations(model)
+        if wide:
+            from .tflite_16x8 import floor_bounded_outputs
+
+            floor_bounded_outputs(model)
         return model
 
     q.annotate = annotate_float_only
