@@ -41,26 +41,39 @@ def _data(n: int, seed: int) -> list[list[np.ndarray]]:
     return [[rng.standard_normal((1, 1, 16, 16)).astype(np.float32)] for _ in range(n)]
 
 
+def _builder(model: nn.Module, root):
+    """build(name, **config) -> ``model``'s LiteRT int8 artifact in ``root / name``,
+    calibrated on 16 random inputs."""
+    from edgekit.backends import get_backend
+
+    torch.set_num_threads(1)
+    be = get_backend("tflite")
+    cal = _data(16, 0)
+    ex = (torch.from_numpy(cal[0][0]),)
+
+    def build(name: str, **config):
+        return be.quantize(model, ex, root / name, input_names=["x"], output_names=["y"],
+                           options={}, calibration=cal, config=QuantConfig(**config))
+
+    return be, build
+
+
+def _seeded(cls: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return cls().eval()
+
+
 @pytest.fixture(scope="module")
 def litert(tmp_path_factory):
     """quantize(**config) -> (artifact, float-I/O session, SQNR dB against PyTorch on unseen
     inputs), for the Mixed model on LiteRT."""
-    torch.set_num_threads(1)
-    from edgekit.backends import get_backend
-
-    be = get_backend("tflite")
-    torch.manual_seed(0)
-    model = Mixed().eval()
-    cal = _data(16, 0)
-    ex = (torch.from_numpy(cal[0][0]),)
-    root = tmp_path_factory.mktemp("litert16")
+    model = _seeded(Mixed)
+    be, build = _builder(model, tmp_path_factory.mktemp("litert16"))
     count = [0]
 
     def quantize(**config):
         count[0] += 1
-        art = be.quantize(model, ex, root / f"q{count[0]}", input_names=["x"],
-                          output_names=["y"], options={}, calibration=cal,
-                          config=QuantConfig(**config))
+        art = build(f"q{count[0]}", **config)
         sess = be.load(art, threads=1, options={"io": "float"})
         num = den = 0.0
         for (x,) in _data(16, 1):
@@ -153,18 +166,11 @@ class Faint(nn.Module):
 
 
 def test_biases_the_converter_saturated_are_recomputed_from_the_graph(tmp_path):
-    from edgekit.backends import get_backend
     from edgekit.backends.tflite_16x8 import _unsaturated
 
-    torch.set_num_threads(1)
-    be = get_backend("tflite")
-    torch.manual_seed(0)
-    model = Faint().eval()
-    cal = _data(16, 0)
-    art = be.quantize(model, (torch.from_numpy(cal[0][0]),), tmp_path / "q", input_names=["x"],
-                      output_names=["y"], options={}, calibration=cal,
-                      config=QuantConfig(activations_16bit="all", equalize=False,
-                                         bias_correction=False))
+    model = _seeded(Faint)
+    be, build = _builder(model, tmp_path)
+    art = build("q", activations_16bit="all", equalize=False, bias_correction=False)
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(art.path))
@@ -205,18 +211,7 @@ class Joined(nn.Module):
 
 
 def test_an_op_without_int16_form_is_named_and_auto_keeps_8bit(tmp_path):
-    from edgekit.backends import get_backend
-
-    torch.set_num_threads(1)
-    be = get_backend("tflite")
-    torch.manual_seed(0)
-    model = Joined().eval()
-    cal = _data(16, 0)
-    ex = (torch.from_numpy(cal[0][0]),)
-
-    def quantize(name, **config):
-        return be.quantize(model, ex, tmp_path / name, input_names=["x"], output_names=["y"],
-                           options={}, calibration=cal, config=QuantConfig(**config))
+    _be, quantize = _builder(_seeded(Joined), tmp_path)
 
     with pytest.raises(ConfigError, match=r"no int16 tfl\.concatenation \(the op at "
                        r"\S*test_tflite_16x8\.py:\d+\)") as e:
@@ -267,8 +262,7 @@ def test_all_16bit_on_onnxruntime_takes_every_compute_input(tmp_path):
 
     torch.set_num_threads(1)
     be = get_backend("onnxruntime")
-    torch.manual_seed(0)
-    model = Mixed().eval()
+    model = _seeded(Mixed)
     cal = _data(16, 0)
     ex = (torch.from_numpy(cal[0][0]),)
     fp32 = be.export(model, ex, tmp_path / "fp32", input_names=["x"], output_names=["y"],
