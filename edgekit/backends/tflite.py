@@ -25,6 +25,7 @@ import contextlib
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -371,7 +372,7 @@ class TFLiteBackend:
         wide_record: dict[str, Any] = {"setting": config.activations_16bit, "chosen": False}
         if mode == "auto":
             (gm, prepared, widened), wide_record = choose_16x8(
-                build, path, model, calibration, config)
+                build, path, model, calibration, config, float_runner)
         else:
             gm, prepared, widened = build(path, mode == "all")
             wide_record["chosen"] = mode == "all"
@@ -536,6 +537,27 @@ class TFLiteBackend:
         if any(convert_in) or any(convert_out):
             return FloatIOSession(session, convert_in, convert_out)
         return session
+
+
+def float_runner(path: Path) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
+    """A one-thread interpreter of ``path`` with float inputs and outputs in model order
+    (quantized and dequantized at the boundary as :class:`FloatIOSession` does, without its
+    checks): what the 16x8 choice measures and times."""
+    interp = _open_interpreter(path, 1)
+    _key, in_det, out_det, _sig_in, _sig_out = _signature(interp, path)
+    conv_in = [_conversion(d) for d in in_det]
+    conv_out = [_conversion(d) for d in out_det]
+
+    def run(feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        for d, c, x in zip(in_det, conv_in, feeds):
+            x = np.asarray(x)
+            interp.set_tensor(d["index"], x if c is None else _quantize(x, *c))
+        interp.invoke()
+        outs = [interp.get_tensor(d["index"]) for d in out_det]
+        return [o if c is None else (o.astype(np.float32) - c[1]) * np.float32(c[0])
+                for o, c in zip(outs, conv_out)]
+
+    return run
 
 
 def _conversion(detail: dict[str, Any]) -> Conversion:

@@ -203,15 +203,17 @@ _INT32 = (-(2 ** 31), 2 ** 31 - 1)
 
 def graph_biases(gm: torch.fx.GraphModule) -> list[np.ndarray]:
     """The float biases of the convolutions and linear layers of a converted PT2E graph."""
-    from .tflite_int8 import _constant
-
     out = []
     for node in gm.graph.nodes:
-        if node.op == "call_function" and len(node.args) > 2 and \
-                str(node.target).startswith(("aten.conv", "aten.linear")):
-            t = _constant(gm, node.args[2])
-            if t is not None and t.is_floating_point():
-                out.append(t.detach().double().numpy())
+        bias = node.args[2] if node.op == "call_function" and len(node.args) > 2 else None
+        if not isinstance(bias, torch.fx.Node) or bias.op != "get_attr" or \
+                not str(node.target).startswith(("aten.conv", "aten.linear")):
+            continue
+        val: Any = gm
+        for part in str(bias.target).split("."):
+            val = getattr(val, part, None)
+        if isinstance(val, torch.Tensor) and val.is_floating_point():
+            out.append(val.detach().double().numpy())
     return out
 
 
@@ -246,54 +248,35 @@ def _unsaturated(values: np.ndarray, scales: np.ndarray, float_biases: Sequence[
 
 
 
-def _float_runner(path: Path) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
-    """A one-thread interpreter of ``path`` with float inputs and outputs in model order
-    (quantized and dequantized at the boundary as :class:`~.tflite.FloatIOSession` does)."""
-    from .tflite import _conversion, _open_interpreter, _quantize, _signature
-
-    interp = _open_interpreter(path, 1)
-    _key, in_det, out_det, _sig_in, _sig_out = _signature(interp, path)
-    conv_in = [_conversion(d) for d in in_det]
-    conv_out = [_conversion(d) for d in out_det]
-
-    def run(feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
-        for d, c, x in zip(in_det, conv_in, feeds):
-            x = np.asarray(x)
-            interp.set_tensor(d["index"], x if c is None else _quantize(x, *c))
-        interp.invoke()
-        outs = [interp.get_tensor(d["index"]) for d in out_det]
-        return [o if c is None else (o.astype(np.float32) - c[1]) * np.float32(c[0])
-                for o, c in zip(outs, conv_out)]
-
-    return run
-
-
 class _Runner:
     """A float runner as a timing session (``run(feeds)``)."""
 
-    def __init__(self, run: Callable[[Sequence[np.ndarray]], list[np.ndarray]]) -> None:
+    def __init__(self, run: Runner) -> None:
         self.run = run
 
 
-def _sqnr(model: torch.nn.Module, run: Callable[[Sequence[np.ndarray]], list[np.ndarray]],
+def _sqnr(model: torch.nn.Module, run: Runner,
           batches: Sequence[Sequence[np.ndarray]]) -> float:
     """SQNR (dB) of ``run``'s outputs against ``model``'s (all outputs, every batch)."""
-    from ..measure.metrics import sqnr_db
-
-    refs: list[np.ndarray] = []
-    outs: list[np.ndarray] = []
+    signal = noise = 0.0
     with torch.no_grad():
         for b in batches:
             ref = model(*(torch.from_numpy(np.asarray(a)) for a in b))
-            ref = ref if isinstance(ref, (tuple, list)) else (ref,)
-            refs += [np.asarray(r.detach().numpy(), np.float64).ravel() for r in ref]
-            outs += [np.asarray(o, np.float64).ravel() for o in run(b)]
-    return round(float(sqnr_db(np.concatenate(refs), np.concatenate(outs))), 2)
+            for r, o in zip(ref if isinstance(ref, (tuple, list)) else (ref,), run(b)):
+                r64 = np.asarray(r.detach().numpy(), np.float64).ravel()
+                signal += float((r64 ** 2).sum())
+                noise += float(((np.asarray(o, np.float64).ravel() - r64) ** 2).sum())
+    if noise == 0.0:
+        return float("inf")
+    return round(10.0 * float(np.log10(max(signal, 1e-300) / noise)), 2)
+
+
+Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
 def choose_16x8(build: Callable[[Path, bool], Any], path: Path, model: torch.nn.Module,
-                batches: Sequence[Sequence[np.ndarray]], config: QuantConfig
-                ) -> tuple[Any, dict[str, Any]]:
+                batches: Sequence[Sequence[np.ndarray]], config: QuantConfig,
+                open_float: Callable[[Path], Runner]) -> tuple[Any, dict[str, Any]]:
     """``activations_16bit = "auto"`` on LiteRT: the 8-bit file at ``path`` (``build(path,
     False)``) is kept when its outputs' SQNR against ``model`` (the model handed to the
     quantizer, after edgekit's float transforms) on the first
@@ -302,7 +285,8 @@ def choose_16x8(build: Callable[[Path, bool], Any], path: Path, model: torch.nn.
     and runs within ``extra["max_16bit_slowdown"]`` (1.10) x its median latency (one thread,
     interleaved, the first batch; timed on this machine whatever the target: XNNPACK's int8
     kernels against TFLite's built-in int16 ones, which XNNPACK lacks on every CPU).
-    Returns (the result of the ``build`` kept, the record)."""
+    ``open_float(path)``: a one-thread float-I/O runner of a file. Returns (the result of the
+    ``build`` kept, the record)."""
     threshold = config.extra_number("sqnr_16bit_db", 30.0)
     limit = config.extra_number("max_16bit_slowdown", 1.10)
     probe = list(batches)[: int(config.extra_number("range_batches", 8))]
@@ -313,7 +297,7 @@ def choose_16x8(build: Callable[[Path, bool], Any], path: Path, model: torch.nn.
     if not probe:
         record["reason"] = "no calibration batches to measure the 8-bit outputs on"
         return kept, record
-    run8 = _float_runner(path)
+    run8 = open_float(path)
     record["int8_sqnr_db"] = s8 = _sqnr(model, run8, probe)
     if s8 >= threshold:
         record["reason"] = f"8-bit outputs at {s8:.2f} dB SQNR, at or above {threshold:g} dB"
@@ -322,7 +306,7 @@ def choose_16x8(build: Callable[[Path, bool], Any], path: Path, model: torch.nn.
         wide_path = Path(tmp) / "model.tflite"
         try:
             wide = build(wide_path, True)
-            run16 = _float_runner(wide_path)
+            run16 = open_float(wide_path)
         except Exception as exc:  # noqa: BLE001 - the 8-bit file stays, with the reason
             first = str(exc).splitlines()[0][:300] if str(exc) else ""
             record["reason"] = f"the 16x8 build failed: {type(exc).__name__}: {first}"
