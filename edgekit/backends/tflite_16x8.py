@@ -1,18 +1,24 @@
 """TFLite's 16x8 mode for LiteRT builds: int16 activations, int8 weights, int64 biases.
 
 litert-torch converts a PT2E graph whose activation specs are int16 into a 16x8 file
-(:func:`wide_qconfig`), with two gaps filled here:
+(:func:`wide_qconfig`); the gaps filled here:
 
-* Its converter writes int32 biases, while TFLite's 16x8 CONV_2D / DEPTHWISE_CONV_2D /
-  TRANSPOSE_CONV kernels take int64: CONV_2D runs and returns wrong numbers, DEPTHWISE_CONV_2D
-  refuses to prepare. :func:`widen_16x8_biases` rewrites the file with those biases widened.
+* Its converter writes int32 biases, while TFLite's 16x8 kernels are specified with int64:
+  CONV_2D runs and returns wrong numbers, DEPTHWISE_CONV_2D refuses to prepare.
+  :func:`widen_16x8_biases` rewrites the file with the biases of CONV_2D, DEPTHWISE_CONV_2D,
+  TRANSPOSE_CONV and FULLY_CONNECTED as int64, and recomputes from the graph's float biases
+  those the converter saturated at int32 (tiny activations: input x weight scale ~1e-11).
+* A ReLU6 fused into a 16x8 op needs 6 / scale to fit int32: :func:`floor_bounded_outputs`.
+* Ops the converter has no int16 form of (concatenation, HARD_SWISH): a ConfigError naming
+  the op and the source line (:func:`unsupported_int16`).
 * It does not mix int8 and int16 activations in one graph (a layer made 16-bit alone comes out
   with int8 input and int16 output, which TFLite refuses), so on LiteRT 16-bit activations are
   whole-model: ``activations_16bit = "all"``, or ``"auto"`` (:func:`choose_16x8`). A count or a
   list of layers (ONNX Runtime's per-layer choice) is refused with that reason.
 
 XNNPACK has no 16x8 kernels: the file runs on TFLite's built-in int16 kernels, several times
-slower than int8 with XNNPACK, which ``"auto"`` measures before it keeps one.
+slower than int8 with XNNPACK (MobileNetV2: 27-62x), which ``"auto"`` measures before it keeps
+one.
 """
 
 from __future__ import annotations
@@ -246,6 +252,7 @@ def _unsaturated(values: np.ndarray, scales: np.ndarray, float_biases: Sequence[
         "(activations_16bit = 0), or 'auto', which keeps the 8-bit file when 16x8 fails")
 
 
+Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
 class _Runner:
@@ -257,7 +264,8 @@ class _Runner:
 
 def _sqnr(model: torch.nn.Module, run: Runner,
           batches: Sequence[Sequence[np.ndarray]]) -> float:
-    """SQNR (dB) of ``run``'s outputs against ``model``'s (all outputs, every batch)."""
+    """SQNR (dB) of ``run``'s outputs against ``model``'s (all outputs, every batch); 300 for
+    identical outputs (a finite number for the manifest's JSON)."""
     signal = noise = 0.0
     with torch.no_grad():
         for b in batches:
@@ -267,11 +275,8 @@ def _sqnr(model: torch.nn.Module, run: Runner,
                 signal += float((r64 ** 2).sum())
                 noise += float(((np.asarray(o, np.float64).ravel() - r64) ** 2).sum())
     if noise == 0.0:
-        return float("inf")
+        return 300.0
     return round(10.0 * float(np.log10(max(signal, 1e-300) / noise)), 2)
-
-
-Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
 def choose_16x8(build: Callable[[Path, bool], Any], path: Path, model: torch.nn.Module,
