@@ -337,3 +337,41 @@ def test_auto_falls_back_to_min_max_when_it_loses_on_held_out_batches(tmp_path):
     guard = _guard(ref, chosen, lambda out: _scale_model(out, 1.01), ["x"], batches, 8)
     assert guard == {"batches": 6, "held_out": False, "sqnr_auto_db": pytest.approx(60.0, abs=0.01),
                      "sqnr_minmax_db": pytest.approx(40.0, abs=0.01), "kept": "auto"}
+
+
+def test_a_build_that_misses_its_gate_tries_ranges_chosen_by_error(tmp_path):
+    """With the fallback off, a build whose calibrator ranges miss the gate is rebuilt with
+    per-tensor ranges chosen by error (every layer still int8) before it gives up."""
+    from edgekit.errors import QuantizationError
+    from edgekit.pipeline import compress
+
+    torch.set_num_threads(1)
+    model, cal = _spiky(), _data(24, 0)
+    with torch.no_grad():  # spikes ten times higher (~1300): min-max spends the grid on them
+        model.conv1.weight[0] *= 10.0
+        model.conv1.bias[0] *= 10.0
+    # the spike as it is (equalization would spread it): what the calibrator ranges miss
+    base = {"fallback": False, "latency_check": False, "reduce_range": "off", "equalize": False,
+            "bias_correction": False}
+
+    def build(name, **cfg):
+        compress(model, (torch.from_numpy(cal[0][0]),), targets=[ORT], out_dir=tmp_path / name,
+                 calibration=cal, input_names=["x"], output_names=["y"], progress=False,
+                 quantization={**base, **cfg})
+        return json.loads((tmp_path / name / "manifest.json").read_text())["targets"][ORT][
+            "quantization"]
+
+    # min-max ranges asked for explicitly: no alternative to try, the gate refuses
+    with pytest.raises(QuantizationError, match="held-out fidelity against fp32"):
+        build("minmax", range_method="minmax")
+    # the calibrator's ranges (the default): the same miss, then the alternative passes
+    q = build("default")
+    first, second = q["attempts"][:2]
+    assert first["keep_float"] == [] and "passed" not in first
+    assert second == {"config": {"range_method": "auto"}, "keep_float": [], "passed": True,
+                      "score": None}
+    assert q["accuracy_alternative"].startswith("per-tensor ranges chosen by error")
+    assert q["decisions"]["config"]["range_method"] == "auto"
+    assert q["float_layers"] == [] and {r["precision"] for r in q["layers"]} == {"int8"}
+    gate = q["heldout_fidelity"]["outputs"][0]
+    assert gate["top1_agreement"] >= 0.8 and gate["sqnr_db"] >= 8.0

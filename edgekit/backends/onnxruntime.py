@@ -285,9 +285,13 @@ class OnnxRuntimeBackend:
 
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
                           sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
-        """The other activation type (uint8 <-> int8)."""
+        """Per-tensor ranges chosen by error (where the calibrator set them), then the other
+        activation type (uint8 <-> int8)."""
+        from ._ranges import error_ranges_alternative
+
         other = "uint8" if config.activation_type == "int8" else "int8"
-        return [(f"{other} activations", {"activation_type": other})]
+        return [*error_ranges_alternative(config),
+                (f"{other} activations", {"activation_type": other})]
 
     def inspect(self, path: Path) -> Artifact:
         """A lone ``.onnx`` file (with its ``.data`` file when there is one); int8 when it

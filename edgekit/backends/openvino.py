@@ -448,7 +448,10 @@ class OpenVinoBackend:
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
                           sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """The other source (NNCF <-> ONNX Runtime QDQ), then the other NNCF preset (NNCF) or
-        activation type (QDQ); with ``sources_compared`` none that switches the source."""
+        per-tensor ranges chosen by error and the other activation type (QDQ); with
+        ``sources_compared`` none that switches the source."""
+        from ._ranges import error_ranges_alternative
+
         act = "int8" if config.activation_type == "int8" else "uint8"
         other_act = "uint8" if act == "int8" else "int8"
         preset = config.preset if config.preset != "auto" else (
@@ -459,6 +462,7 @@ class OpenVinoBackend:
                     (f"NNCF {other_preset} preset", {"preset": other_preset})]
         else:
             alts = [("NNCF source", {"openvino_source": "nncf", "preset": "auto"}),
+                    *[(f"QDQ {label}", c) for label, c in error_ranges_alternative(config)],
                     (f"QDQ {other_act} activations", {"activation_type": other_act})]
         return [a for a in alts if not (sources_compared and "openvino_source" in a[1])]
 

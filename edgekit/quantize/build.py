@@ -604,10 +604,11 @@ class Int8Build:
         return chosen
 
     def fallback(self, v: Variant) -> Variant:
-        """``v`` missed the gate: QAT ranges -> calibrated, the runtime's alternatives, then
-        layers in float (1, 2, 4, ... up to ``max_fallback``; at each size the runtime's
-        culprits first, then the most sensitive layers in PyTorch); raise
-        :class:`QuantizationError` with the per-layer table when nothing passes."""
+        """``v`` missed the gate: QAT ranges -> calibrated, the runtime's alternatives (every
+        layer int8: tried with the fallback off too), then layers in float (fallback on: 1, 2,
+        4, ... up to ``max_fallback``; at each size the runtime's culprits first, then the
+        most sensitive layers in PyTorch); raise :class:`QuantizationError` with the
+        per-layer table when nothing passes."""
         cfg = self.config
         self.log(f"{v.failed}; measuring per-layer sensitivity")
         ranked = [r["layer"] for r in self.sensitivity() if r["layer"] not in self.keep]
@@ -620,8 +621,9 @@ class Int8Build:
             v = self.build(v.name, v.config, self.keep, v.changes)
             self.attempts.append({"keep_float": list(self.keep), "score": v.score,
                                   "qat_ranges": False})
-        if cfg.fallback and self.prepared is None and v.failed is not None:
-            # The runtime's other int8 realisations first: one may pass with every layer in int8.
+        if self.prepared is None and v.failed is not None:
+            # The runtime's other int8 realisations first: one may pass with every layer in
+            # int8 (so they are tried with the fallback off too).
             for label, changes in self.backend.int8_alternatives(
                     v.config, self.model, sources_compared=self.source_choice is not None):
                 self.log(f"retrying with {label}")

@@ -62,9 +62,11 @@ class QuantConfig:
     * ``keep_float``: PyTorch module names kept in float on every runtime.
     * ``fallback``: with a task, keep the most sensitive layers in float until the profile's
       accuracy budget is met (at most ``max_fallback`` layers). Off, no layer is kept in float
-      for accuracy, and of a runtime's passing int8 sources those that execute the fewest
-      layers in float (read from the artifacts) are chosen among: NNCF leaves
-      squeeze-excitation blocks in float by its own defaults, edgekit's QDQ source does not.
+      for accuracy (the runtime's other all-int8 realisations, per-tensor ranges chosen by
+      error among them, are still tried when the gate fails), and of a runtime's passing int8
+      sources those that execute the fewest layers in float (read from the artifacts) are
+      chosen among: NNCF leaves squeeze-excitation blocks in float by its own defaults,
+      edgekit's QDQ source does not.
     * ``fallback_order``: which layers the fallback keeps in float first: ``"runtime"`` (the
       default: the culprits read from the failing artifact's own tensors, each with the layer
       that reads its output and the one it reads, then the PyTorch-side sensitivity order;
