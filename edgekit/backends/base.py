@@ -143,9 +143,10 @@ class Backend(Protocol):
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
                           sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """(name, QuantConfig changes) for the runtime's cheap alternatives to ``config``,
-        tried when it misses the accuracy gate or is not faster than fp32; with
-        ``sources_compared`` none that switches a source :meth:`int8_sources` compared
-        already."""
+        tried when it misses the accuracy gate (with the fallback off too: each keeps every
+        layer int8) or is not faster than fp32 (those that only change ``range_method``
+        skipped: the same ops); with ``sources_compared`` none that switches a source
+        :meth:`int8_sources` compared already."""
         ...
 
     def inspect(self, path: Path) -> Artifact:

@@ -9,7 +9,8 @@ machine one measurement can flip, and a rebuild would then choose differently).
 Below ``min_speedup``, variants are rebuilt, gated and timed:
 
 * the runtime's alternatives (:meth:`edgekit.backends.Backend.int8_alternatives`; ONNX Runtime:
-  the other activation type; OpenVINO: the other source, the other NNCF preset);
+  the other activation type; OpenVINO: the other source, the other NNCF preset), except those
+  that only change the ranges (the same ops run);
 * every runtime: single layers kept in float, smallest first (their int8 weights save the least
   and their quantize/dequantize steps cost the most), kept when measurably faster; never a
   layer holding over a quarter of the weights.
@@ -250,6 +251,8 @@ def _search(*, backend: Any, profile: TargetProfile, model: torch.nn.Module,
 
     for name, changes in backend.int8_alternatives(config, model,
                                                    sources_compared=sources_compared):
+        if set(changes) == {"range_method"}:
+            continue  # other ranges, the same ops: no faster
         if count >= budget or best_speedup >= min_speedup:
             break
         trial(name, changes, list(best.keep))
