@@ -120,9 +120,12 @@ def unsupported_int16(exc: Exception) -> Exception | None:
     if op is None:
         return None
     at = re.search(r"([^\s:]+\.py:\d+):\d+: error", text)
+    where = at.group(1).rpartition("site-packages/")[2] if at else ""  # no machine paths
+    if where.startswith(os.getcwd() + os.sep):
+        where = where[len(os.getcwd()) + 1:]
     return ConfigError(
         f"LiteRT 16x8 (activations_16bit = 'all'): litert-torch's converter has no int16 "
-        f"tfl.{op.group(1)}" + (f" (the op at {at.group(1)})" if at else ""),
+        f"tfl.{op.group(1)}" + (f" (the op at {where})" if where else ""),
         hint="build 8-bit activations (activations_16bit = 0), or 'auto', which keeps the "
         "8-bit file where 16x8 does not build; ONNX Runtime takes 16-bit activations per layer")
 
