@@ -702,3 +702,30 @@ def test_reference_takes_absorbed_biases_from_the_record():
     del record["absorbed_biases"]
     _, note = transformed_reference(model, record, samples)
     assert "bias_absorption" in note["not_reapplied"]
+
+
+def test_a_conv_holding_the_batchnorm_after_it_gives_it_its_tensor():
+    """Conv + BatchNorm + Hardswish: the runtime's conv op holds the BatchNorm folded in and
+    the activation is an op of its own; the conv's tensor is the BatchNorm's, not the conv's
+    (compared with the conv's own output it would read as a broken layer)."""
+    from edgekit.explain.mapping import map_layers
+    from edgekit.explain.torch_capture import LayerCapture
+
+    rng = np.random.default_rng(0)
+    conv = rng.normal(size=(2, 4, 3, 3))
+    bn = conv * 5.0 - 3.0
+    act = bn * np.clip(bn + 3, 0, 6) / 6
+    layers = [LayerCapture("c", "Conv2d", 0, [conv[:1], conv[1:]], params=20),
+              LayerCapture("bn", "BatchNorm2d", 1, [bn[:1], bn[1:]], params=8),
+              LayerCapture("hs", "Hardswish", 2, [act[:1], act[1:]])]
+    t = RuntimeTensor("c", "CONV_2D", 0, "c", "metadata", "int8", [bn[:1], bn[1:]])
+    h = RuntimeTensor("h", "HARD_SWISH", 1, "hs", "metadata", "int8", [act[:1], act[1:]])
+    m = {x.module: x for x in map_layers(layers, [t, h])}
+    assert (m["bn"].tensor, m["bn"].compare_to) == (t, "bn")
+    assert m["bn"].how == "metadata, BatchNorm folded into c"
+    assert (m["c"].how, m["c"].compare_to) == ("fused into bn", "bn")
+    assert (m["hs"].tensor, m["hs"].compare_to) == (h, "hs")
+    # a conv whose tensor is its own output (the BatchNorm runs later, fused elsewhere) keeps it
+    t2 = RuntimeTensor("c", "CONV_2D", 0, "c", "metadata", "int8", [conv[:1], conv[1:]])
+    m = {x.module: x for x in map_layers(layers, [t2, h])}
+    assert (m["c"].tensor, m["c"].compare_to) == (t2, "c")

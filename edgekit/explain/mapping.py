@@ -6,7 +6,11 @@ Rules, in order:
    that the artifact's metadata ties to it and whose shape fits the module's output once the
    layout is undone: for a QDQ model that is the dequantized value the next op consumes.
 2. **BatchNorm fold**: a module followed by a BatchNorm that has a tensor of its own is
-   "fused into" it (exporters fold inference BatchNorm into the conv before it).
+   "fused into" it (exporters fold inference BatchNorm into the conv before it); a conv whose
+   metadata tensor lies closer to the next BatchNorm's output than to its own, where that
+   BatchNorm has no tensor (a Conv + BatchNorm + Hardswish: the runtime's conv holds the
+   BatchNorm folded in, the activation is an op of its own), gives the BatchNorm that tensor
+   and is fused into it.
 3. **model output**: a module whose PyTorch output is the model's output ``k`` takes the
    artifact's output ``k`` (a graph output keeps the name the user gave, not the exporter's).
 4. **same tensor**: a module whose PyTorch output equals its predecessor's (Flatten, Identity,
@@ -156,6 +160,17 @@ def _bias_elsewhere(values: list[np.ndarray], layer: LayerCapture) -> bool:
     return float(np.linalg.norm(got - layer.without_bias(out))) < 0.25 * with_bias
 
 
+def _closer_to(m: LayerMatch, this: LayerCapture, than: LayerCapture) -> bool:
+    """The match's values lie closer to ``this`` layer's output than to ``than``'s."""
+    if m.values is None or m.adjust is not None:
+        return False
+    got = np.concatenate([np.asarray(v, np.float64).ravel() for v in m.values])
+    a, b = this.stacked().astype(np.float64).ravel(), than.stacked().astype(np.float64).ravel()
+    if not got.size == a.size == b.size:
+        return False
+    return float(np.linalg.norm(got - a)) < float(np.linalg.norm(got - b))
+
+
 #: A tensor matched by shape alone must agree this well with the layer's output (centred
 #: cosine): a value of the same shape computed elsewhere (the ``a * b`` term beside a fusion
 #: layer) does not, nor does a sum that holds the layer's output and as much again (BERT's
@@ -211,6 +226,19 @@ def map_layers(layers: Sequence[LayerCapture], tensors: Sequence[RuntimeTensor],
                 break
         matches.append(found or LayerMatch(layer.name, None, ""))
     n = len(layers)
+    # a conv's own tensor that holds the BatchNorm after it (folded in, the BatchNorm has no
+    # tensor): the BatchNorm takes it and the conv is fused into it
+    for i in range(n - 1):
+        if (_own(matches[i]) and matches[i + 1].tensor is None and layers[i].params
+                and layers[i + 1].kind.startswith("BatchNorm")
+                and layers[i].shape == layers[i + 1].shape
+                and _closer_to(matches[i], layers[i + 1], layers[i])):
+            m = matches[i]
+            assert m.tensor is not None
+            matches[i + 1] = LayerMatch(layers[i + 1].name, m.tensor,
+                                        f"{m.how}, BatchNorm folded into {layers[i].name}",
+                                        m.transform, m.values)
+            matches[i] = _fused(layers[i], matches[i + 1])
     # a conv (or linear) before a BatchNorm that has a tensor: the exporter folded the two
     for i in range(n - 1):
         if (matches[i].tensor is None and _own(matches[i + 1])
