@@ -375,3 +375,79 @@ def test_a_build_that_misses_its_gate_tries_ranges_chosen_by_error(tmp_path):
     assert q["float_layers"] == [] and {r["precision"] for r in q["layers"]} == {"int8"}
     gate = q["heldout_fidelity"]["outputs"][0]
     assert gate["top1_agreement"] >= 0.8 and gate["sqnr_db"] >= 8.0
+
+
+def test_a_range_read_only_by_a_flat_activation_is_cut_where_it_goes_flat():
+    """Values below -3 all give hardswish 0: a range that reaches -77 spends most of its grid
+    on them. With ``active`` the candidates are cut to [-3, max] (lossless), and the error
+    after the hardswish falls."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.0, 1.0, 20000), rng.uniform(-80, -3, 4000),
+                        rng.uniform(3, 40, 400)]).astype(np.float32).reshape(1, -1)
+    st = TensorStats(None)
+    st.update(x)
+
+    def hswish(v):
+        return v * np.clip(v + 3, 0, 6) / 6
+
+    def err(c):
+        q = quantize_dequantize(x, c.low, c.high, GRIDS["int8"])
+        return float(np.mean((hswish(q) - hswish(x)) ** 2))
+
+    plain = choose_range(st, "minmax", GRIDS["int8"])
+    cut = choose_range(st, "minmax", GRIDS["int8"], active=(-3.0, np.inf))
+    assert plain.low < -70 and cut.low == pytest.approx(-3.0) and cut.high == plain.high
+    assert err(cut) < 0.25 * err(plain), (err(cut), err(plain))
+    assert choose_range(st, "auto", GRIDS["int8"], active=(-3.0, np.inf)).low >= -3.0
+
+
+class _ConvHardswish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.conv2 = nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.conv1.bias.copy_(torch.tensor([-30.0, 0, 0, 0, 0, 0, 0, 0]))
+
+    def forward(self, x):
+        return self.conv2(self.act(self.conv1(x)))
+
+
+def test_litert_cuts_a_hardswish_input_range_at_minus_three(tmp_path):
+    """A conv whose output only a Hardswish reads: the chosen range stops at -3 (channel 0
+    sits near -30, all of it 0 after the Hardswish), recorded and in the file."""
+    torch.set_num_threads(1)
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgekit.backends import get_backend
+    from edgekit.backends._ranges import _scale_zero
+
+    model = _ConvHardswish().eval()
+    g = torch.Generator().manual_seed(1)
+    cal = [[torch.randn(1, 3, 8, 8, generator=g).numpy()] for _ in range(8)]
+    be = get_backend("tflite")
+    art = be.quantize(model, (torch.from_numpy(cal[0][0]),), tmp_path / "q", input_names=["x"],
+                      output_names=["y"], options={}, calibration=cal,
+                      config=QuantConfig(range_method="minmax"))
+    ranges = art.info["quantization"]["ranges"]
+    assert ranges["clipped_to_consumer"] == 1
+    with torch.no_grad():
+        pre = model.conv1(torch.from_numpy(np.concatenate([c[0] for c in cal])))
+    assert float(pre.min()) < -25
+    lows = sorted(r["rmin"] for r in ranges["per_tensor"].values())
+    assert -3.0 in [pytest.approx(v) for v in lows], lows
+    scale, _ = _scale_zero(-3.0, float(pre.max()), GRIDS["int8"])
+    scales = [d["quantization"][0] for d in Interpreter(model_path=str(art.path))
+              .get_tensor_details() if d["dtype"] == np.int8]
+    assert any(abs(s - scale) <= 1e-3 * scale for s in scales), (scale, scales)
+    sess = be.load(art, threads=1, options={"io": "float"})
+    num = den = 0.0
+    for _ in range(8):
+        x = torch.randn(1, 3, 8, 8, generator=g)
+        with torch.no_grad():
+            ref = model(x).numpy().astype(np.float64)
+        out = sess.run([x.numpy()])[0].astype(np.float64)
+        num, den = num + float((ref ** 2).sum()), den + float(((out - ref) ** 2).sum())
+    assert 10 * np.log10(num / den) > 25.0

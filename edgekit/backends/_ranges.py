@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["RANGE_METHODS", "CANDIDATES", "GRIDS", "Grid", "TensorStats", "RangeChoice",
+           "ACTIVE_INTERVALS", "within",
            "quantize_dequantize", "candidate_ranges", "choose_range", "OutputError",
            "choose_ranges", "rank_for_16bit", "range_summary", "weighted_error"]
 
@@ -278,19 +279,44 @@ class OutputError:
         return {k: float(np.sum(e / ref)) for k, e in self._err.items()}
 
 
+def within(stats: TensorStats, low: float, high: float) -> TensorStats:
+    """A copy of ``stats`` with every value clipped into ``[low, high]``: what a consumer that
+    is flat outside that interval (:data:`ACTIVE_INTERVALS`) tells apart. Clipping there is
+    lossless, so a range need not reach past it."""
+    out = TensorStats(stats.axis, cap=stats.cap, per_update=stats.per_update)
+    out.channels = stats.channels
+    out.low = float(np.clip(stats.low, low, high))
+    out.high = float(np.clip(stats.high, low, high))
+    out._values = [np.clip(v, low, high) for v in stats._values]
+    out._index = list(stats._index)
+    return out
+
+
+#: Elementwise activations constant below (above) a point: ``hardswish(x) = 0`` for
+#: ``x <= -3``, ``relu`` below 0, ``hardsigmoid`` outside ``[-3, 3]``; ``hardtanh`` (ReLU6)
+#: takes its own bounds.
+ACTIVE_INTERVALS: dict[str, tuple[float, float]] = {
+    "relu": (0.0, np.inf), "hardswish": (-3.0, np.inf), "hardsigmoid": (-3.0, 3.0)}
+
+
 def choose_range(stats: TensorStats, method: str, grid: Grid,
                  channel_weights: np.ndarray | None = None, *,
                  percentile: float = 99.99,
                  output_errors: Mapping[str, float] | None = None,
-                 margin: float = 0.0) -> RangeChoice:
+                 margin: float = 0.0,
+                 active: tuple[float, float] | None = None) -> RangeChoice:
     """The range of one tensor by ``method`` (one of :data:`RANGE_METHODS` but
     ``"runtime"``); ``"auto"``: the candidate of lowest error at the consuming layers'
     outputs (``output_errors`` from :class:`OutputError`, over the candidates of
     :func:`candidate_ranges`), else of lowest :func:`weighted_error` (the diagonal
     approximation: each channel's error weighted by its consumer weights' energy). Another
-    candidate replaces min-max only when its error is below ``(1 - margin)`` x min-max's."""
+    candidate replaces min-max only when its error is below ``(1 - margin)`` x min-max's.
+    ``active``: the interval the consumers tell apart (every consumer an activation flat
+    outside it): the values are clipped into it first (:func:`within`)."""
     if method not in RANGE_METHODS or method == "runtime":
         raise ValueError(f"range method {method!r} is not one of {list(RANGE_METHODS[1:])}")
+    if active is not None and (stats.low < active[0] or stats.high > active[1]):
+        stats = within(stats, *active)
     percentiles = sorted({99.99, 99.999, float(percentile)})
     cands = candidate_ranges(stats, grid, percentiles, channel_weights)
     own = {k: weighted_error(stats, *r, grid, channel_weights) for k, r in cands.items()}

@@ -214,7 +214,7 @@ def pt2e_calibrate_convert(prepared: torch.fx.GraphModule,
                     raise calibration_failure("LiteRT (PT2E observers)", batches, names,
                                               exc) from exc
     finally:
-        for _st, _w, handle, _names in stats.values():
+        for _st, _w, handle, _names, _active in stats.values():
             handle.remove()
     record = None
     if stats:
@@ -288,6 +288,35 @@ def _consumer_weights(gm: torch.fx.GraphModule, node: Any) -> tuple[int | None, 
     return found[0][0], np.mean(vecs, axis=0)
 
 
+def _consumer_interval(node: Any) -> tuple[float, float] | None:
+    """The interval outside which the readers of an observer's output see no difference:
+    every reader an elementwise activation flat outside an interval
+    (:data:`~edgekit.backends._ranges.ACTIVE_INTERVALS`; a conv's output read by a Hardswish
+    alone: values below -3 all give 0), the union of theirs; None otherwise."""
+    from ._ranges import ACTIVE_INTERVALS
+
+    lows, highs = [], []
+    for user in node.users:
+        if getattr(user, "op", "") != "call_function" or not user.args \
+                or user.args[0] is not node:
+            return None
+        name = str(user.target).split(".")[-2 if str(user.target).count(".") else -1]
+        name = name.rstrip("_")
+        if name == "hardtanh":
+            args = list(user.args) + [None, None]
+            lo = float(args[1]) if args[1] is not None else -1.0
+            hi = float(args[2]) if args[2] is not None else 1.0
+        elif name in ACTIVE_INTERVALS:
+            lo, hi = ACTIVE_INTERVALS[name]
+        else:
+            return None
+        lows.append(lo)
+        highs.append(hi)
+    if not lows:
+        return None
+    return min(lows), max(highs)
+
+
 def _watch_observers(prepared: torch.fx.GraphModule, n_batches: int) -> dict[str, Any]:
     """Per activation observer module (an observer shared by several tensors, e.g. a permute
     sharing its input's qparams, once, under its first name): (statistics of what it sees,
@@ -304,6 +333,7 @@ def _watch_observers(prepared: torch.fx.GraphModule, n_batches: int) -> dict[str
         name, mod = names[0], observers[names[0]]
         axis, weights = _consumer_weights(prepared, nodes[name]) if len(names) == 1 \
             else (None, None)
+        active = _consumer_interval(nodes[name]) if len(names) == 1 else None
         st = TensorStats(axis, cap=32768, per_update=max(32768 // max(n_batches, 1), 256),
                          seed=i)
 
@@ -311,7 +341,7 @@ def _watch_observers(prepared: torch.fx.GraphModule, n_batches: int) -> dict[str
             if args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
                 st.update(args[0].detach().numpy())
 
-        stats[name] = (st, weights, mod.register_forward_pre_hook(hook), names)
+        stats[name] = (st, weights, mod.register_forward_pre_hook(hook), names, active)
     return stats
 
 
@@ -328,10 +358,13 @@ def _fix_observer_ranges(prepared: torch.fx.GraphModule, stats: dict[str, Any],
     grid = GRIDS["int8"]
     percentile = float(config.extra.get("percentile", 99.99))
     choices = {}
-    for name, (st, weights, _handle, names) in stats.items():
+    clipped = 0
+    for name, (st, weights, _handle, names, active) in stats.items():
         if not st.seen:
             continue
-        c = choose_range(st, config.range_method, grid, weights, percentile=percentile)
+        c = choose_range(st, config.range_method, grid, weights, percentile=percentile,
+                         active=active)
+        clipped += active is not None and (st.low < active[0] or st.high > active[1])
         scale, zero = _scale_zero(c.low, c.high, grid)
         fixed = FixedQParamsObserver(scale=scale, zero_point=int(zero), dtype=torch.int8,
                                      qscheme=torch.per_tensor_affine, quant_min=grid.qmin,
@@ -342,6 +375,7 @@ def _fix_observer_ranges(prepared: torch.fx.GraphModule, stats: dict[str, Any],
     record = range_summary(config.range_method, choices)
     record["criterion"] = ("the consuming layers' outputs, diagonal approximation "
                            "(channel error x weight energy)")
+    record["clipped_to_consumer"] = int(clipped)
     return record
 
 
