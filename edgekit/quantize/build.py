@@ -202,6 +202,12 @@ def _source_key(changes: dict[str, Any]) -> str:
                     for k, v in changes.items()) or "default"
 
 
+def _but_floor(changes: dict[str, Any]) -> dict[str, Any]:
+    """A source's changes but its scale floor: sources equal here give the same file where
+    the backend says no scale falls under the clamp (``sources_identical``)."""
+    return {k: v for k, v in changes.items() if k != "scale_floor"}
+
+
 class Int8Build:
     """The int8 search for one target. :meth:`run` is the whole of it; each step is a method:
     :meth:`candidates` (the runtime's sources), :meth:`build` (one artifact, checked and
@@ -504,12 +510,14 @@ class Int8Build:
         built: dict[str, Variant] = {}
         errors: dict[str, str] = {}
         same: list[str] = []  # sources the backend says would give a file already built
+        given: dict[str, dict[str, Any]] = {}
         for name, changes in sources:
             key = _source_key(changes)
             if any(v.art is not None and v.art.info.get("sources_identical")
-                   for v in built.values()):
+                   and _but_floor(given[k]) == _but_floor(changes) for k, v in built.items()):
                 same.append(key)
                 continue
+            given[key] = changes
             try:
                 built[key] = self.build(name, dataclasses.replace(self.config, **changes),
                                         self.keep, changes)
@@ -576,8 +584,9 @@ class Int8Build:
                     kept = k
             why = ("the sources run the same ops" if same_ops else
                    "another CPU architecture or latency_check off")
-            reason = (f"both pass; not timed ({why}): the higher {what} by the smallest "
-                      f"gain that counts, else the first ({passing[0]})")
+            reason = (f"{'both' if len(passing) == 2 else f'all {len(passing)}'} pass; not "
+                      f"timed ({why}): the higher {what} by the smallest gain that counts, "
+                      f"else the first ({passing[0]})")
         if dropped:  # fallback off: the sources that run more layers in float yield
             why = (f"{', '.join(dropped)} passed too but leaves more layers in float ("
                    + ", ".join(f"{k} {floats[k]}" for k in [kept, *dropped])
