@@ -511,6 +511,7 @@ class Int8Build:
         errors: dict[str, str] = {}
         same: list[str] = []  # sources the backend says would give a file already built
         given: dict[str, dict[str, Any]] = {}
+        first_error: Exception | None = None
         for name, changes in sources:
             key = _source_key(changes)
             if any(v.art is not None and v.art.info.get("sources_identical")
@@ -525,6 +526,14 @@ class Int8Build:
                 raise  # a setting this runtime refuses: every source would refuse it
             except Exception as exc:  # noqa: BLE001 - this source failed; another may not
                 errors[key] = _first_line(exc)
+                first_error = first_error or exc
+        if not built and isinstance(first_error, EdgekitError) and len(errors) > 1:
+            # every source failed: the configured one's error, with its hint, and the others'
+            e = first_error
+            e.message = (f"{e.message} (the other int8 sources failed too: "
+                         + "; ".join(f"{k}: {w}" for k, w in list(errors.items())[1:]) + ")")
+            e.args = (e.message if not e.hint else f"{e.message}\n  hint: {e.hint}",)
+            raise e
         if not built:
             raise QuantizationError(
                 f"target {self.profile.name}: no int8 source gave a usable model: "
