@@ -433,6 +433,8 @@ def test_litert_cuts_a_hardswish_input_range_at_minus_three(tmp_path):
                       config=QuantConfig(range_method="minmax"))
     ranges = art.info["quantization"]["ranges"]
     assert ranges["clipped_to_consumer"] == 1
+    assert [r["cut_to_consumer"] for r in ranges["per_tensor"].values()
+            if "cut_to_consumer" in r] == [[-3.0, None]]
     with torch.no_grad():
         pre = model.conv1(torch.from_numpy(np.concatenate([c[0] for c in cal])))
     assert float(pre.min()) < -25

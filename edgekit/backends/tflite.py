@@ -441,12 +441,13 @@ class TFLiteBackend:
         error (``"auto"``): the same ops on other numbers, the more faithful kept. A trained
         MobileNetV3-Large went from 84.33% to 90.33% (fp32 91.44%) with them."""
         from ._pt2e_scales import floor_sources
+        from ._ranges import error_ranges_alternative
 
         sources = floor_sources(config, "PT2E litert")
-        if config.range_method == "runtime" and not config.activations_16bit:
+        if not config.activations_16bit:
             floor = {"scale_floor": "on"} if config.scale_floor == "auto" else {}
-            sources.append(("PT2E litert, ranges chosen by error",
-                            {"range_method": "auto", **floor}))
+            sources += [(f"PT2E litert, {label}", {**changes, **floor})
+                        for label, changes in error_ranges_alternative(config)]
         return sources
 
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,

@@ -358,13 +358,11 @@ def _fix_observer_ranges(prepared: torch.fx.GraphModule, stats: dict[str, Any],
     grid = GRIDS["int8"]
     percentile = float(config.extra.get("percentile", 99.99))
     choices = {}
-    clipped = 0
     for name, (st, weights, _handle, names, active) in stats.items():
         if not st.seen:
             continue
         c = choose_range(st, config.range_method, grid, weights, percentile=percentile,
                          active=active)
-        clipped += active is not None and (st.low < active[0] or st.high > active[1])
         scale, zero = _scale_zero(c.low, c.high, grid)
         fixed = FixedQParamsObserver(scale=scale, zero_point=int(zero), dtype=torch.int8,
                                      qscheme=torch.per_tensor_affine, quant_min=grid.qmin,
@@ -375,7 +373,6 @@ def _fix_observer_ranges(prepared: torch.fx.GraphModule, stats: dict[str, Any],
     record = range_summary(config.range_method, choices)
     record["criterion"] = ("the consuming layers' outputs, diagonal approximation "
                            "(channel error x weight energy)")
-    record["clipped_to_consumer"] = int(clipped)
     return record
 
 

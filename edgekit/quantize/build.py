@@ -510,15 +510,14 @@ class Int8Build:
         built: dict[str, Variant] = {}
         errors: dict[str, str] = {}
         same: list[str] = []  # sources the backend says would give a file already built
-        given: dict[str, dict[str, Any]] = {}
+        by_key = {_source_key(c): c for _, c in sources}
         first_error: Exception | None = None
         for name, changes in sources:
             key = _source_key(changes)
             if any(v.art is not None and v.art.info.get("sources_identical")
-                   and _but_floor(given[k]) == _but_floor(changes) for k, v in built.items()):
+                   and _but_floor(by_key[k]) == _but_floor(changes) for k, v in built.items()):
                 same.append(key)
                 continue
-            given[key] = changes
             try:
                 built[key] = self.build(name, dataclasses.replace(self.config, **changes),
                                         self.keep, changes)
@@ -539,7 +538,7 @@ class Int8Build:
                 f"target {self.profile.name}: no int8 source gave a usable model: "
                 + "; ".join(f"{k}: {w}" for k, w in errors.items()),
                 hint="keep the failing layers in float (keep_float)")
-        order = [_source_key(c) for _, c in sources]
+        order = list(by_key)
         passing = [k for k in order if k in built and built[k].failed is None]
         floats = {k: float_layer_count(v) for k, v in built.items()}
         all_int8 = fewest_float(passing, floats) if not self.config.fallback else passing
