@@ -196,11 +196,17 @@ def test_int8_switches_markdown_lists_each_switch_against_fp32():
                                              "avx512_vnni: VPDPBUSD sums into int32"},
            "cells": {"pytorch/fp32": {"top1": 42.36},
                      "edgekit defaults": {"top1": 42.41, "seconds": 30.0},
+                     "int8_bias_correction on": {"top1": 42.00, "sqnr_db": 21.456},
                      "softmax_ranges off": {"error": "QuantizationError: held-out fidelity",
                                             "seconds": 20.0},
                      "runtime default flow": {"top1": 27.48}}}
     text = "\n".join(markdown([row]))
     assert "## bert_mini_128 on x86-onnxruntime-int8 (top1, 1707 test samples; Some CPU" in text
-    assert "| edgekit defaults | 42.41 | +0.05 |" in text
-    assert "| softmax_ranges off | failed: QuantizationError: held-out fidelity | |" in text
-    assert "| runtime default flow | 27.48 | -14.88 |" in text
+    assert text.startswith("# int8 switches, each changed in turn")
+    assert "| edgekit defaults | 42.41 | +0.05 | - |" in text
+    assert "| int8_bias_correction on | 42.00 | -0.36 | 21.46 |" in text
+    assert "| softmax_ranges off | failed: QuantizationError: held-out fidelity | | |" in text
+    assert "| runtime default flow | 27.48 | -14.88 | - |" in text
+    row.update(calibration_samples=300, base={"fallback": False})
+    assert "(top1, 1707 test samples, 300 calibration samples, every build from " \
+        "{'fallback': False}; Some CPU" in "\n".join(markdown([row]))

@@ -121,6 +121,16 @@ class QuantConfig:
       the integers; it runs after equalization, and bias correction then skips the layers it
       rounded. The manifest records each layer's output error with round to nearest and with
       the learned rounding (``quantization.transforms.adaround_layers``).
+    * ``int8_bias_correction`` (off by default): bias correction on the QDQ model's own
+      arithmetic (:mod:`edgekit.backends.onnx_bias_correction`; ONNX Runtime, and OpenVINO's
+      ``qdq`` source, corrected with ONNX Runtime's arithmetic): each Conv / Gemm's int32 bias
+      moves by the mean shift its accumulator shows against fp32 on the calibration data,
+      layer by layer, a correction kept only where the model's outputs came closer to fp32;
+      the whole is fitted on three quarters of the calibration batches and kept only if the
+      outputs on the last quarter are closer too. The manifest records it
+      (``quantization.int8_bias_correction``). It costs about two passes of the int8 model
+      over the batches per Conv / Gemm layer. Measured in
+      benchmarks/results/int8_bias_correction.
     * ``range_method``: how activation ranges are set, one of ``RANGE_METHODS``:
       ``"runtime"`` (the default) leaves them to the runtime's calibrator (``method``);
       ``"minmax"``, ``"percentile"`` (``extra["percentile"]``, 99.99), ``"mse"``,
@@ -183,6 +193,7 @@ class QuantConfig:
     equalize: bool = True
     equalize_relu6: str = "skip"
     bias_correction: bool = True
+    int8_bias_correction: bool = False
     smoothquant: bool = False
     smoothquant_alpha: float = 0.5
     adaround: bool = False
@@ -297,6 +308,7 @@ TABLE_SCHEMA: dict[str, Field] = {
     "equalize": Field(bool),
     "equalize_relu6": Field(str, choices=RELU6_MODES),
     "bias_correction": Field(bool),
+    "int8_bias_correction": Field(bool),
     "smoothquant": Field(bool),
     "smoothquant_alpha": Field(float, low=0, high=1),
     "adaround": Field(bool),
