@@ -36,14 +36,17 @@ def _data(n: int, seed: int, bright: bool = True) -> list[list[np.ndarray]]:
     return out
 
 
-def _build(tmp_path, on: bool):
+def _toy(backend: str, n: int):
+    """The model, its backend, ``n`` calibration batches and an example input."""
     from edgekit.backends import get_backend
 
     torch.manual_seed(0)
-    model = CoarseTail().eval()
-    be = get_backend("onnxruntime")
-    cal = _data(48, 0)
-    ex = (torch.from_numpy(cal[0][0]),)
+    cal = _data(n, 0)
+    return CoarseTail().eval(), get_backend(backend), cal, (torch.from_numpy(cal[0][0]),)
+
+
+def _build(tmp_path, on: bool):
+    model, be, cal, ex = _toy("onnxruntime", 48)
     fp32 = be.export(model, ex, tmp_path / "fp32", input_names=["x"], output_names=["y"],
                      options={})
     art = be.quantize(model, ex, tmp_path / f"q{on}", input_names=["x"], output_names=["y"],
@@ -98,3 +101,13 @@ def test_bias_correction_on_the_qdq_model_removes_the_shift_its_activations_add(
     (tmp_path / "again").mkdir()
     _, _, again = _build(tmp_path / "again", True)
     assert again.path.read_bytes() == fixed_art.path.read_bytes()
+
+
+def test_openvino_qdq_source_skips_the_correction_and_says_why(tmp_path):
+    model, be, cal, ex = _toy("openvino", 16)
+    art = be.quantize(model, ex, tmp_path / "ov", input_names=["x"], output_names=["y"],
+                      options={}, calibration=cal,
+                      config=QuantConfig(int8_bias_correction=True, openvino_source="qdq",
+                                         latency_check=False, fallback=False))
+    record = art.info["quantization"]["int8_bias_correction"]
+    assert record["applied"] is False and "ONNX Runtime" in record["skipped"], record

@@ -1,4 +1,4 @@
-"""Bias correction on a QDQ model's own arithmetic (ONNX Runtime, OpenVINO's ``qdq`` source).
+"""Bias correction on a QDQ model's own arithmetic (ONNX Runtime).
 
 edgekit's float-domain bias correction (:mod:`edgekit.quantize.transforms.bias_correction`)
 removes the mean shift that *weight* rounding gives each layer. What the int8 model computes

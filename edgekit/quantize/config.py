@@ -122,10 +122,11 @@ class QuantConfig:
       rounded. The manifest records each layer's output error with round to nearest and with
       the learned rounding (``quantization.transforms.adaround_layers``).
     * ``int8_bias_correction`` (off by default): bias correction on the QDQ model's own
-      arithmetic (:mod:`edgekit.backends.onnx_bias_correction`; ONNX Runtime, and OpenVINO's
-      ``qdq`` source, corrected with ONNX Runtime's arithmetic): each Conv / Gemm's int32 bias
-      moves by the mean shift its accumulator shows against fp32 on the calibration data,
-      layer by layer, a correction kept only where the model's outputs came closer to fp32;
+      arithmetic (:mod:`edgekit.backends.onnx_bias_correction`; ONNX Runtime targets:
+      OpenVINO's ``qdq`` source records it as skipped, its kernels' arithmetic differs): each
+      Conv / Gemm's int32 bias moves by the mean shift its accumulator shows against fp32 on
+      the calibration data, layer by layer, a correction kept only where the model's outputs
+      came closer to fp32;
       the whole is fitted on three quarters of the calibration batches and kept only if the
       outputs on the last quarter are closer too. The manifest records it
       (``quantization.int8_bias_correction``). It costs about two passes of the int8 model
