@@ -131,7 +131,10 @@ class QuantConfig:
       outputs on the last quarter are closer too. The manifest records it
       (``quantization.int8_bias_correction``). It costs about two passes of the int8 model
       over the batches per Conv / Gemm layer. Measured in
-      benchmarks/results/int8_bias_correction.
+      benchmarks/results/int8_bias_correction: top-1 closer to fp32 on three trained twins;
+      SQNR +1.0 dB on MobileNetV3 with ``range_method = "auto"`` and -3.4 dB without it (with
+      ranges left to the runtime, the corrected min-max build passes the gate, so the ranges
+      chosen by error are not tried), within 0.3 dB on ResNet-18 and MobileNetV2.
     * ``range_method``: how activation ranges are set, one of ``RANGE_METHODS``:
       ``"runtime"`` (the default) leaves them to the runtime's calibrator (``method``);
       ``"minmax"``, ``"percentile"`` (``extra["percentile"]``, 99.99), ``"mse"``,
