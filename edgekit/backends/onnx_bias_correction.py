@@ -41,12 +41,18 @@ class _Layer:
     f_tensor: str  # the same values in the fp32 model
     bias: str  # int32 initializer
     scale: str  # its float scale initializer
+    q_range: tuple[float, float] | None  # what the output's QuantizeLinear keeps
+
+    @property
+    def axis(self) -> int:
+        return 1 if self.op == "Conv" else -1
 
 
 def _layers(qdq: Any, fp32: Any) -> list[_Layer]:
     """The Conv / Gemm nodes of ``qdq`` with an int32 QDQ bias, in graph order, each with the
     fp32 tensor that holds its float output (before a Relu / Clip the QDQ model removed)."""
     inits = {i.name: i for i in qdq.graph.initializer}
+    quantized = {n.input[0]: n for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
     producer = {o: n for n in qdq.graph.node for o in n.output}
     f_producer = {o: n for n in fp32.graph.node for o in n.output}
     out: list[_Layer] = []
@@ -65,7 +71,8 @@ def _layers(qdq: Any, fp32: Any) -> list[_Layer]:
             f = f_producer.get(f_name)
         if f is None or f.op_type != n.op_type:
             continue
-        out.append(_Layer(n.name, n.op_type, name, f_name, dq.input[0], dq.input[1]))
+        out.append(_Layer(n.name, n.op_type, name, f_name, dq.input[0], dq.input[1],
+                          _q_range(quantized.get(name), inits)))
     return out
 
 
@@ -87,29 +94,25 @@ def _session(proto: Any, tensors: Sequence[str], *, optimize: bool) -> Any:
     return ort.InferenceSession(p.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _q_range(qdq: Any, tensor: str) -> tuple[float, float] | None:
-    """The float range the QuantizeLinear reading ``tensor`` keeps (None: no per-tensor Q)."""
+def _q_range(q: Any, inits: dict[str, Any]) -> tuple[float, float] | None:
+    """The float range QuantizeLinear ``q`` keeps (None: no Q, or not one per-tensor scale)."""
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in qdq.graph.initializer}
-    for n in qdq.graph.node:
-        if n.op_type != "QuantizeLinear" or n.input[0] != tensor or len(n.input) < 3 \
-                or n.input[1] not in inits or n.input[2] not in inits:
-            continue
-        scale = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
-        zp = numpy_helper.to_array(inits[n.input[2]])
-        if scale.size != 1:
-            return None
-        info = np.iinfo(zp.dtype)
-        z = float(zp.reshape(-1)[0])
-        s = float(scale.reshape(-1)[0])
-        return (info.min - z) * s, (info.max - z) * s
-    return None
+    if q is None or len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits:
+        return None
+    scale = numpy_helper.to_array(inits[q.input[1]]).astype(np.float64)
+    zp = numpy_helper.to_array(inits[q.input[2]])
+    if scale.size != 1:
+        return None
+    info = np.iinfo(zp.dtype)
+    z, s = float(zp.reshape(-1)[0]), float(scale.reshape(-1)[0])
+    return (info.min - z) * s, (info.max - z) * s
 
 
 class _Pass:
-    """One run of the QDQ model over the batches: one layer's accumulator shift (see
-    :func:`_shift`) and the squared error of the model's outputs against fp32."""
+    """Runs of the QDQ model over the batches, each giving one layer's accumulator shift
+    against fp32 (its per-channel mean over the elements inside the output's Q range) and the
+    squared error of the model's outputs against fp32 (``ref``, computed once)."""
 
     def __init__(self, fp32: Any, input_names: Sequence[str],
                  batches: Sequence[Sequence[np.ndarray]]) -> None:
@@ -124,8 +127,7 @@ class _Pass:
     def signal(self) -> float:
         return float(sum(np.sum(np.asarray(r, np.float64) ** 2) for rs in self.ref for r in rs))
 
-    def run(self, qdq: Any, layer: _Layer | None, axis: int,
-            q_range: tuple[float, float] | None) -> tuple[np.ndarray | None, float]:
+    def run(self, qdq: Any, layer: _Layer | None) -> tuple[np.ndarray | None, float]:
         q_sess = _session(qdq, [layer.q_tensor] if layer else [], optimize=True)
         f_sess = _session(self.fp32, [layer.f_tensor], optimize=False) if layer else None
         total = None
@@ -138,11 +140,11 @@ class _Pass:
                              for g, r in zip(got, ref)))
             if layer is None or f_sess is None:
                 continue
-            q = np.moveaxis(np.asarray(got[-1], np.float64), axis, 0)
-            f = np.moveaxis(np.asarray(f_sess.run([layer.f_tensor], feed)[0], np.float64), axis, 0)
+            f = f_sess.run([layer.f_tensor], feed)[0]
+            q, f = (np.moveaxis(np.asarray(v, np.float64), layer.axis, 0) for v in (got[-1], f))
             q, f = q.reshape(q.shape[0], -1), f.reshape(f.shape[0], -1)
-            keep = np.ones_like(f, bool) if q_range is None else \
-                (f >= q_range[0]) & (f <= q_range[1])
+            lo, hi = layer.q_range or (-np.inf, np.inf)
+            keep = (f >= lo) & (f <= hi)
             s, c = ((q - f) * keep).sum(1), keep.sum(1)
             total = s if total is None else total + s
             count = c if count is None else count + c
@@ -174,9 +176,7 @@ def correct_qdq_biases(qdq_path: Path, fp32_path: Path, out_path: Path, *,
         return round(float(10 * np.log10(signal / err)), 2) if err > 0 and signal > 0 else 200.0
 
     def measure(i: int) -> tuple[np.ndarray | None, float]:
-        lay = layers[i] if i < len(layers) else None
-        return run.run(qdq, lay, 1 if lay and lay.op == "Conv" else -1,
-                       _q_range(qdq, lay.q_tensor) if lay else None)
+        return run.run(qdq, layers[i] if i < len(layers) else None)
 
     shift, best = measure(0)
     first = best

@@ -126,9 +126,8 @@ class QuantConfig:
       OpenVINO's ``qdq`` source records it as skipped, its kernels' arithmetic differs): each
       Conv / Gemm's int32 bias moves by the mean shift its accumulator shows against fp32 on
       the calibration data, layer by layer, a correction kept only where the model's outputs
-      came closer to fp32;
-      the whole is fitted on three quarters of the calibration batches and kept only if the
-      outputs on the last quarter are closer too. The manifest records it
+      came closer to fp32; the whole is fitted on three quarters of the calibration batches
+      and kept only if the outputs on the last quarter are closer too. The manifest records it
       (``quantization.int8_bias_correction``). It costs about two passes of the int8 model
       over the batches per Conv / Gemm layer. Measured in
       benchmarks/results/int8_bias_correction: top-1 closer to fp32 on three trained twins;
