@@ -445,11 +445,114 @@ def test_litert_cuts_a_hardswish_input_range_at_minus_three(tmp_path):
               .get_tensor_details() if d["dtype"] == np.int8]
     assert any(abs(s - scale) <= 1e-3 * scale for s in scales), (scale, scales)
     sess = be.load(art, threads=1, options={"io": "float"})
+    assert _random_sqnr(model, sess, g, 8) > 25.0
+
+
+def _random_sqnr(model: nn.Module, session, g: torch.Generator, n: int) -> float:
+    """SQNR (dB) of ``session`` against ``model`` on ``n`` fresh 1x3x8x8 normal inputs."""
     num = den = 0.0
-    for _ in range(8):
+    for _ in range(n):
         x = torch.randn(1, 3, 8, 8, generator=g)
         with torch.no_grad():
             ref = model(x).numpy().astype(np.float64)
-        out = sess.run([x.numpy()])[0].astype(np.float64)
+        out = session.run([x.numpy()])[0].astype(np.float64)
         num, den = num + float((ref ** 2).sum()), den + float(((out - ref) ** 2).sum())
-    assert 10 * np.log10(num / den) > 25.0
+    return float(10 * np.log10(num / den))
+
+
+class _SqueezeExcite(nn.Module):
+    """A squeeze-excitation block as MobileNetV3 ends it (``fc2 -> Hardsigmoid -> mul``), a
+    Hardswish, a ReLU6 and a tensor read by two different ops. ``fc2``'s output spreads over
+    about [-200, 200] (biases of +-200): Hardsigmoid tells apart only [-3, 3] of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Conv2d(8, 4, 1)
+        self.fc2 = nn.Conv2d(4, 8, 1)
+        self.gate = nn.Hardsigmoid()
+        self.act = nn.Hardswish()
+        self.proj = nn.Conv2d(8, 8, 1)
+        self.clip = nn.ReLU6()
+        self.head = nn.Conv2d(8, 4, 1)
+        with torch.no_grad():
+            self.fc2.weight.mul_(0.3)
+            self.fc2.bias.copy_(torch.tensor([200.0, -200, 0.5, -0.5, 1.0, -1.0, 0.2, -0.2]))
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        s = self.gate(self.fc2(torch.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
+        p = self.proj(h * s)
+        return self.head(self.clip(p) + p)
+
+
+def test_onnx_readers_flat_outside_an_interval_give_it(tmp_path):
+    """Per tensor of an exported graph: HardSigmoid's input [-3, 3]; Hardswish's input (as
+    exported: x * HardSigmoid(x)) from -3 up; Clip(0, 6) its bounds; a tensor also read by an
+    Add (or a graph output) no interval."""
+    import onnx
+
+    from edgekit.backends import get_backend
+    from edgekit.backends.onnx_active_ranges import active_intervals
+
+    model = _SqueezeExcite().eval()
+    art = get_backend("onnxruntime").export(model, (torch.randn(1, 3, 8, 8),), tmp_path,
+                                            input_names=["x"], output_names=["y"], options={})
+    proto = onnx.load(str(art.path))
+    nodes = list(proto.graph.node)
+    made = {o: n for n in nodes for o in n.output}
+    tensors = [o for n in nodes for o in n.output]
+    got = active_intervals(proto, tensors)
+    gate_in = next(n.input[0] for n in nodes if n.op_type == "HardSigmoid"
+                   and made[n.input[0]].op_type == "Conv"
+                   and not any(m.op_type == "Mul" and n.input[0] in m.input for m in nodes))
+    assert got[gate_in] == pytest.approx((-3.0, 3.0))
+    first_conv = next(n for n in nodes if n.op_type == "Conv").output[0]
+    assert got[first_conv][0] == pytest.approx(-3.0) and got[first_conv][1] == np.inf
+    proj = [n for n in nodes if n.op_type == "Conv"][-2].output[0]
+    assert proj not in got  # read by Clip and Add
+    assert "y" not in got
+    clip_in = next(n.input[0] for n in nodes if n.op_type == "Clip")
+    assert clip_in == proj
+
+
+def test_onnxruntime_cuts_a_squeeze_excite_gate_range_to_minus_three_three(tmp_path):
+    """ONNX Runtime with per-tensor ranges: fc2's output, read only by HardSigmoid, is
+    quantized on [-3, 3] (recorded, the file's scale is that grid's) instead of its ~400-wide
+    min-max range, and the int8 outputs are closer to fp32 than ONNX Runtime's own min-max
+    calibration's."""
+    import onnx
+
+    from edgekit.backends import get_backend
+
+    torch.set_num_threads(1)
+    model = _SqueezeExcite().eval()
+    g = torch.Generator().manual_seed(1)
+    cal = [[torch.randn(1, 3, 8, 8, generator=g).numpy()] for _ in range(16)]
+    be = get_backend("onnxruntime")
+    ex = (torch.from_numpy(cal[0][0]),)
+    fp32 = be.export(model, ex, tmp_path / "fp32", input_names=["x"], output_names=["y"],
+                     options={})
+
+    def build(name, **config):
+        art = be.quantize(model, ex, tmp_path / name, input_names=["x"], output_names=["y"],
+                          options={}, calibration=cal, config=QuantConfig(**config), fp32=fp32)
+        return art, be.load(art, threads=1, options={})
+
+    plain, plain_sess = build("runtime")
+    cut, cut_sess = build("minmax", range_method="minmax")
+    ranges = cut.info["quantization"]["ranges"]
+    gated = {t: r for t, r in ranges["per_tensor"].items()
+             if r.get("cut_to_consumer") == [pytest.approx(-3.0), pytest.approx(3.0)]}
+    assert len(gated) == 1, ranges["per_tensor"]
+    (tensor, rec), = gated.items()
+    assert rec["rmin"] == pytest.approx(-3.0) and rec["rmax"] == pytest.approx(3.0)
+    assert ranges["clipped_to_consumer"] == 1  # the Hardswish's input stays above -3 here
+    scale, _, _ = _qdq_params(cut.path, tensor)
+    assert scale == pytest.approx(6.0 / 255, rel=1e-3)
+    wide, _, _ = _qdq_params(plain.path, tensor)
+    assert wide > 50 * scale  # min-max over about [-200, 200]
+    assert onnx.load(str(cut.path)).graph.node  # a valid file
+    before, after = _random_sqnr(model, plain_sess, g, 16), _random_sqnr(model, cut_sess, g, 16)
+    assert after > before + 6.0, (before, after)

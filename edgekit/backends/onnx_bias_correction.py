@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from ..measure.metrics import power_ratio_db
+from .onnx_probe import probe_session
+
 __all__ = ["correct_qdq_biases"]
 
 _REMOVED = ("Relu", "Clip")  # activations the QDQ model folds into the output's Q range
@@ -77,21 +80,7 @@ def _layers(qdq: Any, fp32: Any) -> list[_Layer]:
 
 
 def _session(proto: Any, tensors: Sequence[str], *, optimize: bool) -> Any:
-    import onnx
-    import onnxruntime as ort
-
-    p = onnx.ModelProto()
-    p.CopyFrom(proto)
-    have = {o.name for o in p.graph.output}
-    for t in tensors:
-        if t not in have:
-            p.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT,
-                                                                     None))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(p.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return probe_session(proto, tensors, untyped=True, optimize=optimize)[0]
 
 
 def _q_range(q: Any, inits: dict[str, Any]) -> tuple[float, float] | None:
@@ -173,7 +162,7 @@ def correct_qdq_biases(qdq_path: Path, fp32_path: Path, out_path: Path, *,
     signal = run.signal()
 
     def db(err: float) -> float:
-        return round(float(10 * np.log10(signal / err)), 2) if err > 0 and signal > 0 else 200.0
+        return round(power_ratio_db(signal, err), 2)
 
     def measure(i: int) -> tuple[np.ndarray | None, float]:
         return run.run(qdq, layers[i] if i < len(layers) else None)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..modulenames import in_modules
+from .onnx_active_ranges import active_intervals
 from .onnx_probe import augmented_session
 
 if TYPE_CHECKING:
@@ -838,6 +839,10 @@ def plan_ranges(src: Path, *, input_names: Sequence[str],
     tensors = _activation_tensors(proto, op_types, exclude)
     axes, weights = _consumer_weights(proto, tensors)
     stats = collect_activation_stats(src, input_names, batches, tensors, axes)
+    active = active_intervals(proto, tensors)
+    # what the search scores: each tensor cut to the interval its readers tell apart, the
+    # cut ``choose_range`` makes too (so the candidates scored are the ones chosen from)
+    seen = {t: s.within(*active[t]) if t in active and s.seen else s for t, s in stats.items()}
     method = config.range_method if config.range_method != "runtime" else "minmax"
     percentile = float(config.extra.get("percentile", 99.99))
     grid8 = GRIDS[act_grid]
@@ -854,17 +859,18 @@ def plan_ranges(src: Path, *, input_names: Sequence[str],
         limit = int(config.extra_number("range_batches", 8))
         try:
             outputs, search = search_output_errors(
-                src, input_names, batches[:limit], stats, grid8, percentile,
+                src, input_names, batches[:limit], seen, grid8, percentile,
                 skip=relu_inputs | same, weights=weights)
         except Exception as exc:  # noqa: BLE001 - fall back to the consuming layers' error
             sess, aug, _ = augmented_session(src, list(stats))
-            outputs = _output_errors(sess, aug, input_names, batches[:limit], stats, grid8,
+            outputs = _output_errors(sess, aug, input_names, batches[:limit], seen, grid8,
                                      percentile, weights)
             search = {"criterion": "consuming layers' outputs (the model-output search "
                       f"failed: {type(exc).__name__}: {str(exc)[:200]})"}
     choices = {t: choose_range(s, method, grid8, weights.get(t), percentile=percentile,
                                output_errors=outputs.get(t),
-                               margin=_SEARCH_MARGIN if search.get("runs") else 0.0)
+                               margin=_SEARCH_MARGIN if search.get("runs") else 0.0,
+                               active=active.get(t))
                for t, s in stats.items() if s.seen}
     # ORT gives a Relu / Clip input the range of its output (the activation folds into the
     # Q/DQ pair): that input takes its output's choice, so the override given is the one used.
@@ -925,6 +931,8 @@ def _outputs_sqnr(model: Path, ref: Path, input_names: Sequence[str],
     """SQNR (dB) of ``model``'s outputs against ``ref``'s over ``batches`` (all outputs)."""
     import onnxruntime as ort
 
+    from ..measure.metrics import power_ratio_db
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     a = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
@@ -936,7 +944,7 @@ def _outputs_sqnr(model: Path, ref: Path, input_names: Sequence[str],
             r64 = np.asarray(r, np.float64)
             sig += float(np.sum(r64 ** 2))
             err += float(np.sum((np.asarray(x, np.float64) - r64) ** 2))
-    return float(10 * np.log10(sig / err)) if err > 0 and sig > 0 else 200.0
+    return power_ratio_db(sig, err)
 
 
 def _correct_biases(src: Path, model: Path, input_names: Sequence[str],

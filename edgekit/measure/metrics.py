@@ -39,7 +39,7 @@ import numpy as np
 
 __all__ = ["REL_FLOOR", "centred_cosine", "classification_metrics", "compare_outputs",
            "confusion_matrix", "cosine", "json_number", "macro_f1", "macro_recall",
-           "max_abs_error", "max_rel_error", "mean_iou", "recall_at_k", "sqnr_db",
+           "max_abs_error", "max_rel_error", "mean_iou", "power_ratio_db", "recall_at_k", "sqnr_db",
            "top1_agreement", "top1_matches", "topk_accuracy"]
 
 #: Denominator floor of the relative error.
@@ -79,6 +79,12 @@ def sqnr_db(ref: Any, out: Any) -> float:
     if signal == 0.0:
         return -math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+def power_ratio_db(signal: float, noise: float, cap: float = 200.0) -> float:
+    """``10 log10(signal / noise)`` of sums accumulated elsewhere (e.g. over batches),
+    ``cap`` where either is 0 (a finite number for the manifest's JSON)."""
+    return float(10.0 * math.log10(signal / noise)) if noise > 0 and signal > 0 else cap
 
 
 def top1_matches(ref: Any, out: Any) -> tuple[int, int]:
