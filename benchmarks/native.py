@@ -165,6 +165,33 @@ def default_int8_flows(model: torch.nn.Module, x: tuple[torch.Tensor, ...],
                                       output_names, threads)[0]}
 
 
+def default_layer_precisions(runtime: str, tmp: Path) -> dict[str, int]:
+    """Compute layers per precision of the file :func:`default_int8_flows` wrote for
+    ``runtime`` under ``tmp``, read back from it as edgekit reads its own (a default flow may
+    leave layers in float: NNCF's squeeze-excitation pattern)."""
+    from collections import Counter
+
+    if runtime == "onnxruntime":
+        from edgekit.backends.onnxruntime_int8 import onnx_precision_summary
+
+        layers = onnx_precision_summary(tmp / "native-ort" / "model.onnx")["layers"]
+    elif runtime == "openvino":
+        import openvino as ov
+
+        from edgekit.backends.openvino_int8 import openvino_precision_summary
+
+        om = ov.Core().read_model(str(tmp / "native-ov" / "model.xml"))
+        layers = openvino_precision_summary(om)["layers"]
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        from edgekit.backends.tflite_int8 import tflite_precision_summary
+
+        path = next((tmp / "native-tfl").rglob("*.tflite"))
+        layers = tflite_precision_summary(Interpreter(model_path=str(path)))["layers"]
+    return dict(Counter(str(r["precision"]) for r in layers))
+
+
 def torch_pruning_by_hand(model: torch.nn.Module, x: tuple[torch.Tensor, ...], task: Any, *,
                           ratio: float = 0.5, epochs: int = 3) -> dict[str, Any]:
     """MetaPruner(L2, ratio) ignoring only the output layer(s), then a plain fine-tune. Returns
