@@ -729,3 +729,45 @@ def test_a_conv_holding_the_batchnorm_after_it_gives_it_its_tensor():
     t2 = RuntimeTensor("c", "CONV_2D", 0, "c", "metadata", "int8", [conv[:1], conv[1:]])
     m = {x.module: x for x in map_layers(layers, [t2, h])}
     assert (m["c"].tensor, m["c"].compare_to) == (t2, "c")
+
+
+class _TwoConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+def test_a_range_set_by_a_tail_of_calibration_inputs_is_named_a_coarse_grid(tmp_path):
+    """Calibrated on inputs of which 2 in 16 are 200x larger, explained on ordinary ones:
+    conv1's int8 tensor takes a few of its 256 levels there; the suggestion says so (not
+    "rounding noise over the whole range") and points at 16-bit activations or float."""
+    _need({"onnxruntime"})
+    from edgekit.pipeline import compress
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(1)
+    calib = torch.rand(16, 1, 8, 8, generator=gen)
+    calib[:2] *= 200.0
+    model = _TwoConvs().eval()
+    compress(model, calib[2:3], targets=[INT8[0]], out_dir=tmp_path / "b",
+             calibration=calib.numpy(), input_names=["x"], output_names=["y"], progress=False,
+             quantization={"latency_check": False, "fallback": False, "equalize": False,
+                           "bias_correction": False})
+    x = torch.rand(4, 1, 1, 8, 8, generator=gen)
+    report = explain(model, tmp_path / "b" / INT8[0] / "model.onnx", [(s,) for s in x],
+                     progress=False)
+    t = report.targets[0]
+    conv1 = next(r for r in t.rows if r.module == "conv1")
+    assert conv1.precision == "int8" and conv1.levels is not None and conv1.levels <= 16
+    assert t.jump is not None and t.jump.module == "conv1"
+    assert t.suggestion["symptom"].startswith(f"coarse grid: on these inputs the tensor takes "
+                                              f"{conv1.levels} of its 256 levels")
+    assert "activations_16bit" in t.suggestion["action"]
+    assert "keep_float': ['conv1']" in t.suggestion["action"]
+    assert report.to_json()["targets"][t.target]["layers"][0]["levels"] == conv1.levels

@@ -44,6 +44,8 @@ __all__ = ["CAP_DB", "LayerNumbers", "TargetResult", "first_jump", "layer_number
 
 #: SQNR above this counts as exact for the jump and culprit rules.
 CAP_DB = 60.0
+#: An integer tensor on at most this many distinct values is on a coarse grid.
+COARSE_LEVELS = 16
 
 
 @dataclass
@@ -68,6 +70,9 @@ class LayerNumbers:
     #: The layer alone, fed with PyTorch's own inputs (effective SQNR, dB); None where the
     #: runtime offers no way to run one layer (see :mod:`edgekit.explain.local_onnx`).
     local_sqnr_db: float | None = None
+    #: Distinct values of an integer layer's runtime tensor over the samples: the grid levels
+    #: these inputs use (None: not an integer layer).
+    levels: int | None = None
 
     @property
     def mapped(self) -> bool:
@@ -86,6 +91,7 @@ class LayerNumbers:
             out[k] = json_number(getattr(self, k))
         out["local_sqnr_db"] = ("n/a" if self.local_sqnr_db is None
                                 else json_number(self.local_sqnr_db))
+        out["levels"] = self.levels
         return out
 
 
@@ -113,6 +119,8 @@ def layer_numbers(layer: LayerCapture, depth: int, match: LayerMatch,
         row.channel_sqnr_db = float(np.median(channel_sqnr_db(ref, out, axis=1)))
     row.ref_absmax = float(np.abs(ref).max()) if ref.size else 0.0
     row.out_absmax = float(np.abs(out).max()) if out.size else 0.0
+    if precision is not None and precision.startswith(("int", "uint")):
+        row.levels = int(np.unique(out).size)
     return row
 
 
@@ -174,6 +182,19 @@ def suggest(row: LayerNumbers) -> dict[str, str]:
                 "action": "the calibration range is too narrow: use the minmax range method "
                           "or calibration data that covers these inputs, or keep the layer in "
                           f"float: {keep}"}
+    eff = row.effective_sqnr_db
+    if row.levels is not None and row.levels <= COARSE_LEVELS and eff is not None \
+            and eff < 20.0 and row.precision is not None:
+        bits = 16 if "16" in row.precision else 8
+        return {"symptom": f"coarse grid: on these inputs the tensor takes {row.levels} of its "
+                           f"{2 ** bits} levels (SQNR {eff:.1f} dB): its calibrated range is "
+                           "far wider than their values, set by calibration inputs much larger "
+                           "than these (a tail of inputs, not of elements)",
+                "action": "16-bit activations for this tensor (ONNX Runtime: "
+                          "activations_16bit naming the layer that reads it; LiteRT: 16x8), or "
+                          f"keep the layer in float: {keep}; a tighter range (percentile) clips "
+                          "the inputs that set it; calibrate on data like the inputs the model "
+                          "will see"}
     return {"symptom": f"rounding noise over the whole range (SQNR {sq:.1f} dB)"
                        if sq is not None else "no numbers",
             "action": "try the percentile or entropy range method (quantization={'method': "
