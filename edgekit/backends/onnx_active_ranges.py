@@ -5,10 +5,11 @@ A squeeze-excitation block ends in ``Conv -> HardSigmoid``; a trained MobileNetV
 last SE convolutions put out values in ``[-435, 397]`` that HardSigmoid flattens to 0 or 1
 outside ``[-3, 3]``: a min-max (or percentile, MSE) range over the whole spread leaves about
 two uint8 steps for the values that matter. Cut to ``[-3, 3]`` first, every candidate range
-spends its 256 levels there, losslessly (the Q saturates exactly where the activation is
-flat). The same holds for ``x * HardSigmoid(x)`` (HardSwish as exported, inlined) below
-``-3``, ``HardSwish``, ``Relu`` and ``Clip`` with constant bounds. LiteRT's observers take
-the same cut from the PT2E graph (:func:`edgekit.backends.tflite_int8._consumer_interval`);
+spends its 256 levels there, and the Q saturates where the activation is flat (lossless up
+to the grid's rounding at the ends: uint8 on [-3, 3] holds -3.01..2.99). The same holds for
+``x * HardSigmoid(x)`` (HardSwish as exported, inlined) below ``-3``, ``HardSwish``,
+``Relu`` and ``Clip`` with constant bounds. LiteRT's observers take the same cut from the
+PT2E graph (:func:`edgekit.backends.tflite_int8._consumer_interval`);
 :func:`edgekit.backends._ranges.choose_range` applies it.
 """
 

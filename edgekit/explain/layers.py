@@ -46,6 +46,7 @@ __all__ = ["CAP_DB", "LayerNumbers", "TargetResult", "first_jump", "layer_number
 CAP_DB = 60.0
 #: An integer tensor on at most this many distinct values is on a coarse grid.
 COARSE_LEVELS = 16
+_LEVELS_SAMPLE = 1 << 18
 
 
 @dataclass
@@ -71,7 +72,8 @@ class LayerNumbers:
     #: runtime offers no way to run one layer (see :mod:`edgekit.explain.local_onnx`).
     local_sqnr_db: float | None = None
     #: Distinct values of an integer layer's runtime tensor over the samples: the grid levels
-    #: these inputs use (None: not an integer layer).
+    #: these inputs use, counted on its first 2**18 values unless 16 or fewer there (None: not
+    #: an integer layer).
     levels: int | None = None
 
     @property
@@ -120,7 +122,10 @@ def layer_numbers(layer: LayerCapture, depth: int, match: LayerMatch,
     row.ref_absmax = float(np.abs(ref).max()) if ref.size else 0.0
     row.out_absmax = float(np.abs(out).max()) if out.size else 0.0
     if precision is not None and precision.startswith(("int", "uint")):
-        row.levels = int(np.unique(out).size)
+        flat = out.reshape(-1)
+        row.levels = int(np.unique(flat[:_LEVELS_SAMPLE]).size)  # a sort of every value is
+        if row.levels <= COARSE_LEVELS < flat.size:  # slow on big tensors; exact where coarse
+            row.levels = int(np.unique(flat).size)
     return row
 
 
