@@ -522,8 +522,6 @@ def test_onnxruntime_cuts_a_squeeze_excite_gate_range_to_minus_three_three(tmp_p
     quantized on [-3, 3] (recorded, the file's scale is that grid's) instead of its ~400-wide
     min-max range, and the int8 outputs are closer to fp32 than ONNX Runtime's own min-max
     calibration's."""
-    import onnx
-
     from edgekit.backends import get_backend
 
     torch.set_num_threads(1)
@@ -553,6 +551,5 @@ def test_onnxruntime_cuts_a_squeeze_excite_gate_range_to_minus_three_three(tmp_p
     assert scale == pytest.approx(6.0 / 255, rel=1e-3)
     wide, _, _ = _qdq_params(plain.path, tensor)
     assert wide > 50 * scale  # min-max over about [-200, 200]
-    assert onnx.load(str(cut.path)).graph.node  # a valid file
     before, after = _random_sqnr(model, plain_sess, g, 16), _random_sqnr(model, cut_sess, g, 16)
     assert after > before + 6.0, (before, after)

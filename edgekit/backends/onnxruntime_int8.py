@@ -842,7 +842,8 @@ def plan_ranges(src: Path, *, input_names: Sequence[str],
     active = active_intervals(proto, tensors)
     # what the search scores: each tensor cut to the interval its readers tell apart, the
     # cut ``choose_range`` makes too (so the candidates scored are the ones chosen from)
-    seen = {t: s.within(*active[t]) if t in active and s.seen else s for t, s in stats.items()}
+    cut_stats = {t: s.within(*active[t]) if t in active and s.seen else s
+                 for t, s in stats.items()}
     method = config.range_method if config.range_method != "runtime" else "minmax"
     percentile = float(config.extra.get("percentile", 99.99))
     grid8 = GRIDS[act_grid]
@@ -859,12 +860,12 @@ def plan_ranges(src: Path, *, input_names: Sequence[str],
         limit = int(config.extra_number("range_batches", 8))
         try:
             outputs, search = search_output_errors(
-                src, input_names, batches[:limit], seen, grid8, percentile,
+                src, input_names, batches[:limit], cut_stats, grid8, percentile,
                 skip=relu_inputs | same, weights=weights)
         except Exception as exc:  # noqa: BLE001 - fall back to the consuming layers' error
             sess, aug, _ = augmented_session(src, list(stats))
-            outputs = _output_errors(sess, aug, input_names, batches[:limit], seen, grid8,
-                                     percentile, weights)
+            outputs = _output_errors(sess, aug, input_names, batches[:limit], cut_stats,
+                                     grid8, percentile, weights)
             search = {"criterion": "consuming layers' outputs (the model-output search "
                       f"failed: {type(exc).__name__}: {str(exc)[:200]})"}
     choices = {t: choose_range(s, method, grid8, weights.get(t), percentile=percentile,
@@ -926,25 +927,29 @@ def _choose_16bit(plan: RangePlan, static: Any, base_out: Path, tmp: Path,
     return [], record
 
 
-def _outputs_sqnr(model: Path, ref: Path, input_names: Sequence[str],
-                  batches: Sequence[Sequence[np.ndarray]]) -> float:
-    """SQNR (dB) of ``model``'s outputs against ``ref``'s over ``batches`` (all outputs)."""
+def _outputs_sqnr(models: Sequence[Path], ref: Path, input_names: Sequence[str],
+                  batches: Sequence[Sequence[np.ndarray]]) -> list[float]:
+    """SQNR (dB) of each of ``models``' outputs against ``ref``'s over ``batches`` (all
+    outputs), the reference run once per batch for all of them."""
     import onnxruntime as ort
 
     from ..measure.metrics import power_ratio_db
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    a = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    sessions = [ort.InferenceSession(str(m), so, providers=["CPUExecutionProvider"])
+                for m in models]
     b = ort.InferenceSession(str(ref), so, providers=["CPUExecutionProvider"])
-    sig = err = 0.0
+    sig = 0.0
+    err = [0.0] * len(sessions)
     for batch in batches:
         feed = dict(zip(input_names, batch))
-        for x, r in zip(a.run(None, feed), b.run(None, feed)):
-            r64 = np.asarray(r, np.float64)
-            sig += float(np.sum(r64 ** 2))
-            err += float(np.sum((np.asarray(x, np.float64) - r64) ** 2))
-    return power_ratio_db(sig, err)
+        refs = [np.asarray(r, np.float64) for r in b.run(None, feed)]
+        sig += float(sum(np.sum(r ** 2) for r in refs))
+        for i, a in enumerate(sessions):
+            err[i] += float(sum(np.sum((np.asarray(x, np.float64) - r) ** 2)
+                                for x, r in zip(a.run(None, feed), refs)))
+    return [power_ratio_db(sig, e) for e in err]
 
 
 def _correct_biases(src: Path, model: Path, input_names: Sequence[str],
@@ -960,8 +965,7 @@ def _correct_biases(src: Path, model: Path, input_names: Sequence[str],
     t0 = time.perf_counter()
     record = correct_qdq_biases(model, src, out, input_names=input_names, batches=fit)
     check = check or fit
-    before = _outputs_sqnr(model, src, input_names, check)
-    after = _outputs_sqnr(out, src, input_names, check)
+    before, after = _outputs_sqnr([model, out], src, input_names, check)
     record.update(fit_batches=len(fit), held_out_batches=len(check) if held else 0,
                   sqnr_before_db=round(before, 2), sqnr_after_db=round(after, 2),
                   applied=bool(record["corrected"]) and after > before,
@@ -980,8 +984,7 @@ def _guard(src: Path, chosen: Path, build_minmax: Any, input_names: Sequence[str
     held = list(batches[searched:]) or list(batches)
     minmax = chosen.with_name("guard-minmax.onnx")
     build_minmax(minmax)
-    auto_db = _outputs_sqnr(chosen, src, input_names, held)
-    minmax_db = _outputs_sqnr(minmax, src, input_names, held)
+    auto_db, minmax_db = _outputs_sqnr([chosen, minmax], src, input_names, held)
     kept = "auto" if auto_db >= minmax_db else "minmax"
     if kept != "auto":
         shutil.copyfile(minmax, chosen)
