@@ -451,13 +451,15 @@ def accuracy_model(deploy_name: str, tmp: Path, *, calib_n: int, limit: int | No
 
 def int8_record(q: dict[str, Any] | None) -> dict[str, Any]:
     """What an int8 build shipped, from its manifest: the layers kept in float, the layers per
-    precision read from the artifact and, where the runtime has several int8 sources, the one
-    kept and why."""
+    precision read from the artifact (with LiteRT's other ops on float data as ``float
+    ops``) and, where the runtime has several int8 sources, the one kept and why."""
     if not q:
         return {}
     out: dict[str, Any] = {"float_layers": list(q.get("float_layers") or []),
                            "layer_precisions": dict(Counter(
                                str(r.get("precision")) for r in q.get("layers") or []))}
+    if float_ops := sum((q.get("float_ops") or {}).values()):
+        out["layer_precisions"]["float ops"] = float_ops
     if choice := q.get("source_choice"):
         out["source"] = {"kept": choice["kept"], "why": choice["why"],
                          "heldout_sqnr_db": {k: v.get("heldout_sqnr_db")

@@ -168,7 +168,8 @@ def default_int8_flows(model: torch.nn.Module, x: tuple[torch.Tensor, ...],
 def default_layer_precisions(runtime: str, tmp: Path) -> dict[str, int]:
     """Compute layers per precision of the file :func:`default_int8_flows` wrote for
     ``runtime`` under ``tmp``, read back from it as edgekit reads its own (a default flow may
-    leave layers in float: NNCF's squeeze-excitation pattern)."""
+    leave layers in float: NNCF's squeeze-excitation pattern); for LiteRT also its other ops
+    on float data (``float ops``: adds and gates its quantizer left unannotated)."""
     from collections import Counter
 
     if runtime == "onnxruntime":
@@ -188,7 +189,10 @@ def default_layer_precisions(runtime: str, tmp: Path) -> dict[str, int]:
         from edgekit.backends.tflite_int8 import tflite_precision_summary
 
         path = next((tmp / "native-tfl").rglob("*.tflite"))
-        layers = tflite_precision_summary(Interpreter(model_path=str(path)))["layers"]
+        summary = tflite_precision_summary(Interpreter(model_path=str(path)))
+        layers, float_ops = summary["layers"], sum(summary["float_ops"].values())
+        if float_ops:
+            return {**Counter(str(r["precision"]) for r in layers), "float ops": float_ops}
     return dict(Counter(str(r["precision"]) for r in layers))
 
 

@@ -351,7 +351,7 @@ class TFLiteBackend:
                 try:
                     with contextlib.redirect_stdout(sys.stderr):
                         if graph is None:
-                            graph = pt2e_prepare(model, example_inputs, quantizer)
+                            graph = pt2e_prepare(model, example_inputs, quantizer, wide=wide)
                             gm = pt2e_calibrate_convert(graph, calibration, input_names,
                                                         config=config)
                         else:  # QAT: the fake-quantized graph already holds its ranges
@@ -421,6 +421,8 @@ class TFLiteBackend:
                     # modules called more than once: each call annotated on its own
                     "unshared_modules": list(getattr(prepared, "edgekit_unshared_modules",
                                                      [])),
+                    # hardsigmoid (16x8: hardswish) written out in ops the quantizer takes
+                    "rewritten_activations": list(getattr(prepared, "edgekit_rewritten", [])),
                     "ops": {o: ops.count(o) for o in sorted(set(ops))},
                     "int8_weight_tensors": int8_weights,
                     "ranges": getattr(gm, "edgekit_ranges", None),

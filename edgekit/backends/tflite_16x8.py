@@ -9,8 +9,10 @@ litert-torch converts a PT2E graph whose activation specs are int16 into a 16x8 
   TRANSPOSE_CONV and FULLY_CONNECTED as int64, and recomputes from the graph's float biases
   those the converter saturated at int32 (tiny activations: input x weight scale ~1e-11).
 * A ReLU6 fused into a 16x8 op needs 6 / scale to fit int32: :func:`floor_bounded_outputs`.
-* Ops the converter has no int16 form of (concatenation, HARD_SWISH): a ConfigError naming
-  the op and the source line (:func:`unsupported_int16`).
+* It has no int16 HARD_SWISH: each Hardswish is rewritten in the exported graph by its
+  definition, in ops it has (:func:`~.pt2e_rewrites.split_hard_activations`).
+* Ops the converter has no int16 form of and no rewrite here (concatenation): a ConfigError
+  naming the op and the source line (:func:`unsupported_int16`).
 * It does not mix int8 and int16 activations in one graph (a layer made 16-bit alone comes out
   with int8 input and int16 output, which TFLite refuses), so on LiteRT 16-bit activations are
   whole-model: ``activations_16bit = "all"``, or ``"auto"`` (:func:`choose_16x8`). A count or a

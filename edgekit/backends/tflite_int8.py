@@ -79,7 +79,11 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
         return lambda node: node.name not in floats
 
     def annotate_static(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        return q._annotate_all_static_patterns(model, q.global_config, quantized(model))
+        from .pt2e_rewrites import annotate_bounded_adds
+
+        keep = quantized(model)
+        annotate_bounded_adds(model, q.global_config, keep)
+        return q._annotate_all_static_patterns(model, q.global_config, keep)
 
     def annotate_dynamic(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         return q._annotate_all_dynamic_patterns(model, q.global_config, quantized(model))
@@ -153,13 +157,20 @@ def drop_integer_annotations(gm: torch.fx.GraphModule) -> list[str]:
 
 
 def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], quantizer: Any,
-                 *, qat: bool = False) -> torch.fx.GraphModule:
+                 *, qat: bool = False, wide: bool = False) -> torch.fx.GraphModule:
+    """The exported graph, rewritten so that litert's quantizer annotates what it can
+    (:mod:`.pt2e_rewrites`; ``wide``: for 16x8, Hardswish too), with its observers."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
+    from .pt2e_rewrites import restore_sources, split_hard_activations
+
     gm = torch.export.export(model, tuple(example_inputs)).module()
+    rewritten = split_hard_activations(gm, wide=wide)
+    restore_sources(gm)
     unshared = unshare_call_sites(gm)
     prepared = prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)
     prepared.edgekit_unshared_modules = unshared  # for the manifest
+    prepared.edgekit_rewritten = rewritten
     return prepared
 
 
@@ -294,6 +305,7 @@ def _consumer_interval(node: Any) -> tuple[float, float] | None:
     (:data:`~edgekit.backends._ranges.ACTIVE_INTERVALS`; a conv's output read by a Hardswish
     alone: values below -3 all give 0), the union of theirs; None otherwise."""
     from ._ranges import ACTIVE_INTERVALS
+    from .pt2e_rewrites import ACTIVE
 
     lows, highs = [], []
     for user in node.users:
@@ -302,7 +314,9 @@ def _consumer_interval(node: Any) -> tuple[float, float] | None:
             return None
         name = str(user.target).split(".")[-2 if str(user.target).count(".") else -1]
         name = name.rstrip("_")
-        if name == "hardtanh":
+        if ACTIVE in user.meta:  # a hardswish / hardsigmoid written out (pt2e_rewrites)
+            lo, hi = user.meta[ACTIVE]
+        elif name == "hardtanh":
             args = list(user.args) + [None, None]
             lo = float(args[1]) if args[1] is not None else -1.0
             hi = float(args[2]) if args[2] is not None else 1.0
@@ -405,16 +419,23 @@ _SEGMENT = re.compile(r"^.*?\.[A-Za-z][A-Za-z0-9]*_(.+)$")
 def tflite_precision_summary(interp: Any) -> dict[str, Any]:
     """What executes, read from the interpreter's ops and tensor types: per compute op ``int8``
     (int8 data and weights), ``int16`` (16-bit data, int8 weights: 16x8), ``int8`` with
-    ``mode = "dynamic"`` (int8 weights, float data: dynamic range), else ``fp32``."""
+    ``mode = "dynamic"`` (int8 weights, float data: dynamic range), else ``fp32``; and
+    ``float_ops``, the other ops that compute on float data (an add or a gate left between a
+    DEQUANTIZE and a QUANTIZE), per op type."""
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
 
     def kind(i: int) -> str:
         return np.dtype(tensors[i]["dtype"]).name if i >= 0 and i in tensors else ""
 
     layers = []
+    float_ops: dict[str, int] = {}
     for op in interp._get_ops_details():
         name = op["op_name"]
         if name not in _COMPUTE:
+            # DELEGATE: a delegate's node (XNNPACK), listed beside the ops it runs
+            if name not in ("QUANTIZE", "DEQUANTIZE", "DELEGATE") and any(
+                    kind(i) == "float32" for i in op["outputs"]):
+                float_ops[name] = float_ops.get(name, 0) + 1
             continue
         ins = [i for i in op["inputs"]]
         data = kind(ins[0]) if ins else ""
@@ -438,4 +459,5 @@ def tflite_precision_summary(interp: Any) -> dict[str, Any]:
             row["mode"] = mode
         layers.append(row)
     return {"layers": layers, "int8_layers": sum(1 for r in layers if r["precision"] != "fp32"),
-            "float_layers": sum(1 for r in layers if r["precision"] == "fp32")}
+            "float_layers": sum(1 for r in layers if r["precision"] == "fp32"),
+            "float_ops": dict(sorted(float_ops.items()))}

@@ -817,6 +817,8 @@ class Int8Build:
             "transforms": chosen.transforms if chosen.transforms is not None
             else self.transforms,
             "unattributed_nodes": unattributed_nodes(read_back, names, kinds),
+            # other ops on float data, per op type, read from the artifact (LiteRT's summary)
+            "float_ops": (chosen.art.info.get("quantization") or {}).get("float_ops"),
             "size_bytes": chosen.art.size_bytes,
             "latency_check": latency,
             # What the searches chose (timings included): a rebuild given the same decisions

@@ -84,11 +84,16 @@ def qat_finetune(
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             hint="use post-training quantization (compress with an int8 target) for this model",
         ) from exc
+    from ..backends.pt2e_rewrites import restore_sources, split_hard_activations
+
+    rewritten = split_hard_activations(gm, wide=False)  # as the PTQ graph (pt2e_prepare)
+    restore_sources(gm)
     quantizer = litert_quantizer(config, config.keep_float, qat=True)
     # litert-torch 0.10's conv+bn QAT annotators pass a function to torch.export (fails with
     # torchao 0.18): annotate conv and bn separately instead.
     quantizer.STATIC_QAT_ONLY_OPS = []
     prepared = prepare_qat_pt2e(gm, quantizer)
+    prepared.edgekit_rewritten = rewritten
     _observe_only_in_training(prepared, freeze_bn)
     _calibrate(prepared, task, calibration_batches, batch_size)
     start_val = evaluate(prepared, task.val, task)

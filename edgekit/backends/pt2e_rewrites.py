@@ -1,0 +1,176 @@
+"""Rewrites of an exported graph before litert's PT2E quantizer annotates it, so that the
+ops it can quantize are quantized (LiteRT int8 and 16x8 builds).
+
+* :func:`restore_sources`: litert's quantizer finds adds, concatenations, pools and the
+  ReLU after an add by their *source* (``get_source_partitions``), which ``torch.export``
+  records (``source_fn_stack``) only when tracing strictly. The default non-strict export
+  leaves it out, so every residual ``x + y`` stayed unannotated: the converter wrote
+  DEQUANTIZE -> float ADD -> QUANTIZE into "int8" files (and the MEAN after it in float).
+  The source each such node came from is restored from its ATen op.
+* :func:`split_hard_activations`: TFLite has no HARD_SIGMOID op; litert-torch lowers one to a
+  float ADD and MUL between a DEQUANTIZE and a QUANTIZE. In 8-bit builds ``hardsigmoid(x)`` is
+  rewritten by its definition, ``hardtanh(x + 3, 0, 6) * (1/6)``, ops the quantizer annotates
+  (the hardtanh shares the add's range, which edgekit's range setting cuts to [0, 6]). In 16x8
+  builds ``hardswish(x)`` becomes ``x * hardsigmoid(x)``: the converter has no int16
+  HARD_SWISH (8-bit builds keep TFLite's HARD_SWISH).
+
+Each rewrite keeps the float function (the tests compare the graph's outputs before and
+after).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+__all__ = ["ACTIVE", "annotate_bounded_adds", "restore_sources", "split_hard_activations"]
+
+_ATEN = torch.ops.aten
+
+#: ATen op -> the source litert's annotators look for (``pt2e_quantizer_utils``).
+_SOURCES: dict[Any, Any] = {
+    _ATEN.add.Tensor: torch.add,  # "add" and "add_relu" both accept torch.add
+    _ATEN.mul.Tensor: torch.mul,
+    _ATEN.cat.default: torch.cat,
+    _ATEN.max_pool2d.default: torch.nn.functional.max_pool2d,
+    _ATEN.adaptive_avg_pool2d.default: torch.nn.functional.adaptive_avg_pool2d,
+    _ATEN.relu.default: torch.nn.ReLU,  # the second half of "add_relu" / "mul_relu"
+}
+#: Meta key on a node written here: the interval of its first input outside which its output
+#: does not change (as :data:`~._ranges.ACTIVE_INTERVALS` for the activation it replaces),
+#: so that edgekit's range setting still cuts the input's range there.
+ACTIVE = "edgekit_active_interval"
+#: Meta key on an add rewritten here whose only reader is a hardtanh: annotated as one fused op
+#: (:func:`annotate_bounded_adds`).
+_BOUNDED_BY = "edgekit_bounded_by"
+#: Modules litert's quantizer partitions by type as a whole: their nodes keep no source.
+_WHOLE_MODULES = ("torch.nn.modules.rnn.",)
+
+
+def _inside_whole_module(node: torch.fx.Node) -> bool:
+    stack = node.meta.get("nn_module_stack") or {}
+    return any(str(cls).startswith(_WHOLE_MODULES) or (
+        isinstance(cls, type) and cls.__module__ == "torch.nn.modules.rnn")
+        for _name, cls in stack.values())
+
+
+def restore_sources(gm: torch.fx.GraphModule) -> list[str]:
+    """Give each node of :data:`_SOURCES`'s ops that has no ``source_fn_stack`` the source a
+    strict export records (keyed by the node's own name, so that two adds are two partitions);
+    return the nodes marked. Nodes inside recurrent modules are left to their module."""
+    marked = []
+    for node in gm.graph.nodes:
+        source = _SOURCES.get(node.target) if node.op == "call_function" else None
+        if source is None or node.meta.get("source_fn_stack") or _inside_whole_module(node):
+            continue
+        node.meta["source_fn_stack"] = [(node.name, source)]
+        marked.append(node.name)
+    return marked
+
+
+def _copy_meta(new: torch.fx.Node, old: torch.fx.Node, source: Any, suffix: str) -> None:
+    """``old``'s module, source line and value (each new node is elementwise on the same
+    shape: ``prepare_pt2e`` observes only nodes whose ``val`` is a float tensor)."""
+    new.meta.update({k: old.meta[k] for k in ("nn_module_stack", "stack_trace", "val",
+                                               "tensor_meta") if k in old.meta})
+    if source is not None:
+        new.meta["source_fn_stack"] = [(f"{old.name}_{suffix}", source)]
+
+
+def _constant(gm: torch.fx.GraphModule, old: torch.fx.Node, value: float,
+              suffix: str) -> torch.fx.Node:
+    """A get_attr node for ``value`` as a tensor of ``old``'s rank with every dimension 1 (a
+    rank-0 constant kept the converter from removing the layout transposes around the op)."""
+    val = old.meta.get("val")
+    rank = val.dim() if isinstance(val, torch.Tensor) else 0
+    name = f"_edgekit_{old.name}_{suffix}"
+    gm.register_buffer(name, torch.full((1,) * rank, value, dtype=torch.float32))
+    node = gm.graph.get_attr(name)
+    node.meta["val"] = getattr(gm, name)
+    return node
+
+
+def _hardsigmoid(gm: torch.fx.GraphModule, x: Any, old: torch.fx.Node) -> torch.fx.Node:
+    """``hardtanh(x + 3, 0, 6) * (1/6)`` inserted before ``old``; returns the product."""
+    graph = gm.graph
+    with graph.inserting_before(old):
+        three = _constant(gm, old, 3.0, "three")
+        sixth = _constant(gm, old, 1.0 / 6.0, "sixth")
+        shifted = graph.call_function(_ATEN.add.Tensor, (x, three))
+        bounded = graph.call_function(_ATEN.hardtanh.default, (shifted, 0.0, 6.0))
+        gate = graph.call_function(_ATEN.mul.Tensor, (bounded, sixth))
+    _copy_meta(shifted, old, torch.add, "shift")
+    _copy_meta(bounded, old, None, "bound")
+    shifted.meta[_BOUNDED_BY] = bounded.name
+    shifted.meta[ACTIVE] = (-3.0, 3.0)  # x outside: the gate is 0 or 1 all the same
+    _copy_meta(gate, old, torch.mul, "scale")
+    return gate
+
+
+def split_hard_activations(gm: torch.fx.GraphModule, *, wide: bool) -> list[str]:
+    """Rewrite each ``aten.hardsigmoid`` as ``hardtanh(x + 3, 0, 6) * (1/6)`` and each
+    ``aten.hardswish`` as ``x * hardsigmoid(x)`` in those ops (8-bit), or each hardswish as
+    ``x * hardsigmoid(x)`` with the hardsigmoid left whole (``wide``, 16x8: the converter
+    verifies no int16 ADD of a constant, so the hardsigmoid stays TFLite's float lowering
+    there, which the manifest's ``float_ops`` shows). Returns the nodes rewritten."""
+    graph = gm.graph
+    targets = {_ATEN.hardswish.default} if wide else {_ATEN.hardswish.default,
+                                                       _ATEN.hardsigmoid.default}
+    changed = []
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in targets \
+                or _inside_whole_module(node):
+            continue
+        x = node.args[0]
+        if wide:
+            with graph.inserting_before(node):
+                out = graph.call_function(_ATEN.hardsigmoid.default, (x,))
+            _copy_meta(out, node, None, "gate")
+        else:
+            out = _hardsigmoid(gm, x, node)
+        if node.target == _ATEN.hardswish.default:
+            with graph.inserting_before(node):
+                gated = graph.call_function(_ATEN.mul.Tensor, (x, out))
+            _copy_meta(gated, node, torch.mul, "gated")
+            gated.meta[ACTIVE] = (-3.0, math.inf)  # below -3 the gate is 0
+            out = gated
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        changed.append(node.name)
+    if changed:
+        graph.lint()
+        gm.recompile()
+    return changed
+
+
+def annotate_bounded_adds(gm: torch.fx.GraphModule, qconfig: Any,
+                          keep: Any = lambda node: True) -> list[str]:
+    """Annotate each ``add -> hardtanh`` pair :func:`split_hard_activations` wrote as one fused
+    op, as litert's ``add_relu`` does for ReLU: the add's inputs quantized, its output not,
+    the hardtanh's output with a range of its own. The range is then observed after the clamp
+    ([0, 6]), and TFLite fuses the clamp into the ADD; with the add's output observed instead
+    (litert's ``add`` annotation, which the hardtanh then shares), a range set by the
+    unclamped sum leaves the gate a coarse grid. ``keep(node)``: False for nodes to leave in
+    float. Run before litert's own annotators (they skip annotated nodes)."""
+    from litert_torch.quantize.pt2e_quantizer_utils import (
+        get_input_act_qspec,
+        get_output_act_qspec,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    names = {n.name: n for n in gm.graph.nodes}
+    done = []
+    for node in gm.graph.nodes:
+        bound = names.get(node.meta.get(_BOUNDED_BY, ""))
+        if bound is None or not keep(node) or not keep(bound):
+            continue
+        spec = get_input_act_qspec(qconfig)
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={a: spec for a in node.args if isinstance(a, torch.fx.Node)},
+            _annotated=True)
+        bound.meta["quantization_annotation"] = QuantizationAnnotation(
+            output_qspec=get_output_act_qspec(qconfig), _annotated=True)
+        done.append(node.name)
+    return done

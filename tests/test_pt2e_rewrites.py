@@ -1,0 +1,143 @@
+"""LiteRT int8 files that are integer end to end: the exported-graph rewrites before litert's
+PT2E quantizer (residual adds and pools found by their source, hardsigmoid / hardswish
+written out in ops it quantizes) keep the float function, and the file's other ops on float
+data are read back into the manifest (``float_ops``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.quantize import QuantConfig
+
+pytest.importorskip("litert_torch", reason="LiteRT int8 needs litert-torch (extra tflite)")
+
+
+class Block(nn.Module):
+    """A MobileNetV3-style block: conv + Hardswish, a squeeze-excitation gate (mean, ReLU,
+    Hardsigmoid), a functional hardswish, a residual add, a concatenation (``join``; TFLite
+    has no int16 one) and a max pool."""
+
+    def __init__(self, join: bool = True) -> None:
+        super().__init__()
+        self.join = join
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.f1 = nn.Conv2d(16, 8, 1)
+        self.f2 = nn.Conv2d(8, 16, 1)
+        self.gate = nn.Hardsigmoid()
+        self.c2 = nn.Conv2d(16, 16, 1)
+        self.c3 = nn.Conv2d(32 if join else 16, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.c1(x))
+        g = self.gate(self.f2(torch.relu(self.f1(x.mean((2, 3), keepdim=True)))))
+        y = nn.functional.hardswish(self.c2(x * g)) + x
+        y = nn.functional.max_pool2d(torch.cat([y, x], 1) if self.join else y, 2)
+        return self.fc(self.c3(y).mean((2, 3)))
+
+
+def _model(join: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    return Block(join).eval()
+
+
+def _inputs(n: int, seed: int) -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal((1, 3, 16, 16)).astype(np.float32)] for _ in range(n)]
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_the_rewrites_keep_the_float_function(wide):
+    from edgekit.backends.pt2e_rewrites import restore_sources, split_hard_activations
+
+    model = _model()
+    x = torch.from_numpy(_inputs(1, 0)[0][0]) * 4  # values well past the hard bends at +-3
+    gm = torch.export.export(model, (x,)).module()
+    before = gm(x)
+    rewritten = split_hard_activations(gm, wide=wide)
+    marked = restore_sources(gm)
+    targets = [str(n.target) for n in gm.graph.nodes]
+    if wide:  # 16x8: only the hardswishes, the hardsigmoid stays whole
+        assert len(rewritten) == 2 and "aten.hardsigmoid.default" in targets
+    else:
+        assert len(rewritten) == 3 and "aten.hardsigmoid.default" not in targets
+    assert "aten.hardswish.default" not in targets
+    assert {"aten.add.Tensor", "aten.cat.default", "aten.max_pool2d.default"} <= {
+        str(n.target) for n in gm.graph.nodes if n.name in marked}
+    torch.testing.assert_close(gm(x), before, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def _ops(path) -> list[tuple[str, str]]:
+    """(op, output dtype) per op of a .tflite file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    return [(o["op_name"], np.dtype(tensors[o["outputs"][0]]["dtype"]).name)
+            for o in interp._get_ops_details() if o["op_name"] != "DELEGATE"]
+
+
+def _build(tmp_path, name: str, join: bool = True, **config):
+    from edgekit.backends import get_backend
+
+    torch.set_num_threads(1)
+    be = get_backend("tflite")
+    cal = _inputs(16, 0)
+    art = be.quantize(_model(join), (torch.from_numpy(cal[0][0]),), tmp_path / name,
+                      input_names=["x"], output_names=["y"], options={}, calibration=cal,
+                      config=QuantConfig(**config))
+    return be, art
+
+
+def _sqnr(be, art, join: bool = True) -> float:
+    model, sess = _model(join), be.load(art, threads=1, options={"io": "float"})
+    num = den = 0.0
+    for (x,) in _inputs(8, 1):
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy().astype(np.float64)
+        out = sess.run([x])[0].astype(np.float64)
+        num, den = num + float((ref ** 2).sum()), den + float(((out - ref) ** 2).sum())
+    return float(10 * np.log10(num / den))
+
+
+def test_litert_int8_runs_adds_gates_and_pools_on_int8_data(tmp_path, monkeypatch):
+    be, art = _build(tmp_path, "q")
+    ops = _ops(art.path)
+    q = art.info["quantization"]
+    # no op of the file computes on float data, and the manifest reads that back
+    assert q["float_ops"] == {}
+    assert [op for op, dtype in ops if dtype == "float32"] == []
+    assert {"ADD", "MUL", "MEAN", "MAX_POOL_2D", "CONCATENATION"} <= {op for op, _ in ops}
+    assert "HARD_SWISH" not in {op for op, _ in ops}  # written out: XNNPACK has no int8 one
+    assert len(q["rewritten_activations"]) == 3
+    assert _sqnr(be, art) > 25.0
+
+    # without the rewrites, litert's quantizer leaves them unannotated: float ops in the
+    # file, which the manifest now names
+    import edgekit.backends.pt2e_rewrites as rewrites
+
+    monkeypatch.setattr(rewrites, "restore_sources", lambda gm: [])
+    monkeypatch.setattr(rewrites, "split_hard_activations", lambda gm, wide: [])
+    _be, plain = _build(tmp_path, "plain")
+    floats = plain.info["quantization"]["float_ops"]
+    assert floats.get("ADD", 0) >= 1 and sum(floats.values()) == sum(
+        1 for op, dtype in _ops(plain.path) if dtype == "float32" and op != "DEQUANTIZE")
+
+
+def test_litert_16x8_builds_a_hardswish_model(tmp_path):
+    """litert-torch's converter has no int16 HARD_SWISH: written as x * hardsigmoid(x), the
+    model builds in 16x8, every compute layer on int16 data, closer to fp32 than 8-bit."""
+    be, wide = _build(tmp_path, "wide", join=False, activations_16bit="all")
+    q = wide.info["quantization"]
+    assert {r["precision"] for r in q["layers"]} == {"int16"}
+    assert len(q["rewritten_activations"]) == 2
+    assert "HARD_SWISH" not in {op for op, _ in _ops(wide.path)}
+    # the hardsigmoids stay TFLite's float lowering in 16x8, and the manifest says so
+    assert q["float_ops"] and set(q["float_ops"]) <= {"ADD", "MUL"}
+    _be, eight = _build(tmp_path, "eight", join=False)
+    assert _sqnr(be, wide, False) > _sqnr(be, eight, False) + 6.0
