@@ -136,8 +136,10 @@ def tflite_int8(model: torch.nn.Module, x: tuple[torch.Tensor, ...], out_dir: Pa
     be = get_backend("tflite")
     art = be.quantize(model, x, out_dir, input_names=list(input_names),
                       output_names=list(output_names), options={}, calibration=calib,
-                      # litert-torch's own scale clamp (2**-12), as its default flow has it
-                      config=QuantConfig(io="float", fallback=False, scale_floor="off"))
+                      # litert-torch's own scale clamp (2**-12), as its default flow has it,
+                      # and its graph as torch.export gives it (edgekit's rewrites off)
+                      config=QuantConfig(io="float", fallback=False, scale_floor="off",
+                                         integer_ops=False))
     return be.load(art, threads=threads, options={"io": "float"}), art.size_bytes
 
 

@@ -105,7 +105,7 @@ def _sqnr(be, art, join: bool = True) -> float:
     return float(10 * np.log10(num / den))
 
 
-def test_litert_int8_runs_adds_gates_and_pools_on_int8_data(tmp_path, monkeypatch):
+def test_litert_int8_runs_adds_gates_and_pools_on_int8_data(tmp_path):
     be, art = _build(tmp_path, "q")
     ops = _ops(art.path)
     q = art.info["quantization"]
@@ -117,14 +117,11 @@ def test_litert_int8_runs_adds_gates_and_pools_on_int8_data(tmp_path, monkeypatc
     assert len(q["rewritten_activations"]) == 3
     assert _sqnr(be, art) > 25.0
 
-    # without the rewrites, litert's quantizer leaves them unannotated: float ops in the
-    # file, which the manifest now names
-    import edgekit.backends.pt2e_rewrites as rewrites
-
-    monkeypatch.setattr(rewrites, "restore_sources", lambda gm: [])
-    monkeypatch.setattr(rewrites, "split_hard_activations", lambda gm, wide: [])
-    _be, plain = _build(tmp_path, "plain")
+    # integer_ops off (LiteRT's default flow): litert's quantizer leaves them unannotated,
+    # float ops in the file, which the manifest now names
+    _be, plain = _build(tmp_path, "plain", integer_ops=False)
     floats = plain.info["quantization"]["float_ops"]
+    assert plain.info["quantization"]["rewritten_activations"] == []
     assert floats.get("ADD", 0) >= 1 and sum(floats.values()) == sum(
         1 for op, dtype in _ops(plain.path) if dtype == "float32" and op != "DEQUANTIZE")
 

@@ -351,7 +351,8 @@ class TFLiteBackend:
                 try:
                     with contextlib.redirect_stdout(sys.stderr):
                         if graph is None:
-                            graph = pt2e_prepare(model, example_inputs, quantizer, wide=wide)
+                            graph = pt2e_prepare(model, example_inputs, quantizer, wide=wide,
+                                                 rewrite=config.integer_ops)
                             gm = pt2e_calibrate_convert(graph, calibration, input_names,
                                                         config=config)
                         else:  # QAT: the fake-quantized graph already holds its ranges

@@ -157,16 +157,19 @@ def drop_integer_annotations(gm: torch.fx.GraphModule) -> list[str]:
 
 
 def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], quantizer: Any,
-                 *, qat: bool = False, wide: bool = False) -> torch.fx.GraphModule:
-    """The exported graph, rewritten so that litert's quantizer annotates what it can
-    (:mod:`.pt2e_rewrites`; ``wide``: for 16x8, Hardswish too), with its observers."""
+                 *, qat: bool = False, wide: bool = False,
+                 rewrite: bool = True) -> torch.fx.GraphModule:
+    """The exported graph with its observers; ``rewrite`` (``QuantConfig.integer_ops``):
+    rewritten first so that litert's quantizer annotates what it can (:mod:`.pt2e_rewrites`;
+    ``wide``: the 16x8 form)."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
     from .pt2e_rewrites import restore_sources, split_hard_activations
 
     gm = torch.export.export(model, tuple(example_inputs)).module()
-    rewritten = split_hard_activations(gm, wide=wide)
-    restore_sources(gm)
+    rewritten = split_hard_activations(gm, wide=wide) if rewrite else []
+    if rewrite:
+        restore_sources(gm)
     unshared = unshare_call_sites(gm)
     prepared = prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)
     prepared.edgekit_unshared_modules = unshared  # for the manifest

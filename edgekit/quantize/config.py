@@ -175,6 +175,13 @@ class QuantConfig:
       changes no scale: the same file). The manifest records both (``source_choice``).
       benchmarks/results/mobilenet_fidelity.md: a randomly initialised MobileNetV2's int8
       logits are no longer constant; no change on the trained zoo models.
+    * ``integer_ops`` (LiteRT; on by default): rewrite the exported graph so that the ops
+      litert's quantizer leaves on float data run on int8 data (residual adds,
+      concatenations and pools it fails to find under ``torch.export``'s non-strict
+      tracing; hardsigmoid and hardswish written out in ADD / MUL, which XNNPACK runs in
+      int8), and, for 16x8, Hardswish models build (:mod:`edgekit.backends.pt2e_rewrites`).
+      The manifest's ``float_ops`` lists the ops still on float data, read from the file.
+      benchmarks/results/litert_integer.md measures it against LiteRT's default flow.
     """
 
     method: str = "minmax"
@@ -206,6 +213,7 @@ class QuantConfig:
     reduce_range: str = "auto"
     activations_16bit: int | str | tuple[str, ...] = 0
     scale_floor: str = "auto"
+    integer_ops: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -321,5 +329,6 @@ TABLE_SCHEMA: dict[str, Field] = {
     "reduce_range": Field(str, choices=REDUCE_RANGE),
     "activations_16bit": Field(object),  # a count, a list of layer names, "all" or "auto"
     "scale_floor": Field(str, choices=SCALE_FLOORS),
+    "integer_ops": Field(bool),
     "extra": Field(dict),
 }

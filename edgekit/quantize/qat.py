@@ -86,8 +86,10 @@ def qat_finetune(
         ) from exc
     from ..backends.pt2e_rewrites import restore_sources, split_hard_activations
 
-    rewritten = split_hard_activations(gm, wide=False)  # as the PTQ graph (pt2e_prepare)
-    restore_sources(gm)
+    rewritten = []
+    if config.integer_ops:  # as the PTQ graph (pt2e_prepare)
+        rewritten = split_hard_activations(gm, wide=False)
+        restore_sources(gm)
     quantizer = litert_quantizer(config, config.keep_float, qat=True)
     # litert-torch 0.10's conv+bn QAT annotators pass a function to torch.export (fails with
     # torchao 0.18): annotate conv and bn separately instead.
