@@ -8,11 +8,13 @@ ops it can quantize are quantized (LiteRT int8 and 16x8 builds).
   DEQUANTIZE -> float ADD -> QUANTIZE into "int8" files (and the MEAN after it in float).
   The source each such node came from is restored from its ATen op.
 * :func:`split_hard_activations`: TFLite has no HARD_SIGMOID op; litert-torch lowers one to a
-  float ADD and MUL between a DEQUANTIZE and a QUANTIZE. In 8-bit builds ``hardsigmoid(x)`` is
-  rewritten by its definition, ``hardtanh(x + 3, 0, 6) * (1/6)``, ops the quantizer annotates
-  (the hardtanh shares the add's range, which edgekit's range setting cuts to [0, 6]). In 16x8
-  builds ``hardswish(x)`` becomes ``x * hardsigmoid(x)``: the converter has no int16
-  HARD_SWISH (8-bit builds keep TFLite's HARD_SWISH).
+  float ADD and MUL between a DEQUANTIZE and a QUANTIZE. XNNPACK has no int8 HARD_SWISH: each
+  runs on TFLite's own kernel and splits the XNNPACK graph around it (MobileNetV3: 16
+  partitions). In 8-bit builds ``hardsigmoid(x)`` is written by its definition,
+  ``hardtanh(x + 3, 0, 6) * (1/6)``, with the add and the clamp annotated as one fused op
+  (:func:`annotate_bounded_adds`), and ``hardswish(x)`` as ``x * hardsigmoid(x)``; the input's
+  range is still cut where the activation went flat (:data:`ACTIVE`). In 16x8 builds only
+  ``hardswish(x)`` becomes ``x * hardsigmoid(x)``: the converter has no int16 HARD_SWISH.
 
 Each rewrite keeps the float function (the tests compare the graph's outputs before and
 after).

@@ -167,8 +167,9 @@ def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
     from .pt2e_rewrites import restore_sources, split_hard_activations
 
     gm = torch.export.export(model, tuple(example_inputs)).module()
-    rewritten = split_hard_activations(gm, wide=wide) if rewrite else []
+    rewritten: list[str] = []
     if rewrite:
+        rewritten = split_hard_activations(gm, wide=wide)
         restore_sources(gm)
     unshared = unshare_call_sites(gm)
     prepared = prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)

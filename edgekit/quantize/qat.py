@@ -86,7 +86,7 @@ def qat_finetune(
         ) from exc
     from ..backends.pt2e_rewrites import restore_sources, split_hard_activations
 
-    rewritten = []
+    rewritten: list[str] = []
     if config.integer_ops:  # as the PTQ graph (pt2e_prepare)
         rewritten = split_hard_activations(gm, wide=False)
         restore_sources(gm)
