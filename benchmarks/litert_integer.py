@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,7 @@ def file_ops(path: Path) -> dict[str, Any]:
     return {"float_ops": summary["float_ops"],
             "xnnpack_partitions": sum(1 for o in interp._get_ops_details()
                                       if o["op_name"] == "DELEGATE"),
-            "layer_precisions": {p: sum(1 for r in summary["layers"] if r["precision"] == p)
-                                 for p in sorted({r["precision"] for r in summary["layers"]})}}
+            "layer_precisions": dict(Counter(str(r["precision"]) for r in summary["layers"]))}
 
 
 def run_model(name: str, tmp: Path, runs: int) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["ACTIVE", "annotate_bounded_adds", "restore_sources", "split_hard_activations"]
+__all__ = ["ACTIVE", "annotate_bounded_adds", "restore_sources", "rewrite",
+           "split_hard_activations"]
 
 _ATEN = torch.ops.aten
 
@@ -52,10 +53,20 @@ _WHOLE_MODULES = ("torch.nn.modules.rnn.",)
 
 
 def _inside_whole_module(node: torch.fx.Node) -> bool:
-    stack = node.meta.get("nn_module_stack") or {}
-    return any(str(cls).startswith(_WHOLE_MODULES) or (
-        isinstance(cls, type) and cls.__module__ == "torch.nn.modules.rnn")
-        for _name, cls in stack.values())
+    for _name, cls in (node.meta.get("nn_module_stack") or {}).values():
+        qualified = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+        if qualified.startswith(_WHOLE_MODULES):
+            return True
+    return False
+
+
+def rewrite(gm: torch.fx.GraphModule, *, wide: bool) -> list[str]:
+    """Both rewrites, in place (``QuantConfig.integer_ops``; PTQ and QAT graphs alike):
+    :func:`split_hard_activations` then :func:`restore_sources` (which also marks the adds
+    and multiplies the first wrote). Returns the activations rewritten."""
+    rewritten = split_hard_activations(gm, wide=wide)
+    restore_sources(gm)
+    return rewritten
 
 
 def restore_sources(gm: torch.fx.GraphModule) -> list[str]:

@@ -422,7 +422,8 @@ class TFLiteBackend:
                     # modules called more than once: each call annotated on its own
                     "unshared_modules": list(getattr(prepared, "edgekit_unshared_modules",
                                                      [])),
-                    # hardsigmoid (16x8: hardswish) written out in ops the quantizer takes
+                    # hardsigmoid / hardswish written out in ops the quantizer takes
+                    # (integer_ops; 16x8: the hardswishes only)
                     "rewritten_activations": list(getattr(prepared, "edgekit_rewritten", [])),
                     "ops": {o: ops.count(o) for o in sorted(set(ops))},
                     "int8_weight_tensors": int8_weights,

@@ -164,13 +164,10 @@ def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
     ``wide``: the 16x8 form)."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
-    from .pt2e_rewrites import restore_sources, split_hard_activations
+    from . import pt2e_rewrites
 
     gm = torch.export.export(model, tuple(example_inputs)).module()
-    rewritten: list[str] = []
-    if rewrite:
-        rewritten = split_hard_activations(gm, wide=wide)
-        restore_sources(gm)
+    rewritten = pt2e_rewrites.rewrite(gm, wide=wide) if rewrite else []
     unshared = unshare_call_sites(gm)
     prepared = prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)
     prepared.edgekit_unshared_modules = unshared  # for the manifest

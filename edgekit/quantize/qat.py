@@ -84,12 +84,10 @@ def qat_finetune(
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             hint="use post-training quantization (compress with an int8 target) for this model",
         ) from exc
-    from ..backends.pt2e_rewrites import restore_sources, split_hard_activations
+    from ..backends import pt2e_rewrites
 
-    rewritten: list[str] = []
-    if config.integer_ops:  # as the PTQ graph (pt2e_prepare)
-        rewritten = split_hard_activations(gm, wide=False)
-        restore_sources(gm)
+    # as the PTQ graph (pt2e_prepare)
+    rewritten = pt2e_rewrites.rewrite(gm, wide=False) if config.integer_ops else []
     quantizer = litert_quantizer(config, config.keep_float, qat=True)
     # litert-torch 0.10's conv+bn QAT annotators pass a function to torch.export (fails with
     # torchao 0.18): annotate conv and bn separately instead.
