@@ -170,21 +170,22 @@ def default_int8_flows(model: torch.nn.Module, x: tuple[torch.Tensor, ...],
 def default_layer_precisions(runtime: str, tmp: Path) -> dict[str, int]:
     """Compute layers per precision of the file :func:`default_int8_flows` wrote for
     ``runtime`` under ``tmp``, read back from it as edgekit reads its own (a default flow may
-    leave layers in float: NNCF's squeeze-excitation pattern); for LiteRT also its other ops
-    on float data (``float ops``: adds and gates its quantizer left unannotated)."""
+    leave layers in float: NNCF's squeeze-excitation pattern), and its other ops on float data
+    (``float ops``: adds, gates and poolings its quantizer left between a dequantize and a
+    quantize, as the runtime executes them)."""
     from collections import Counter
 
     if runtime == "onnxruntime":
         from edgekit.backends.onnxruntime_int8 import onnx_precision_summary
 
-        layers = onnx_precision_summary(tmp / "native-ort" / "model.onnx")["layers"]
+        summary = onnx_precision_summary(tmp / "native-ort" / "model.onnx")
     elif runtime == "openvino":
         import openvino as ov
 
         from edgekit.backends.openvino_int8 import openvino_precision_summary
 
-        om = ov.Core().read_model(str(tmp / "native-ov" / "model.xml"))
-        layers = openvino_precision_summary(om)["layers"]
+        summary = openvino_precision_summary(
+            ov.Core().read_model(str(tmp / "native-ov" / "model.xml")))
     else:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -192,10 +193,10 @@ def default_layer_precisions(runtime: str, tmp: Path) -> dict[str, int]:
 
         path = next((tmp / "native-tfl").rglob("*.tflite"))
         summary = tflite_precision_summary(Interpreter(model_path=str(path)))
-        layers, float_ops = summary["layers"], sum(summary["float_ops"].values())
-        if float_ops:
-            return {**Counter(str(r["precision"]) for r in layers), "float ops": float_ops}
-    return dict(Counter(str(r["precision"]) for r in layers))
+    out = dict(Counter(str(r["precision"]) for r in summary["layers"]))
+    if float_ops := sum((summary.get("float_ops") or {}).values()):
+        out["float ops"] = float_ops
+    return out
 
 
 def torch_pruning_by_hand(model: torch.nn.Module, x: tuple[torch.Tensor, ...], task: Any, *,

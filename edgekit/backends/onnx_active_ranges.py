@@ -8,7 +8,9 @@ two uint8 steps for the values that matter. Cut to ``[-3, 3]`` first, every cand
 spends its 256 levels there, and the Q saturates where the activation is flat (lossless up
 to the grid's rounding at the ends: uint8 on [-3, 3] holds -3.01..2.99). The same holds for
 ``x * HardSigmoid(x)`` (HardSwish as exported, inlined) below ``-3``, ``HardSwish``,
-``Relu`` and ``Clip`` with constant bounds. LiteRT's observers take the same cut from the
+``Relu`` and ``Clip`` with constant bounds, and for the same gates written out as
+``Clip(x + 3, 0, 6) * (1/6)`` (:mod:`edgekit.backends.onnx_rewrites`): ``x + c`` read only
+by clamps is flat where they are. LiteRT's observers take the same cut from the
 PT2E graph (:func:`edgekit.backends.tflite_int8._consumer_interval`);
 :func:`edgekit.backends._ranges.choose_range` applies it.
 """
@@ -40,7 +42,8 @@ def _constant(proto_consts: dict[str, np.ndarray], name: str) -> float | None:
 
 
 def _reader_interval(t: str, node: Any, consts: dict[str, np.ndarray],
-                     producers: dict[str, Any]) -> tuple[float, float] | None:
+                     producers: dict[str, Any], readers: dict[str, list[Any]]
+                     ) -> tuple[float, float] | None:
     """The interval outside which ``node`` (one reader of ``t``) is flat in ``t``; None when it
     is not such an activation."""
     op = node.op_type
@@ -49,22 +52,54 @@ def _reader_interval(t: str, node: Any, consts: dict[str, np.ndarray],
     if op in ("HardSwish", "Relu"):
         return ACTIVE_INTERVALS[op.lower()]
     if op == "Clip" and node.input[0] == t:
-        if len(node.input) > 1 or not node.attribute:  # opset 11+: bounds are inputs
-            lo = _constant(consts, node.input[1]) if len(node.input) > 1 and node.input[1] \
-                else -np.inf
-            hi = _constant(consts, node.input[2]) if len(node.input) > 2 and node.input[2] \
-                else np.inf
-        else:
-            attrs = {a.name: a.f for a in node.attribute}
-            lo, hi = attrs.get("min", -np.inf), attrs.get("max", np.inf)
-        return None if lo is None or hi is None else (float(lo), float(hi))
+        return _clip_bounds(node, consts)
+    if op == "Add" and len(node.input) == 2 and t in node.input:
+        shift = _constant(consts, node.input[1] if node.input[0] == t else node.input[0])
+        spans = [_clip_bounds(r, consts) if r.op_type == "Clip" else
+                 ACTIVE_INTERVALS["relu"] if r.op_type == "Relu" else None
+                 for r in readers.get(node.output[0], [])]
+        if shift is None or not spans or any(s is None for s in spans):
+            return None  # x + c read only by clamps: flat where every clamp is
+        return min(s[0] for s in spans if s) - shift, max(s[1] for s in spans if s) - shift
     if op == "Mul" and len(node.input) == 2 and t in node.input:
         other = node.input[1] if node.input[0] == t else node.input[0]
-        gate = producers.get(other)
-        if gate is not None and gate.op_type == "HardSigmoid" and gate.input[0] == t:
-            bounds = _hard_sigmoid_bounds(gate)  # x * hardsigmoid(x): 0 below the low bound
-            return None if bounds is None else (bounds[0], np.inf)
+        bounds = _gate_bounds(t, producers.get(other), consts, producers)
+        return None if bounds is None else (bounds[0], np.inf)  # x * gate(x): 0 below
     return None
+
+
+def _clip_bounds(node: Any, consts: dict[str, np.ndarray]) -> tuple[float, float] | None:
+    if len(node.input) > 1 or not node.attribute:  # opset 11+: bounds are inputs
+        lo = _constant(consts, node.input[1]) if len(node.input) > 1 and node.input[1] \
+            else -np.inf
+        hi = _constant(consts, node.input[2]) if len(node.input) > 2 and node.input[2] \
+            else np.inf
+    else:
+        attrs = {a.name: a.f for a in node.attribute}
+        lo, hi = attrs.get("min", -np.inf), attrs.get("max", np.inf)
+    return None if lo is None or hi is None else (float(lo), float(hi))
+
+
+def _gate_bounds(t: str, gate: Any, consts: dict[str, np.ndarray], producers: dict[str, Any]
+                 ) -> tuple[float, float] | None:
+    """Where ``gate``, a hard sigmoid of ``t``, is flat: a HardSigmoid node, or one written out
+    as ``Clip(t + c, lo, hi) * k`` (:mod:`edgekit.backends.onnx_rewrites`)."""
+    if gate is None:
+        return None
+    if gate.op_type == "HardSigmoid":
+        return _hard_sigmoid_bounds(gate) if gate.input[0] == t else None
+    if gate.op_type != "Mul" or len(gate.input) != 2:
+        return None
+    clip = next((producers.get(i) for i in gate.input
+                 if producers.get(i) is not None and producers[i].op_type == "Clip"), None)
+    add = producers.get(clip.input[0]) if clip is not None else None
+    if add is None or add.op_type != "Add" or t not in add.input:
+        return None
+    shift = _constant(consts, add.input[1] if add.input[0] == t else add.input[0])
+    bounds = _clip_bounds(clip, consts)
+    if shift is None or bounds is None:
+        return None
+    return bounds[0] - shift, bounds[1] - shift
 
 
 def active_intervals(proto: Any, tensors: Sequence[str]) -> dict[str, tuple[float, float]]:
@@ -86,7 +121,7 @@ def active_intervals(proto: Any, tensors: Sequence[str]) -> dict[str, tuple[floa
     for t in tensors:
         if t in outputs or not readers.get(t):
             continue
-        spans = [_reader_interval(t, n, consts, producers) for n in readers[t]]
+        spans = [_reader_interval(t, n, consts, producers, readers) for n in readers[t]]
         if any(s is None for s in spans):
             continue
         lows, highs = [s[0] for s in spans if s], [s[1] for s in spans if s]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..modulenames import in_modules
+from .float_ops import onnxruntime_float_ops
 from .onnx_active_ranges import active_intervals
 from .onnx_probe import augmented_session
 
@@ -128,6 +129,15 @@ def quantize_onnx(
         src = Path(fp32_path)
         pre = Path(tmp) / "pre.onnx"
         src, preprocessing = _preprocess(src, pre, Path(tmp))
+        rewritten: dict[str, int] = {}
+        if config.integer_ops:
+            from .onnx_rewrites import rewrite_for_integer_ops
+
+            graph = onnx.load(str(src))
+            rewritten = rewrite_for_integer_ops(graph, set(exclude))
+            if rewritten:
+                src = Path(tmp) / "integer_ops.onnx"
+                onnx.save(graph, str(src))
         static_out = Path(tmp) / "static.onnx"
 
         softmax = _softmax_overrides(src, input_names, batches, config, exclude)
@@ -210,6 +220,8 @@ def quantize_onnx(
         "reduce_range": reduce,
         "int8_bias_correction": corrected,
         "preprocessing": preprocessing,
+        # ops written out in ops the quantizer quantizes (integer_ops), per op type
+        "rewritten_ops": rewritten,
         "method": config.method,
         "per_channel": config.per_channel,
         "activation_type": "int8" if act == QuantType.QInt8 else "uint8",
@@ -337,7 +349,9 @@ def onnx_precision_summary(path: Path, fp32_modules: dict[str, str] | None = Non
     """What executes, read from the file: per compute node (Conv, Gemm, MatMul, recurrent
     ops and ONNX Runtime's integer ops) ``int8`` / ``int16`` when its data and weight inputs
     come from DequantizeLinear of that width (through Transpose/Reshape...), ``int8`` with
-    ``mode = "dynamic"`` for dynamic-range integer ops, else ``fp32``.
+    ``mode = "dynamic"`` for dynamic-range integer ops, else ``fp32``; and ``float_ops``, the
+    other ops that ran on float data in one ONNX Runtime run of the file, per op type
+    (:func:`edgekit.backends.float_ops.onnxruntime_float_ops`; None when the run failed).
 
     ``fp32_modules``: :func:`onnx_node_modules` of the fp32 file, to name the PyTorch module of
     nodes the optimizer renamed."""
@@ -393,9 +407,14 @@ def onnx_precision_summary(path: Path, fp32_modules: dict[str, str] | None = Non
         layers.append(row)
     int8_inits = sum(1 for i in proto.graph.initializer
                      if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
+    try:
+        float_ops: dict[str, int] | None = onnxruntime_float_ops(path)
+    except Exception:  # a file the runtime cannot run here (verification says why)
+        float_ops = None
     return {"layers": layers, "int8_initializers": int8_inits,
             "int8_layers": sum(1 for r in layers if r["precision"] != "fp32"),
-            "float_layers": sum(1 for r in layers if r["precision"] == "fp32")}
+            "float_layers": sum(1 for r in layers if r["precision"] == "fp32"),
+            "float_ops": float_ops}
 
 
 # -- per-tensor ranges and 16-bit activations (edgekit.backends._ranges) ----------------------

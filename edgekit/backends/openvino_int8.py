@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .float_ops import openvino_float_ops
+
 if TYPE_CHECKING:
     from ..quantize.config import QuantConfig
 
@@ -104,7 +106,10 @@ def openvino_precision_summary(om: Any, onnx_modules: dict[str, str] | None = No
                                ) -> dict[str, Any]:
     """What executes, from the OpenVINO model graph (the saved IR, read back): compute ops
     whose data and weight inputs come from a FakeQuantize or an 8-bit constant (through
-    layout and slicing ops) are int8, the others fp32. ``onnx_modules``: ONNX node -> PyTorch
+    layout and slicing ops) are int8, the others fp32; ``float_ops``: the other ops the CPU
+    plugin runs on float data (:func:`edgekit.backends.float_ops.openvino_float_ops`; None
+    when it did not compile).
+    ``onnx_modules``: ONNX node -> PyTorch
     module, for an IR read from ONNX (its ops are named after the ONNX nodes)."""
     layers = []
     for op in om.get_ordered_ops():
@@ -125,8 +130,13 @@ def openvino_precision_summary(om: Any, onnx_modules: dict[str, str] | None = No
         elif len(srcs) > 1 and all(srcs[1:]):
             row["mode"] = "weights only"  # float compute on decompressed int8 weights
         layers.append(row)
+    try:
+        float_ops: dict[str, int] | None = openvino_float_ops(om)
+    except Exception:  # a model the CPU plugin cannot compile here (verification says why)
+        float_ops = None
     return {"layers": layers, "int8_layers": sum(1 for r in layers if r["precision"] == "int8"),
-            "float_layers": sum(1 for r in layers if r["precision"] != "int8")}
+            "float_layers": sum(1 for r in layers if r["precision"] != "int8"),
+            "float_ops": float_ops}
 
 
 def _onnx_module(name: str, modules: dict[str, str]) -> str:

@@ -817,7 +817,7 @@ class Int8Build:
             "transforms": chosen.transforms if chosen.transforms is not None
             else self.transforms,
             "unattributed_nodes": unattributed_nodes(read_back, names, kinds),
-            # other ops on float data, per op type, read from the artifact (LiteRT's summary)
+            # other ops on float data, per op type, read from what the runtime executes
             "float_ops": (chosen.art.info.get("quantization") or {}).get("float_ops"),
             "size_bytes": chosen.art.size_bytes,
             "latency_check": latency,

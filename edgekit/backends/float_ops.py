@@ -1,0 +1,107 @@
+"""The ops of an int8 artifact that run on float data, read from what the runtime executes.
+
+A precision summary names each compute layer's precision. Between them an "int8" file can
+still run ops on float data: a gate or a pooling its quantizer did not quantize, between a
+dequantize and a quantize (MobileNetV3 on ONNX Runtime: every HardSigmoid and ReduceMean).
+These are read from the runtime, after its own graph rewrites, not from the file's op list:
+
+* **ONNX Runtime**: one profiled run on zero inputs (shapes from the file, symbolic sizes 1).
+  The profiler records each node that ran with its input and output element types; a node
+  with a float output counts.
+* **OpenVINO**: one run on zero inputs with the CPU plugin's performance counters, as
+  compiled for this machine's CPU with ``f32`` inference precision (edgekit's load default):
+  of the nodes that ran, those whose kernel precision (``runtimePrecision`` in the compiled
+  graph, ``get_runtime_model``) is float and that write a float output count (a layout
+  reorder or a reference HardSigmoid between int8 layers does; a fused quantize step, float
+  in and int8 out, does not; nodes folded at compile time and in-place reshapes never run).
+
+Compute layers (their precision is in the summary's ``layers``) and the quantize /
+dequantize steps at the int8 boundaries are not counted. Returns op type -> count.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["onnxruntime_float_ops", "openvino_float_ops"]
+
+#: ONNX Runtime ops that are compute layers (in ``layers``) or quantize/dequantize steps.
+_ORT_SKIP = frozenset((
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "FusedConv", "FusedGemm",
+    "FusedMatMul", "NchwcConv", "QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger",
+    "MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "QuantizeLinear",
+    "DequantizeLinear", "DynamicQuantizeLinear"))
+_ORT_FLOAT = frozenset(("float", "float16", "bfloat16", "double"))
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+               "tensor(double)": np.float64, "tensor(int64)": np.int64,
+               "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+               "tensor(bool)": np.bool_}
+
+#: OpenVINO CPU plugin node types that are compute layers, I/O, or the quantize step.
+_OV_SKIP = frozenset(("Input", "Output", "Const", "Convolution", "Deconvolution",
+                      "FullyConnected", "MatMul", "RNNSeq", "RNNCell", "FakeQuantize"))
+_OV_FLOAT = frozenset(("f32", "bf16", "f16", "f64"))
+
+
+def onnxruntime_float_ops(path: str | Path) -> dict[str, int]:
+    """Op type -> nodes with a float output in one profiled ONNX Runtime run of ``path``
+    (default graph optimizations, CPU provider), compute layers and Q/DQ excepted."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory(prefix="edgekit-floatops-") as tmp:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        feed: dict[str, np.ndarray] = {
+            i.name: np.zeros([d if isinstance(d, int) and d >= 0 else 1 for d in i.shape],
+                             _ORT_DTYPES.get(i.type, np.float32))
+            for i in sess.get_inputs()}
+        sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    found: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        args = e.get("args", {})
+        op = str(args.get("op_name", ""))
+        outs = [next(iter(t)) for t in args.get("output_type_shape", []) if t]
+        if op not in _ORT_SKIP and any(t in _ORT_FLOAT for t in outs):
+            found[op] += 1
+    return dict(sorted(found.items()))
+
+
+def openvino_float_ops(model: Any) -> dict[str, int]:
+    """Op type -> nodes of the CPU plugin's compiled ``model`` (an ``ov.Model`` or IR path)
+    that ran a float kernel with a float output in one run, compute layers, I/O and
+    FakeQuantize excepted."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(
+        model if not isinstance(model, (str, Path)) else str(model), "CPU",
+        {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    request.infer({i: np.zeros([d.get_length() if d.is_static else 1
+                                for d in port.get_partial_shape()],
+                               port.get_element_type().to_dtype())
+                   for i, port in enumerate(compiled.inputs)})
+    ran = {p.node_name for p in request.profiling_info if str(p.status).endswith("EXECUTED")}
+    found: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str)
+        precision = info["runtimePrecision"].astype(str)
+        writes = info["outputPrecisions"].astype(str).split(",")
+        if op.get_friendly_name() in ran and kind not in _OV_SKIP and precision in _OV_FLOAT \
+                and any(w in _OV_FLOAT for w in writes):
+            found[kind] += 1
+    return dict(sorted(found.items()))
