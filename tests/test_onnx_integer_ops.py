@@ -55,6 +55,46 @@ def test_the_onnx_rewrites_keep_the_float_function(tmp_path):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_hardswish_nodes_and_kept_float_nodes():
+    """A HardSwish node (as other exporters write it) and a spatial mean are written out with
+    the same values; a node kept in float is left as it is, and so is a mean that reads it
+    (it would quantize a float layer's output); a mean over channels is not a pool."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.backends.onnx_rewrites import rewrite_for_integer_ops
+
+    def out(name, shape):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    graph = helper.make_graph(
+        [helper.make_node("HardSwish", ["x"], ["a"], name="hs"),
+         helper.make_node("HardSigmoid", ["a"], ["b"], name="kept", alpha=0.2, beta=0.5),
+         helper.make_node("ReduceMean", ["b", "hw"], ["y1"], name="after_kept"),
+         helper.make_node("ReduceMean", ["x", "hw"], ["y2"], name="pool", keepdims=0),
+         helper.make_node("ReduceMean", ["a", "c"], ["y3"], name="over_channels")],
+        "g", [out("x", [1, 4, 3, 3])],
+        [out("y1", [1, 4, 1, 1]), out("y2", [1, 4]), out("y3", [1, 1, 3, 3])],
+        [numpy_helper.from_array(np.array([2, 3], np.int64), "hw"),
+         numpy_helper.from_array(np.array([1], np.int64), "c")])
+    proto = onnx.shape_inference.infer_shapes(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9))
+    x = np.linspace(-5, 5, 36, dtype=np.float32).reshape(1, 4, 3, 3)
+    import onnxruntime as ort
+
+    def run(p):
+        return ort.InferenceSession(p.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    want = run(proto)
+    assert rewrite_for_integer_ops(proto, {"kept"}) == {"HardSwish": 1, "ReduceMean": 1}
+    assert [n.op_type for n in proto.graph.node] == [
+        "Add", "Clip", "Mul", "Mul", "HardSigmoid", "ReduceMean", "GlobalAveragePool",
+        "Flatten", "ReduceMean"]
+    for got, ref in zip(run(proto), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
 def test_written_out_gates_keep_the_range_cut(tmp_path):
     """The tensor a gate reads is still cut to [-3, 3] (squeeze-excitation), a ReLU's input to
     [0, inf) and a hardswish's to [-3, inf), after the rewrite as before it."""

@@ -28,6 +28,10 @@ import numpy as np
 
 __all__ = ["rewrite_for_integer_ops"]
 
+#: ops that pass a float producer's output on (a layer kept in float and its activation)
+_ELEMENTWISE = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Mul",
+                "Add", "Identity", "Reshape", "Transpose", "Flatten")
+
 
 def _attrs(node: Any) -> dict[str, Any]:
     from onnx import helper
@@ -88,18 +92,35 @@ def _spatial_mean(graph: Any, node: Any, consts: dict[str, np.ndarray]) -> bool 
 
 def rewrite_for_integer_ops(proto: Any, exclude: set[str] | frozenset[str] = frozenset()
                             ) -> dict[str, int]:
-    """Rewrite ``proto`` in place (nodes named in ``exclude``, kept in float, are left);
-    returns the op types rewritten -> count."""
+    """Rewrite ``proto`` in place; returns the op types rewritten -> count. Nodes named in
+    ``exclude`` (kept in float) are left, and so are the nodes that read one (through
+    activations): that output is float, and the written-out op would quantize it where the
+    float op did not."""
     from onnx import numpy_helper
 
     graph = proto.graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def after_float(tensor: str) -> bool:
+        """Whether ``tensor`` comes from a node kept in float, through activations."""
+        for _ in range(6):
+            node = producer.get(tensor)
+            if node is None:
+                return False
+            if node.name in exclude:
+                return True
+            if node.op_type not in _ELEMENTWISE or not node.input:
+                return False
+            tensor = node.input[0]
+        return False
+
     done: dict[str, int] = {}
     nodes: list[Any] = []
     for node in graph.node:
         name = node.name or node.output[0]
         new: list[Any] | None = None
-        if node.name in exclude:
+        if node.name in exclude or (node.input and after_float(node.input[0])):
             pass
         elif node.op_type == "HardSigmoid":
             a = _attrs(node)

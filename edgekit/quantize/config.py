@@ -175,13 +175,17 @@ class QuantConfig:
       changes no scale: the same file). The manifest records both (``source_choice``).
       benchmarks/results/mobilenet_fidelity.md: a randomly initialised MobileNetV2's int8
       logits are no longer constant; no change on the trained zoo models.
-    * ``integer_ops`` (LiteRT; on by default): rewrite the exported graph so that the ops
-      litert's quantizer leaves on float data run on int8 data (residual adds,
-      concatenations and pools it fails to find under ``torch.export``'s non-strict
-      tracing; hardsigmoid and hardswish written out in ADD / MUL, which XNNPACK runs in
-      int8), and, for 16x8, Hardswish models build (:mod:`edgekit.backends.pt2e_rewrites`).
-      The manifest's ``float_ops`` lists the ops still on float data, read from the file.
-      benchmarks/results/litert_integer.md measures it against LiteRT's default flow.
+    * ``integer_ops`` (on by default): rewrite the graph before the runtime's quantizer so
+      that ops it would leave on float data run on int8 data. LiteRT: residual adds,
+      concatenations and pools litert's quantizer fails to find under ``torch.export``'s
+      non-strict tracing, and hardsigmoid / hardswish written out in ADD / MUL, which
+      XNNPACK runs in int8; for 16x8, Hardswish models build
+      (:mod:`edgekit.backends.pt2e_rewrites`). ONNX Runtime (and OpenVINO reading its QDQ
+      model): HardSigmoid / HardSwish written out as Add, Clip and Mul, spatial ReduceMean
+      as GlobalAveragePool (:mod:`edgekit.backends.onnx_rewrites`). The manifest's
+      ``float_ops`` lists the ops still on float data, read from the file (LiteRT) or from
+      what the runtime executes (ONNX Runtime, OpenVINO). benchmarks/results/
+      ``{litert,onnxruntime,openvino}_integer.md`` measure it against the default flows.
     """
 
     method: str = "minmax"
