@@ -130,7 +130,9 @@ def quantize_onnx(
         pre = Path(tmp) / "pre.onnx"
         src, preprocessing = _preprocess(src, pre, Path(tmp))
         rewritten: dict[str, int] = {}
-        if config.integer_ops:
+        # 8-bit builds only: ONNX Runtime's CPU kernels run 16-bit activations in float anyway,
+        # and a written-out mean's Flatten would take the 16-bit choice off the tensor it names
+        if config.integer_ops and not config.activations_16bit:
             from .onnx_rewrites import rewrite_for_integer_ops
 
             graph = onnx.load(str(src))

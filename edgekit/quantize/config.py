@@ -181,10 +181,10 @@ class QuantConfig:
       non-strict tracing, and hardsigmoid / hardswish written out in ADD / MUL, which
       XNNPACK runs in int8; for 16x8, Hardswish models build
       (:mod:`edgekit.backends.pt2e_rewrites`). ONNX Runtime (and OpenVINO reading its QDQ
-      model): HardSigmoid / HardSwish written out as Add, Clip and Mul, spatial ReduceMean
-      as GlobalAveragePool (:mod:`edgekit.backends.onnx_rewrites`). The manifest's
-      ``float_ops`` lists the ops still on float data, read from the file (LiteRT) or from
-      what the runtime executes (ONNX Runtime, OpenVINO). benchmarks/results/
+      model), 8-bit builds: HardSigmoid / HardSwish written out as Add, Clip and Mul,
+      spatial ReduceMean as GlobalAveragePool (:mod:`edgekit.backends.onnx_rewrites`). The
+      manifest's ``float_ops`` lists the ops still on float data, read from the file (LiteRT)
+      or from what the runtime executes (ONNX Runtime, OpenVINO). benchmarks/results/
       ``{litert,onnxruntime,openvino}_integer.md`` measure it against the default flows.
     """
 
