@@ -5,7 +5,8 @@ still run ops on float data: a gate or a pooling its quantizer did not quantize,
 dequantize and a quantize (MobileNetV3 on ONNX Runtime: every HardSigmoid and ReduceMean).
 These are read from the runtime, after its own graph rewrites, not from the file's op list:
 
-* **ONNX Runtime**: one profiled run on zero inputs (shapes from the file, symbolic sizes 1).
+* **ONNX Runtime**: one profiled run (on a calibration batch in a build; else zeros of the
+  file's input shapes, symbolic sizes 1).
   The profiler records each node that ran with its input and output element types; a node
   with a float output counts.
 * **OpenVINO**: one run on zero inputs with the CPU plugin's performance counters, as
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,11 @@ _OV_SKIP = frozenset(("Input", "Output", "Const", "Convolution", "Deconvolution"
 _OV_FLOAT = frozenset(("f32", "bf16", "f16", "f64"))
 
 
-def onnxruntime_float_ops(path: str | Path) -> dict[str, int]:
+def onnxruntime_float_ops(path: str | Path, feeds: Sequence[np.ndarray] | None = None
+                          ) -> dict[str, int]:
     """Op type -> nodes with a float output in one profiled ONNX Runtime run of ``path``
-    (default graph optimizations, CPU provider), compute layers and Q/DQ excepted."""
+    (default graph optimizations, CPU provider), compute layers and Q/DQ excepted. ``feeds``:
+    the run's inputs in model order (default: zeros, symbolic sizes 1)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -66,6 +70,8 @@ def onnxruntime_float_ops(path: str | Path) -> dict[str, int]:
             i.name: np.zeros([d if isinstance(d, int) and d >= 0 else 1 for d in i.shape],
                              _ORT_DTYPES.get(i.type, np.float32))
             for i in sess.get_inputs()}
+        if feeds is not None:
+            feed = {i.name: np.asarray(x) for i, x in zip(sess.get_inputs(), feeds)}
         sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
     found: Counter[str] = Counter()

@@ -206,7 +206,7 @@ def quantize_onnx(
                              per_channel=False, reduce_range=reduce["applied"])
         else:
             shutil.copyfile(static_out, out_path)
-    summary = onnx_precision_summary(out_path, modules)
+    summary = onnx_precision_summary(out_path, modules, feeds=batches[0] if batches else None)
     if ranges is not None:
         ranges["activations_16bit"] = activations_16bit(out_path)  # read from the file
         if ranges["activations_16bit"]:
@@ -346,8 +346,8 @@ def _module_of(name: str, proto_modules: dict[str, str], fp32_modules: dict[str,
     return fp32_modules.get(best, "")
 
 
-def onnx_precision_summary(path: Path, fp32_modules: dict[str, str] | None = None
-                           ) -> dict[str, Any]:
+def onnx_precision_summary(path: Path, fp32_modules: dict[str, str] | None = None, *,
+                           feeds: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
     """What executes, read from the file: per compute node (Conv, Gemm, MatMul, recurrent
     ops and ONNX Runtime's integer ops) ``int8`` / ``int16`` when its data and weight inputs
     come from DequantizeLinear of that width (through Transpose/Reshape...), ``int8`` with
@@ -356,7 +356,8 @@ def onnx_precision_summary(path: Path, fp32_modules: dict[str, str] | None = Non
     (:func:`edgekit.backends.float_ops.onnxruntime_float_ops`; None when the run failed).
 
     ``fp32_modules``: :func:`onnx_node_modules` of the fp32 file, to name the PyTorch module of
-    nodes the optimizer renamed."""
+    nodes the optimizer renamed. ``feeds``: the inputs of that run, in model order (default:
+    zeros of the file's input shapes)."""
     import onnx
 
     proto = onnx.load(str(path))
@@ -410,7 +411,7 @@ def onnx_precision_summary(path: Path, fp32_modules: dict[str, str] | None = Non
     int8_inits = sum(1 for i in proto.graph.initializer
                      if i.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
     try:
-        float_ops: dict[str, int] | None = onnxruntime_float_ops(path)
+        float_ops: dict[str, int] | None = onnxruntime_float_ops(path, feeds)
     except Exception:  # a file the runtime cannot run here (verification says why)
         float_ops = None
     return {"layers": layers, "int8_initializers": int8_inits,
