@@ -507,8 +507,10 @@ def test_local_error_feeds_each_layer_pytorchs_inputs(equalized_bundle_8bit, tmp
     assert rows["conv1"].local_sqnr_db == pytest.approx(rows["conv1"].effective_sqnr_db, abs=1)
     # conv2 + relu inherit most of their error: alone they do clearly better
     assert rows["relu"].local_sqnr_db > rows["relu"].effective_sqnr_db + 3
-    # the average pool runs in float on a dequantized input: nothing of its own
-    assert rows["gap"].local_sqnr_db > 60 and rows["gap"].effective_sqnr_db < 40
+    # the average pool runs in int8 (integer_ops: a GlobalAveragePool ONNX Runtime quantizes):
+    # its own error is one rounding of its output, far less than what it inherits
+    assert rows["gap"].local_sqnr_db > 45 and rows["gap"].effective_sqnr_db < 40
+    assert rows["gap"].local_sqnr_db > rows["gap"].effective_sqnr_db + 10
     # layers measured at another layer's tensor have no local number
     assert rows["conv0"].how.startswith("fused") and rows["conv0"].local_sqnr_db is None
     layers = {r["module"]: r for r in t.to_json()["layers"]}
