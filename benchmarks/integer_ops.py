@@ -53,39 +53,22 @@ NAMES = {"tflite": "litert_integer", "onnxruntime": "onnxruntime_integer",
 FLOWS = ("default", "edgekit, no rewrites", "edgekit")
 
 
-def file_ops(runtime: str, path: Path) -> dict[str, Any]:
-    """Ops on float data per op type as ``runtime`` runs the file at ``path`` (the folder
-    for OpenVINO and LiteRT), and the layers per precision."""
+def file_ops(runtime: str, folder: Path) -> dict[str, Any]:
+    """Ops on float data per op type as ``runtime`` runs the int8 file in ``folder``, the
+    layers per precision, and for LiteRT the number of XNNPACK partitions."""
+    from benchmarks.native import precision_summary
+
+    summary = precision_summary(runtime, folder)
+    out = {"float_ops": summary["float_ops"],
+           "layer_precisions": dict(Counter(str(r["precision"]) for r in summary["layers"]))}
     if runtime == "tflite":
-        return tflite_ops(next(path.rglob("*.tflite")))
-    if runtime == "onnxruntime":
-        from edgekit.backends.onnxruntime_int8 import onnx_precision_summary
+        from ai_edge_litert.interpreter import Interpreter
 
-        summary = onnx_precision_summary(next(path.rglob("*.onnx")))
-    else:
-        import openvino as ov
-
-        from edgekit.backends.openvino_int8 import openvino_precision_summary
-
-        summary = openvino_precision_summary(ov.Core().read_model(str(next(path.rglob("*.xml")))))
-    return {"float_ops": summary["float_ops"],
-            "layer_precisions": dict(Counter(str(r["precision"]) for r in summary["layers"]))}
-
-
-def tflite_ops(path: Path) -> dict[str, Any]:
-    """Ops on float data (other than the I/O QUANTIZE / DEQUANTIZE), per op type, and the
-    number of XNNPACK partitions, read from a .tflite file."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgekit.backends.tflite_int8 import tflite_precision_summary
-
-    interp = Interpreter(model_path=str(path), num_threads=1)
-    interp.allocate_tensors()
-    summary = tflite_precision_summary(interp)
-    return {"float_ops": summary["float_ops"],
-            "xnnpack_partitions": sum(1 for o in interp._get_ops_details()
-                                      if o["op_name"] == "DELEGATE"),
-            "layer_precisions": dict(Counter(str(r["precision"]) for r in summary["layers"]))}
+        interp = Interpreter(model_path=str(next(folder.rglob("*.tflite"))), num_threads=1)
+        interp.allocate_tensors()
+        out["xnnpack_partitions"] = sum(1 for o in interp._get_ops_details()
+                                        if o["op_name"] == "DELEGATE")
+    return out
 
 
 def run_model(name: str, tmp: Path, runs: int, runtime: str = "tflite") -> dict[str, Any]:
@@ -104,8 +87,7 @@ def run_model(name: str, tmp: Path, runs: int, runtime: str = "tflite") -> dict[
     t0 = time.perf_counter()
     sessions["default"] = native.default_int8_flows(model, s["x"], s["names"], s["outs"],
                                                     s["calib"], tmp)[runtime]()
-    native_dir = {"tflite": "native-tfl", "onnxruntime": "native-ort", "openvino": "native-ov"}
-    row["flows"]["default"] = {**file_ops(runtime, tmp / native_dir[runtime]),
+    row["flows"]["default"] = {**file_ops(runtime, tmp / native.DEFAULT_DIRS[runtime]),
                                "seconds": round(time.perf_counter() - t0, 1)}
     target = TARGETS[runtime]
     for flow in FLOWS[1:]:

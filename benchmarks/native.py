@@ -143,6 +143,10 @@ def tflite_int8(model: torch.nn.Module, x: tuple[torch.Tensor, ...], out_dir: Pa
     return be.load(art, threads=threads, options={"io": "float"}), art.size_bytes
 
 
+#: the folder under ``tmp`` where :func:`default_int8_flows` writes each runtime's file
+DEFAULT_DIRS = {"onnxruntime": "native-ort", "openvino": "native-ov", "tflite": "native-tfl"}
+
+
 def default_int8_flows(model: torch.nn.Module, x: tuple[torch.Tensor, ...],
                        input_names: list[str], output_names: list[str],
                        calib: list[list[np.ndarray]], tmp: Path,
@@ -158,41 +162,45 @@ def default_int8_flows(model: torch.nn.Module, x: tuple[torch.Tensor, ...],
                 output_names=output_names, options={}))
         return fp32[0]
 
+    d = {rt: tmp / name for rt, name in DEFAULT_DIRS.items()}
     return {
-        "onnxruntime": lambda: ort_int8(onnx().path, tmp / "native-ort", calib, input_names,
+        "onnxruntime": lambda: ort_int8(onnx().path, d["onnxruntime"], calib, input_names,
                                         onnx().inputs, onnx().outputs, threads)[0],
-        "openvino": lambda: openvino_int8(model, x, tmp / "native-ov", calib, onnx().inputs,
+        "openvino": lambda: openvino_int8(model, x, d["openvino"], calib, onnx().inputs,
                                           onnx().outputs, threads)[0],
-        "tflite": lambda: tflite_int8(model, x, tmp / "native-tfl", calib, input_names,
+        "tflite": lambda: tflite_int8(model, x, d["tflite"], calib, input_names,
                                       output_names, threads)[0]}
 
 
-def default_layer_precisions(runtime: str, tmp: Path) -> dict[str, int]:
-    """Compute layers per precision of the file :func:`default_int8_flows` wrote for
-    ``runtime`` under ``tmp``, read back from it as edgekit reads its own (a default flow may
-    leave layers in float: NNCF's squeeze-excitation pattern), and its other ops on float data
-    (``float ops``: adds, gates and poolings its quantizer left between a dequantize and a
-    quantize, as the runtime executes them)."""
-    from collections import Counter
-
+def precision_summary(runtime: str, folder: Path) -> dict[str, Any]:
+    """The runtime's precision summary (``layers``, ``float_ops``...) of the int8 file in
+    ``folder``, read back as edgekit reads its own (ONNX Runtime and OpenVINO: the ops on
+    float data as the runtime executes them)."""
     if runtime == "onnxruntime":
         from edgekit.backends.onnxruntime_int8 import onnx_precision_summary
 
-        summary = onnx_precision_summary(tmp / "native-ort" / "model.onnx")
-    elif runtime == "openvino":
+        return onnx_precision_summary(next(folder.rglob("*.onnx")))
+    if runtime == "openvino":
         import openvino as ov
 
         from edgekit.backends.openvino_int8 import openvino_precision_summary
 
-        summary = openvino_precision_summary(
-            ov.Core().read_model(str(tmp / "native-ov" / "model.xml")))
-    else:
-        from ai_edge_litert.interpreter import Interpreter
+        return openvino_precision_summary(ov.Core().read_model(str(next(folder.rglob("*.xml")))))
+    from ai_edge_litert.interpreter import Interpreter
 
-        from edgekit.backends.tflite_int8 import tflite_precision_summary
+    from edgekit.backends.tflite_int8 import tflite_precision_summary
 
-        path = next((tmp / "native-tfl").rglob("*.tflite"))
-        summary = tflite_precision_summary(Interpreter(model_path=str(path)))
+    return tflite_precision_summary(Interpreter(model_path=str(next(folder.rglob("*.tflite")))))
+
+
+def default_layer_precisions(runtime: str, tmp: Path) -> dict[str, int]:
+    """Compute layers per precision of the file :func:`default_int8_flows` wrote for
+    ``runtime`` under ``tmp`` (a default flow may leave layers in float: NNCF's
+    squeeze-excitation pattern), and its other ops on float data (``float ops``: adds, gates
+    and poolings its quantizer left between a dequantize and a quantize)."""
+    from collections import Counter
+
+    summary = precision_summary(runtime, tmp / DEFAULT_DIRS[runtime])
     out = dict(Counter(str(r["precision"]) for r in summary["layers"]))
     if float_ops := sum((summary.get("float_ops") or {}).values()):
         out["float ops"] = float_ops

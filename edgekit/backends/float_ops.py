@@ -40,10 +40,6 @@ _ORT_SKIP = frozenset((
     "MatMulInteger", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "QuantizeLinear",
     "DequantizeLinear", "DynamicQuantizeLinear"))
 _ORT_FLOAT = frozenset(("float", "float16", "bfloat16", "double"))
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-               "tensor(double)": np.float64, "tensor(int64)": np.int64,
-               "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-               "tensor(bool)": np.bool_}
 
 #: OpenVINO CPU plugin node types that are compute layers, I/O, or the quantize step.
 _OV_SKIP = frozenset(("Input", "Output", "Const", "Convolution", "Deconvolution",
@@ -66,12 +62,12 @@ def onnxruntime_float_ops(path: str | Path, feeds: Sequence[np.ndarray] | None =
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "ort")
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        feed: dict[str, np.ndarray] = {
-            i.name: np.zeros([d if isinstance(d, int) and d >= 0 else 1 for d in i.shape],
-                             _ORT_DTYPES.get(i.type, np.float32))
-            for i in sess.get_inputs()}
-        if feeds is not None:
-            feed = {i.name: np.asarray(x) for i, x in zip(sess.get_inputs(), feeds)}
+        if feeds is None:  # zeros of each input's shape and type (ORT: tensor(float)...)
+            feeds = [np.zeros([d if isinstance(d, int) and d >= 0 else 1 for d in i.shape],
+                              {"float": "float32", "double": "float64"}.get(
+                                  i.type[7:-1], i.type[7:-1]))
+                     for i in sess.get_inputs()]
+        feed = {i.name: np.asarray(x) for i, x in zip(sess.get_inputs(), feeds)}
         sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
     found: Counter[str] = Counter()
