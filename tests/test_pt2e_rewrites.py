@@ -38,6 +38,30 @@ def test_the_rewrites_keep_the_float_function(wide):
     torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+class _MaskedAttention(torch.nn.Module):
+    """Attention scores plus an additive padding mask, a softmax, a residual add."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = x @ x.transpose(-1, -2) + (1.0 - mask)[:, None, :] * -1e4
+        return torch.softmax(scores, -1) @ x + x
+
+
+def test_the_sum_a_softmax_reads_keeps_no_source():
+    """An int8 range over a -1e4 mask and the scores would leave the scores a few levels:
+    the add the softmax reads stays unannotated (float), the residual add gets its source."""
+    from edgekit.backends.pt2e_rewrites import restore_sources
+
+    x, mask = torch.randn(1, 4, 8), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    gm = torch.export.export(_MaskedAttention(), (x, mask)).module()
+    marked = restore_sources(gm)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    adds = [n for n in marked if str(nodes[n].target) == "aten.add.Tensor"]
+    assert len(adds) == 1 and [str(u.target) for u in nodes[adds[0]].users] == ["output"]
+    scores = next(n for n in gm.graph.nodes if "softmax" in str(n.target)).args[0]
+    assert str(scores.target) == "aten.add.Tensor" and scores.name not in marked
+    assert "source_fn_stack" not in scores.meta
+
+
 def _ops(path) -> list[tuple[str, str]]:
     """(op, output dtype) per op of a .tflite file."""
     from ai_edge_litert.interpreter import Interpreter

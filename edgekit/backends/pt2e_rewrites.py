@@ -6,7 +6,11 @@ ops it can quantize are quantized (LiteRT int8 and 16x8 builds).
   records (``source_fn_stack``) only when tracing strictly. The default non-strict export
   leaves it out, so every residual ``x + y`` stayed unannotated: the converter wrote
   DEQUANTIZE -> float ADD -> QUANTIZE into "int8" files (and the MEAN after it in float).
-  The source each such node came from is restored from its ATen op.
+  The source each such node came from is restored from its ATen op; not for an op whose
+  output a softmax reads (attention scores plus an additive mask): one int8 range over the
+  mask's -1e4 and the scores leaves the scores a few levels, and the softmax a near-uniform
+  row (a trained BERT-mini's int8 held-out SQNR fell to 2.9 dB), so that sum stays float,
+  as in litert's default flow.
 * :func:`split_hard_activations`: TFLite has no HARD_SIGMOID op; litert-torch lowers one to a
   float ADD and MUL between a DEQUANTIZE and a QUANTIZE. XNNPACK has no int8 HARD_SWISH: each
   runs on TFLite's own kernel and splits the XNNPACK graph around it (MobileNetV3: 16
@@ -50,6 +54,17 @@ ACTIVE = "edgekit_active_interval"
 _BOUNDED_BY = "edgekit_bounded_by"
 #: Modules litert's quantizer partitions by type as a whole: their nodes keep no source.
 _WHOLE_MODULES = ("torch.nn.modules.rnn.",)
+#: Softmax ops: an op whose output one of them reads keeps no source (:func:`restore_sources`).
+_SOFTMAX = tuple(op for op in (getattr(_ATEN, n, None) for n in (
+    "_softmax", "softmax", "_safe_softmax")) if op is not None)
+
+
+def _feeds_softmax(node: torch.fx.Node) -> bool:
+    for user in node.users:
+        packet = getattr(user.target, "overloadpacket", user.target)
+        if user.op == "call_function" and packet in _SOFTMAX:
+            return True
+    return False
 
 
 def _inside_whole_module(node: torch.fx.Node) -> bool:
@@ -72,11 +87,13 @@ def rewrite(gm: torch.fx.GraphModule, *, wide: bool) -> list[str]:
 def restore_sources(gm: torch.fx.GraphModule) -> list[str]:
     """Give each node of :data:`_SOURCES`'s ops that has no ``source_fn_stack`` the source a
     strict export records (keyed by the node's own name, so that two adds are two partitions);
-    return the nodes marked. Nodes inside recurrent modules are left to their module."""
+    return the nodes marked. Nodes inside recurrent modules are left to their module, nodes
+    a softmax reads stay float."""
     marked = []
     for node in gm.graph.nodes:
         source = _SOURCES.get(node.target) if node.op == "call_function" else None
-        if source is None or node.meta.get("source_fn_stack") or _inside_whole_module(node):
+        if source is None or node.meta.get("source_fn_stack") or _inside_whole_module(node) \
+                or _feeds_softmax(node):
             continue
         node.meta["source_fn_stack"] = [(node.name, source)]
         marked.append(node.name)
