@@ -272,9 +272,7 @@ class OnnxRuntimeBackend:
         proto = check_onnx_file(path)
         init_names = {i.name for i in proto.graph.initializer}
         info.update({"quantization": qinfo, "fp32_size_bytes": fp32_size,
-                     "export_seconds": round(time.perf_counter() - t0, 3),
-                     # the int8 sources differ in their ranges only: compared untimed
-                     "sources_same_ops": True})
+                     "export_seconds": round(time.perf_counter() - t0, 3)})
         return Artifact(
             backend=_NAME, root=out_dir, files=list_files(out_dir, path.name),
             inputs=_onnx_specs(i for i in proto.graph.input if i.name not in init_names),
@@ -282,16 +280,8 @@ class OnnxRuntimeBackend:
         )
 
     def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
-        """onnxruntime ``quantize_static`` QDQ with the calibrator's ranges and, where the
-        config leaves the ranges to it (8-bit activations), with ranges chosen per tensor by
-        error: the same ops on other numbers, both built and the more faithful on the
-        held-out samples kept (as on LiteRT)."""
-        from ._ranges import error_ranges_alternative
-
-        if config.activations_16bit:
-            return [("ONNX Runtime QDQ", {})]
-        return [("ONNX Runtime QDQ", {}), *[(f"ONNX Runtime QDQ, {label}", changes)
-                                            for label, changes in error_ranges_alternative(config)]]
+        """One realisation: onnxruntime ``quantize_static`` QDQ."""
+        return [("ONNX Runtime QDQ", {})]
 
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
                           sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
@@ -300,7 +290,7 @@ class OnnxRuntimeBackend:
         from ._ranges import error_ranges_alternative
 
         other = "uint8" if config.activation_type == "int8" else "int8"
-        return [*([] if sources_compared else error_ranges_alternative(config)),
+        return [*error_ranges_alternative(config),
                 (f"{other} activations", {"activation_type": other})]
 
     def inspect(self, path: Path) -> Artifact:

@@ -141,9 +141,7 @@ class QuantConfig:
       one of lowest error of the consuming layer's output
       (:mod:`edgekit.backends._ranges`; ONNX Runtime, and OpenVINO's ``qdq`` source, which
       reads that model). The manifest records the choices (``ranges.chosen``: tensors per
-      method). With ``"runtime"`` and 8-bit activations, LiteRT and ONNX Runtime builds also
-      make the ``"auto"`` file as another int8 source and keep the more faithful on the
-      held-out samples (``source_choice``).
+      method).
     * ``softmax_ranges``: a Softmax input whose calibrated range an attention mask (or
       another far tail) stretches to over twice what the softmax needs is quantized on the
       range it needs: from the lowest row maximum minus ``ln(row length) + 10`` up to the
