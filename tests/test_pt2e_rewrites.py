@@ -39,27 +39,53 @@ def test_the_rewrites_keep_the_float_function(wide):
 
 
 class _MaskedAttention(torch.nn.Module):
-    """Attention scores plus an additive padding mask, a softmax, a residual add."""
+    """Attention scores plus an additive padding mask, a softmax (``reshaped``: after a
+    reshape, a cast and eval-mode dropout), a residual add."""
+
+    def __init__(self, reshaped: bool = False) -> None:
+        super().__init__()
+        self.reshaped = reshaped
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         scores = x @ x.transpose(-1, -2) + (1.0 - mask)[:, None, :] * -1e4
+        if self.reshaped:
+            n = scores.shape[-1]
+            scores = torch.nn.functional.dropout(scores.reshape(-1, n).float(), 0.1, False)
+            return torch.softmax(scores, -1).reshape(x.shape[0], n, n) @ x + x
         return torch.softmax(scores, -1) @ x + x
 
 
-def test_the_sum_a_softmax_reads_keeps_no_source():
+@pytest.mark.parametrize("reshaped", [False, True])
+def test_the_sum_a_softmax_reads_keeps_no_source(reshaped):
     """An int8 range over a -1e4 mask and the scores would leave the scores a few levels:
-    the add the softmax reads stays unannotated (float), the residual add gets its source."""
+    the add the softmax reads (directly or through ops that pass its values on) stays
+    unannotated (float), the residual add gets its source."""
     from edgekit.backends.pt2e_rewrites import restore_sources
 
     x, mask = torch.randn(1, 4, 8), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    gm = torch.export.export(_MaskedAttention(), (x, mask)).module()
+    gm = torch.export.export(_MaskedAttention(reshaped).eval(), (x, mask)).module()
     marked = restore_sources(gm)
     nodes = {n.name: n for n in gm.graph.nodes}
     adds = [n for n in marked if str(nodes[n].target) == "aten.add.Tensor"]
     assert len(adds) == 1 and [str(u.target) for u in nodes[adds[0]].users] == ["output"]
-    scores = next(n for n in gm.graph.nodes if "softmax" in str(n.target)).args[0]
-    assert str(scores.target) == "aten.add.Tensor" and scores.name not in marked
-    assert "source_fn_stack" not in scores.meta
+    scores = [n for n in gm.graph.nodes if str(n.target) == "aten.add.Tensor"
+              and n.name not in marked]
+    assert len(scores) == 1 and "source_fn_stack" not in scores[0].meta
+
+
+class _ScaledAttention(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x @ x.transpose(-1, -2) * 0.35, -1) @ x
+
+
+def test_a_scale_a_softmax_reads_keeps_its_source():
+    """No mask (a ViT): the scale multiply before the softmax is quantized as before."""
+    from edgekit.backends.pt2e_rewrites import restore_sources
+
+    gm = torch.export.export(_ScaledAttention(), (torch.randn(1, 4, 8),)).module()
+    marked = restore_sources(gm)
+    muls = [n.name for n in gm.graph.nodes if str(n.target) == "aten.mul.Tensor"]
+    assert len(muls) == 1 and muls[0] in marked
 
 
 def _ops(path) -> list[tuple[str, str]]:

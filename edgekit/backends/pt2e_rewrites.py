@@ -6,7 +6,7 @@ ops it can quantize are quantized (LiteRT int8 and 16x8 builds).
   records (``source_fn_stack``) only when tracing strictly. The default non-strict export
   leaves it out, so every residual ``x + y`` stayed unannotated: the converter wrote
   DEQUANTIZE -> float ADD -> QUANTIZE into "int8" files (and the MEAN after it in float).
-  The source each such node came from is restored from its ATen op; not for an op whose
+  The source each such node came from is restored from its ATen op; not for an add whose
   output a softmax reads (attention scores plus an additive mask): one int8 range over the
   mask's -1e4 and the scores leaves the scores a few levels, and the softmax a near-uniform
   row (a trained BERT-mini's int8 held-out SQNR fell to 2.9 dB), so that sum stays float,
@@ -54,16 +54,31 @@ ACTIVE = "edgekit_active_interval"
 _BOUNDED_BY = "edgekit_bounded_by"
 #: Modules litert's quantizer partitions by type as a whole: their nodes keep no source.
 _WHOLE_MODULES = ("torch.nn.modules.rnn.",)
+def _aten(*names: str) -> tuple[Any, ...]:
+    return tuple(op for op in (getattr(_ATEN, n, None) for n in names) if op is not None)
+
+
 #: Softmax ops: an op whose output one of them reads keeps no source (:func:`restore_sources`).
-_SOFTMAX = tuple(op for op in (getattr(_ATEN, n, None) for n in (
-    "_softmax", "softmax", "_safe_softmax")) if op is not None)
+_SOFTMAX = _aten("_softmax", "softmax", "_safe_softmax")
+#: Ops that pass their input's values on unchanged (a reshape, a cast, eval-mode dropout).
+_PASS_THROUGH = _aten("view", "reshape", "_unsafe_view", "clone", "contiguous", "_to_copy",
+                      "to", "dropout", "alias")
 
 
 def _feeds_softmax(node: torch.fx.Node) -> bool:
-    for user in node.users:
+    """Whether a softmax reads ``node``'s output, directly or through ops that pass its
+    values on unchanged."""
+    todo, seen = list(node.users), set()
+    while todo:
+        user = todo.pop()
+        if user in seen or user.op != "call_function":
+            continue
+        seen.add(user)
         packet = getattr(user.target, "overloadpacket", user.target)
-        if user.op == "call_function" and packet in _SOFTMAX:
+        if packet in _SOFTMAX:
             return True
+        if packet in _PASS_THROUGH:
+            todo.extend(user.users)
     return False
 
 
@@ -87,13 +102,13 @@ def rewrite(gm: torch.fx.GraphModule, *, wide: bool) -> list[str]:
 def restore_sources(gm: torch.fx.GraphModule) -> list[str]:
     """Give each node of :data:`_SOURCES`'s ops that has no ``source_fn_stack`` the source a
     strict export records (keyed by the node's own name, so that two adds are two partitions);
-    return the nodes marked. Nodes inside recurrent modules are left to their module, nodes
-    a softmax reads stay float."""
+    return the nodes marked. Nodes inside recurrent modules are left to their module, an add
+    a softmax reads (a mask's) stays float; a multiply it reads (a scale) does not."""
     marked = []
     for node in gm.graph.nodes:
         source = _SOURCES.get(node.target) if node.op == "call_function" else None
         if source is None or node.meta.get("source_fn_stack") or _inside_whole_module(node) \
-                or _feeds_softmax(node):
+                or (node.target == _ATEN.add.Tensor and _feeds_softmax(node)):
             continue
         node.meta["source_fn_stack"] = [(node.name, source)]
         marked.append(node.name)
