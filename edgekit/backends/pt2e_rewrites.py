@@ -54,11 +54,14 @@ ACTIVE = "edgekit_active_interval"
 _BOUNDED_BY = "edgekit_bounded_by"
 #: Modules litert's quantizer partitions by type as a whole: their nodes keep no source.
 _WHOLE_MODULES = ("torch.nn.modules.rnn.",)
+
+
 def _aten(*names: str) -> tuple[Any, ...]:
+    """The ATen op packets of ``names`` this torch has (``_safe_softmax`` is recent)."""
     return tuple(op for op in (getattr(_ATEN, n, None) for n in names) if op is not None)
 
 
-#: Softmax ops: an op whose output one of them reads keeps no source (:func:`restore_sources`).
+#: Softmax ops: an add whose output one of them reads keeps no source (:func:`restore_sources`).
 _SOFTMAX = _aten("_softmax", "softmax", "_safe_softmax")
 #: Ops that pass their input's values on unchanged (a reshape, a cast, eval-mode dropout).
 _PASS_THROUGH = _aten("view", "reshape", "_unsafe_view", "clone", "contiguous", "_to_copy",
