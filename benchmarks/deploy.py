@@ -464,6 +464,8 @@ def int8_record(q: dict[str, Any] | None) -> dict[str, Any]:
         out["source"] = {"kept": choice["kept"], "why": choice["why"],
                          "heldout_sqnr_db": {k: v.get("heldout_sqnr_db")
                                              for k, v in choice["sources"].items()}}
+    if eq := q.get("equalize_choice"):
+        out["equalize"] = {"kept": eq["kept"], "why": eq["why"]}
     return out
 
 

@@ -165,3 +165,97 @@ def test_nan_and_constant_outputs_are_errors(trained):
     with pytest.raises(QuantizationError, match="constant"):
         check_outputs_sane(FakeSession(model, True, "const"), calib, "t", model)
     check_outputs_sane(FakeSession(model, True), calib, "t", model)
+
+
+class EqualizeSensitiveBackend(FakeBackend):
+    """int8 'export' that is accurate only from an equalized model (``equalized``) or only
+    from one that is not: told apart by the first linear layer's weight, which equalization
+    rescales and bias correction leaves alone."""
+
+    def __init__(self, user, equalized):
+        super().__init__(needed="")
+        self.user, self.equalized = user, equalized
+
+    def quantize(self, model, inputs, out_dir, *, keep_float, **kw):
+        art = super().quantize(model, inputs, out_dir, keep_float=keep_float, **kw)
+        art.info["model"] = len(self.models) - 1
+        return art
+
+    def load(self, artifact, *, threads, options):
+        model = self.models[artifact.info["model"]]
+        was = not torch.equal(model[1].weight, self.user[1].weight)
+        return FakeSession(model, was == self.equalized)
+
+
+def _linear_pair(task):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10)).eval()
+    fit(model, task, epochs=1, progress=False)
+    return model
+
+
+@pytest.mark.parametrize("equalized", [False, True])
+def test_equalize_auto_keeps_the_build_that_passes(trained, tmp_path, equalized):
+    _, task, calib = trained
+    model = _linear_pair(task)
+    backend = EqualizeSensitiveBackend(model, equalized)
+    backend.model = model
+
+    class Decisions:  # what a build cache keeps between builds
+        where, record = "memory", None
+
+        def load(self):
+            return self.record
+
+        def save(self, record):
+            self.record = record
+
+    decisions = Decisions()
+
+    def build(folder):
+        return build_int8(backend, load_profile("x86-onnxruntime-int8"), model,
+                          (torch.zeros(1, 1, 8, 8),), tmp_path / folder, in_names=["image"],
+                          out_names=["logits"], calibration=calib,
+                          config=QuantConfig(equalize="auto", fallback=False), task=task,
+                          batch=1, progress=False, decisions=decisions)
+
+    m = build("t").quantization
+    choice = m["equalize_choice"]
+    assert backend.calls[:2] == [[], []]  # the equalized build, then the one without
+    assert choice["kept"] == ("equalized" if equalized else "not equalized")
+    assert choice["equalized"]["passed"] is equalized
+    assert choice["not_equalized"]["passed"] is not equalized
+    assert choice["why"].startswith("the only one of the two that passes the gate")
+    # what was shipped is what the record says: its transforms, its decision
+    assert ("equalize" in m["transforms"]["applied"]) is equalized
+    assert m["config"]["equalize"] is equalized
+    assert m["decisions"]["config"]["equalize"] is equalized
+    assert m["accuracy"]["drop"] <= 1.0
+    # a rebuild from the recorded decision builds the kept one alone, and it passes
+    before = len(backend.calls)
+    again = build("again").quantization
+    assert len(backend.calls) == before + 1
+    assert ("equalize" in again["transforms"]["applied"]) is equalized
+
+
+def test_equalize_auto_compares_nothing_where_nothing_is_equalized(trained, tmp_path):
+    # tiny_net has no conv/linear -> ReLU -> conv/linear chain: one build, no record
+    backend = FakeBackend(needed="")
+    backend.load = lambda artifact, **kw: FakeSession(backend.model, True)
+    result = _build(trained, tmp_path, backend, equalize="auto", fallback=False)
+    m = result.quantization
+    assert backend.calls == [[]] and m["equalize_choice"] is None
+    assert "equalize" not in m["transforms"]["applied"]
+
+
+def test_equalize_setting_is_checked():
+    from edgekit.errors import ConfigError, UsageError
+
+    with pytest.raises(UsageError, match="equalize must be true, false or \"auto\""):
+        QuantConfig(equalize="sometimes")
+    with pytest.raises(UsageError, match="equalize"):
+        QuantConfig(equalize=1)
+    with pytest.raises(ConfigError, match=r"r\.toml \[quantization\]: 'equalize' must be"):
+        QuantConfig.from_table({"equalize": "yes"}, "r.toml [quantization]")
+    assert QuantConfig.from_table({"equalize": "auto"}, "t").equalize == "auto"

@@ -53,7 +53,7 @@ def measure_suggestion(model: torch.nn.Module, artifact: Artifact, culprit: str,
                                   order=["conv1", "conv2", "fc"])
         gain["variants"][1]["gain_db"]
     """
-    from ..quantize.config import QuantConfig
+    from ..quantize.config import QuantConfig, equalizes
     from ..quantize.sensitivity import quantizable_layers
     from ..quantize.transforms import apply_transforms
     from .culprits import try_first
@@ -80,7 +80,7 @@ def measure_suggestion(model: torch.nn.Module, artifact: Artifact, culprit: str,
             where = Path(tmp) / f"v{k}"
             # the transforms as the build runs them (bias correction skips float layers)
             ref_model, _ = apply_transforms(
-                model, calib, equalize=cfg.equalize, relu6=cfg.equalize_relu6,
+                model, calib, equalize=equalizes(cfg), relu6=cfg.equalize_relu6,
                 bias_correction=cfg.bias_correction and cfg.per_channel,
                 smoothquant=cfg.smoothquant, alpha=cfg.smoothquant_alpha, keep_float=keep)
             art = backend.quantize(ref_model, example, where, input_names=input_names,

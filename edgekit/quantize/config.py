@@ -28,6 +28,16 @@ REDUCE_RANGE = ("auto", "on", "off")
 WIDE_WORDS = ("all", "auto")
 
 
+def equalize_ok(value: Any) -> bool:
+    """A valid ``equalize`` setting: true, false or ``"auto"`` (both built, compared)."""
+    return isinstance(value, bool) or value == "auto"
+
+
+def equalizes(config: QuantConfig) -> bool:
+    """Whether a build with ``config`` equalizes (``"auto"`` builds equalized first)."""
+    return config.equalize is not False
+
+
 def check_activations_16bit(value: Any) -> str | None:
     """What is wrong with an ``activations_16bit`` value (None when it is fine): a count
     >= 0, a list of layer names, ``"all"`` or ``"auto"``."""
@@ -204,7 +214,7 @@ class QuantConfig:
     latency_max_seconds: float = 2.0
     min_speedup: float = 0.97
     latency_variants: int = 6
-    equalize: bool = True
+    equalize: bool | str = True
     equalize_relu6: str = "skip"
     bias_correction: bool = True
     int8_bias_correction: bool = False
@@ -247,6 +257,9 @@ class QuantConfig:
             raise UsageError("quantization latency_variants must be >= 0, got "
                              f"{self.latency_variants}")
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        if not equalize_ok(self.equalize):
+            raise UsageError(f"quantization equalize must be true, false or \"auto\", got "
+                             f"{self.equalize!r}")
         problem = check_activations_16bit(self.activations_16bit)
         if problem is not None:
             raise UsageError(f"quantization {problem}")
@@ -282,7 +295,13 @@ class QuantConfig:
             problem = check_activations_16bit(table["activations_16bit"])
             if problem is not None:
                 raise ConfigError(f"{where}: {problem}")
-        values = check_table(table, TABLE_SCHEMA, where=where)
+        if "equalize" in table and not equalize_ok(table["equalize"]):
+            raise ConfigError(f"{where}: 'equalize' must be true, false or \"auto\", got "
+                              f"{type(table['equalize']).__name__} {table['equalize']!r}")
+        values = check_table({k: v for k, v in table.items() if k != "equalize"},
+                             TABLE_SCHEMA, where=where)
+        if "equalize" in table:
+            values["equalize"] = table["equalize"]
         return replace(base if base is not None else cls(), **values)
 
     def extra_number(self, key: str, default: float) -> float:
@@ -320,7 +339,7 @@ TABLE_SCHEMA: dict[str, Field] = {
     "latency_max_seconds": Field(float, low=0, low_open=True),
     "min_speedup": Field(float, low=0, low_open=True),
     "latency_variants": Field(int, low=0),
-    "equalize": Field(bool),
+    "equalize": Field(bool),  # or "auto" (checked in from_table)
     "equalize_relu6": Field(str, choices=RELU6_MODES),
     "bias_correction": Field(bool),
     "int8_bias_correction": Field(bool),
