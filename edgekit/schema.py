@@ -51,6 +51,8 @@ def _field(spec: Field | type | tuple[Any, ...]) -> Field:
 
 
 def _type_ok(value: Any, kind: type) -> bool:
+    if kind is object:  # any type; the choices say which values
+        return True
     if isinstance(value, bool):
         return kind is bool
     if kind is float:
@@ -58,6 +60,16 @@ def _type_ok(value: Any, kind: type) -> bool:
     if kind is list:  # TOML arrays; tuples from Python
         return isinstance(value, (list, tuple))
     return isinstance(value, kind)
+
+
+def is_choice(value: Any, choices: tuple[Any, ...]) -> bool:
+    """``value`` is one of ``choices``, type included (``1`` is not ``true``)."""
+    return any(type(value) is type(c) and value == c for c in choices)
+
+
+def _shown(value: Any) -> str:
+    """A value as a TOML file writes it (``true``, ``"auto"``)."""
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _problem(name: str, value: Any, spec: Field) -> str | None:
@@ -70,8 +82,9 @@ def _problem(name: str, value: Any, spec: Field) -> str | None:
                 f"got {type(value).__name__} {value!r}")
     if spec.kind is list and not all(_type_ok(v, spec.item) for v in value):
         return f"{name!r} must be a list of {spec.item.__name__}, got {value!r}"
-    if spec.choices and value not in spec.choices:
-        return f"{name} = {value!r} is not one of {', '.join(repr(c) for c in spec.choices)}"
+    if spec.choices and not is_choice(value, spec.choices):
+        return (f"{name} = {_shown(value)} is not one of "
+                f"{', '.join(_shown(c) for c in spec.choices)}")
     if spec.kind in (int, float):
         if isinstance(value, float) and math.isnan(value):
             return f"{name} = {value!r} must be a number"

@@ -187,7 +187,9 @@ def test_a_realisation_that_misses_the_gate_gives_way_to_the_runtimes_alternativ
     res = build_int8(get_backend("openvino"), load_profile(OV), model, spec.example_inputs(1),
                      tmp_path / "t", in_names=list(spec.input_names),
                      out_names=list(spec.output_names), calibration=calib,
-                     config=QuantConfig(latency_check=False, openvino_source="nncf"),
+                     # equalize on: one build per source (``"auto"`` would add one)
+                     config=QuantConfig(latency_check=False, openvino_source="nncf",
+                                        equalize=True),
                      task=None, batch=1,
                      progress=False, check=check)
     q = res.quantization
@@ -348,10 +350,10 @@ def test_openvino_int8_exports_fp32_once_and_ships_the_gates_verification(tmp_pa
                      tmp_path / "t", in_names=list(spec.input_names),
                      out_names=list(spec.output_names), calibration=calib,
                      config=QuantConfig(min_speedup=100.0, latency_variants=1,
-                                        latency_runs=20),
+                                        latency_runs=20, equalize=True),
                      task=None, batch=1, progress=False, check=check)
     q = res.quantization
-    assert len(exports) == 1
+    assert len(exports) == 1  # ("auto": a second model, without equalization, to export)
     assert len(onnx_exports) == 1  # the QDQ source's ONNX, once for every QDQ attempt
     choice = q["source_choice"]
     assert choice["kept"] == "nncf" and not any(v["passed"] for v in choice["sources"].values())

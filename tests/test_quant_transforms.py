@@ -283,6 +283,51 @@ def test_int8_build_applies_and_records_the_transforms(tmp_path):
 
 
 @pytest.mark.slow
+def test_equalize_auto_builds_both_and_ships_the_one_it_records(tmp_path):
+    """``equalize = "auto"`` on ONNX Runtime: both builds measured on the held-out batches,
+    the rule applied to those numbers, and the shipped file is the kept build (its held-out
+    SQNR, its transforms, its weights)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekit.pipeline import compress
+    from edgekit.quantize.build import EQUALIZE_MARGIN_DB
+
+    torch.manual_seed(0)
+    spec = get_spec("ds_cnn")
+    model = _random_bn(build("ds_cnn"))
+    cal = _batches(spec, n=8, batch=1)
+    compress(model, spec.example_inputs(1), targets=["x86-onnxruntime-int8"],
+             out_dir=tmp_path / "b", input_names=list(spec.input_names),
+             output_names=list(spec.output_names), progress=False,
+             calibration=[b[0] for b in cal],
+             quantization={"equalize": "auto", "latency_check": False, "fallback": False,
+                           "reduce_range": "on"})
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    q = man["targets"]["x86-onnxruntime-int8"]["quantization"]
+    choice = q["equalize_choice"]
+    with_eq = choice["equalized"]["heldout_sqnr_db"]
+    without = choice["not_equalized"]["heldout_sqnr_db"]
+    assert choice["equalized"]["passed"] and choice["not_equalized"]["passed"]
+    kept = "not equalized" if without > with_eq + EQUALIZE_MARGIN_DB else "equalized"
+    assert choice["kept"] == kept and f"{with_eq:.2f} with" in choice["why"]
+    shipped = q["heldout_fidelity"]["outputs"][0]["sqnr_db"]
+    assert round(shipped, 2) == (with_eq if kept == "equalized" else without)
+    assert ("equalize" in q["transforms"]["applied"]) is (kept == "equalized")
+    assert q["config"]["equalize"] is (kept == "equalized")
+    # the file's first conv weights are the kept model's, on the int8 grid
+    transformed, _ = apply_transforms(model, cal[:6], equalize=kept == "equalized",
+                                      bias_correction=True, weight_qmax=64)
+    first = next(m for m in transformed.modules() if isinstance(m, nn.Conv2d)).weight
+    proto = onnx.load(str(tmp_path / "b" / "x86-onnxruntime-int8" / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    deq = next(n for n in proto.graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in inits and inits[n.input[0]].ndim == 4)
+    w = inits[deq.input[0]].astype(np.float64) * inits[deq.input[1]].reshape(-1, 1, 1, 1)
+    assert np.allclose(w, quantize_weight(first.detach(), 64).double().numpy(), atol=1e-6)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("reduce_range, qmax", [("off", 127), ("on", 64)])
 def test_onnxruntime_int8_weights_are_on_the_grid_bias_correction_assumes(tmp_path, reduce_range,
                                                                           qmax):

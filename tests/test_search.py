@@ -100,7 +100,7 @@ def test_the_default_build_is_the_first_point_where_the_space_holds_it():
     point = SearchSpace.from_dict({}, max_threads=4).default_point(ort)
     assert point["prune_ratio"] == 0.0 and point["threads"] == ort.threads
     assert point["quant.method"] == "minmax" and point["quant.per_channel"] is True
-    assert point["quant.equalize"] is True and point["quant.smoothquant"] is False
+    assert point["quant.equalize"] == "auto" and point["quant.smoothquant"] is False
     assert "quant.openvino_source" not in point  # not a dimension of this target
     # a range without 0 and a fixed dimension are left to the sampler
     narrow = SearchSpace.from_dict({"prune_ratio": "0.2..0.4", "threads": [1]})

@@ -10,7 +10,7 @@ from typing import Any
 from ..backends._pt2e_scales import SCALE_FLOORS
 from ..backends._ranges import RANGE_METHODS
 from ..errors import ConfigError, UsageError
-from ..schema import Field, check_table
+from ..schema import Field, check_table, is_choice
 
 __all__ = ["QuantConfig", "METHODS", "TABLE_SCHEMA"]
 
@@ -23,14 +23,11 @@ PRESETS = ("auto", "mixed", "performance")
 #: How cross-layer equalization treats ReLU6 (see edgekit.quantize.transforms.equalize).
 RELU6_MODES = ("clamp", "skip")
 FALLBACK_ORDERS = ("runtime", "sensitivity")
+#: ``equalize``: on, off, or ``"auto"`` (built with and without, the more faithful kept).
+EQUALIZE = (False, True, "auto")
 REDUCE_RANGE = ("auto", "on", "off")
 #: The words ``activations_16bit`` takes besides a count or a list of layer names.
 WIDE_WORDS = ("all", "auto")
-
-
-def equalize_ok(value: Any) -> bool:
-    """A valid ``equalize`` setting: true, false or ``"auto"`` (both built, compared)."""
-    return isinstance(value, bool) or value == "auto"
 
 
 def equalizes(config: QuantConfig) -> bool:
@@ -125,6 +122,13 @@ class QuantConfig:
       ReLU6 pairs skipped +1.4 / -0.2 / +0.1 (equalizing through ReLU6 with clamps: +0.0 /
       -0.2 / +1.4 and a 5-8% larger file, hence ``"skip"``); SmoothQuant off: within 0.3 dB
       on the zoo transformer (its post-norm layers leave only the final LayerNorm -> head).
+      ``equalize = "auto"`` (the default) builds the chosen int8 source a second time from
+      the model transformed without equalization, where equalization changed a layer, and
+      keeps the more faithful (``quantization.equalize_choice`` in the manifest says which
+      and why; see ``Int8Build.choose_equalization``): on the trained MobileNetV2 twin
+      equalization lowered the held-out SQNR on all three runtimes (by 0.19-0.41 dB) and
+      cost its LiteRT file 0.89 points of accuracy (benchmarks/results/ptq_drop). ``true``
+      or ``false`` builds once.
     * ``adaround``: learned rounding of conv/linear weights onto the per-channel weight grid
       (:mod:`edgekit.quantize.transforms.adaround`; ``adaround_iterations`` optimisation
       steps per layer), written back on the grid so that each runtime's quantizer reproduces
@@ -214,7 +218,7 @@ class QuantConfig:
     latency_max_seconds: float = 2.0
     min_speedup: float = 0.97
     latency_variants: int = 6
-    equalize: bool | str = True
+    equalize: bool | str = "auto"
     equalize_relu6: str = "skip"
     bias_correction: bool = True
     int8_bias_correction: bool = False
@@ -235,9 +239,10 @@ class QuantConfig:
                   "activation_type": ACTIVATION_TYPES, "io": IO_TYPES,
                   "openvino_source": OPENVINO_SOURCES,
                   "preset": PRESETS, "equalize_relu6": RELU6_MODES,
-                  "reduce_range": REDUCE_RANGE, "scale_floor": SCALE_FLOORS}
+                  "reduce_range": REDUCE_RANGE, "scale_floor": SCALE_FLOORS,
+                  "equalize": EQUALIZE}
         for key, allowed in checks.items():
-            if getattr(self, key) not in allowed:
+            if not is_choice(getattr(self, key), allowed):
                 raise UsageError(f"quantization {key} {getattr(self, key)!r} is not one of "
                                  f"{list(allowed)}")
         if int(self.samples) < 1:
@@ -257,9 +262,6 @@ class QuantConfig:
             raise UsageError("quantization latency_variants must be >= 0, got "
                              f"{self.latency_variants}")
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
-        if not equalize_ok(self.equalize):
-            raise UsageError(f"quantization equalize must be true, false or \"auto\", got "
-                             f"{self.equalize!r}")
         problem = check_activations_16bit(self.activations_16bit)
         if problem is not None:
             raise UsageError(f"quantization {problem}")
@@ -295,13 +297,7 @@ class QuantConfig:
             problem = check_activations_16bit(table["activations_16bit"])
             if problem is not None:
                 raise ConfigError(f"{where}: {problem}")
-        if "equalize" in table and not equalize_ok(table["equalize"]):
-            raise ConfigError(f"{where}: 'equalize' must be true, false or \"auto\", got "
-                              f"{type(table['equalize']).__name__} {table['equalize']!r}")
-        values = check_table({k: v for k, v in table.items() if k != "equalize"},
-                             TABLE_SCHEMA, where=where)
-        if "equalize" in table:
-            values["equalize"] = table["equalize"]
+        values = check_table(table, TABLE_SCHEMA, where=where)
         return replace(base if base is not None else cls(), **values)
 
     def extra_number(self, key: str, default: float) -> float:
@@ -339,7 +335,7 @@ TABLE_SCHEMA: dict[str, Field] = {
     "latency_max_seconds": Field(float, low=0, low_open=True),
     "min_speedup": Field(float, low=0, low_open=True),
     "latency_variants": Field(int, low=0),
-    "equalize": Field(bool),  # or "auto" (checked in from_table)
+    "equalize": Field(object, choices=EQUALIZE),
     "equalize_relu6": Field(str, choices=RELU6_MODES),
     "bias_correction": Field(bool),
     "int8_bias_correction": Field(bool),
