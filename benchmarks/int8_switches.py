@@ -8,7 +8,8 @@ For each model (a trained zoo twin of ``benchmarks.deploy``, weights cached as t
 target's int8 build with edgekit's defaults (plus ``--base``, e.g. ``'{"fallback": false}'``),
 then with each default-on switch turned off in turn (``softmax_ranges``, ``reduce_range``,
 ``equalize``, ``bias_correction``) and each opt-in one turned on (``int8_bias_correction``,
-alone and with ``range_method = "auto"``); ``--switches`` picks some. Every build is scored on
+alone and with ``range_method = "auto"``, and ``equalize`` on, built once where the default
+``"auto"`` builds with and without it); ``--switches`` picks some. Every build is scored on
 the whole test split (the task metric, and the SQNR of its outputs against PyTorch fp32); the
 runtime's own default int8 flow beside them. The gate and fallback stay as configured, so a
 build that misses its gate is reported as failed, with the reason. Writes
@@ -36,7 +37,9 @@ SWITCHES = {"softmax_ranges": False, "reduce_range": "off", "equalize": False,
 #: Opt-in settings, each turned on in turn (label -> settings).
 OPT_IN = {"int8_bias_correction on": {"int8_bias_correction": True},
           "int8_bias_correction on, range_method auto": {"int8_bias_correction": True,
-                                                         "range_method": "auto"}}
+                                                         "range_method": "auto"},
+          # the default "auto" builds with and without equalization; "on" builds once
+          "equalize on (built once)": {"equalize": True}}
 
 
 def log(msg: str) -> None:
@@ -107,7 +110,9 @@ def markdown(rows: list[dict[str, Any]],
              "and fallback as configured), each default-on switch turned off and each opt-in one "
              "turned on in turn, scored on the whole test split (the task metric, and the SQNR "
              "of the outputs against PyTorch fp32); the runtime's own default int8 flow beside "
-             "them, same run.", ""]
+             "them, same run. `build s`: the wall time of the build (`compress`, held-out "
+             "checks included), one run each, on a machine that may be running other work.",
+             ""]
     for r in rows:
         m = r["machine"]
         calib = f", {r['calibration_samples']} calibration samples" \
@@ -115,17 +120,18 @@ def markdown(rows: list[dict[str, Any]],
         base = f", every build from {r['base']}" if r.get("base") else ""
         lines += [f"## {r['model']} on {r['target']} ({r['metric']}, {r['test_samples']} test "
                   f"samples{calib}{base}; {m['cpu']}, {m['int8_kernels']})",
-                  "", "| build | score | vs PyTorch fp32 | SQNR vs PyTorch fp32 (dB) |",
-                  "|---|---:|---:|---:|"]
+                  "", "| build | score | vs PyTorch fp32 | SQNR vs PyTorch fp32 (dB) | "
+                  "build s |", "|---|---:|---:|---:|---:|"]
         ref = r["cells"]["pytorch/fp32"][r["metric"]]
         for label, c in r["cells"].items():
             if "error" in c:
-                lines.append(f"| {label} | failed: {c['error'][:160]} | | |")
+                lines.append(f"| {label} | failed: {c['error'][:160]} | | | |")
             else:
-                sq = c.get("sqnr_db")
+                sq, secs = c.get("sqnr_db"), c.get("seconds")
                 lines.append(f"| {label} | {c[r['metric']]:.2f} | "
                              f"{c[r['metric']] - ref:+.2f} | "
-                             f"{'-' if sq is None else f'{sq:.2f}'} |")
+                             f"{'-' if sq is None else f'{sq:.2f}'} | "
+                             f"{'-' if secs is None else f'{secs:.1f}'} |")
         lines.append("")
     return lines
 
