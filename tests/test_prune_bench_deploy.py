@@ -203,10 +203,10 @@ def test_int8_switches_markdown_lists_each_switch_against_fp32():
     text = "\n".join(markdown([row]))
     assert "## bert_mini_128 on x86-onnxruntime-int8 (top1, 1707 test samples; Some CPU" in text
     assert text.startswith("# int8 switches, each changed in turn")
-    assert "| edgekit defaults | 42.41 | +0.05 | - |" in text
-    assert "| int8_bias_correction on | 42.00 | -0.36 | 21.46 |" in text
-    assert "| softmax_ranges off | failed: QuantizationError: held-out fidelity | | |" in text
-    assert "| runtime default flow | 27.48 | -14.88 | - |" in text
+    assert "| edgekit defaults | 42.41 | +0.05 | - | 30.0 |" in text
+    assert "| int8_bias_correction on | 42.00 | -0.36 | 21.46 | - |" in text
+    assert "| softmax_ranges off | failed: QuantizationError: held-out fidelity | | | |" in text
+    assert "| runtime default flow | 27.48 | -14.88 | - | - |" in text
     row.update(calibration_samples=300, base={"fallback": False})
     assert "(top1, 1707 test samples, 300 calibration samples, every build from " \
         "{'fallback': False}; Some CPU" in "\n".join(markdown([row]))
