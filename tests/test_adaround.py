@@ -258,7 +258,8 @@ def test_int8_build_applies_and_records_adaround(tmp_path):
     compress(_model(), (x[:1],), targets=["x86-onnxruntime-int8"], out_dir=tmp_path / "b",
              input_names=["x"], output_names=["y"], progress=False,
              calibration=[x[i:i + 1].numpy() for i in range(32)],
-             quantization={"adaround": True, "latency_check": False, "fallback": False})
+             quantization={"adaround": True, "latency_check": False, "fallback": False,
+                           "equalize": True})
     man = json.loads((tmp_path / "b" / "manifest.json").read_text())
     q = man["targets"]["x86-onnxruntime-int8"]["quantization"]
     t = q["transforms"]

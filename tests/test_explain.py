@@ -456,7 +456,9 @@ def _equalized(root, **quantization):
     compress(equalized_model(), torch.rand(1, 1, 8, 8, generator=gen), targets=[INT8[0]],
              out_dir=root, calibration=torch.rand(16, 1, 8, 8, generator=gen).numpy(),
              input_names=["x"], output_names=["y"], progress=False,
-             quantization={"latency_check": False, **quantization})  # the default transforms
+             # the default transforms, equalization on (not "auto", which may keep the
+             # build without it): what explain must re-apply
+             quantization={"latency_check": False, "equalize": True, **quantization})
     return root
 
 
