@@ -127,8 +127,9 @@ class QuantConfig:
       keeps the more faithful (``quantization.equalize_choice`` in the manifest says which
       and why; see ``Int8Build.choose_equalization``): on the trained MobileNetV2 twin
       equalization lowered the held-out SQNR on all three runtimes (by 0.19-0.41 dB) and
-      cost its LiteRT file 0.89 points of accuracy (benchmarks/results/ptq_drop). ``true``
-      or ``false`` builds once.
+      cost its LiteRT file 1.22 points of accuracy (benchmarks/results/ptq_drop,
+      benchmarks/results/equalize_auto). The second build costs time (that model on ONNX
+      Runtime: 59 s against 26 s). ``true`` or ``false`` builds once.
     * ``adaround``: learned rounding of conv/linear weights onto the per-channel weight grid
       (:mod:`edgekit.quantize.transforms.adaround`; ``adaround_iterations`` optimisation
       steps per layer), written back on the grid so that each runtime's quantizer reproduces
