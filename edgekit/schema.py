@@ -27,7 +27,8 @@ class Field:
     """One key of a table: its type, and optionally its allowed values or its range.
 
     ``kind`` is ``bool``, ``int``, ``float`` (an int is accepted), ``str``, ``list`` (of
-    ``item``) or ``dict``; ``low``/``high`` bound numbers (``low_open``: strictly above
+    ``item``), ``dict`` or ``object`` (any type: ``choices`` then say which values, compared
+    with their types, e.g. ``(False, True, "auto")``); ``low``/``high`` bound numbers (``low_open``: strictly above
     ``low``); ``optional``: ``None`` is accepted too (from Python; TOML has no null);
     ``off``: ``false`` is accepted and read as ``None`` (a check switched off).
     """
