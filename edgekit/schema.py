@@ -29,8 +29,9 @@ class Field:
     ``kind`` is ``bool``, ``int``, ``float`` (an int is accepted), ``str``, ``list`` (of
     ``item``), ``dict`` or ``object`` (any type: ``choices`` then say which values, compared
     with their types, e.g. ``(False, True, "auto")``); ``low``/``high`` bound numbers
-    (``low_open``: strictly above ``low``); ``optional``: ``None`` is accepted too (from Python; TOML has no null);
-    ``off``: ``false`` is accepted and read as ``None`` (a check switched off).
+    (``low_open``: strictly above ``low``); ``optional``: ``None`` is accepted too (from
+    Python; TOML has no null); ``off``: ``false`` is accepted and read as ``None`` (a check
+    switched off).
     """
 
     kind: type
