@@ -513,6 +513,14 @@ class Int8Build:
         numbers = self._fidelity.get(str(v.where))
         return min(o["sqnr_db"] for o in numbers["outputs"]) if numbers else None
 
+    def _outcome(self, v: Variant) -> dict[str, Any]:
+        """A built variant as the manifest's comparisons record it: its score, the gate's
+        verdict and, without a task, its held-out SQNR."""
+        f = self._fidelity_of(v)
+        return {"score": v.score, "passed": v.failed is None, "why_failed": v.failed,
+                **({"heldout_sqnr_db": round(f, 2)} if self.task is None and f is not None
+                   else {})}
+
     def choose_source(self) -> Variant:
         """Build and gate every source; keep the one that passes. Several: the faster, timed
         against each other, where a timing here is the target's, unless another is more
@@ -619,11 +627,8 @@ class Int8Build:
                    + " float compute layers, read from the artifacts) and fallback is off")
             reason = why if len(passing) == 1 else f"{reason}; {why}"
         self.source_choice = {"kept": kept, "why": reason, "sources": {
-            k: ({"score": built[k].score, "passed": built[k].failed is None,
-                 "why_failed": built[k].failed,
+            k: ({**self._outcome(built[k]),
                  **({"float_layers": floats[k]} if floats[k] is not None else {}),
-                 **({"heldout_sqnr_db": round(f, 2)} if self.task is None
-                    and (f := fid[k]) is not None else {}),
                  **({"median_ms": round(timed[k], 5)} if k in timed else {}),
                  **({"vs_first": vs_first[k]} if k in vs_first else {})}
                 if k in built else {"score": None, "passed": False, "why_failed": errors[k]}
@@ -660,18 +665,11 @@ class Int8Build:
             alt, error = None, _first_line(exc)
         scored = self.task is not None
         what = "score" if scored else "held-out SQNR"
-
-        def side(x: Variant) -> dict[str, Any]:
-            f = self._fidelity_of(x)
-            return {"score": x.score, "passed": x.failed is None, "why_failed": x.failed,
-                    **({"heldout_sqnr_db": round(f, 2)} if not scored and f is not None
-                       else {})}
-
         if alt is None:
             kept, why, other = v, f"the build without it failed: {error}", {"error": error}
         else:
             f_v, f_alt = self._fidelity_of(v), self._fidelity_of(alt)
-            other = side(alt)
+            other = self._outcome(alt)
             numbers = (f" ({what} {f_alt:.2f} without, {f_v:.2f} with)"
                        if f_v is not None and f_alt is not None else "")
             if (v.failed is None) != (alt.failed is None):
@@ -688,7 +686,8 @@ class Int8Build:
                                   "config": {"equalize": False},
                                   "passed": alt.failed is None})
         self.equalize_choice = {"kept": "equalized" if kept is v else "not equalized",
-                                "why": why, "equalized": side(v), "not_equalized": other}
+                                "why": why, "equalized": self._outcome(v),
+                                "not_equalized": other}
         self.log(f"equalize auto: {self.equalize_choice['kept']} kept, {why}")
         self._drop(alt if kept is v else v)
         if kept is v:  # the decision, not "auto": a rebuild from it builds this file only
