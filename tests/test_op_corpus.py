@@ -5,6 +5,9 @@ Found so far:
 * ``grid``: index arithmetic on ``arange`` grids folded by torch.export into an int64 constant;
   litert's PT2E quantizer put a histogram observer on it ("histogram_cpu" not implemented for
   'Long'): integer tensors are now kept out of quantization.
+* ``bmm``: ``torch.bmm`` with a parameter expanded over the batch; ONNX Runtime's quantizer
+  scaled the folded 3-D weight per slice of the axis MatMul sums over, and its QLinearMatMul
+  refused to run the file: such weights are now quantized per tensor.
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -64,7 +67,19 @@ class IntIndex(nn.Module):
         return self.fc(self.emb((ids + pos) % 20).mean(1))
 
 
+class Bmm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(8, 8)
+        self.w = nn.Parameter(torch.randn(8, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(self.fc(x), self.w.expand(x.shape[0], 8, 5))
+
+
 CASES = {
+    "bmm": (Bmm, lambda g: torch.randn(2, 4, 8, generator=g)),
     "pow": (Pow, lambda g: torch.randn(1, 8, generator=g)),
     "grid": (Grid, lambda g: torch.randn(1, 2, 8, 8, generator=g)),
     "int_index": (IntIndex, lambda g: torch.randint(0, 20, (1, 6), generator=g)),

@@ -144,9 +144,12 @@ def quantize_onnx(
 
         softmax = _softmax_overrides(src, input_names, batches, config, exclude)
         reduce = reduce_range_decision(config)
+        per_tensor = stacked_matmul_weights(onnx.load(str(src))) if config.per_channel else []
 
         def static(out: Path, overrides: dict[str, Any] | None) -> None:
             overrides = _with_softmax(overrides, softmax)
+            if per_tensor:
+                overrides = {**(overrides or {}), **{w: [{}] for w in per_tensor}}
             options = dict(extra, **({"TensorQuantOverrides": overrides} if overrides else {}))
             try:
                 quantize_static(
@@ -226,6 +229,7 @@ def quantize_onnx(
         "rewritten_ops": rewritten,
         "method": config.method,
         "per_channel": config.per_channel,
+        "per_tensor_weights": per_tensor,  # constant MatMul inputs not 2-D (see above)
         "activation_type": "int8" if act == QuantType.QInt8 else "uint8",
         "weight_type": "int8",
         "float_nodes": exclude,
@@ -273,6 +277,17 @@ def _with_softmax(overrides: dict[str, Any] | None, softmax: dict[str, dict[str,
         first.update(rmin=np.float32(e["rmin"]), rmax=np.float32(e["rmax"]))
         out[t] = [first, *out.get(t, [])[1:]]
     return out
+
+
+def stacked_matmul_weights(proto: Any) -> list[str]:
+    """The constant second inputs of MatMul that are not 2-D (a weight stacked per batch, as
+    ``torch.bmm`` with an expanded parameter exports once constants are folded): ONNX
+    Runtime's quantizer would scale them per slice of axis 1, the axis MatMul sums over, which
+    its own QLinearMatMul then refuses to run ("weight zero point must be a scalar, 1D tensor
+    of size 1, or last to second dimension is 1"), so they are quantized per tensor."""
+    dims = {i.name: len(i.dims) for i in proto.graph.initializer}
+    return sorted({n.input[1] for n in proto.graph.node if n.op_type == "MatMul"
+                   and len(n.input) > 1 and dims.get(n.input[1], 2) != 2})
 
 
 def _drop_initializer_value_info(path: Path) -> None:

@@ -28,7 +28,7 @@ import torch
 
 from ..backends import Artifact, Backend, Session
 from ..data.task import Task
-from ..errors import ConfigError, EdgekitError, QuantizationError
+from ..errors import ConfigError, EdgekitError, ModelRunError, QuantizationError
 from ..profiles import TargetProfile
 from ..train import evaluate
 from .calibration import check_calibration_feeds
@@ -154,6 +154,35 @@ def _first_line(exc: BaseException) -> str:
 #: An fp32 output whose largest magnitude is under this spans less than PT2E's scale clamp
 #: (2**-12) covers with 256 levels.
 TINY_OUTPUT = 0.03
+
+
+def int8_run_failure(target: str, art: Artifact, exc: ModelRunError,
+                     calibration: list[list[np.ndarray]]) -> QuantizationError:
+    """A :class:`QuantizationError` for an int8 file the runtime's quantizer wrote that its
+    own runtime then fails to run on calibration inputs the fp32 model ran: the file is at
+    fault, not the model or the inputs, so the message names the node and the runtime's
+    reason, and the hint says how to build around it."""
+    node = getattr(exc, "node", None)
+    op = getattr(exc, "op", None)
+    where = f" at node {node!r} ({op})" if node else ""
+    quantizer = str((art.info.get("quantization") or {}).get("quantizer")
+                    or art.info.get("exporter") or "the runtime's quantizer")
+    return QuantizationError(
+        f"target {target}: the int8 model {quantizer} wrote fails to run in {art.backend}"
+        f"{where} on a calibration input the fp32 model runs: "
+        f"{runtime_reason(str(exc.__cause__ or exc.message))}",
+        hint=(f"a limit of {art.backend}'s int8 kernels or quantizer for this op, not of the "
+              "model: keep the layer that computes it in float (quantization={'keep_float': "
+              "[...]}), or build this runtime's fp32 target"))
+
+
+def runtime_reason(message: str) -> str:
+    """The runtime's own reason at the end of its message, without ONNX Runtime's source
+    location and failed condition (``.../quantize_linear_matmul.cc:80 ... was false. QLinearMatmul :
+    weight zero point must be ...``)."""
+    text = message.split("Status Message:")[-1].strip()
+    text = text.split(" was false. ", 1)[-1] if " was false. " in text else text
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where: str,
@@ -422,7 +451,10 @@ class Int8Build:
             calibration=self.calibration, config=config, keep_float=list(keep), fp32=fp32,
             prepared=self.prepared)
         sess = self.backend.load(art, threads=self.profile.threads, options=self.load_options)
-        check_outputs_sane(sess, self.calibration, f"target {self.profile.name}", model)
+        try:
+            check_outputs_sane(sess, self.calibration, f"target {self.profile.name}", model)
+        except ModelRunError as exc:
+            raise int8_run_failure(self.profile.name, art, exc, self.calibration) from exc
         score = None
         if self.task is not None:
             from ..measure.scoring import evaluate_session
