@@ -154,3 +154,47 @@ def test_litert_16x8_builds_a_hardswish_model(tmp_path):
     assert q["float_ops"] and set(q["float_ops"]) <= {"ADD", "MUL"}
     _be, eight = _build(tmp_path, "eight", join=False)
     assert _sqnr(be, wide, False) > _sqnr(be, eight, False) + 6.0
+
+
+class _TensorClamp(torch.nn.Module):
+    """``torch.maximum`` / ``torch.minimum`` with per-feature bounds, one below zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(8, 8)
+        self.register_buffer("lo", torch.linspace(-1, 0, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(torch.maximum(self.fc(x), self.lo), self.lo + 1.5)
+
+
+def test_litert_min_max_share_one_range_over_their_inputs(tmp_path):
+    """Unannotated, TFLite's MAXIMUM -> MINIMUM took the range of ``lo + 1.5`` ([0, 1.5]) and
+    cut every negative output to 0 (SQNR 6 dB); annotated, one int8 scale spans the inputs
+    and the output, and the outputs follow fp32."""
+    from edgekit.backends import get_backend
+
+    torch.set_num_threads(1)
+    model, be = _TensorClamp().eval(), get_backend("tflite")
+    g = torch.Generator().manual_seed(1)
+    cal = [[torch.randn(1, 8, generator=g).numpy()] for _ in range(16)]
+    art = be.quantize(model, (torch.from_numpy(cal[0][0]),), tmp_path / "q", input_names=["x"],
+                      output_names=["y"], options={}, calibration=cal,
+                      config=QuantConfig(scale_floor="off"))
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(art.path))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    ops = [o for o in interp._get_ops_details() if o["op_name"] in ("MINIMUM", "MAXIMUM")]
+    assert len(ops) == 2
+    for op in ops:
+        scales = {tensors[i]["quantization"] for i in [*op["inputs"], *op["outputs"]]}
+        assert len(scales) == 1, (op["op_name"], scales)
+    assert "QUANTIZE" not in {o["op_name"] for o in interp._get_ops_details()}
+    sess = be.load(art, threads=1, options={"io": "float"})
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(2))
+    ref = model(x).detach().numpy().astype(np.float64)
+    got = np.concatenate([sess.run([r[None].numpy()])[0] for r in x]).astype(np.float64)
+    assert (ref < 0).mean() > 0.2 and (got < 0).mean() > 0.2  # the negative outputs survive
+    assert 10 * np.log10((ref ** 2).sum() / ((got - ref) ** 2).sum()) > 25.0

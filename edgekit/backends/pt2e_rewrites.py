@@ -20,6 +20,14 @@ ops it can quantize are quantized (LiteRT int8 and 16x8 builds).
   range is still cut where the activation went flat (:data:`ACTIVE`). In 16x8 builds only
   ``hardswish(x)`` becomes ``x * hardsigmoid(x)``: the converter has no int16 HARD_SWISH.
 
+* :func:`annotate_min_max`: litert's quantizer has no annotator for ``minimum`` / ``maximum``
+  (``torch.clamp`` with tensor bounds); TFLite's int8 MINIMUM / MAXIMUM take one scale for
+  their inputs and output, and the converter took the one of a single input: ``maximum(x, lo)``
+  with ``lo`` in ``[-1, 0]`` then ``minimum(..., lo + 1.5)`` cut every negative value to 0
+  (held-out SQNR 6 dB). They are annotated as litert's ``cat`` is: one range observed over all
+  inputs, shared by the output (both ops commute with clipping to a range, so nothing is lost
+  but resolution).
+
 Each rewrite keeps the float function (the tests compare the graph's outputs before and
 after).
 """
@@ -31,7 +39,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ACTIVE", "annotate_bounded_adds", "restore_sources", "rewrite",
+__all__ = ["ACTIVE", "annotate_bounded_adds", "annotate_min_max", "restore_sources", "rewrite",
            "split_hard_activations"]
 
 _ATEN = torch.ops.aten
@@ -222,3 +230,44 @@ def annotate_bounded_adds(gm: torch.fx.GraphModule, qconfig: Any,
             output_qspec=get_output_act_qspec(qconfig), _annotated=True)
         done.append(node.name)
     return done
+
+
+#: Ops whose int8 TFLite kernels take one scale for every input and the output.
+_MIN_MAX = tuple(getattr(_ATEN, n).default for n in ("minimum", "maximum")) + (
+    _ATEN.clamp.Tensor,)
+
+
+def annotate_min_max(gm: torch.fx.GraphModule, qconfig: Any,
+                     keep: Any = lambda node: True) -> list[str]:
+    """Annotate each unannotated ``minimum`` / ``maximum`` / tensor-bound ``clamp`` on float
+    data as litert annotates ``cat``: the first input observed, the others and the output
+    sharing its observer, so one range covers every input. ``keep(node)``: False for nodes to
+    leave in float. Run before litert's own annotators."""
+    from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec
+    from torchao.quantization.pt2e.quantizer import (
+        QuantizationAnnotation,
+        SharedQuantizationSpec,
+    )
+
+    done = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in _MIN_MAX or not keep(node) \
+                or "quantization_annotation" in node.meta:
+            continue
+        args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        if len(args) < 2 or len(set(args)) != len(args) or not all(
+                _float_tensor(a) for a in [*args, node]):
+            continue
+        shared = SharedQuantizationSpec((args[0], node))
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={args[0]: get_input_act_qspec(qconfig),
+                             **{a: shared for a in args[1:]}},
+            output_qspec=shared, _annotated=True)
+        done.append(node.name)
+    return done
+
+
+def _float_tensor(node: torch.fx.Node) -> bool:
+    """Whether ``node`` produces a floating-point tensor (per its traced value)."""
+    val = node.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.dtype.is_floating_point

@@ -79,10 +79,11 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
         return lambda node: node.name not in floats
 
     def annotate_static(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        from .pt2e_rewrites import annotate_bounded_adds
+        from .pt2e_rewrites import annotate_bounded_adds, annotate_min_max
 
         keep = quantized(model)
         annotate_bounded_adds(model, q.global_config, keep)
+        annotate_min_max(model, q.global_config, keep)
         return q._annotate_all_static_patterns(model, q.global_config, keep)
 
     def annotate_dynamic(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
