@@ -277,11 +277,16 @@ class OpenVinoBackend:
         t0 = time.perf_counter()
         with eval_mode(model):
             check_export_args(model, example_inputs, input_names, output_names)
+            exporter, frontend_error = "openvino.convert_model", None
             try:
                 with torch.no_grad():
                     om = ov.convert_model(model, example_input=example_inputs)
             except Exception as exc:
-                raise export_failure(_NAME, model, example_inputs, exc) from exc
+                failure = export_failure(_NAME, model, example_inputs, exc)
+                om = self._convert_onnx(model, example_inputs, input_names, output_names,
+                                        failure)
+                exporter = "openvino.convert_model (the ONNX export: its PyTorch frontend failed)"
+                frontend_error = failure.message
         if len(om.inputs) != len(input_names) or len(om.outputs) != len(output_names):
             raise ExportError(
                 f"converted model has {len(om.inputs)} inputs and {len(om.outputs)} outputs, "
@@ -328,9 +333,28 @@ class OpenVinoBackend:
             info={
                 "weights": "f16" if options.get("compress_to_fp16") else "f32",
                 "export_seconds": round(time.perf_counter() - t0, 3),
-                "exporter": "openvino.convert_model",
+                "exporter": exporter,
+                **({"pytorch_frontend_error": frontend_error} if frontend_error else {}),
             },
         )
+
+    def _convert_onnx(self, model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
+                      input_names: list[str], output_names: list[str],
+                      failure: ExportError) -> Any:
+        """The model through its ONNX export, where OpenVINO's PyTorch frontend rejects it:
+        Hugging Face decoders (GPT-2, Llama) fail there on the ``torch.cat`` of their key /
+        value cache (an OpenVINO-internal list type reaches ``aten::cat``), while the ONNX
+        exporter traces the same call. Raises ``failure`` (the frontend's error) when the
+        ONNX route fails too, with that failure added."""
+        ov = require("openvino", backend=_NAME, extra=_EXTRA)
+        try:
+            art = self._onnx_fp32(model, example_inputs, input_names, output_names)
+            return ov.convert_model(str(art.root / art.files[0]))
+        except Exception as exc:
+            failure.message += f" (through its ONNX export too: {first_line(exc)})"
+            failure.args = (failure.message if not failure.hint
+                            else f"{failure.message}\n  hint: {failure.hint}",)
+            raise failure from exc
 
     def int8_available(self) -> str | None:
         return int8_needs(["nncf"])

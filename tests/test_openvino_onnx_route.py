@@ -1,0 +1,56 @@
+"""OpenVINO builds through the ONNX export where its PyTorch frontend rejects the model: a
+Hugging Face GPT-2 (its key / value cache reaches ``aten::cat`` as an OpenVINO-internal list
+type) converts from its ONNX file, and the manifest says which route the file took."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.pipeline import compress
+
+pytest.importorskip("openvino")
+transformers = pytest.importorskip("transformers")
+
+
+class Logits(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                                         n_positions=64)
+        self.lm = transformers.GPT2LMHeadModel(config)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(ids).logits
+
+
+def _ids(seed: int) -> torch.Tensor:
+    return torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_pytorch_frontend_fails_on_this_model():
+    """The premise: ``openvino.convert_model`` on the module itself fails (if a release fixes
+    this, the route below is no longer taken and the next test says so)."""
+    import openvino as ov
+
+    with pytest.raises(Exception, match="cat"), torch.no_grad():
+        ov.convert_model(Logits().eval(), example_input=(_ids(0),))
+
+
+def test_openvino_fp32_converts_the_onnx_export(tmp_path):
+    model = Logits().eval()
+    bundle = compress(model, (_ids(0),), targets=["x86-openvino-fp32"], out_dir=tmp_path / "b",
+                      input_names=["ids"], output_names=["logits"], progress=False)
+    info = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][
+        "x86-openvino-fp32"]["artifact_info"]
+    assert info["exporter"].startswith("openvino.convert_model (the ONNX export")
+    assert "aten.cat" in info["pytorch_frontend_error"]
+    x = _ids(9)
+    got = bundle.load("x86-openvino-fp32").run([x.numpy()])[0]
+    ref = model(x).detach().numpy()
+    assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
