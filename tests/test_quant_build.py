@@ -219,3 +219,33 @@ def test_qat_folds_batch_norm_so_the_tflite_artifact_matches_ptq(tmp_path):
         sizes[tag] = (tmp_path / tag / TFL / "model.tflite").stat().st_size
     # the learned-range graph converts to as many int8 ops as PTQ: no unfolded batch norm left
     assert sizes["qat"] <= sizes["ptq"] * 1.05, sizes
+
+
+def test_sources_whose_outputs_equal_fp32_compare_as_infinite_sqnr(tmp_path):
+    """A model whose output is exactly fp32's in int8 (here all zeros: a zero-initialised
+    head, as some library classifiers start) has an infinite held-out SQNR, which the gate's
+    numbers write as ``"inf"``: OpenVINO's two sources compare it as a number."""
+    pytest.importorskip("nncf")
+    from torch import nn
+
+    class ZeroHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 4)
+            nn.init.zeros_(self.b.weight)
+            nn.init.zeros_(self.b.bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)))
+
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randn(1, 8, generator=g) for _ in range(16)]
+    compress(ZeroHead().eval(), (data[0],), targets=["x86-openvino-int8"],
+             out_dir=tmp_path / "b", calibration=data, progress=False,
+             quantization={"latency_check": False, "fallback": False})
+    q = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][
+        "x86-openvino-int8"]["quantization"]
+    sources = q["source_choice"]["sources"]
+    assert {s["heldout_sqnr_db"] for s in sources.values()} == {"inf"}
+    assert q["source_choice"]["kept"] in sources and q["source_choice"]["why"]

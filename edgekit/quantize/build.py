@@ -29,6 +29,7 @@ import torch
 from ..backends import Artifact, Backend, Session
 from ..data.task import Task
 from ..errors import ConfigError, EdgekitError, ModelRunError, QuantizationError
+from ..measure.metrics import json_number
 from ..profiles import TargetProfile
 from ..train import evaluate
 from .calibration import check_calibration_feeds
@@ -539,18 +540,20 @@ class Int8Build:
     # -- the search -----------------------------------------------------------------------
     def _fidelity_of(self, v: Variant) -> float | None:
         """What the source choice compares: with a task the score, else the lowest held-out
-        SQNR over the outputs (None where neither was measured)."""
+        SQNR over the outputs (None where neither was measured; the gate's numbers write an
+        infinite SQNR, outputs equal to fp32, as the string ``"inf"``)."""
         if self.task is not None:
             return v.score
         numbers = self._fidelity.get(str(v.where))
-        return min(o["sqnr_db"] for o in numbers["outputs"]) if numbers else None
+        return min(float(o["sqnr_db"]) for o in numbers["outputs"]) if numbers else None
 
     def _outcome(self, v: Variant) -> dict[str, Any]:
         """A built variant as the manifest's comparisons record it: its score, the gate's
         verdict and, without a task, its held-out SQNR."""
         f = self._fidelity_of(v)
         return {"score": v.score, "passed": v.failed is None, "why_failed": v.failed,
-                **({"heldout_sqnr_db": round(f, 2)} if self.task is None and f is not None
+                **({"heldout_sqnr_db": json_number(round(f, 2))} if self.task is None
+                   and f is not None
                    else {})}
 
     def choose_source(self) -> Variant:
