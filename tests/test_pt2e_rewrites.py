@@ -198,3 +198,36 @@ def test_litert_min_max_share_one_range_over_their_inputs(tmp_path):
     got = np.concatenate([sess.run([r[None].numpy()])[0] for r in x]).astype(np.float64)
     assert (ref < 0).mean() > 0.2 and (got < 0).mean() > 0.2  # the negative outputs survive
     assert 10 * np.log10((ref ** 2).sum() / ((got - ref) ** 2).sum()) > 25.0
+
+
+class _CatTwice(torch.nn.Module):
+    """One tensor concatenated with itself, as Llama's rotary embedding does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x) * 2.0
+        return torch.cat((h, h), -1)
+
+
+def test_litert_cat_of_one_tensor_twice_quantizes(tmp_path):
+    """litert's cat annotator left the repeated input's edge sharing its range with itself,
+    and prepare_pt2e recursed until RecursionError; repaired, the file builds and its
+    CONCATENATION runs on int8 data."""
+    from edgekit.backends import get_backend
+
+    torch.set_num_threads(1)
+    model, be = _CatTwice().eval(), get_backend("tflite")
+    g = torch.Generator().manual_seed(1)
+    cal = [[torch.randn(1, 8, generator=g).numpy()] for _ in range(16)]
+    art = be.quantize(model, (torch.from_numpy(cal[0][0]),), tmp_path / "q", input_names=["x"],
+                      output_names=["y"], options={}, calibration=cal,
+                      config=QuantConfig(scale_floor="off"))
+    assert ("CONCATENATION", "int8") in _ops(art.path)
+    sess = be.load(art, threads=1, options={"io": "float"})
+    x = torch.randn(1, 8, generator=torch.Generator().manual_seed(2))
+    ref = model(x).detach().numpy()
+    assert np.abs(sess.run([x.numpy()])[0] - ref).max() < 0.05 * np.abs(ref).max()

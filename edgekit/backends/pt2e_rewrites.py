@@ -27,6 +27,10 @@ ops it can quantize are quantized (LiteRT int8 and 16x8 builds).
   (held-out SQNR 6 dB). They are annotated as litert's ``cat`` is: one range observed over all
   inputs, shared by the output (both ops commute with clipping to a range, so nothing is lost
   but resolution).
+* :func:`repair_self_shared`: litert's ``cat`` annotator gives the first input its own range
+  and every other input a range shared with the first input's edge; where the first input
+  comes again (Llama's rotary embedding: ``torch.cat((freqs, freqs), -1)``) that edge ends
+  up shared with itself and torchao's ``prepare_pt2e`` recurses until Python's limit.
 
 Each rewrite keeps the float function (the tests compare the graph's outputs before and
 after).
@@ -39,8 +43,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["ACTIVE", "annotate_bounded_adds", "annotate_min_max", "restore_sources", "rewrite",
-           "split_hard_activations"]
+__all__ = ["ACTIVE", "annotate_bounded_adds", "annotate_min_max", "repair_self_shared",
+           "restore_sources", "rewrite", "split_hard_activations"]
 
 _ATEN = torch.ops.aten
 
@@ -271,3 +275,22 @@ def _float_tensor(node: torch.fx.Node) -> bool:
     """Whether ``node`` produces a floating-point tensor (per its traced value)."""
     val = node.meta.get("val")
     return isinstance(val, torch.Tensor) and val.dtype.is_floating_point
+
+
+def repair_self_shared(gm: torch.fx.GraphModule, qconfig: Any) -> list[str]:
+    """Give every input edge whose annotation says it shares its range with itself (a
+    ``cat`` that reads one node twice) the input range of ``qconfig`` instead; returns the
+    names of the nodes repaired. Run after litert's annotators."""
+    from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    done = []
+    for node in gm.graph.nodes:
+        ann = node.meta.get("quantization_annotation")
+        if ann is None:
+            continue
+        for arg, spec in list(ann.input_qspec_map.items()):
+            if isinstance(spec, SharedQuantizationSpec) and spec.edge_or_node == (arg, node):
+                ann.input_qspec_map[arg] = get_input_act_qspec(qconfig)
+                done.append(node.name)
+    return done

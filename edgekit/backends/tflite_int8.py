@@ -94,7 +94,10 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
     annotate = q.annotate
 
     def annotate_float_only(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        from .pt2e_rewrites import repair_self_shared
+
         model = annotate(model)
+        repair_self_shared(model, q.global_config)
         drop_integer_annotations(model)
         if wide:
             from .tflite_16x8 import floor_bounded_outputs
