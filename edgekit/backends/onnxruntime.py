@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ._common import (
     check_threads,
     eval_mode,
     export_failure,
+    first_line,
     int8_needs,
     list_files,
     missing_modules,
@@ -120,6 +122,35 @@ class OnnxRuntimeSession(CheckedSession):
             raise run_failure(_NAME, exc, self._path) from exc
 
 
+#: A dynamo export failure on control flow that depends on tensor values: a TorchScript trace
+#: would record the branch the example input took, silently wrong for other inputs.
+_DATA_DEPENDENT = re.compile(r"data.dependent|GuardOnDataDependent|DataDependentOutput",
+                             re.IGNORECASE)
+
+
+def _torchscript_export(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...],
+                        path: Path, input_names: list[str], output_names: list[str],
+                        options: dict[str, Any], failure: ExportError) -> None:
+    """The TorchScript exporter, where the dynamo exporter failed: Hugging Face T5 and Swin
+    attention ``reshape`` a transposed tensor, which ``torch.export`` records as a ``view``
+    that the ONNX exporter's own decomposition then cannot replay ("Cannot view a tensor with
+    shape ... and strides ..."). Not where the dynamo exporter refused control flow on tensor
+    values (:data:`_DATA_DEPENDENT`). Raises ``failure`` with this exporter's error added
+    where it fails too."""
+    for stale in (path, path.with_name(path.name + ".data")):
+        stale.unlink(missing_ok=True)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, example_inputs, str(path), dynamo=False,
+                              input_names=list(input_names), output_names=list(output_names),
+                              opset_version=options.get("opset") or 17)
+    except Exception as exc:
+        failure.message += f" (the TorchScript exporter failed too: {first_line(exc)})"
+        failure.args = (failure.message if not failure.hint
+                        else f"{failure.message}\n  hint: {failure.hint}",)
+        raise failure from exc
+
+
 class OnnxRuntimeBackend:
     """fp32 ONNX + onnxruntime (CPU execution provider)."""
 
@@ -166,6 +197,7 @@ class OnnxRuntimeBackend:
         t0 = time.perf_counter()
         with eval_mode(model):
             check_export_args(model, example_inputs, input_names, output_names)
+            exporter, dynamo_error = "torch.onnx.export(dynamo=True)", None
             try:
                 torch.onnx.export(
                     model,
@@ -180,7 +212,13 @@ class OnnxRuntimeBackend:
                     verbose=False,
                 )
             except Exception as exc:
-                raise export_failure(_NAME, model, example_inputs, exc) from exc
+                failure = export_failure(_NAME, model, example_inputs, exc)
+                if _DATA_DEPENDENT.search(f"{type(exc).__name__}: {exc}"):
+                    raise failure from exc  # a trace would bake in one branch: no fallback
+                _torchscript_export(model, example_inputs, path, input_names, output_names,
+                                    options, failure)
+                exporter = "torch.onnx.export(dynamo=False) (the dynamo exporter failed)"
+                dynamo_error = failure.message
         if not path.is_file():
             raise ExportError(f"torch.onnx.export wrote no file at {path}", backend=_NAME)
         try:
@@ -210,7 +248,8 @@ class OnnxRuntimeBackend:
                 "opset": next((o.version for o in proto.opset_import
                                if o.domain in ("", "ai.onnx")), None),
                 "export_seconds": round(time.perf_counter() - t0, 3),
-                "exporter": "torch.onnx.export(dynamo=True)",
+                "exporter": exporter,
+                **({"dynamo_error": dynamo_error} if dynamo_error else {}),
             },
         )
 
