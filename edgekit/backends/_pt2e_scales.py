@@ -59,12 +59,27 @@ def scales_below_clamp(prepared: Any) -> list[str]:
                 or getattr(obs, "dtype", None) == torch.int16:
             continue
         try:
-            scale = obs.calculate_qparams()[0]
+            qparams = obs.calculate_qparams()
         except Exception:  # noqa: BLE001 - an observer that saw nothing sets no scale
             continue
+        # convert_pt2e asks again: a histogram observer's search loops over 1e-5 steps in
+        # Python (seconds per observer; a MobileViT's LiteRT build spent minutes there)
+        obs.calculate_qparams = _Answer(qparams)
+        scale = qparams[0]
         if scale.numel() and float(scale.min()) < QUANTIZER_EPS:
             below.append(name)
     return below
+
+
+class _Answer:
+    """``calculate_qparams`` of an observer whose ranges are final: the (scale, zero point)
+    it computed, as fresh tensors each call."""
+
+    def __init__(self, qparams: Any) -> None:
+        self.qparams = tuple(q.clone() for q in qparams)
+
+    def __call__(self) -> Any:
+        return tuple(q.clone() for q in self.qparams)
 
 
 def configured(qconfig: Any, config: Any) -> Any:
