@@ -48,6 +48,15 @@ def test_t5_encoder_exports_through_torchscript_and_matches(tmp_path):
     got = bundle.load("x86-onnxruntime-fp32").run([x.numpy()])[0]
     ref = model(x).detach().numpy()
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+    # the TorchScript exporter's scoped node names give each node its PyTorch module
+    import onnx
+
+    from edgekit.backends.onnxruntime_int8 import onnx_node_modules
+
+    proto = onnx.load(str(tmp_path / "b" / "x86-onnxruntime-fp32" / "model.onnx"))
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    mapped = set(onnx_node_modules(proto).values())
+    assert linears <= mapped, sorted(linears - mapped)
 
 
 def test_a_model_neither_exporter_takes_names_both_failures(tmp_path):

@@ -36,10 +36,13 @@ _RECURRENT = ("LSTM", "GRU", "RNN")
 
 
 def onnx_node_modules(proto: Any) -> dict[str, str]:
-    """ONNX node name -> the PyTorch module name it came from ('' when unknown)."""
+    """ONNX node name -> the PyTorch module name it came from ('' when unknown): the dynamo
+    exporter's ``name_scopes`` metadata, else the TorchScript exporter's scoped node name
+    (``/enc/block.0/attn/q/MatMul`` -> ``enc.block.0.attn.q``)."""
     out = {}
     for node in proto.graph.node:
-        scope = ""
+        path = node.name.split("/")
+        scope = ".".join(path[1:-1]) if node.name.startswith("/") and len(path) > 2 else ""
         for p in node.metadata_props:
             if p.key == "pkg.torch.onnx.name_scopes":
                 try:
