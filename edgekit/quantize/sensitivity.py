@@ -34,7 +34,17 @@ def _kind(m: nn.Module) -> str | None:
             if kind == "conv" and m.groups > 1 and m.groups == m.in_channels:
                 return "depthwise"
             return kind
-    return None
+    return "linear" if transposed_linear(m) else None
+
+
+def transposed_linear(m: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2's attention and MLP projections): a linear layer that
+    stores its weight as ``(in, out)`` and computes ``x @ weight + bias`` (an ``addmm``), so
+    its output channels are the weight's dim 1. Matched by class name and module, without
+    importing ``transformers``."""
+    weight = getattr(m, "weight", None)
+    return (type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers.")
+            and isinstance(weight, torch.Tensor) and weight.dim() == 2)
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, str]]:
@@ -77,7 +87,10 @@ def _quantized_only(model: nn.Module, name: str, ranges: dict[str, tuple[float, 
     for pname, p in module.named_parameters():
         if pname.endswith("weight") or pname.startswith("weight") or pname.endswith("proj_weight"):
             saved[pname] = p.data.clone()
-            p.data.copy_(_fq_weight(p.data, per_channel))
+            if transposed_linear(module) and pname == "weight":  # channels on dim 1
+                p.data.copy_(_fq_weight(p.data.t(), per_channel).t())
+            else:
+                p.data.copy_(_fq_weight(p.data, per_channel))
     lo, hi = ranges.get(name, (0.0, 0.0))
 
     def pre(_m: nn.Module, args: tuple) -> tuple:
