@@ -53,6 +53,13 @@ class EdgekitError(Exception):
         self.hint = hint
         super().__init__(message if not hint else f"{message}\n  hint: {hint}")
 
+    def extend(self, text: str) -> EdgekitError:
+        """Append ``text`` to the message (what else was tried, and how it failed); returns
+        the error, to raise."""
+        self.message += text
+        self.args = (self.message if not self.hint else f"{self.message}\n  hint: {self.hint}",)
+        return self
+
 
 class UsageError(EdgekitError):
     exit_code = 2

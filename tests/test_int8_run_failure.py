@@ -89,7 +89,7 @@ def test_an_int8_file_its_runtime_cannot_run_names_the_node_and_the_reason(tmp_p
     sess = backend.load(broken, threads=1, options={})
     with pytest.raises(ModelRunError) as caught:
         sess.run(batches[0])
-    err = int8_run_failure("x86-onnxruntime-int8", broken, caught.value, batches)
+    err = int8_run_failure("x86-onnxruntime-int8", broken, caught.value)
     assert "quantize_static (QDQ) wrote fails to run in onnxruntime at node" in err.message
     assert "(QLinearMatMul)" in err.message
     assert err.message.endswith("weight zero point must be a scalar, 1D tensor of size 1, "

@@ -145,10 +145,8 @@ def _torchscript_export(model: torch.nn.Module, example_inputs: tuple[torch.Tens
                               input_names=list(input_names), output_names=list(output_names),
                               opset_version=options.get("opset") or 17)
     except Exception as exc:
-        failure.message += f" (the TorchScript exporter failed too: {first_line(exc)})"
-        failure.args = (failure.message if not failure.hint
-                        else f"{failure.message}\n  hint: {failure.hint}",)
-        raise failure from exc
+        raise failure.extend(f" (the TorchScript exporter failed too: {first_line(exc)})") \
+            from exc
 
 
 class OnnxRuntimeBackend:

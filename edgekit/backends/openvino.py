@@ -351,10 +351,7 @@ class OpenVinoBackend:
             art = self._onnx_fp32(model, example_inputs, input_names, output_names)
             return ov.convert_model(str(art.root / art.files[0]))
         except Exception as exc:
-            failure.message += f" (through its ONNX export too: {first_line(exc)})"
-            failure.args = (failure.message if not failure.hint
-                            else f"{failure.message}\n  hint: {failure.hint}",)
-            raise failure from exc
+            raise failure.extend(f" (through its ONNX export too: {first_line(exc)})") from exc
 
     def int8_available(self) -> str | None:
         return int8_needs(["nncf"])

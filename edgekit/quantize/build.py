@@ -157,8 +157,7 @@ def _first_line(exc: BaseException) -> str:
 TINY_OUTPUT = 0.03
 
 
-def int8_run_failure(target: str, art: Artifact, exc: ModelRunError,
-                     calibration: list[list[np.ndarray]]) -> QuantizationError:
+def int8_run_failure(target: str, art: Artifact, exc: ModelRunError) -> QuantizationError:
     """A :class:`QuantizationError` for an int8 file the runtime's quantizer wrote that its
     own runtime then fails to run on calibration inputs the fp32 model ran: the file is at
     fault, not the model or the inputs, so the message names the node and the runtime's
@@ -455,7 +454,7 @@ class Int8Build:
         try:
             check_outputs_sane(sess, self.calibration, f"target {self.profile.name}", model)
         except ModelRunError as exc:
-            raise int8_run_failure(self.profile.name, art, exc, self.calibration) from exc
+            raise int8_run_failure(self.profile.name, art, exc) from exc
         score = None
         if self.task is not None:
             from ..measure.scoring import evaluate_session
@@ -589,11 +588,9 @@ class Int8Build:
                 first_error = first_error or exc
         if not built and isinstance(first_error, EdgekitError) and len(errors) > 1:
             # every source failed: the configured one's error, with its hint, and the others'
-            e = first_error
-            e.message = (f"{e.message} (the other int8 sources failed too: "
-                         + "; ".join(f"{k}: {w}" for k, w in list(errors.items())[1:]) + ")")
-            e.args = (e.message if not e.hint else f"{e.message}\n  hint: {e.hint}",)
-            raise e
+            raise first_error.extend(
+                " (the other int8 sources failed too: "
+                + "; ".join(f"{k}: {w}" for k, w in list(errors.items())[1:]) + ")")
         if not built:
             raise QuantizationError(
                 f"target {self.profile.name}: no int8 source gave a usable model: "
