@@ -1,0 +1,227 @@
+"""Library transformers and CNNs nobody in this project wrote, built int8 on every runtime.
+
+Small random-config Hugging Face models (GPT-2, Llama, T5 encoder, DistilBERT, ViT, Swin,
+ConvNeXt, MobileViT, SegFormer, Wav2Vec2, ResNet, Whisper encoder), randomly initialised
+(seed 0), each built by ``compress`` for the three int8 targets with every layer int8
+(``fallback`` off, no latency check) on 32 random calibration inputs (token ids in the
+vocabulary, or standard normal images / audio / spectrograms). Per cell: whether it built, the
+route its fp32 file took (the exporter, and the error of the route that failed first), the
+held-out fidelity the gate measured (the last quarter of the calibration inputs against
+PyTorch fp32), the layers the manifest lists and how many of them it read from the artifact,
+and the build time. Random weights make the fidelity a check of the build, not of any task.
+
+    python -m benchmarks.library_models [--models hf_gpt2,hf_llama] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import INT8, RUNTIMES, cpu_name, log, run_models
+
+VOCAB = 100
+
+
+def _ids(n: int) -> Any:
+    return lambda g: torch.randint(0, VOCAB, (1, n), generator=g)
+
+
+def _normal(*shape: int) -> Any:
+    return lambda g: torch.randn(*shape, generator=g)
+
+
+class _Output(torch.nn.Module):
+    """One tensor of a Hugging Face model's output object."""
+
+    def __init__(self, model: torch.nn.Module, key: str) -> None:
+        super().__init__()
+        self.m, self.key = model, key
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return getattr(self.m(*args), self.key)
+
+
+def _models() -> dict[str, tuple[Any, list[Any]]]:
+    import transformers as T
+
+    def gpt2() -> Any:
+        return _Output(T.GPT2LMHeadModel(T.GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)), "logits")
+
+    def llama() -> Any:
+        return _Output(T.LlamaForCausalLM(T.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)), "logits")
+
+    def t5_encoder() -> Any:
+        return _Output(T.T5EncoderModel(T.T5Config(
+            vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)),
+            "last_hidden_state")
+
+    def distilbert() -> Any:
+        return _Output(T.DistilBertForSequenceClassification(T.DistilBertConfig(
+            vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+            max_position_embeddings=64)), "logits")
+
+    def vit() -> Any:
+        return _Output(T.ViTForImageClassification(T.ViTConfig(
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=64, num_labels=5)), "logits")
+
+    def swin() -> Any:
+        return _Output(T.SwinForImageClassification(T.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+            window_size=4, num_labels=5)), "logits")
+
+    def convnext() -> Any:
+        return _Output(T.ConvNextForImageClassification(T.ConvNextConfig(
+            hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_labels=5)), "logits")
+
+    def mobilevit() -> Any:
+        return _Output(T.MobileViTForImageClassification(T.MobileViTConfig(
+            image_size=32, patch_size=2, hidden_sizes=[16, 24, 32],
+            neck_hidden_sizes=[8, 8, 16, 16, 24, 24, 32], num_labels=5)), "logits")
+
+    def segformer() -> Any:
+        return _Output(T.SegformerForSemanticSegmentation(T.SegformerConfig(
+            num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
+            patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2],
+            decoder_hidden_size=32, num_labels=4)), "logits")
+
+    def wav2vec2() -> Any:
+        return _Output(T.Wav2Vec2ForCTC(T.Wav2Vec2Config(
+            vocab_size=20, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)), "logits")
+
+    def resnet() -> Any:
+        return _Output(T.ResNetForImageClassification(T.ResNetConfig(
+            embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], num_labels=5)), "logits")
+
+    def whisper_encoder() -> Any:
+        return _Output(T.WhisperModel(T.WhisperConfig(
+            num_mel_bins=16, d_model=32, encoder_layers=2, encoder_attention_heads=4,
+            encoder_ffn_dim=64, max_source_positions=16, decoder_layers=1,
+            decoder_attention_heads=4, decoder_ffn_dim=64, vocab_size=VOCAB, pad_token_id=0,
+            bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)).encoder,
+            "last_hidden_state")
+
+    image = [_normal(1, 3, 32, 32)]
+    return {"gpt2": (gpt2, [_ids(12)]), "llama": (llama, [_ids(12)]),
+            "t5_encoder": (t5_encoder, [_ids(12)]), "distilbert": (distilbert, [_ids(12)]),
+            "vit": (vit, image), "swin": (swin, image), "convnext": (convnext, image),
+            "mobilevit": (mobilevit, image), "segformer": (segformer, image),
+            "resnet": (resnet, image), "wav2vec2": (wav2vec2, [_normal(1, 800)]),
+            "whisper_encoder": (whisper_encoder, [_normal(1, 16, 32)])}
+
+
+#: Cells not run, with why (their build takes longer than this benchmark's budget).
+SKIP = {("mobilevit", "tflite"): "not run: its LiteRT build was stopped after 10 minutes in "
+        "litert's histogram observers (each observer's range search loops in Python)"}
+
+
+def run_model(name: str, tmp: Path) -> dict[str, Any]:
+    import json
+
+    from edgekit.pipeline import compress
+
+    factory, makers = _models()[name]
+    torch.manual_seed(0)
+    model = factory().eval()
+    g = torch.Generator().manual_seed(1)
+    data = [tuple(make(g) for make in makers) for _ in range(32)]
+    cells: dict[str, Any] = {}
+    for rt in RUNTIMES:
+        target = INT8[rt]
+        if (name, rt) in SKIP:
+            cells[rt] = {"skipped": SKIP[(name, rt)]}
+            continue
+        t0 = time.perf_counter()
+        try:
+            compress(model, data[0], targets=[target], out_dir=tmp / rt, calibration=data,
+                     progress=False, quantization={"latency_check": False, "fallback": False})
+            entry = json.loads((tmp / rt / "manifest.json").read_text())["targets"][target]
+            q, info = entry["quantization"], entry.get("artifact_info") or {}
+            outs = q["heldout_fidelity"]["outputs"]
+            cells[rt] = {
+                "built": True, "seconds": round(time.perf_counter() - t0, 1),
+                "exporter": info.get("exporter"),
+                "first_route_error": info.get("dynamo_error") or info.get(
+                    "pytorch_frontend_error"),
+                "heldout_sqnr_db": min(float(o["sqnr_db"]) for o in outs),
+                "heldout_centred_cosine": min(float(o["centred_cosine"]) for o in outs),
+                "layers": len(q["layers"]),
+                "layers_read_from_artifact": sum(r["precision_from"] == "artifact"
+                                                 for r in q["layers"]),
+                "float_layers": len(q["float_layers"]),
+                "unattributed_nodes": len(q.get("unattributed_nodes") or []),
+            }
+        except Exception as exc:  # noqa: BLE001 - a failed build is a result, with its reason
+            cells[rt] = {"built": False, "seconds": round(time.perf_counter() - t0, 1),
+                         "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+        log(name, f"{rt}: {cells[rt]}")
+    return {"model": name, "cells": cells}
+
+
+def markdown(res: dict[str, Any]) -> list[str]:
+    lines = ["# Library models built int8 on every runtime", "",
+             f"`python -m benchmarks.library_models` on {res['machine']}, torch "
+             f"{res['torch']}, transformers {res['transformers']}, measured {res['measured']}. "
+             "Random-config Hugging Face models, seed 0; 32 random calibration inputs, the last "
+             "8 held out; every layer int8 (`fallback` off). Cell: held-out SQNR dB / centred "
+             "cosine (against PyTorch fp32), layers the manifest read from the file / listed, "
+             "build seconds; the route where the first one failed.", "",
+             "| model | " + " | ".join(RUNTIMES) + " |", "|---|" + "---|" * len(RUNTIMES)]
+    built = total = 0
+    notes: list[str] = []
+    for row in res["models"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | " + " | ".join(["error"] * len(RUNTIMES)) + " |")
+            notes.append(f"- {row['model']}: {row['error']}")
+            continue
+        cells = []
+        for rt in RUNTIMES:
+            c = row["cells"][rt]
+            if "skipped" in c:
+                cells.append("not run")
+                notes.append(f"- {row['model']} / {rt}: {c['skipped']}")
+                continue
+            total += 1
+            if not c["built"]:
+                cells.append("**failed**")
+                notes.append(f"- {row['model']} / {rt}: {c['error']}")
+                continue
+            built += 1
+            route = " (ONNX route)" if c["first_route_error"] and rt == "openvino" else \
+                " (TorchScript route)" if c["first_route_error"] else ""
+            cells.append(f"{c['heldout_sqnr_db']:.1f} / {c['heldout_centred_cosine']:.3f}, "
+                         f"{c['layers_read_from_artifact']}/{c['layers']}, "
+                         f"{c['seconds']:.0f} s{route}")
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Built in {built} of {total} cells run."]
+    if notes:
+        lines += ["", *notes]
+    return lines + [""]
+
+
+def main() -> None:
+    import transformers
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(_models()))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    res: dict[str, Any] = {"machine": cpu_name(), "torch": torch.__version__,
+                           "transformers": transformers.__version__,
+                           "measured": time.strftime("%Y-%m-%d %H:%M"), "models": []}
+    run_models(args.models.split(","), res, run_model, args.out, "library_models", markdown)
+
+
+if __name__ == "__main__":
+    main()
