@@ -54,3 +54,20 @@ def test_openvino_fp32_converts_the_onnx_export(tmp_path):
     got = bundle.load("x86-openvino-fp32").run([x.numpy()])[0]
     ref = model(x).detach().numpy()
     assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+
+
+def test_openvino_int8_records_the_route_of_its_float_model(tmp_path):
+    """NNCF quantizes the IR converted from the ONNX export; the int8 manifest says so."""
+    pytest.importorskip("nncf")
+    model = Logits().eval()
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randint(0, 100, (1, 12), generator=g) for _ in range(16)]
+    compress(model, (data[0],), targets=["x86-openvino-int8"], out_dir=tmp_path / "b",
+             input_names=["ids"], output_names=["logits"], calibration=data, progress=False,
+             quantization={"openvino_source": "nncf", "fallback": False,
+                           "latency_check": False})
+    info = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][
+        "x86-openvino-int8"]["artifact_info"]
+    assert info["exporter"].startswith("openvino.convert_model (the ONNX export")
+    assert "nncf" in info["exporter"]
+    assert "aten.cat" in info["pytorch_frontend_error"]

@@ -236,6 +236,11 @@ class OpenVinoSession(CheckedSession):
                               guess=_largest_op(self._compiled.get_runtime_model())) from exc
 
 
+#: ``artifact_info`` keys that say why an export took its second route (ONNX Runtime's
+#: TorchScript exporter, OpenVINO's ONNX route).
+_ROUTE_ERRORS = ("dynamo_error", "pytorch_frontend_error")
+
+
 class OpenVinoBackend:
     """fp32 OpenVINO IR on the CPU plugin."""
 
@@ -427,6 +432,7 @@ class OpenVinoBackend:
                          **{k: v for k, v in qdq.info["quantization"].items()
                             if k not in ("layers",)},
                          "onnx_layers": qdq.info["quantization"].get("layers", [])}
+                source = qdq.info
                 if config.int8_bias_correction:
                     qinfo["int8_bias_correction"] = {
                         "applied": False, "skipped": "fitted on ONNX Runtime's int8 arithmetic, "
@@ -437,6 +443,7 @@ class OpenVinoBackend:
                                        input_names=input_names, output_names=output_names,
                                        options=options)
                 om = ov.Core().read_model(str(check_artifact_backend(fp32, _NAME)))
+                source = fp32.info
                 try:
                     om, qinfo = quantize_openvino_model(om, batches=calibration, config=config,
                                                         keep_float=keep_float,
@@ -463,7 +470,10 @@ class OpenVinoBackend:
             precision="int8",
             info={"weights": "int8", "quantization": qinfo,
                   "export_seconds": round(time.perf_counter() - t0, 3),
-                  "exporter": "openvino.convert_model + " + qinfo["quantizer"]},
+                  # the route the float model took (and why, where the first route failed)
+                  "exporter": f"{source.get('exporter', 'openvino.convert_model')} + "
+                              f"{qinfo['quantizer']}",
+                  **{k: source[k] for k in _ROUTE_ERRORS if k in source}},
         )
 
     def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
