@@ -15,16 +15,7 @@ from edgekit.quantize.sensitivity import _quantized_only, quantizable_layers
 transformers = pytest.importorskip("transformers")
 
 
-class Gpt2(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
-                                         n_positions=64)
-        self.lm = transformers.GPT2LMHeadModel(config)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.lm(ids).logits
+from hf_tiny import Gpt2, token_ids  # noqa: E402 - after the import skip
 
 
 def _conv1d_names(model: nn.Module) -> set[str]:
@@ -62,8 +53,7 @@ def test_onnxruntime_reads_conv1d_precision_from_the_file(tmp_path):
     from edgekit.pipeline import compress
 
     model = Gpt2().eval()
-    g = torch.Generator().manual_seed(1)
-    data = [torch.randint(0, 100, (1, 12), generator=g) for _ in range(16)]
+    data = [token_ids(100 + i) for i in range(16)]
     compress(model, (data[0],), targets=["x86-onnxruntime-int8"], out_dir=tmp_path / "b",
              calibration=data, progress=False,
              quantization={"latency_check": False, "fallback": False})

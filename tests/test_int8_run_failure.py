@@ -7,27 +7,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from edgekit.backends import get_backend
+from edgekit.backends._common import runtime_reason
 from edgekit.errors import ModelRunError
-from edgekit.quantize.build import int8_run_failure, runtime_reason
+from edgekit.quantize.build import int8_run_failure
 
 pytest.importorskip("onnxruntime")
 
 
-class StackedWeight(nn.Module):
-    """``torch.bmm`` with a parameter expanded over the batch: once ONNX Runtime's
-    pre-processing folds the Expand, MatMul's second input is a 3-D constant."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = nn.Linear(8, 8)
-        self.w = nn.Parameter(torch.randn(8, 5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(self.fc(x), self.w.expand(x.shape[0], 8, 5))
+# ``torch.bmm`` with a parameter expanded over the batch: once ONNX Runtime's pre-processing
+# folds the Expand, MatMul's second input is a 3-D constant
+from test_op_corpus import Bmm as StackedWeight  # noqa: E402
 
 
 def _fp32(tmp_path):

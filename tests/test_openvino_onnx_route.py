@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from edgekit.pipeline import compress
 
@@ -17,20 +16,8 @@ pytest.importorskip("openvino")
 transformers = pytest.importorskip("transformers")
 
 
-class Logits(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
-                                         n_positions=64)
-        self.lm = transformers.GPT2LMHeadModel(config)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.lm(ids).logits
-
-
-def _ids(seed: int) -> torch.Tensor:
-    return torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(seed))
+from hf_tiny import Gpt2 as Logits  # noqa: E402 - after the import skips
+from hf_tiny import token_ids as _ids  # noqa: E402
 
 
 def test_the_pytorch_frontend_fails_on_this_model():
@@ -60,8 +47,7 @@ def test_openvino_int8_records_the_route_of_its_float_model(tmp_path):
     """NNCF quantizes the IR converted from the ONNX export; the int8 manifest says so."""
     pytest.importorskip("nncf")
     model = Logits().eval()
-    g = torch.Generator().manual_seed(1)
-    data = [torch.randint(0, 100, (1, 12), generator=g) for _ in range(16)]
+    data = [_ids(100 + i) for i in range(16)]
     compress(model, (data[0],), targets=["x86-openvino-int8"], out_dir=tmp_path / "b",
              input_names=["ids"], output_names=["logits"], calibration=data, progress=False,
              quantization={"openvino_source": "nncf", "fallback": False,

@@ -156,27 +156,16 @@ def test_litert_16x8_builds_a_hardswish_model(tmp_path):
     assert _sqnr(be, wide, False) > _sqnr(be, eight, False) + 6.0
 
 
-class _TensorClamp(torch.nn.Module):
-    """``torch.maximum`` / ``torch.minimum`` with per-feature bounds, one below zero."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = torch.nn.Linear(8, 8)
-        self.register_buffer("lo", torch.linspace(-1, 0, 8))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.minimum(torch.maximum(self.fc(x), self.lo), self.lo + 1.5)
-
-
 def test_litert_min_max_share_one_range_over_their_inputs(tmp_path):
     """Unannotated, TFLite's MAXIMUM -> MINIMUM took the range of ``lo + 1.5`` ([0, 1.5]) and
     cut every negative output to 0 (SQNR 6 dB); annotated, one int8 scale spans the inputs
     and the output, and the outputs follow fp32."""
+    from test_op_corpus import TensorClamp  # maximum / minimum with per-feature bounds
+
     from edgekit.backends import get_backend
 
     torch.set_num_threads(1)
-    model, be = _TensorClamp().eval(), get_backend("tflite")
+    model, be = TensorClamp().eval(), get_backend("tflite")
     g = torch.Generator().manual_seed(1)
     cal = [[torch.randn(1, 8, generator=g).numpy()] for _ in range(16)]
     art = be.quantize(model, (torch.from_numpy(cal[0][0]),), tmp_path / "q", input_names=["x"],

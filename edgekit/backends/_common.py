@@ -524,6 +524,15 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
+def runtime_reason(message: str) -> str:
+    """The runtime's own reason at the end of its message, without ONNX Runtime's source
+    location and failed condition (``.../quantize_linear_matmul.cc:80 ... was false. QLinearMatmul :
+    weight zero point must be ...``)."""
+    text = message.split("Status Message:")[-1].strip()
+    text = text.split(" was false. ", 1)[-1] if " was false. " in text else text
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
 def run_failure(backend: str, exc: BaseException, path: Path | str | None, *,
                 guess: tuple[str, str] | None = None, stage: str = "run") -> EdgekitError:
     """Map a runtime's exception (or MemoryError) while loading or running a model to a

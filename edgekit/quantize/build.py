@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..backends import Artifact, Backend, Session
+from ..backends._common import runtime_reason
 from ..data.task import Task
 from ..errors import ConfigError, EdgekitError, ModelRunError, QuantizationError
 from ..measure.metrics import json_number
@@ -174,15 +175,6 @@ def int8_run_failure(target: str, art: Artifact, exc: ModelRunError) -> Quantiza
         hint=(f"a limit of {art.backend}'s int8 kernels or quantizer for this op, not of the "
               "model: keep the layer that computes it in float (quantization={'keep_float': "
               "[...]}), or build this runtime's fp32 target"))
-
-
-def runtime_reason(message: str) -> str:
-    """The runtime's own reason at the end of its message, without ONNX Runtime's source
-    location and failed condition (``.../quantize_linear_matmul.cc:80 ... was false. QLinearMatmul :
-    weight zero point must be ...``)."""
-    text = message.split("Status Message:")[-1].strip()
-    text = text.split(" was false. ", 1)[-1] if " was false. " in text else text
-    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def check_outputs_sane(session: Session, batches: list[list[np.ndarray]], where: str,

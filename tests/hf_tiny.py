@@ -1,0 +1,27 @@
+"""Tiny random-config Hugging Face models the tests share (``transformers`` required)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Gpt2(nn.Module):
+    """GPT-2 (two layers, 32 wide, vocabulary 100) returning its logits, seed 0."""
+
+    def __init__(self) -> None:
+        import transformers
+
+        super().__init__()
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4,
+                                         n_positions=64)
+        self.lm = transformers.GPT2LMHeadModel(config)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(ids).logits
+
+
+def token_ids(seed: int, n: int = 12) -> torch.Tensor:
+    """One row of ``n`` token ids in the vocabulary."""
+    return torch.randint(0, 100, (1, n), generator=torch.Generator().manual_seed(seed))
