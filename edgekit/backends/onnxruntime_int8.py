@@ -11,6 +11,7 @@ float, get dynamic-range int8 weights (``quantize_dynamic`` on those ops only).
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import tempfile
 import time
@@ -52,8 +53,22 @@ def onnx_node_modules(proto: Any) -> dict[str, str]:
                     scope = str(parts[-2]) if len(parts) >= 2 else ""
                 except (ValueError, SyntaxError):
                     scope = ""
+        if any(p.key == "pkg.onnxscript.rewriter.rule_name" and "BatchNorm" in p.value
+               for p in node.metadata_props):
+            # A convolution with a batch norm folded in carries the norm's metadata; its
+            # weight keeps the convolution's name (``stem.conv.weight``).
+            scope = _weight_module(node) or scope
         out[node.name] = scope
     return out
+
+
+def _weight_module(node: Any) -> str:
+    """The module whose ``.weight`` a node reads as input 1 (a quantized graph names it
+    ``stem.conv.weight_DequantizeLinear_Output``), '' when the name is no module's weight."""
+    if len(node.input) < 2:
+        return ""
+    name = re.split(r"_(?:DequantizeLinear|QuantizeLinear|quantized)", node.input[1])[0]
+    return name[:-len(".weight")] if name.endswith(".weight") else ""
 
 
 def onnx_float_spread(proto: Any, exclude: Sequence[str]) -> list[str]:

@@ -404,12 +404,15 @@ _COMPUTE = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "
 def _tflite_module(*tensor_names: str) -> str:
     """The PyTorch module named in litert-torch tensor names
     (``__main__.Net/torch.nn.modules.linear.Linear_head;1`` -> ``head``; a fused name holds
-    several ``;``-separated locations); '' when none names one."""
+    several ``;``-separated locations); '' when none names one. Each segment after the root's
+    is ``<qualified class name>_<attribute name>``; the qualified name's package path may hold
+    underscores itself (``transformers.models.bert.modeling_bert.BertLayer_0``), so the
+    attribute is read after the class name, the last dotted part."""
     for tensor_name in tensor_names:
         for part in tensor_name.split(";"):
             names = []
             for seg in part.split("/")[1:]:
-                m = _SEGMENT.match(seg)  # <qualified class name>_<module name>
+                m = _SEGMENT.match(seg.rsplit(".", 1)[-1])  # <class name>_<module name>
                 if m is None:
                     break
                 names.append(m.group(1))
@@ -418,7 +421,7 @@ def _tflite_module(*tensor_names: str) -> str:
     return ""
 
 
-_SEGMENT = re.compile(r"^.*?\.[A-Za-z][A-Za-z0-9]*_(.+)$")
+_SEGMENT = re.compile(r"^_*[A-Za-z0-9]+_(.+)$")
 
 
 def tflite_precision_summary(interp: Any) -> dict[str, Any]:

@@ -56,9 +56,11 @@ def unattributed_nodes(rows: Sequence[Mapping[str, Any]] | None,
 def _owners(rows: Sequence[Mapping[str, Any]] | None, layers: Sequence[str],
             kinds: Mapping[str, str] | None = None) -> list[str | None]:
     """The layer each row belongs to: the one its module is (or is inside), else, for a
-    runtime that drops container names from its paths (LiteRT names ``down.0.0`` just
-    ``0.0``), the layers ending in that path, taken in model order by the rows in graph order
-    (the k-th row of a path goes to the k-th such layer)."""
+    runtime that drops container names from its paths, the layers ending in that path (LiteRT
+    names ``down.0.0`` just ``0.0``), else the layers whose path holds the row's in order,
+    with containers left out inside it (LiteRT names ``encoder.layer.0.fc`` ``encoder.0.fc``).
+    Several candidates are taken in model order by the rows in graph order (the k-th row of a
+    path goes to the k-th such layer); one takes every row of the path."""
     out: list[str | None] = []
     seen: dict[str, int] = {}
     for r in rows or ():
@@ -67,10 +69,13 @@ def _owners(rows: Sequence[Mapping[str, Any]] | None, layers: Sequence[str],
         if exact:
             out.append(max(exact, key=len))
             continue
-        tail = [n for n in layers if module and n.endswith("." + module)]
+        candidates = [n for n in layers if module and n.endswith("." + module)] or (
+            _spread(module, layers))
         k = seen.get(module, 0)
         seen[module] = k + 1
-        out.append(tail[k] if k < len(tail) else None)
+        if len(candidates) == 1:  # one layer: every row of the path is in it
+            k = 0
+        out.append(candidates[k] if k < len(candidates) else None)
     for kind in ("lstm", "gru", "rnn"):  # unnamed recurrent ops to the unnamed layers
         named = set(out)
         free = [n for n in layers if (kinds or {}).get(n) == kind and n not in named]
@@ -79,6 +84,27 @@ def _owners(rows: Sequence[Mapping[str, Any]] | None, layers: Sequence[str],
             if out[i] is None and free and op.startswith(kind.upper()):
                 out[i] = free.pop(0)
     return out
+
+
+def _spread(module: str, layers: Sequence[str]) -> list[str]:
+    """Layers the module path names with container names left out: the path, or a path it
+    starts with (a node inside the layer), is the layer's path less some parts, its last part
+    kept; the layers of the longest prefix that names any."""
+    parts = module.split(".") if module else []
+    for k in range(len(parts), 0, -1):
+        head = parts[:k]
+        found = [n for n in layers if _subsequence(head, n.split("."))]
+        if found:
+            return found
+    return []
+
+
+def _subsequence(short: list[str], full: list[str]) -> bool:
+    """``short`` is ``full`` with some parts left out, the last part of both the same."""
+    if not short or not full or short[-1] != full[-1]:
+        return False
+    it = iter(full[:-1])
+    return all(any(p == q for q in it) for p in short[:-1])
 
 
 def _label(row: Mapping[str, Any]) -> str:
