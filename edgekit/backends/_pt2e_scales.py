@@ -48,10 +48,13 @@ def scales_below_clamp(prepared: Any) -> list[str]:
     """The observers of a calibrated PT2E graph with a scale under :data:`QUANTIZER_EPS`:
     those the quantizer's own clamp would change (none: a clamped build is the same file).
     16-bit observers (LiteRT's 16x8 activations) are floored whatever the setting: not
-    counted."""
+    counted. Histogram observers search with :func:`._histogram_search.fast_search`."""
     import torch
     from torchao.quantization.pt2e.observer import ObserverBase
 
+    from ._histogram_search import speed_up
+
+    speed_up(prepared)  # the same search, without a tensor read per step
     below = []
     for name, mod in prepared.named_modules():
         obs = getattr(mod, "activation_post_process", mod)
