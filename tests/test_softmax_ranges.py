@@ -1,4 +1,5 @@
-"""Softmax inputs behind an attention mask: quantized on the range the softmax needs."""
+"""Softmax inputs behind an attention mask: quantized on the range the softmax needs, or kept
+in float where even that grid is too coarse for the scores."""
 
 from __future__ import annotations
 
@@ -91,21 +92,23 @@ def test_a_masked_softmax_input_keeps_its_scores_where_the_default_flow_loses_th
                             output_names=["y"], options={}, calibration=cal,
                             config=QuantConfig(softmax_ranges=on, latency_check=False,
                                                fallback=False), fp32=fp32)
-            for on in (True, False)}
+            for on in (True, "narrow", False)}
     default, _ = ort_int8(fp32.path, tmp_path / "default", cal, names, fp32.inputs,
                           fp32.outputs, threads=1)
-    ours = _sqnr(model, be.load(arts[True], threads=1, options={}))
     off = _sqnr(model, be.load(arts[False], threads=1, options={}))
     native = _sqnr(model, default)
-    assert ours >= native + 10.0 and ours >= off + 10.0, (ours, off, native)
+    for on in (True, "narrow"):
+        ours = _sqnr(model, be.load(arts[on], threads=1, options={}))
+        assert ours >= native + 10.0 and ours >= off + 10.0, (on, ours, off, native)
 
-    found = arts[True].info["quantization"]["softmax_ranges"]
+    found = arts["narrow"].info["quantization"]["softmax_ranges"]
     assert len(found) == 1 and arts[False].info["quantization"]["softmax_ranges"] == {}
     (tensor, entry), = found.items()
     assert entry["calibrated_min"] < -9000  # the mask, as the calibrator saw it
     assert -30.0 < entry["rmin"] < -10.0 and 0.0 < entry["rmax"] < 10.0
     # the file quantizes the softmax input on that range (ONNX Runtime's uint8 grid)
-    proto = onnx.load(str(arts[True].path))
+    assert entry["keep_float"] is False
+    proto = onnx.load(str(arts["narrow"].path))
     inits = {i.name: i for i in proto.graph.initializer}
     q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
     scale = float(numpy_helper.to_array(inits[q.input[1]]))
@@ -137,3 +140,67 @@ def test_a_softmax_input_read_elsewhere_keeps_its_calibrated_range(tmp_path):
                                                 output_names=outs, options={})
         found[name] = softmax_input_ranges(art.path, ["tokens", "mask"], cal)
     assert len(found["alone"]) == 1 and found["output"] == {}
+
+
+def test_grid_errors_of_flat_and_peaked_scores():
+    from edgekit.backends.onnx_softmax_ranges import grid_errors
+
+    rng = np.random.default_rng(0)
+    masked = np.full((64, 4), -1e4)
+    ratio = {}
+    for spread in (0.05, 4.0):
+        rows = np.concatenate([rng.normal(0, spread, (64, 12)), masked], axis=1)
+        low = float(rows[:, :12].max(axis=1).min()) - (math.log(16) + 10)
+        inp, out = grid_errors([rows], low, float(rows.max()))
+        ratio[spread] = inp / out
+        # the same without the masked keys (they lie on both grids, at 0, up to the
+        # exp(-10) the clipped ones weigh)
+        assert grid_errors([rows[:, :12]], low, float(rows.max())) == pytest.approx(
+            (inp, out), rel=0.05)
+    # flat scores: a step of 0.05 moves the probabilities far more than their own grid does
+    assert ratio[0.05] > 10 and ratio[0.05] > 3 * ratio[4.0], ratio
+
+
+def test_gpt2_masked_softmax_inputs_kept_float_where_the_row_range_is_too_coarse(tmp_path):
+    """A randomly initialised GPT-2's attention scores span ~0.1, the causal mask the float32
+    minimum: on the row range (12.5 wide, a step of 0.05) the attention comes out uniform."""
+    import json
+
+    import onnx
+
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hf_tiny import Gpt2, token_ids
+
+    from edgekit.pipeline import compress
+
+    target = "x86-onnxruntime-int8"
+    cal = [token_ids(i) for i in range(24)]
+    got = {}
+    for mode in (True, "narrow"):
+        compress(Gpt2().eval(), (cal[0],), targets=[target], out_dir=tmp_path / str(mode),
+                 calibration=cal, progress=False,
+                 quantization={"latency_check": False, "fallback": False,
+                               "softmax_ranges": mode})
+        entry = json.loads((tmp_path / str(mode) / "manifest.json").read_text()
+                           )["targets"][target]
+        got[mode] = entry
+    q = got[True]["artifact_info"]["quantization"]
+    choice = q["softmax_float_choice"]
+    assert choice["kept"] == "float" and choice["sqnr_float_db"] > choice["sqnr_narrow_db"] + 6
+    entries = list(q["softmax_ranges"].values())
+    assert len(entries) == 2 and all(e["keep_float"] for e in entries)
+    assert all(e["input_grid_error"] > e["output_grid_error"] for e in entries)
+    # read from the file: no QuantizeLinear on a softmax input, the Softmax and its mask Add float
+    proto = onnx.load(str(tmp_path / "True" / target / "model.onnx"))
+    quantized = {n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    assert not quantized & {e["softmax_input"] for e in entries}
+    assert q["float_ops"]["Softmax"] == 2 and q["float_ops"]["Add"] >= 2
+    assert set(q["float_nodes"]) == {n for e in entries for n in e["float_nodes"]}
+    held = {m: min(o["sqnr_db"] for o in got[m]["quantization"]["heldout_fidelity"]["outputs"])
+            for m in got}
+    assert held[True] >= held["narrow"] + 6.0, held
+    assert got["narrow"]["artifact_info"]["quantization"]["softmax_float_choice"] is None

@@ -161,6 +161,7 @@ def quantize_onnx(
         static_out = Path(tmp) / "static.onnx"
 
         softmax = _softmax_overrides(src, input_names, batches, config, exclude)
+        softmax_float = None
         reduce = reduce_range_decision(config)
         per_tensor = stacked_matmul_weights(onnx.load(str(src))) if config.per_channel else []
 
@@ -183,6 +184,23 @@ def quantize_onnx(
                 raise calibration_failure("ONNX Runtime (quantize_static)", batches,
                                           input_names, exc) from exc
 
+        if any(e["keep_float"] for e in softmax.values()):
+            # narrowed or float: the one whose outputs are closer to fp32 (runtime ranges)
+            base, narrowed = list(exclude), _narrowed(softmax)
+            floated, softmax = softmax, narrowed
+            static(Path(tmp) / "softmax-narrow.onnx", None)
+            softmax = floated
+            exclude += sorted({n for e in softmax.values() if e["keep_float"]
+                               for n in e["float_nodes"]} - set(exclude))
+            static(Path(tmp) / "softmax-float.onnx", None)
+            narrow_db, float_db = _outputs_sqnr(
+                [Path(tmp) / "softmax-narrow.onnx", Path(tmp) / "softmax-float.onnx"], src,
+                input_names, batches[:int(config.extra_number("range_batches", 8))])
+            softmax_float = {"sqnr_narrow_db": round(narrow_db, 2),
+                             "sqnr_float_db": round(float_db, 2),
+                             "kept": "float" if float_db > narrow_db else "narrow"}
+            if softmax_float["kept"] == "narrow":
+                softmax, exclude[:] = narrowed, base
         if config.range_method == "runtime" and not config.activations_16bit:
             static(static_out, None)
         else:
@@ -240,6 +258,8 @@ def quantize_onnx(
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
         "ranges": ranges,
         "softmax_ranges": softmax,
+        # Softmax inputs the grid simulation would keep float: both built, the closer kept
+        "softmax_float_choice": softmax_float,
         "reduce_range": reduce,
         "int8_bias_correction": corrected,
         "preprocessing": preprocessing,
@@ -280,17 +300,27 @@ def _softmax_overrides(src: Path, input_names: Sequence[str],
         return {}
     from .onnx_softmax_ranges import softmax_input_ranges
 
-    return softmax_input_ranges(src, input_names, batches, skip=exclude)
+    mode = "narrow" if config.softmax_ranges == "narrow" else "auto"
+    return softmax_input_ranges(src, input_names, batches, skip=exclude, mode=mode)
+
+
+def _narrowed(softmax: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The softmax entries with every input quantized on its row range (none kept float)."""
+    return {t: {k: v for k, v in e.items() if k != "float_nodes"} | {"keep_float": False}
+            for t, e in softmax.items()}
 
 
 def _with_softmax(overrides: dict[str, Any] | None, softmax: dict[str, dict[str, Any]]
                   ) -> dict[str, Any] | None:
     """``overrides`` with each softmax tensor's ``rmin``/``rmax`` replaced by its row range
-    (other keys, a 16-bit type, kept)."""
+    (other keys, a 16-bit type, kept); tensors kept in float get none."""
     if not softmax:
         return overrides
     out = dict(overrides or {})
     for t, e in softmax.items():
+        if e["keep_float"]:
+            out.pop(t, None)
+            continue
         first = dict(out[t][0]) if out.get(t) else {}
         first.update(rmin=np.float32(e["rmin"]), rmax=np.float32(e["rmax"]))
         out[t] = [first, *out.get(t, [])[1:]]

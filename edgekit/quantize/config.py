@@ -25,6 +25,7 @@ RELU6_MODES = ("clamp", "skip")
 FALLBACK_ORDERS = ("runtime", "sensitivity")
 #: ``equalize``: on, off, or ``"auto"`` (built with and without, the more faithful kept).
 EQUALIZE = (False, True, "auto")
+SOFTMAX_RANGES = (True, False, "narrow")
 REDUCE_RANGE = ("auto", "on", "off")
 #: The words ``activations_16bit`` takes besides a count or a list of layer names.
 WIDE_WORDS = ("all", "auto")
@@ -162,7 +163,11 @@ class QuantConfig:
       range it needs: from the lowest row maximum minus ``ln(row length) + 10`` up to the
       calibrated maximum (:mod:`edgekit.backends.onnx_softmax_ranges`; ONNX Runtime, and
       OpenVINO's ``qdq`` source). On by default: a min-max range over ``[-1e4, 12]`` leaves
-      one level for every real score.
+      one level for every real score. Where even that grid moves the softmax's outputs more
+      than their own 8-bit grid does (simulated on the calibration data) and an elementwise
+      op makes the input (the mask's Add), ONNX Runtime builds it both narrowed and in float
+      (the Add and the Softmax) and keeps the build closer to fp32 on the calibration data
+      (``softmax_float_choice`` in the manifest); ``"narrow"`` always narrows.
     * ``reduce_range``: ONNX Runtime weights on 7 bits (``-64..64``): ``"auto"`` (the
       default) where ONNX Runtime's uint8 x int8 kernels saturate on this machine (x86-64
       without VNNI: :mod:`edgekit.backends.x86_saturation`), ``"on"``, ``"off"``. Bias
@@ -228,7 +233,7 @@ class QuantConfig:
     adaround: bool = False
     adaround_iterations: int = 300
     range_method: str = "runtime"
-    softmax_ranges: bool = True
+    softmax_ranges: bool | str = True
     reduce_range: str = "auto"
     activations_16bit: int | str | tuple[str, ...] = 0
     scale_floor: str = "auto"
@@ -241,7 +246,7 @@ class QuantConfig:
                   "openvino_source": OPENVINO_SOURCES,
                   "preset": PRESETS, "equalize_relu6": RELU6_MODES,
                   "reduce_range": REDUCE_RANGE, "scale_floor": SCALE_FLOORS,
-                  "equalize": EQUALIZE}
+                  "equalize": EQUALIZE, "softmax_ranges": SOFTMAX_RANGES}
         for key, allowed in checks.items():
             if not is_choice(getattr(self, key), allowed):
                 raise UsageError(f"quantization {key} {getattr(self, key)!r} is not one of "
@@ -345,7 +350,7 @@ TABLE_SCHEMA: dict[str, Field] = {
     "adaround": Field(bool),
     "adaround_iterations": Field(int, low=1),
     "range_method": Field(str, choices=RANGE_METHODS),
-    "softmax_ranges": Field(bool),
+    "softmax_ranges": Field(object, choices=SOFTMAX_RANGES),
     "reduce_range": Field(str, choices=REDUCE_RANGE),
     "activations_16bit": Field(object),  # a count, a list of layer names, "all" or "auto"
     "scale_floor": Field(str, choices=SCALE_FLOORS),
