@@ -39,7 +39,9 @@ OPT_IN = {"int8_bias_correction on": {"int8_bias_correction": True},
           "int8_bias_correction on, range_method auto": {"int8_bias_correction": True,
                                                          "range_method": "auto"},
           # the default "auto" builds with and without equalization; "on" builds once
-          "equalize on (built once)": {"equalize": True}}
+          "equalize on (built once)": {"equalize": True},
+          # softmax inputs on their row range, never the float build beside it
+          "softmax_ranges narrow": {"softmax_ranges": "narrow"}}
 
 
 def log(msg: str) -> None:
