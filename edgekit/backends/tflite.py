@@ -33,7 +33,13 @@ import numpy as np
 import torch
 
 from .._deps import require
-from ..errors import BackendMissingError, BundleError, ExportError, QuantizationError
+from ..errors import (
+    BackendMissingError,
+    BundleError,
+    ExportError,
+    ModelRunError,
+    QuantizationError,
+)
 from ._common import (
     BareCall,
     CheckedSession,
@@ -79,6 +85,41 @@ def check_tflite_file(path: Path) -> None:
     from ..modelfile import check_tflite_file as _check
 
     _check(path)
+
+
+#: Seconds a child process gets to open and prepare an int8 file.
+_PREPARE_SECONDS = 300
+
+
+def prepare_in_child(path: Path) -> None:
+    """Open ``path`` and allocate its tensors in a child process first: LiteRT aborts the
+    whole process (SIGABRT, no Python exception) on some int8 files it cannot prepare (a
+    kernel's check on its requantization scales; a MobileViT whose activations are exactly 0
+    did it, its scales floored). A child that dies by a signal raises ModelRunError with the
+    runtime's last lines; the caller's process, and the other int8 source, live on."""
+    import signal
+    import subprocess
+
+    mod = _interpreter_module()
+    code = ("import sys\nfrom " + mod.__name__ + " import Interpreter\n"
+            "Interpreter(model_path=sys.argv[1], num_threads=1).allocate_tensors()\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                              text=True, errors="replace", timeout=_PREPARE_SECONDS)
+    except subprocess.TimeoutExpired:
+        return  # slow, not dead: the caller's own open decides
+    if done.returncode >= 0:
+        return  # prepared, or a Python error the caller's own open reports with its hint
+    try:
+        how = signal.Signals(-done.returncode).name
+    except ValueError:
+        how = f"signal {-done.returncode}"
+    tail = [ln for ln in done.stderr.splitlines() if ln.strip()][-5:]
+    raise ModelRunError(
+        f"LiteRT killed the process ({how}) preparing {path.name}"
+        + (": " + " | ".join(tail) if tail else " (it printed nothing)"),
+        backend=_NAME, hint="a LiteRT kernel refused this file's quantization parameters: "
+        "try quantization scale_floor = \"off\", or keep the layer it names in float")
 
 
 def _open_interpreter(path: Path, threads: int) -> Any:
@@ -381,6 +422,7 @@ class TFLiteBackend:
                 wide_record["reason"] = "a QAT graph carries its own 8-bit fake-quantizers"
         wide_record["int64_biases"] = len(widened)
         below = list(getattr(gm, "edgekit_scales_below_clamp", []))
+        prepare_in_child(path)  # an int8 file LiteRT cannot prepare kills a child, not us
         interp = _open_interpreter(path, 1)
         key, in_det, out_det, sig_in, sig_out = _signature(interp, path)
         inputs = [_spec(n, d) for n, d in zip(input_names, in_det)]
