@@ -202,7 +202,10 @@ def quantize_onnx(
             if softmax_float["kept"] == "narrow":
                 softmax, exclude[:] = narrowed, base
         if config.range_method == "runtime" and not config.activations_16bit:
-            static(static_out, None)
+            if softmax_float is not None:  # the kept one is this build
+                shutil.copyfile(Path(tmp) / f"softmax-{softmax_float['kept']}.onnx", static_out)
+            else:
+                static(static_out, None)
         else:
             plan = plan_ranges(src, input_names=input_names, batches=batches, config=config,
                                op_types=op_types, exclude=exclude, modules=modules,
