@@ -120,9 +120,8 @@ def _models() -> dict[str, tuple[Any, list[Any]]]:
             "whisper_encoder": (whisper_encoder, [_normal(1, 16, 32)])}
 
 
-#: Cells not run, with why (their build takes longer than this benchmark's budget).
-SKIP = {("mobilevit", "tflite"): "not run: its LiteRT build was stopped after 10 minutes in "
-        "litert's histogram observers (each observer's range search loops in Python)"}
+#: (model, runtime) cells not run, with why.
+SKIP: dict[tuple[str, str], str] = {}
 
 
 #: What a row's numbers mean where they are not what they seem.

@@ -30,14 +30,19 @@ def test_litert_names_in_packages_with_underscores():
 
 
 def test_rows_with_container_names_left_out_in_the_middle():
-    layers = ["m.enc.layer.0.q", "m.enc.layer.1.q", "m.enc.layer.1.ffn.fc", "m.head"]
+    layers = ["m.enc.layer.0.q", "m.enc.layer.1.q", "m.enc.layer.1.ffn.fc", "m.head",
+              "m.enc.layer.1.attention.output.dense", "m.enc.layer.1.output.dense"]
     rows = [{"node": "a", "module": "m.enc.1.q", "precision": "int8"},
             {"node": "b", "module": "m.enc.0.q", "precision": "fp32"},
             {"node": "c", "module": "m.enc.1.ffn.fc", "precision": "int8"},
             {"node": "d", "module": "m.enc.1.ffn.fc", "precision": "int8"},
-            {"node": "e", "module": "m.enc.1.attn", "precision": "fp32"}]
+            {"node": "e", "module": "m.enc.1.attn", "precision": "fp32"},
+            # MobileViT: "1.output.dense" is also "1.attention.output.dense" less a part
+            {"node": "f", "module": "m.enc.1.attention.output.dense", "precision": "int8"},
+            {"node": "g", "module": "m.enc.1.output.dense", "precision": "fp32"}]
     assert layer_precisions(rows, layers) == {
-        "m.enc.layer.0.q": "fp32", "m.enc.layer.1.q": "int8", "m.enc.layer.1.ffn.fc": "int8"}
+        "m.enc.layer.0.q": "fp32", "m.enc.layer.1.q": "int8", "m.enc.layer.1.ffn.fc": "int8",
+        "m.enc.layer.1.attention.output.dense": "int8", "m.enc.layer.1.output.dense": "fp32"}
 
 
 class Block(nn.Module):

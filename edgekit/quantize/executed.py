@@ -89,13 +89,15 @@ def _owners(rows: Sequence[Mapping[str, Any]] | None, layers: Sequence[str],
 def _spread(module: str, layers: Sequence[str]) -> list[str]:
     """Layers the module path names with container names left out: the path, or a path it
     starts with (a node inside the layer), is the layer's path less some parts, its last part
-    kept; the layers of the longest prefix that names any."""
+    kept; the layers of the longest prefix that names any, those with the fewest parts left
+    out."""
     parts = module.split(".") if module else []
     for k in range(len(parts), 0, -1):
         head = parts[:k]
         found = [n for n in layers if _subsequence(head, n.split("."))]
-        if found:
-            return found
+        if found:  # the fewest parts left out: ``0.output.dense`` is not ``0.attention...``
+            fewest = min(n.count(".") for n in found)
+            return [n for n in found if n.count(".") == fewest]
     return []
 
 
