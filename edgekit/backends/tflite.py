@@ -114,7 +114,10 @@ def prepare_in_child(path: Path) -> None:
         how = signal.Signals(-done.returncode).name
     except ValueError:
         how = f"signal {-done.returncode}"
-    tail = [ln for ln in done.stderr.splitlines() if ln.strip()][-5:]
+    # its last words, without the interpreter's start-up lines ("INFO: Created TensorFlow
+    # Lite XNNPACK delegate for CPU.")
+    tail = [ln for ln in done.stderr.splitlines()
+            if ln.strip() and not ln.startswith("INFO: ")][-5:]
     raise ModelRunError(
         f"LiteRT killed the process ({how}) preparing {path.name}"
         + (": " + " | ".join(tail) if tail else " (it printed nothing)"),
