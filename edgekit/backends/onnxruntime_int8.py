@@ -11,7 +11,6 @@ float, get dynamic-range int8 weights (``quantize_dynamic`` on those ops only).
 from __future__ import annotations
 
 import ast
-import re
 import shutil
 import tempfile
 import time
@@ -65,9 +64,11 @@ def onnx_node_modules(proto: Any) -> dict[str, str]:
 def _weight_module(node: Any) -> str:
     """The module whose ``.weight`` a node reads as input 1 (a quantized graph names it
     ``stem.conv.weight_DequantizeLinear_Output``), '' when the name is no module's weight."""
+    from ..explain.tensors import base_tensor_name
+
     if len(node.input) < 2:
         return ""
-    name = re.split(r"_(?:DequantizeLinear|QuantizeLinear|quantized)", node.input[1])[0]
+    name = base_tensor_name(node.input[1])
     return name[:-len(".weight")] if name.endswith(".weight") else ""
 
 
