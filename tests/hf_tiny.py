@@ -25,3 +25,20 @@ class Gpt2(nn.Module):
 def token_ids(seed: int, n: int = 12) -> torch.Tensor:
     """One row of ``n`` token ids in the vocabulary."""
     return torch.randint(0, 100, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+class Phi(nn.Module):
+    """Phi (two layers, 32 wide, partial rotary embedding) returning its logits, seed 0."""
+
+    def __init__(self) -> None:
+        import transformers
+
+        super().__init__()
+        torch.manual_seed(0)
+        config = transformers.PhiConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=64,
+                                        max_position_embeddings=64)
+        self.lm = transformers.PhiForCausalLM(config)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(ids).logits

@@ -241,6 +241,22 @@ class OpenVinoSession(CheckedSession):
 _ROUTE_ERRORS = ("dynamo_error", "pytorch_frontend_error")
 
 
+def _read_qdq(ov: Any, path: Path) -> tuple[Any, int]:
+    """The QDQ model at ``path`` as OpenVINO reads it, with its repeated requantizations
+    around layout ops removed first (:func:`.openvino_int8.drop_repeated_requantization`),
+    and how many went."""
+    import onnx
+
+    from .openvino_int8 import drop_repeated_requantization
+
+    proto = onnx.load(str(path))
+    dropped = drop_repeated_requantization(proto)
+    if dropped:
+        path = path.with_name(path.stem + "-openvino.onnx")
+        onnx.save(proto, str(path))
+    return ov.Core().read_model(str(path)), dropped
+
+
 class OpenVinoBackend:
     """fp32 OpenVINO IR on the CPU plugin."""
 
@@ -387,6 +403,18 @@ class OpenVinoBackend:
                 output_names=list(output_names), options={})
         return cache[key]
 
+    def _onnx_node_modules(self, model: torch.nn.Module,
+                           example_inputs: tuple[torch.Tensor, ...], input_names: list[str],
+                           output_names: list[str]) -> dict[str, str]:
+        """ONNX node -> PyTorch module of the model's ONNX export (:meth:`_onnx_fp32`)."""
+        import onnx
+
+        from .onnxruntime_int8 import onnx_node_modules
+
+        art = self._onnx_fp32(model, example_inputs, input_names, output_names)
+        return onnx_node_modules(onnx.load(str(art.root / art.files[0]),
+                                           load_external_data=False))
+
     def quantize(
         self,
         model: torch.nn.Module,
@@ -414,6 +442,7 @@ class OpenVinoBackend:
         out_dir.mkdir(parents=True, exist_ok=True)
         xml_path = out_dir / "model.xml"
         t0 = time.perf_counter()
+        onnx_nodes: dict[str, str] = {}
         with tempfile.TemporaryDirectory() as tmp:
             if config.openvino_source == "qdq":
                 from dataclasses import replace
@@ -427,11 +456,12 @@ class OpenVinoBackend:
                     output_names=output_names, options={}, calibration=calibration,
                     config=replace(config, int8_bias_correction=False), keep_float=keep_float,
                     fp32=self._onnx_fp32(model, example_inputs, input_names, output_names))
-                om = ov.Core().read_model(str(qdq.path))
+                om, dropped = _read_qdq(ov, qdq.path)
                 qinfo = {"quantizer": "onnxruntime quantize_static QDQ read by OpenVINO",
                          **{k: v for k, v in qdq.info["quantization"].items()
                             if k not in ("layers",)},
                          "onnx_layers": qdq.info["quantization"].get("layers", [])}
+                qinfo["requantizations_dropped"] = dropped
                 source = qdq.info
                 if config.int8_bias_correction:
                     qinfo["int8_bias_correction"] = {
@@ -444,6 +474,9 @@ class OpenVinoBackend:
                                        options=options)
                 om = ov.Core().read_model(str(check_artifact_backend(fp32, _NAME)))
                 source = fp32.info
+                if "pytorch_frontend_error" in source:  # read from the ONNX export: its ops
+                    onnx_nodes = self._onnx_node_modules(  # are named after the ONNX nodes
+                        model, example_inputs, input_names, output_names)
                 try:
                     om, qinfo = quantize_openvino_model(om, batches=calibration, config=config,
                                                         keep_float=keep_float,
@@ -461,8 +494,10 @@ class OpenVinoBackend:
             ov.save_model(om, str(xml_path), compress_to_fp16=False)
         check_ir_files(xml_path)
         saved = ov.Core().read_model(str(xml_path))
-        onnx_modules = {r["node"]: r["module"] for r in qinfo.pop("onnx_layers", [])}
-        qinfo.update(openvino_precision_summary(saved, onnx_modules))  # what the IR executes
+        onnx_modules = {r["node"]: r["module"]
+                        for r in qinfo.pop("onnx_layers", [])} or onnx_nodes
+        # what the IR executes; compiled in a child first: a crash there kills only the child
+        qinfo.update(openvino_precision_summary(saved, onnx_modules, xml=xml_path))
         return Artifact(
             backend=_NAME, root=out_dir, files=list_files(out_dir, xml_path.name),
             inputs=_port_specs(saved.inputs, list(input_names)),

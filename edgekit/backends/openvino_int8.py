@@ -8,8 +8,10 @@ PyTorch module (``__module.<name>/...``), with the weight-free ops that only fee
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +21,8 @@ from .float_ops import openvino_float_ops
 if TYPE_CHECKING:
     from ..quantize.config import QuantConfig
 
-__all__ = ["quantize_openvino_model", "openvino_precision_summary"]
+__all__ = ["drop_repeated_requantization", "openvino_precision_summary",
+           "quantize_openvino_model"]
 
 
 def quantize_openvino_model(
@@ -99,18 +102,70 @@ def openvino_float_spread(om: Any, patterns: Sequence[str]) -> list[str]:
     return spread_float(kept, consumers, free)
 
 
+#: ops that move data without changing a value
+_MOVES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def drop_repeated_requantization(proto: Any) -> int:
+    """Remove, in place, each QuantizeLinear / DequantizeLinear pair that re-quantizes the
+    output of a data-movement op (Reshape, Transpose, ...) onto the grid its input was just
+    dequantized from (same scale and zero point): the values are already on that grid, so
+    the pair changes none. ONNX Runtime's QDQ models repeat them around layout ops;
+    OpenVINO's CPU plugin crashed (SIGSEGV) compiling Phi's attention with them
+    (``DequantizeLinear -> Reshape -> QuantizeLinear -> DequantizeLinear -> Transpose``) and
+    compiles it without. Returns how many pairs went."""
+    from onnx import numpy_helper
+
+    g = proto.graph
+    consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    made = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+
+    def same(a: Sequence[str], b: Sequence[str]) -> bool:
+        return len(a) == len(b) == 2 and all(
+            x in consts and y in consts and consts[x].dtype == consts[y].dtype
+            and np.array_equal(consts[x], consts[y]) for x, y in zip(a, b))
+
+    dropped = 0
+    for q in list(g.node):
+        move = made.get(q.input[0]) if q.op_type == "QuantizeLinear" else None
+        if move is None or move.op_type not in _MOVES:
+            continue
+        dq0 = made.get(move.input[0])
+        dqs = readers.get(q.output[0], [])
+        if dq0 is None or dq0.op_type != "DequantizeLinear" or not dqs \
+                or not same(q.input[1:], dq0.input[1:]) \
+                or any(d.op_type != "DequantizeLinear" or d.output[0] in outputs
+                       or not same(d.input[1:], q.input[1:]) for d in dqs):
+            continue
+        for d in dqs:
+            for reader in readers.get(d.output[0], []):
+                for k, name in enumerate(reader.input):
+                    if name == d.output[0]:
+                        reader.input[k] = move.output[0]
+                        readers.setdefault(move.output[0], []).append(reader)
+            g.node.remove(d)
+        g.node.remove(q)
+        dropped += 1
+    return dropped
+
+
 _SEQUENCES = ("LSTMSequence", "GRUSequence", "RNNSequence")
 
 
-def openvino_precision_summary(om: Any, onnx_modules: dict[str, str] | None = None
-                               ) -> dict[str, Any]:
+def openvino_precision_summary(om: Any, onnx_modules: dict[str, str] | None = None,
+                               xml: Path | None = None) -> dict[str, Any]:
     """What executes, from the OpenVINO model graph (the saved IR, read back): compute ops
     whose data and weight inputs come from a FakeQuantize or an 8-bit constant (through
     layout and slicing ops) are int8, the others fp32; ``float_ops``: the other ops the CPU
     plugin runs on float data (:func:`edgekit.backends.float_ops.openvino_float_ops`; None
-    when it did not compile).
-    ``onnx_modules``: ONNX node -> PyTorch
-    module, for an IR read from ONNX (its ops are named after the ONNX nodes)."""
+    when it did not compile; with ``xml``, the saved IR, compiled in a child process first:
+    :func:`float_ops_in_child`). ``onnx_modules``: ONNX node -> PyTorch module, for an IR
+    read from ONNX (its ops are named after the ONNX nodes)."""
     layers = []
     for op in om.get_ordered_ops():
         t = op.get_type_name()
@@ -130,13 +185,44 @@ def openvino_precision_summary(om: Any, onnx_modules: dict[str, str] | None = No
         elif len(srcs) > 1 and all(srcs[1:]):
             row["mode"] = "weights only"  # float compute on decompressed int8 weights
         layers.append(row)
-    try:
-        float_ops: dict[str, int] | None = openvino_float_ops(om)
-    except Exception:  # a model the CPU plugin cannot compile here (verification says why)
-        float_ops = None
+    float_ops = float_ops_in_child(xml) if xml is not None else _float_ops_here(om)
     return {"layers": layers, "int8_layers": sum(1 for r in layers if r["precision"] == "int8"),
             "float_layers": sum(1 for r in layers if r["precision"] != "int8"),
             "float_ops": float_ops}
+
+
+def _float_ops_here(model: Any) -> dict[str, int] | None:
+    try:
+        return openvino_float_ops(model)
+    except Exception:  # a model the CPU plugin cannot compile here (verification says why)
+        return None
+
+
+def float_ops_in_child(xml: Path) -> dict[str, int] | None:
+    """:func:`openvino_float_ops` of the IR at ``xml``, compiled and run in a child process
+    first (:mod:`._child`): OpenVINO's CPU plugin crashed (SIGSEGV) compiling an ONNX Runtime
+    QDQ model of Phi, which took the whole build with it. A child killed by a signal raises
+    ModelRunError; one that could not compile gives None (verification says why)."""
+    from . import float_ops
+    from ._child import run_in_child
+
+    # the module by its file: the child needs OpenVINO, not edgekit's backends (and torch)
+    code = ("import importlib.util, json, sys\n"
+            "spec = importlib.util.spec_from_file_location('edgekit_float_ops', sys.argv[1])\n"
+            "mod = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(mod)\n"
+            "print(json.dumps(mod.openvino_float_ops(sys.argv[2])))\n")
+    done = run_in_child(
+        code, [str(float_ops.__file__), str(xml)], backend="openvino", runtime="OpenVINO",
+        doing=f"compiling {xml.name} for the CPU",
+        hint="OpenVINO's CPU plugin cannot run this int8 IR: build it from the other int8 "
+        "source (quantization openvino_source = \"nncf\" or \"qdq\")")
+    if done is None:  # slow, not dead: here
+        return _float_ops_here(str(xml))
+    try:
+        return {str(k): int(v) for k, v in json.loads(done.stdout.splitlines()[-1]).items()}
+    except (ValueError, IndexError, AttributeError):  # it could not compile
+        return None
 
 
 def _onnx_module(name: str, modules: dict[str, str]) -> str:

@@ -37,7 +37,6 @@ from ..errors import (
     BackendMissingError,
     BundleError,
     ExportError,
-    ModelRunError,
     QuantizationError,
 )
 from ._common import (
@@ -87,42 +86,22 @@ def check_tflite_file(path: Path) -> None:
     _check(path)
 
 
-#: Seconds a child process gets to open and prepare an int8 file.
-_PREPARE_SECONDS = 300
-
-
 def prepare_in_child(path: Path) -> None:
     """Open ``path`` and allocate its tensors in a child process first: LiteRT aborts the
     whole process (SIGABRT, no Python exception) on some int8 files it cannot prepare (a
     kernel's check on its requantization scales; a MobileViT whose activations are exactly 0
     did it, its scales floored). A child that dies by a signal raises ModelRunError with the
-    runtime's last lines; the caller's process, and the other int8 source, live on."""
-    import signal
-    import subprocess
+    runtime's last lines (:mod:`._child`); the caller's process, and the other int8 source,
+    live on. A Python error, or a child past its time, is left to the caller's own open."""
+    from ._child import run_in_child
 
     mod = _interpreter_module()
     code = ("import sys\nfrom " + mod.__name__ + " import Interpreter\n"
             "Interpreter(model_path=sys.argv[1], num_threads=1).allocate_tensors()\n")
-    try:
-        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
-                              text=True, errors="replace", timeout=_PREPARE_SECONDS)
-    except subprocess.TimeoutExpired:
-        return  # slow, not dead: the caller's own open decides
-    if done.returncode >= 0:
-        return  # prepared, or a Python error the caller's own open reports with its hint
-    try:
-        how = signal.Signals(-done.returncode).name
-    except ValueError:
-        how = f"signal {-done.returncode}"
-    # its last words, without the interpreter's start-up lines ("INFO: Created TensorFlow
-    # Lite XNNPACK delegate for CPU.")
-    tail = [ln for ln in done.stderr.splitlines()
-            if ln.strip() and not ln.startswith("INFO: ")][-5:]
-    raise ModelRunError(
-        f"LiteRT killed the process ({how}) preparing {path.name}"
-        + (": " + " | ".join(tail) if tail else " (it printed nothing)"),
-        backend=_NAME, hint="a LiteRT kernel refused this file's quantization parameters: "
-        "try quantization scale_floor = \"off\", or keep the layer it names in float")
+    run_in_child(code, [str(path)], backend=_NAME, runtime="LiteRT",
+                 doing=f"preparing {path.name}",
+                 hint="a LiteRT kernel refused this file's quantization parameters: try "
+                 "quantization scale_floor = \"off\", or keep the layer it names in float")
 
 
 def _open_interpreter(path: Path, threads: int) -> Any:

@@ -116,7 +116,7 @@ def float_nodes(gm: torch.fx.GraphModule, kept: Any) -> set[str]:
     from ._float_spread import spread_float
 
     nodes = [n for n in gm.graph.nodes if n.op == "call_function"]
-    floats = {n.name for n in nodes if kept(n)}
+    floats = {n.name for n in nodes if kept(n)} | index_casts(gm, nodes)
 
     def weight(arg: Any) -> bool:  # a float constant of more than one element
         if arg.op != "get_attr":
@@ -126,8 +126,11 @@ def float_nodes(gm: torch.fx.GraphModule, kept: Any) -> set[str]:
             val = getattr(val, part, None)
         return isinstance(val, torch.Tensor) and val.is_floating_point() and val.numel() > 1
 
+    def check(n: Any) -> bool:  # a call with no value (``_assert_tensor_metadata``)
+        return n.op == "call_function" and n.meta.get("val") is None
+
     free = {n.name for n in nodes if not any(weight(a) for a in n.all_input_nodes)}
-    users = {n.name: [u.name for u in n.users] for n in nodes}
+    users = {n.name: [u.name for u in n.users if not check(u)] for n in nodes}
     return floats | set(spread_float(floats, users, free))
 
 
@@ -138,6 +141,20 @@ def _integer(gm: torch.fx.GraphModule, node: Any) -> bool:
         for part in str(node.target).split("."):
             val = getattr(val, part, None)
     return isinstance(val, torch.Tensor) and not val.is_floating_point()
+
+
+def index_casts(gm: torch.fx.GraphModule, nodes: Sequence[Any]) -> set[str]:
+    """The nodes that turn float data into integers or booleans (``.long()``, ``>``): OPT computes
+    its position ids as ``(cumsum(mask) * mask - 1).long()`` in float. Rounded onto an int8
+    grid, ``3.0`` comes back ``2.98`` and truncates to ``2``: the wrong embedding row. Kept
+    in float, with the parameter-free arithmetic that only feeds them (:func:`float_nodes`),
+    the integers are exact."""
+    def floating(n: Any) -> bool:
+        val = getattr(n, "meta", {}).get("val")
+        return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+    return {n.name for n in nodes if _integer(gm, n) and getattr(n, "meta", {}).get("val")
+            is not None and any(floating(a) for a in n.all_input_nodes)}
 
 
 def drop_integer_annotations(gm: torch.fx.GraphModule) -> list[str]:

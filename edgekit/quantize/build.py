@@ -38,6 +38,7 @@ from .config import QuantConfig, equalizes
 from .executed import layer_precisions, unattributed_nodes
 from .gate import FidelityGate
 from .latency import Int8SlowerWarning, Variant, faster, host_arch, latency_choice, time_sessions
+from .layer_use import REASONS, layer_use
 from .sensitivity import layer_sensitivity, quantizable_layers
 
 __all__ = ["Int8Build", "Int8Result", "build_int8", "check_outputs_sane"]
@@ -877,11 +878,16 @@ class Int8Build:
         names = list(kinds)
         read_back = (chosen.art.info.get("quantization") or {}).get("layers")
         executed = layer_precisions(read_back, names, kinds)  # what the artifact runs
+        # layers the file cannot hold (dropped or folded by the exporter), from the model
+        use = layer_use(self.model, self.calibration[:2], [n for n in names if n not in executed])
         per_layer = [{"layer": n, "kind": k,
-                      "precision": executed.get(n, "fp32" if n in chosen.keep else "int8"),
+                      "precision": executed.get(n, REASONS[use[n]][0] if n in use else
+                                                "fp32" if n in chosen.keep else "int8"),
                       "requested": "fp32" if n in chosen.keep else "int8",
-                      "precision_from": "artifact" if n in executed else "requested",
-                      "reason": ("kept in float by the user" if n in keep else
+                      "precision_from": "artifact" if n in executed else
+                      "model" if n in use else "requested",
+                      "reason": (REASONS[use[n]][1] if n in use else
+                                 "kept in float by the user" if n in keep else
                                  "automatic fallback (accuracy budget)" if n in fallback else
                                  "latency fallback (faster in float)" if n in speed_float else
                                  "the runtime's quantizer leaves it in float (read back from "
