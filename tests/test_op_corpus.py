@@ -15,6 +15,10 @@ Found so far:
   ``(cumsum(mask) * mask - 1).long()``); litert's quantizer put the count on an int8 grid,
   ``3.0`` came back ``2.98`` and truncated to ``2`` (held-out SQNR 4 dB on OPT): float data
   that only feeds an integer cast now stays float.
+* ``partial_rotary``: a transposed projection sliced in two, each slice read by a different
+  op (Phi's partial rotary embedding); litert left the TRANSPOSE unannotated, each slice took
+  its reader's range, and the converter refused the file ("violate the same scale
+  constraint"): layout ops now share their input's range.
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -90,6 +94,22 @@ class FloatIndex(nn.Module):
         return self.fc(self.emb(ids) + self.pos(pos + 2))
 
 
+class PartialRotary(nn.Module):
+    """Half of each head rotated, half passed on (Phi's attention)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.q = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.q(x).view(1, 6, 2, 8).transpose(1, 2)
+        rot, keep = q[..., :4], q[..., 4:]
+        rot = torch.cat((-rot[..., 2:], rot[..., :2]), dim=-1) * 0.5 + rot * 0.8
+        return self.out(torch.cat((rot, keep), dim=-1).transpose(1, 2).reshape(1, 6, 16))
+
+
 class Bmm(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -118,6 +138,7 @@ CASES = {
     "pow": (Pow, lambda g: torch.randn(1, 8, generator=g)),
     "grid": (Grid, lambda g: torch.randn(1, 2, 8, 8, generator=g)),
     "int_index": (IntIndex, lambda g: torch.randint(0, 20, (1, 6), generator=g)),
+    "partial_rotary": (PartialRotary, lambda g: torch.randn(1, 6, 16, generator=g)),
     "float_index": (FloatIndex, lambda g: torch.randint(0, 20, (1, 12), generator=g)),
 }
 

@@ -31,6 +31,9 @@ ops it can quantize are quantized (LiteRT int8 and 16x8 builds).
   and every other input a range shared with the first input's edge; where the first input
   comes again (Llama's rotary embedding: ``torch.cat((freqs, freqs), -1)``) that edge ends
   up shared with itself and torchao's ``prepare_pt2e`` recurses until Python's limit.
+* :func:`share_layout_ranges`: transposes, slices and the other layout ops litert leaves
+  unannotated share their input's range, so the converter finds one scale on each side
+  (Phi's partial rotary embedding failed to convert without it).
 
 Each rewrite keeps the float function (the tests compare the graph's outputs before and
 after).
@@ -44,7 +47,7 @@ from typing import Any
 import torch
 
 __all__ = ["ACTIVE", "annotate_bounded_adds", "annotate_min_max", "repair_self_shared",
-           "restore_sources", "rewrite", "split_hard_activations"]
+           "restore_sources", "rewrite", "share_layout_ranges", "split_hard_activations"]
 
 _ATEN = torch.ops.aten
 
@@ -293,4 +296,42 @@ def repair_self_shared(gm: torch.fx.GraphModule, qconfig: Any) -> list[str]:
             if isinstance(spec, SharedQuantizationSpec) and spec.edge_or_node == (arg, node):
                 ann.input_qspec_map[arg] = get_input_act_qspec(qconfig)
                 done.append(node.name)
+    return done
+
+
+#: Ops that move or select values without changing them (TFLite's TRANSPOSE, RESHAPE,
+#: STRIDED_SLICE, ... take one scale for input and output). litert annotates some of them
+#: (``propagate_annotation``: ``view``, ``permute``, ``slice_copy``); these are the others.
+_LAYOUT = _aten("transpose", "t", "slice", "select", "unsqueeze", "squeeze", "reshape",
+                "_unsafe_view", "expand", "unflatten", "narrow", "flatten", "view", "permute")
+
+
+def share_layout_ranges(gm: torch.fx.GraphModule, keep: Any = lambda node: True) -> list[str]:
+    """Annotate each unannotated layout op (:data:`_LAYOUT`) whose input is quantized to
+    share its input's range, in graph order so that chains follow (``linear -> view ->
+    transpose -> slice``). Unannotated, such an op got its output range from its readers: Phi's
+    partial rotary embedding slices the transposed query twice, each slice was quantized on
+    its reader's range, and the converter refused the TRANSPOSE between two scales ("violate
+    the same scale constraint"). Sharing loses nothing: the values are the input's. ``keep``:
+    False for nodes left in float. Run after litert's annotators; returns the nodes changed."""
+    from torchao.quantization.pt2e.quantizer import (
+        QuantizationAnnotation,
+        SharedQuantizationSpec,
+    )
+
+    done = []
+    for node in gm.graph.nodes:
+        packet = getattr(node.target, "overloadpacket", None)
+        if node.op != "call_function" or packet not in _LAYOUT or not keep(node) \
+                or not _float_tensor(node) or "quantization_annotation" in node.meta:
+            continue
+        prev = node.args[0] if node.args else None
+        ann = prev.meta.get("quantization_annotation") \
+            if isinstance(prev, torch.fx.Node) else None
+        if ann is None or ann.output_qspec is None:
+            continue
+        shared = SharedQuantizationSpec(prev)
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={prev: shared}, output_qspec=shared, _annotated=True)
+        done.append(node.name)
     return done

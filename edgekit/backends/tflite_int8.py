@@ -94,10 +94,11 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
     annotate = q.annotate
 
     def annotate_float_only(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-        from .pt2e_rewrites import repair_self_shared
+        from .pt2e_rewrites import repair_self_shared, share_layout_ranges
 
         model = annotate(model)
         repair_self_shared(model, q.global_config)
+        share_layout_ranges(model, quantized(model))
         drop_integer_annotations(model)
         if wide:
             from .tflite_16x8 import floor_bounded_outputs
