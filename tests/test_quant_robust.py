@@ -565,3 +565,23 @@ def test_a_collapsed_tiny_output_names_its_size_and_the_scale_floor(tmp_path):
     assert 'scale_floor = "on"' in msg and "degenerate" not in msg
     assert not (tmp_path / "b").exists()
 
+
+
+@pytest.mark.slow
+def test_a_collapsed_output_with_the_fallback_on_is_mended_by_it(tmp_path):
+    """An output that collapses to a constant is a gate failure the fallback mends, not an
+    error before it runs: with the clamp kept (``scale_floor = "off"``) the tiny output is
+    zeroed, and keeping the layers that zero it in float gives it back."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(5)
+    data = [torch.rand(1, 3, 16, 16, generator=g) for _ in range(24)]
+    model = Tiny().eval()
+    compress(model, (data[0],), targets=[TFL], out_dir=tmp_path / "b", progress=False,
+             calibration=data, quantization={**NO_SEARCH, "fallback": True,
+                                             "scale_floor": "off"})
+    q = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][TFL][
+        "quantization"]
+    assert q["fallback_layers"], q["attempts"]
+    assert len(q["attempts"]) >= 2
+    out = q["heldout_fidelity"]["outputs"][0]
+    assert out["centred_cosine"] > 0.9, out

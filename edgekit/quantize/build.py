@@ -431,7 +431,8 @@ class Int8Build:
     def build(self, name: str, config: QuantConfig, keep: list[str],
               changes: dict[str, Any] | None = None) -> Variant:
         """Quantize, load, sanity-check, score and verify one int8 artifact in its own folder.
-        A failing sanity check raises :class:`QuantizationError`; the gate's verdict is
+        A failing sanity check raises :class:`QuantizationError` (an output that collapsed to
+        a constant, with the fallback on, is a gate failure instead); the gate's verdict is
         ``failed`` (None when it passed)."""
         self._count += 1
         where = self.workdir / f"build{self._count}"
@@ -444,10 +445,18 @@ class Int8Build:
             calibration=self.calibration, config=config, keep_float=list(keep), fp32=fp32,
             prepared=self.prepared)
         sess = self.backend.load(art, threads=self.profile.threads, options=self.load_options)
+        target = f"target {self.profile.name}"
+        collapsed = None
         try:
-            check_outputs_sane(sess, self.calibration, f"target {self.profile.name}", model)
+            check_outputs_sane(sess, self.calibration, target, model)
         except ModelRunError as exc:
             raise int8_run_failure(self.profile.name, art, exc) from exc
+        except QuantizationError as exc:
+            # an output that collapsed is a gate failure the fallback can mend (keeping the
+            # layers that collapse it in float); without the fallback, the error as it is
+            if not (config.fallback and self.prepared is None) or "is constant" not in exc.message:
+                raise
+            collapsed = exc.message.removeprefix(f"{target}: ")
         score = None
         if self.task is not None:
             from ..measure.scoring import evaluate_session
@@ -456,7 +465,7 @@ class Int8Build:
         report = self.check(sess) if self.check is not None else None
         variant = Variant(name, config, list(keep), dict(changes or {}), art, sess, score, where,
                           report, transforms=transforms)
-        variant.failed = self.gate(variant)
+        variant.failed = collapsed or self.gate(variant)
         return variant
 
     def gate(self, v: Variant) -> str | None:
