@@ -41,7 +41,9 @@ OPT_IN = {"int8_bias_correction on": {"int8_bias_correction": True},
           # the default "auto" builds with and without equalization; "on" builds once
           "equalize on (built once)": {"equalize": True},
           # softmax inputs on their row range, never the float build beside it
-          "softmax_ranges narrow": {"softmax_ranges": "narrow"}}
+          "softmax_ranges narrow": {"softmax_ranges": "narrow"},
+          # Q/DQ only on weight-layer inputs: adds, norms and softmax in float
+          "int8_scope layers": {"int8_scope": "layers"}}
 
 
 def log(msg: str) -> None:

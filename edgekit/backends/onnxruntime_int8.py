@@ -143,6 +143,10 @@ def quantize_onnx(
         "Relu", "Clip", "MaxPool", "GlobalAveragePool", "AveragePool", "Add", "Mul", "Concat",
         "Reshape", "Transpose", "Flatten", "Sigmoid", "Softmax", "Squeeze", "Unsqueeze",
         "Gather", "Resize", "Split", "Where"]
+    scope = int8_scope_decision(config, proto)
+    if scope["applied"] == "layers":
+        op_types = list(_QUANT_OPS)
+        extra["OpTypesToExcludeOutputQuantization"] = ["Gemm", "MatMul"]
     ranges: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(fp32_path)
@@ -161,7 +165,9 @@ def quantize_onnx(
                 onnx.save(graph, str(src))
         static_out = Path(tmp) / "static.onnx"
 
-        softmax = _softmax_overrides(src, input_names, batches, config, exclude)
+        # with int8_scope "layers" no softmax input is quantized: nothing to narrow
+        softmax = _softmax_overrides(src, input_names, batches, config, exclude) \
+            if scope["applied"] == "all" else {}
         softmax_float = None
         reduce = reduce_range_decision(config)
         per_tensor = stacked_matmul_weights(onnx.load(str(src))) if config.per_channel else []
@@ -265,6 +271,7 @@ def quantize_onnx(
         # Softmax inputs the grid simulation would keep float: both built, the closer kept
         "softmax_float_choice": softmax_float,
         "reduce_range": reduce,
+        "int8_scope": scope,
         "int8_bias_correction": corrected,
         "preprocessing": preprocessing,
         # ops written out in ops the quantizer quantizes (integer_ops), per op type
@@ -281,6 +288,17 @@ def quantize_onnx(
         "float_recurrent_nodes": [r["node"] for r in summary["layers"]
                                   if r["op"] in _RECURRENT],
     }
+
+
+def int8_scope_decision(config: QuantConfig, proto: Any) -> dict[str, Any]:
+    """Which tensors get Q/DQ pairs (``config.int8_scope``): ``"layers"`` or ``"all"``, and
+    why."""
+    if config.int8_scope != "auto":
+        return {"setting": config.int8_scope, "applied": config.int8_scope}
+    norms = sum(n.op_type == "LayerNormalization" for n in proto.graph.node)
+    return {"setting": "auto", "applied": "layers" if norms else "all",
+            "why": f"{norms} LayerNormalization node(s)" if norms else
+            "no LayerNormalization node"}
 
 
 def reduce_range_decision(config: QuantConfig) -> dict[str, Any]:

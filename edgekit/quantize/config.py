@@ -27,6 +27,7 @@ FALLBACK_ORDERS = ("runtime", "sensitivity")
 EQUALIZE = (False, True, "auto")
 SOFTMAX_RANGES = (True, False, "narrow")
 REDUCE_RANGE = ("auto", "on", "off")
+INT8_SCOPES = ("all", "layers", "auto")
 #: The words ``activations_16bit`` takes besides a count or a list of layer names.
 WIDE_WORDS = ("all", "auto")
 
@@ -206,6 +207,17 @@ class QuantConfig:
       manifest's ``float_ops`` lists the ops still on float data, read from the file (LiteRT)
       or from what the runtime executes (ONNX Runtime, OpenVINO). benchmarks/results/
       ``{litert,onnxruntime,openvino}_integer.md`` measure it against the default flows.
+    * ``int8_scope`` (ONNX Runtime, and OpenVINO's ``qdq`` source): which tensors get a
+      QuantizeLinear / DequantizeLinear pair. ``"all"`` (the default): every op ONNX
+      Runtime's quantizer quantizes (adds, concatenations, pools, layout ops, softmax...).
+      ``"layers"``: only the inputs of the weight and matrix layers (Conv, ConvTranspose,
+      Gemm, MatMul) and a convolution's output; a Gemm's or MatMul's output stays float (ONNX
+      Runtime runs it as an integer product with a float result), and the residual adds,
+      norms and softmax between them run in float. A transformer's residual stream then keeps
+      a token whose values are far smaller than the others' (a vision transformer's class
+      token) off a grid sized for the others, which the norm after it would magnify.
+      ``"auto"``: ``"layers"`` where the graph has a LayerNormalization, else ``"all"``.
+      Every weight layer stays int8 either way (read back from the file).
     """
 
     method: str = "minmax"
@@ -238,6 +250,7 @@ class QuantConfig:
     activations_16bit: int | str | tuple[str, ...] = 0
     scale_floor: str = "auto"
     integer_ops: bool = True
+    int8_scope: str = "all"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -246,7 +259,8 @@ class QuantConfig:
                   "openvino_source": OPENVINO_SOURCES,
                   "preset": PRESETS, "equalize_relu6": RELU6_MODES,
                   "reduce_range": REDUCE_RANGE, "scale_floor": SCALE_FLOORS,
-                  "equalize": EQUALIZE, "softmax_ranges": SOFTMAX_RANGES}
+                  "equalize": EQUALIZE, "softmax_ranges": SOFTMAX_RANGES,
+                  "int8_scope": INT8_SCOPES}
         for key, allowed in checks.items():
             if not is_choice(getattr(self, key), allowed):
                 raise UsageError(f"quantization {key} {getattr(self, key)!r} is not one of "
@@ -355,5 +369,6 @@ TABLE_SCHEMA: dict[str, Field] = {
     "activations_16bit": Field(object),  # a count, a list of layer names, "all" or "auto"
     "scale_floor": Field(str, choices=SCALE_FLOORS),
     "integer_ops": Field(bool),
+    "int8_scope": Field(str, choices=INT8_SCOPES),
     "extra": Field(dict),
 }
