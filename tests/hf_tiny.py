@@ -42,3 +42,22 @@ class Phi(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm(ids).logits
+
+
+class Deit(nn.Module):
+    """DeiT (two layers, 32 wide, 32x32 images in 8x8 patches, 5 classes) returning its
+    logits, seed 0: its class and distillation tokens start at zero, so their values in the
+    residual stream are far smaller than the patches'."""
+
+    def __init__(self) -> None:
+        import transformers
+
+        super().__init__()
+        torch.manual_seed(0)
+        config = transformers.DeiTConfig(image_size=32, patch_size=8, hidden_size=32,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, num_labels=5)
+        self.vit = transformers.DeiTForImageClassification(config)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vit(pixels).logits

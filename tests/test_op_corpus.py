@@ -19,6 +19,9 @@ Found so far:
   op (Phi's partial rotary embedding); litert left the TRANSPOSE unannotated, each slice took
   its reader's range, and the converter refused the file ("violate the same scale
   constraint"): layout ops now share their input's range.
+* ``fused_qkv``: one projection chunked into query, key and value (GPT-NeoX); the chunk's
+  parts came out as a tuple no annotation reached, and the converter refused the SLICE:
+  a split taken apart by index is now written as slices.
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -110,6 +113,30 @@ class PartialRotary(nn.Module):
         return self.out(torch.cat((rot, keep), dim=-1).transpose(1, 2).reshape(1, 6, 16))
 
 
+class FusedQkv(nn.Module):
+    """Query, key and value from one projection, chunked; the query rotated in part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(16, 48)
+        self.out = nn.Linear(16, 16)
+        self.register_buffer("cos", torch.linspace(0.5, 1.0, 4))
+        self.register_buffer("sin", torch.linspace(-0.5, 0.5, 4))
+
+    def _rotate(self, t: torch.Tensor) -> torch.Tensor:
+        rot, keep = t[..., :4], t[..., 4:]
+        half = torch.cat((-rot[..., 2:], rot[..., :2]), dim=-1)
+        return torch.cat((rot * self.cos + half * self.sin, keep), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x).view(1, 6, 2, 24).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q, k = self._rotate(q), self._rotate(k)
+        att = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+        return self.out((att @ v).transpose(1, 2).reshape(1, 6, 16))
+
+
 class Bmm(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -138,6 +165,7 @@ CASES = {
     "pow": (Pow, lambda g: torch.randn(1, 8, generator=g)),
     "grid": (Grid, lambda g: torch.randn(1, 2, 8, 8, generator=g)),
     "int_index": (IntIndex, lambda g: torch.randint(0, 20, (1, 6), generator=g)),
+    "fused_qkv": (FusedQkv, lambda g: torch.randn(1, 6, 16, generator=g)),
     "partial_rotary": (PartialRotary, lambda g: torch.randn(1, 6, 16, generator=g)),
     "float_index": (FloatIndex, lambda g: torch.randint(0, 20, (1, 12), generator=g)),
 }

@@ -33,7 +33,9 @@ ops it can quantize are quantized (LiteRT int8 and 16x8 builds).
   up shared with itself and torchao's ``prepare_pt2e`` recurses until Python's limit.
 * :func:`share_layout_ranges`: transposes, slices and the other layout ops litert leaves
   unannotated share their input's range, so the converter finds one scale on each side
-  (Phi's partial rotary embedding failed to convert without it).
+  (Phi's partial rotary embedding failed to convert without it); :func:`split_to_slices`
+  writes a ``split`` / ``chunk`` taken apart by index as slices first (GPT-NeoX's fused
+  query / key / value projection).
 
 Each rewrite keeps the float function (the tests compare the graph's outputs before and
 after).
@@ -47,7 +49,8 @@ from typing import Any
 import torch
 
 __all__ = ["ACTIVE", "annotate_bounded_adds", "annotate_min_max", "repair_self_shared",
-           "restore_sources", "rewrite", "share_layout_ranges", "split_hard_activations"]
+           "restore_sources", "rewrite", "share_layout_ranges", "split_hard_activations",
+           "split_to_slices"]
 
 _ATEN = torch.ops.aten
 
@@ -114,7 +117,51 @@ def rewrite(gm: torch.fx.GraphModule, *, wide: bool) -> list[str]:
     and multiplies the first wrote). Returns the activations rewritten."""
     rewritten = split_hard_activations(gm, wide=wide)
     restore_sources(gm)
+    split_to_slices(gm)
     return rewritten
+
+
+_SPLITS = _aten("split", "split_with_sizes", "chunk", "unsafe_split", "unsafe_chunk")
+
+
+def split_to_slices(gm: torch.fx.GraphModule) -> list[str]:
+    """Write each ``split`` / ``chunk`` whose parts are taken by index as one ``slice`` per
+    part, in place; return the splits rewritten. A split's parts come out as a tuple that
+    no annotation reaches: each part took its reader's range, and the converter refused the
+    SLICE between two scales (GPT-NeoX's ``qkv.chunk(3, dim=-1)``). Slices share their
+    input's range (:func:`share_layout_ranges`). The values are the same."""
+    import operator
+
+    done = []
+    for node in list(gm.graph.nodes):
+        packet = getattr(node.target, "overloadpacket", None)
+        parts = node.meta.get("val")
+        if node.op != "call_function" or packet not in _SPLITS or not isinstance(
+                parts, (list, tuple)) or not all(
+                u.op == "call_function" and u.target is operator.getitem
+                and isinstance(u.args[1], int) for u in node.users):
+            continue
+        x = node.args[0]
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        starts = [0]
+        for part in parts:
+            starts.append(starts[-1] + int(part.shape[dim]))
+        for user in list(node.users):
+            i = int(user.args[1])
+            with gm.graph.inserting_before(user):
+                piece = gm.graph.call_function(_ATEN.slice.Tensor,
+                                               (x, dim, starts[i], starts[i + 1]))
+            piece.meta.update({k: user.meta[k] for k in ("nn_module_stack", "stack_trace",
+                                                          "val", "tensor_meta")
+                               if k in user.meta})
+            user.replace_all_uses_with(piece)
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        done.append(node.name)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
 
 
 def restore_sources(gm: torch.fx.GraphModule) -> list[str]:

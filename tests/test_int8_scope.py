@@ -1,0 +1,57 @@
+"""``int8_scope = "layers"`` (ONNX Runtime, OpenVINO's QDQ source): Q/DQ pairs only on the
+inputs of weight and matrix layers. A DeiT's class and distillation tokens start at zero; on
+one int8 grid for the whole residual stream they keep a few levels, and the LayerNorm after it
+magnifies the rounding (held-out SQNR 2 dB, under the gate). With the adds and norms in float
+the tokens keep their values and every linear layer still runs int8."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgekit.errors import QuantizationError
+from edgekit.pipeline import compress
+
+pytest.importorskip("transformers")
+onnx = pytest.importorskip("onnx")
+
+from hf_tiny import Deit  # noqa: E402 - after the import skips
+
+pytestmark = pytest.mark.slow
+TARGET = "x86-onnxruntime-int8"
+SETTINGS = {"latency_check": False, "fallback": False}
+
+
+def _data() -> list[tuple[torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(1, 3, 32, 32, generator=g),) for _ in range(16)]
+
+
+def test_all_tensors_on_int8_miss_the_gate_on_deit(tmp_path):
+    data = _data()
+    with pytest.raises(QuantizationError, match="held-out fidelity"):
+        compress(Deit().eval(), data[0], targets=[TARGET], out_dir=tmp_path / "b",
+                 calibration=data, progress=False, quantization=SETTINGS)
+
+
+def test_layer_inputs_only_keep_deit_and_every_layer_int8(tmp_path):
+    data = _data()
+    compress(Deit().eval(), data[0], targets=[TARGET], out_dir=tmp_path / "b",
+             calibration=data, progress=False,
+             quantization={**SETTINGS, "int8_scope": "auto"})
+    entry = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][TARGET]
+    q = entry["quantization"]
+    assert min(float(o["sqnr_db"]) for o in q["heldout_fidelity"]["outputs"]) > 15
+    rows = q["layers"]
+    assert rows and all((r["precision"], r["precision_from"]) == ("int8", "artifact")
+                        for r in rows), rows
+    scope = entry["artifact_info"]["quantization"]["int8_scope"]
+    assert scope["applied"] == "layers" and "LayerNormalization" in scope["why"]
+    proto = onnx.load(str(tmp_path / "b" / TARGET / "model.onnx"))
+    made = {o: n for n in proto.graph.node for o in n.output}
+    for node in proto.graph.node:  # no add or norm reads a dequantized activation
+        if node.op_type in ("Add", "LayerNormalization"):
+            src = made.get(node.input[0])
+            assert src is None or src.op_type != "DequantizeLinear", node.name
