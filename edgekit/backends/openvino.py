@@ -525,6 +525,7 @@ class OpenVinoBackend:
         per-tensor ranges chosen by error and the other activation type (QDQ); with
         ``sources_compared`` none that switches the source."""
         from ._ranges import error_ranges_alternative
+        from .onnxruntime import int8_scope_alternative
 
         act = "int8" if config.activation_type == "int8" else "uint8"
         other_act = "uint8" if act == "int8" else "int8"
@@ -536,7 +537,9 @@ class OpenVinoBackend:
                     (f"NNCF {other_preset} preset", {"preset": other_preset})]
         else:
             alts = [("NNCF source", {"openvino_source": "nncf", "preset": "auto"}),
-                    *[(f"QDQ {label}", c) for label, c in error_ranges_alternative(config)],
+                    *[(f"QDQ {label}", c) for label, c in (
+                        int8_scope_alternative(config, model)
+                        + error_ranges_alternative(config))],
                     (f"QDQ {other_act} activations", {"activation_type": other_act})]
         return [a for a in alts if not (sources_compared and "openvino_source" in a[1])]
 
