@@ -28,20 +28,22 @@ def _data() -> list[tuple[torch.Tensor]]:
     return [(torch.randn(1, 3, 32, 32, generator=g),) for _ in range(16)]
 
 
-def _build(tmp_path, **settings) -> dict:
+def _build(tmp_path, target: str = TARGET, **settings) -> dict:
     data = _data()
-    compress(Deit().eval(), data[0], targets=[TARGET], out_dir=tmp_path / "b",
+    compress(Deit().eval(), data[0], targets=[target], out_dir=tmp_path / "b",
              calibration=data, progress=False, quantization={**SETTINGS, **settings})
-    return json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][TARGET]
+    return json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][target]
 
 
-def _check_layer_inputs_only(tmp_path, entry: dict) -> None:
+def _check_layer_inputs_only(tmp_path, entry: dict, target: str = TARGET) -> None:
     q = entry["quantization"]
     assert min(float(o["sqnr_db"]) for o in q["heldout_fidelity"]["outputs"]) > 15
     rows = q["layers"]
     assert rows and all((r["precision"], r["precision_from"]) == ("int8", "artifact")
                         for r in rows), rows
     assert entry["artifact_info"]["quantization"]["int8_scope"]["applied"] == "layers"
+    if target != TARGET:
+        return
     proto = onnx.load(str(tmp_path / "b" / TARGET / "model.onnx"))
     made = {o: n for n in proto.graph.node for o in n.output}
     for node in proto.graph.node:  # no add or norm reads a dequantized activation
@@ -58,6 +60,19 @@ def test_every_op_on_int8_misses_the_gate_and_layer_inputs_only_pass(tmp_path):
     assert q["attempts"][1]["passed"] is True
     assert (q["accuracy_alternative"] or "").startswith("Q/DQ on layer inputs only"), q
     _check_layer_inputs_only(tmp_path, entry)
+
+
+def test_openvino_builds_the_qdq_source_with_layer_inputs_only_where_both_sources_miss(
+        tmp_path):
+    target = "x86-openvino-int8"
+    entry = _build(tmp_path, target)
+    q = entry["quantization"]
+    assert set(q["source_choice"]["sources"]) == {"nncf", "qdq"}
+    assert not any(s["passed"] for s in q["source_choice"]["sources"].values())
+    assert q["attempts"][-1]["config"] == {"openvino_source": "qdq", "int8_scope": "layers"}
+    assert (q["accuracy_alternative"] or "").startswith(
+        "ONNX Runtime QDQ source, Q/DQ on layer inputs only"), q
+    _check_layer_inputs_only(tmp_path, entry, target)
 
 
 def test_auto_scope_takes_layer_inputs_only_where_the_graph_has_a_layer_norm(tmp_path):

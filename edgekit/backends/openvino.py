@@ -521,9 +521,10 @@ class OpenVinoBackend:
 
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
                           sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
-        """The other source (NNCF <-> ONNX Runtime QDQ), then the other NNCF preset (NNCF) or
-        per-tensor ranges chosen by error and the other activation type (QDQ); with
-        ``sources_compared`` none that switches the source."""
+        """The other source (NNCF <-> ONNX Runtime QDQ; from NNCF, also the QDQ source with
+        Q/DQ on layer inputs only where the model has a layer norm), then the other NNCF
+        preset (NNCF) or per-tensor ranges chosen by error and the other activation type
+        (QDQ); with ``sources_compared`` none that only switches the source."""
         from ._ranges import error_ranges_alternative
         from .onnxruntime import int8_scope_alternative
 
@@ -534,6 +535,8 @@ class OpenVinoBackend:
         other_preset = "performance" if preset == "mixed" else "mixed"
         if config.openvino_source == "nncf":
             alts = [("ONNX Runtime QDQ source", {"openvino_source": "qdq"}),
+                    *[(f"ONNX Runtime QDQ source, {label}", {"openvino_source": "qdq", **c})
+                      for label, c in int8_scope_alternative(config, model)],
                     (f"NNCF {other_preset} preset", {"preset": other_preset})]
         else:
             alts = [("NNCF source", {"openvino_source": "nncf", "preset": "auto"}),
@@ -541,7 +544,9 @@ class OpenVinoBackend:
                         int8_scope_alternative(config, model)
                         + error_ranges_alternative(config))],
                     (f"QDQ {other_act} activations", {"activation_type": other_act})]
-        return [a for a in alts if not (sources_compared and "openvino_source" in a[1])]
+        # with the sources compared, a plain switch of source is no longer new
+        return [a for a in alts if not (sources_compared and "openvino_source" in a[1]
+                                        and "int8_scope" not in a[1])]
 
     def inspect(self, path: Path) -> Artifact:
         """A lone IR ``.xml`` (with its ``.bin``); int8 when it holds FakeQuantize ops."""
