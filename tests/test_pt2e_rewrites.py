@@ -220,3 +220,23 @@ def test_litert_cat_of_one_tensor_twice_quantizes(tmp_path):
     x = torch.randn(1, 8, generator=torch.Generator().manual_seed(2))
     ref = model(x).detach().numpy()
     assert np.abs(sess.run([x.numpy()])[0] - ref).max() < 0.05 * np.abs(ref).max()
+
+
+class _Splits(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b, c = x.chunk(3, dim=-1)
+        d, e = torch.split(x, [2, 4], dim=1)
+        return torch.cat((a * 2, b - c, c), dim=-1), d.sum(1, keepdim=True) + e
+
+
+def test_splits_taken_apart_by_index_become_slices_with_the_same_values():
+    from edgekit.backends.pt2e_rewrites import split_to_slices
+
+    x = torch.randn(1, 6, 6)
+    gm = torch.export.export(_Splits(), (x,)).module()
+    before = gm(x)
+    assert len(split_to_slices(gm)) == 2
+    ops = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    assert not any("split" in o or "chunk" in o or "getitem" in o for o in ops), ops
+    assert "aten.slice.Tensor" in ops
+    torch.testing.assert_close(gm(x), before, rtol=0, atol=0)

@@ -151,9 +151,7 @@ def split_to_slices(gm: torch.fx.GraphModule) -> list[str]:
             with gm.graph.inserting_before(user):
                 piece = gm.graph.call_function(_ATEN.slice.Tensor,
                                                (x, dim, starts[i], starts[i + 1]))
-            piece.meta.update({k: user.meta[k] for k in ("nn_module_stack", "stack_trace",
-                                                          "val", "tensor_meta")
-                               if k in user.meta})
+            _copy_meta(piece, user, None, "slice")
             user.replace_all_uses_with(piece)
             gm.graph.erase_node(user)
         gm.graph.erase_node(node)
