@@ -225,12 +225,30 @@ def test_ctrl_c_keeps_results_so_far(bundle, tmp_path):
     assert "INTERRUPTED" in (tmp_path / "bench.md").read_text()
 
 
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory):
+    """An ONNX Runtime fp32 bundle alone (no LiteRT converter needed to build it)."""
+    from edgekit.pipeline import compress
+
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    return compress(tiny_net(), (x,), targets=["x86-onnxruntime-fp32"],
+                    out_dir=tmp_path_factory.mktemp("b") / "tiny-onnx", input_names=["x"],
+                    output_names=["logits"], progress=False)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
-def test_cuda_pytorch_reference_on_gpu(bundle):
-    rep = edgekit.bench(bundle.root, device="cuda", runs=20, warmup=2, data="none",
-                        models={"pytorch": tiny_net()}, progress=False)
+def test_cuda_pytorch_reference_on_gpu(onnx_bundle):
+    model = tiny_net()
+    rep = edgekit.bench(onnx_bundle.root, device="cuda", runs=20, warmup=2, data="none",
+                        models={"pytorch": model}, progress=False)
     row = next(r for r in rep["results"] if r["name"] == "pytorch")
     assert row["info"]["device"] == "CUDA" and row["latency"]["n"] == 20
+    assert row["info"]["gpu"] == torch.cuda.get_device_name(0)
+    assert next(model.parameters()).device.type == "cpu"  # the caller's model stays put
+    ort_row = next(r for r in rep["results"] if r["name"] == "x86-onnxruntime-fp32")
+    if not _ort_cuda():  # a GPU, but onnxruntime without its CUDA provider: said, not timed
+        assert ort_row["status"] == "skipped" and "CUDAExecutionProvider" in ort_row["reason"]
+        assert not ort_row.get("latency")
 
 
 def _ort_cuda() -> bool:

@@ -69,15 +69,18 @@ def torch_session(model: Any, inputs: list[TensorSpec], outputs: list[TensorSpec
 
 
 class CudaTorchSession:
-    """Eager PyTorch on CUDA; ``run`` copies outputs back to numpy (which synchronises)."""
+    """Eager PyTorch on CUDA, on a copy of the model (the caller's stays where it is);
+    ``run`` copies outputs back to numpy (which synchronises)."""
 
     backend = "pytorch"
 
     def __init__(self, model: Any, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
                  threads: int) -> None:
+        import copy
+
         import torch
 
-        self.model = model.eval().to("cuda")
+        self.model = copy.deepcopy(model).eval().to("cuda")
         self.inputs, self.outputs = inputs, outputs
         self.info = {"precision": "f32", "threads": threads, "device": "CUDA",
                      "runtime": f"torch {torch.__version__}",
