@@ -181,3 +181,25 @@ def test_worst_samples_takes_the_top1_flip_first_then_the_lowest_cosine():
     samples, chosen = worst_samples(model, _Shifted(model), pool, k=2)
     assert chosen["indices"] == [2, 4] and chosen["pool"] == 6 and chosen["top1_flips"] == 1
     assert chosen["cosines"][1] < 1.0 and np.array_equal(samples[0][0], pool[2][0])
+
+
+def test_hint_fits_a_first_jump_at_a_layer_with_nothing_to_quantize():
+    from edgekit.explain.culprits import culprit_message
+
+    rows = [{"module": "embed_positions", "kind": "Embedding", "sqnr_db": 4.4,
+             "sqnr_lost_db": 30.1, "precision": "fp32", "first_jump": True},
+            {"module": "fc", "kind": "Linear", "sqnr_db": 4.1, "sqnr_lost_db": 0.3,
+             "precision": "int8", "first_jump": False}]
+    rec = {"layers": rows, "try_first": ["fc"]}
+    said, hint = culprit_message(rec, "tflite", [], ["fc", "head"])
+    assert "embed_positions (Embedding: SQNR 4.4 dB there, 30.1 dB lost, the first jump)" in said
+    assert hint.startswith("the first jump is at 'embed_positions' (Embedding), which has no "
+                           "weights edgekit quantizes")
+    assert "index or position computed in floating point" in hint
+    assert "keep_float = ['fc']" in hint and "may not reach the cause" in hint
+    # the same record with the jump at a quantized layer: keep it in float
+    rows[0]["module"] = "conv1"
+    _, hint = culprit_message({"layers": rows, "try_first": ["conv1", "fc"]}, "tflite",
+                              ["fc"], ["conv1", "fc"])
+    assert hint.startswith("keep the culprit in float: keep_float = ['conv1'] under")
+    assert culprit_message({"layers": []}, "tflite", [], ["fc"]) == ("", None)

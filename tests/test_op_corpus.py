@@ -192,3 +192,30 @@ def test_op_builds_int8(tmp_path, case, target):
     # the worst element against the output's peak; a square doubles its input's relative
     # error (OpenVINO's NNCF build of ``pow``: 0.108 on an AVX2 CPU without VNNI)
     assert rel < 0.15, (case, target, rel)
+
+
+def test_same_scale_refusal_names_op_line_and_layer(tmp_path, monkeypatch):
+    """With the layout ops' shared ranges switched off, LiteRT's converter refuses Phi's
+    transposed query: the error names the op, the model's source line and its layer, and the
+    hint points at what avoids the constraint, not at torch.export."""
+    import inspect
+
+    import edgekit.backends.pt2e_rewrites as rewrites
+    from edgekit.errors import ExportError
+
+    monkeypatch.setattr(rewrites, "share_layout_ranges", lambda gm, keep=None: [])
+    model = PartialRotary().eval()
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randn(1, 6, 16, generator=g) for _ in range(16)]
+    with pytest.raises(ExportError) as err:
+        compress(model, (data[0],), targets=["arm64-tflite-int8"], out_dir=tmp_path / "b",
+                 calibration=data, progress=False,
+                 quantization={"latency_check": False, "fallback": False})
+    lines, first = inspect.getsourcelines(PartialRotary.forward)
+    line = first + next(i for i, ln in enumerate(lines) if ".transpose(1, 2)" in ln)
+    msg = str(err.value)
+    assert f"refused the TRANSPOSE traced from {__file__}:{line}" in msg
+    assert "layer '<root>' (PartialRotary)" in msg and err.value.op == "tfl.transpose"
+    assert "ONNX Runtime or OpenVINO" in err.value.hint
+    assert "torch.export" not in err.value.hint
+    assert not (tmp_path / "b").exists()  # nothing left half-built

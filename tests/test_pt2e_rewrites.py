@@ -240,3 +240,36 @@ def test_splits_taken_apart_by_index_become_slices_with_the_same_values():
     assert not any("split" in o or "chunk" in o or "getitem" in o for o in ops), ops
     assert "aten.slice.Tensor" in ops
     torch.testing.assert_close(gm(x), before, rtol=0, atol=0)
+
+
+class _Flip(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x)
+        return y.transpose(0, 1).reshape(2, 8)
+
+
+def test_same_scale_refusal_is_named_and_other_failures_are_not():
+    import inspect
+
+    from edgekit.backends._common import same_scale_failure
+
+    lines, first = inspect.getsourcelines(_Flip.forward)
+    line = first + next(i for i, ln in enumerate(lines) if "transpose" in ln)
+    said = (f"Failed to run converter passes: {__file__}:{line}:0: error: 'tfl.transpose' op "
+            "quantization parameters violate the same scale constraint: "
+            "!quant.uniform<i8:f32, 0.0159:1> vs. !quant.uniform<i8:f32, 0.0154:4>")
+    try:
+        raise RuntimeError("conversion failed") from ValueError(said)
+    except RuntimeError as exc:
+        err = same_scale_failure("tflite", _Flip(), (torch.randn(2, 8),), exc)
+    assert err is not None and err.op == "tfl.transpose" and err.layer == "<root>"
+    assert f"refused the TRANSPOSE traced from {__file__}:{line}" in str(err)
+    assert "layer '<root>' (_Flip)" in str(err) and "ONNX Runtime or OpenVINO" in err.hint
+    # the Linear on the line before is not blamed; a message without the constraint is not ours
+    assert "proj" not in str(err).split("converter said")[0]
+    assert same_scale_failure("tflite", _Flip(), (torch.randn(2, 8),),
+                              ValueError("error: 'tfl.conv_2d' op failed")) is None

@@ -505,6 +505,66 @@ def export_failure(
     return ExportError(msg, backend=backend, op=op, layer=layer, hint=hint)
 
 
+# LiteRT's converter: "<file>:110:0: error: 'tfl.transpose' op quantization parameters violate
+# the same scale constraint: !quant.uniform<...> vs. !quant.uniform<...>"
+_SAME_SCALE = re.compile(r"(?:(\S+?):(\d+):\d+: )?error: 'tfl\.(\w+)' op quantization "
+                         r"parameters violate the same scale constraint")
+
+
+#: The aten ops a LiteRT op is converted from, where the names differ.
+_TFL_FROM = {"transpose": ("transpose", "permute", "t"),
+             "reshape": ("view", "reshape", "unsqueeze", "squeeze", "flatten", "expand"),
+             "stridedslice": ("slice", "select", "narrow"), "slice": ("slice", "narrow"),
+             "concatenation": ("cat", "concat"), "gather": ("index", "gather", "select"),
+             "pad": ("pad", "constantpadnd")}
+
+
+def _layers_at_source(model: torch.nn.Module, example_inputs: tuple[Any, ...], file: str,
+                      line: int, tfl_op: str) -> list[tuple[str, str]]:
+    """(module path, class name) of each layer whose ``torch.export`` graph holds a node traced
+    from ``file``:``line``, in graph order: the nodes that convert to ``tfl_op`` where the line
+    has any, else every node on it."""
+    try:
+        graph = torch.export.export(model, tuple(example_inputs), strict=False).graph
+    except Exception:  # the graph cannot be captured at all: nothing to map
+        return []
+    where = f'File "{file}", line {line},'
+    names = _TFL_FROM.get(_norm(tfl_op), (_norm(tfl_op),))
+    on_line = [n for n in graph.nodes if where in (n.meta.get("stack_trace") or "")]
+    same_op = [n for n in on_line if (op := _node_op(n.target)) and _norm(op[1]) in names]
+    found: list[tuple[str, str]] = []
+    for node in same_op or on_line:
+        layer = _layer_of(node) or ("<root>", type(model).__name__)
+        if layer not in found:
+            found.append(layer)
+    return found
+
+
+def same_scale_failure(backend: str, model: torch.nn.Module, example_inputs: tuple[Any, ...],
+                       exc: BaseException) -> ExportError | None:
+    """An :class:`ExportError` for LiteRT's int8 converter refusing an op whose input and
+    output the quantizer put on different grids (a layout op must keep one scale), naming the
+    op, the model's source line and its layer; None for any other failure."""
+    text = _error_text(exc)
+    m = _SAME_SCALE.search(text)
+    if m is None:
+        return None
+    file, line, tfl = m.group(1), m.group(2), m.group(3).upper()
+    layers = _layers_at_source(model, example_inputs, file, int(line), tfl) if file else []
+    where = f" traced from {file}:{line}" if file else ""
+    layer = layers[0][0] if layers else None
+    msg = (f"LiteRT's int8 converter refused the {tfl}{where}: it must read and write one int8 "
+           "scale, and litert's quantizer gave its input and output different ones")
+    if layers:
+        msg += f"; it is used in layer {layer!r} ({layers[0][1]})"
+        if len(layers) > 1:
+            msg += f" and {len(layers) - 1} other layer(s)"
+    msg += f"; converter said: {_said(m.group(0))}"
+    hint = ("quantize this model with the ONNX Runtime or OpenVINO int8 targets, which have no "
+            "such constraint, or keep LiteRT in float (fp32/fp16)")
+    return ExportError(msg, backend=backend, op=f"tfl.{tfl.lower()}", layer=layer, hint=hint)
+
+
 # --------------------------------------------------------------------------- run-time failures
 
 

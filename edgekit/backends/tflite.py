@@ -55,6 +55,7 @@ from ._common import (
     missing_modules,
     package_versions,
     run_failure,
+    same_scale_failure,
 )
 from .base import Artifact, TensorSpec
 
@@ -387,7 +388,8 @@ class TFLiteBackend:
                 except QuantizationError:
                     raise  # calibration failed: the message names the inputs and shapes
                 except Exception as exc:
-                    refused = unsupported_int16(exc) if wide else None
+                    refused = (unsupported_int16(exc) if wide else None) or \
+                        same_scale_failure(_NAME, model, example_inputs, exc)
                     if refused is not None:
                         raise refused from exc
                     raise export_failure(_NAME, model, example_inputs, exc) from exc

@@ -158,3 +158,32 @@ def gate_culprits(model: torch.nn.Module, artifact: Artifact,
 
 def _order(layer: LayerCapture) -> int:
     return layer.order
+
+
+def culprit_message(rec: dict[str, Any], backend: str, kept: Sequence[str],
+                    quantizable: Sequence[str]) -> tuple[str, str | None]:
+    """The gate error's sentence naming the culprits of :func:`gate_culprits`' record ``rec``,
+    and a hint that fits them: keep the culprits in float, unless the first jump is at a layer
+    with nothing to quantize (an embedding, a norm), where what feeds it is the cause."""
+    rows = rec.get("layers") or []
+    if not rows:
+        return "", None
+    named = "; ".join(
+        f"{r['module']} ({r['kind']}: SQNR {r['sqnr_db']} dB there, "
+        f"{r['sqnr_lost_db']} dB lost{', the first jump' if r['first_jump'] else ''})"
+        for r in rows)
+    keep = [n for n in rec.get("try_first", []) if n not in kept][:2] or [rows[0]["module"]]
+    keeping = (f"keep_float = {keep!r} under [quantization] in the recipe, or "
+               f"quantization={{'keep_float': {keep!r}}}")
+    jump = next((r for r in rows if r["first_jump"]), None)
+    if jump is not None and jump["module"] not in quantizable:
+        hint = (f"the first jump is at {jump['module']!r} ({jump['kind']}), which has no "
+                "weights edgekit quantizes: what feeds it already differs. Look at the ops "
+                "that compute its input (an index or position computed in floating point is "
+                "rounded onto the int8 grid before its cast); " + keeping +
+                " keeps the layers around it in float, which may not reach the cause")
+    else:
+        hint = f"keep the culprit in float: {keeping}; or raise the profile's [gate] / " \
+               "[accuracy] limits"
+    return (f" The {backend} artifact's own tensors depart from PyTorch at: {named}.", hint)
+

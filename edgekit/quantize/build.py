@@ -518,21 +518,11 @@ class Int8Build:
 
     def _culprit_message(self) -> tuple[str, str | None]:
         """The error's sentence naming the runtime culprits, and the hint to keep them."""
-        rec = self.culprits or {}
-        rows = rec.get("layers") or []
-        if not rows:
-            return "", None
-        named = "; ".join(
-            f"{r['module']} ({r['kind']}: SQNR {r['sqnr_db']} dB there, "
-            f"{r['sqnr_lost_db']} dB lost{', the first jump' if r['first_jump'] else ''})"
-            for r in rows)
-        keep = [n for n in rec.get("try_first", []) if n not in self.keep][:2] or \
-            [rows[0]["module"]]
-        hint = (f"keep the culprit in float: keep_float = {keep!r} under [quantization] in the "
-                f"recipe, or quantization={{'keep_float': {keep!r}}}; or raise the profile's "
-                "[gate] / [accuracy] limits")
-        return (f" The {self.profile.backend} artifact's own tensors depart from PyTorch "
-                f"at: {named}.", hint)
+        from ..explain.culprits import culprit_message
+
+        quantizable = [n for n, _ in quantizable_layers(self.model)]
+        return culprit_message(self.culprits or {}, self.profile.backend, self.keep,
+                               quantizable)
 
     def _drop(self, v: Variant | None) -> None:
         if v is not None and v.where is not None:
