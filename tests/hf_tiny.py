@@ -61,3 +61,21 @@ class Deit(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vit(pixels).logits
+
+
+class Dinov2(nn.Module):
+    """DINOv2 (two layers, 32 wide, 32x32 images in 8x8 patches) returning its pooled output
+    (the class token after the last norm), seed 0."""
+
+    def __init__(self) -> None:
+        import transformers
+
+        super().__init__()
+        torch.manual_seed(0)
+        config = transformers.Dinov2Config(image_size=32, patch_size=8, hidden_size=32,
+                                           num_hidden_layers=2, num_attention_heads=4,
+                                           mlp_ratio=2)
+        self.vit = transformers.Dinov2Model(config)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vit(pixels).pooler_output

@@ -6,6 +6,7 @@ repeated requantizations around layout ops that the plugin crashed on."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +113,54 @@ def test_phi_builds_int8_on_openvino_from_the_qdq_source(tmp_path):
     assert rows and all(r["precision_from"] == "artifact" and r["precision"] == "int8"
                         for r in rows), rows
     assert min(float(o["sqnr_db"]) for o in q["heldout_fidelity"]["outputs"]) > 20
+
+
+#: What OpenVINO 2026's CPU plugin said compiling ONNX Runtime's QDQ model of a random DINOv2.
+_GATHER_REFUSAL = """Exception from src/inference/src/cpp/core.cpp:117:
+Exception from src/inference/src/dev/plugin.cpp:54:
+Exception from src/core/src/pass/graph_rewrite.cpp:298:
+[GatherTransformation] END: node: opset8::Gather output (opset1::Multiply Multiply_1240[0]:\
+f32[1,17,32], opset1::Constant val_1242[0]:i32[]) -> (f32[1,32]) CALLBACK HAS THROWN: Check \
+'is_axis_valid(axis, r)' failed at src/core/src/validation_util.cpp:336:
+Axis 1 out of the tensor rank range [-1, 0].
+
+"""
+
+
+def test_a_plugin_refusal_says_why_and_where_not_that_the_file_is_corrupt():
+    from edgekit.backends.openvino import compile_failure
+    from edgekit.errors import ModelRunError
+
+    err = compile_failure(Path("b/model.xml"), RuntimeError(_GATHER_REFUSAL))
+    assert isinstance(err, ModelRunError)
+    assert err.message.startswith("b/model.xml: OpenVINO's CPU plugin could not compile this "
+                                  "model (the GatherTransformation pass, at opset8::Gather "
+                                  "'output'): [GatherTransformation] END")
+    assert "Axis 1 out of the tensor rank range [-1, 0]." in err.message
+    assert "Exception from" not in err.message and err.node == "output"
+    assert "corrupt" not in err.hint and 'openvino_source = "nncf" or "qdq"' in err.hint
+
+
+@pytest.mark.slow
+def test_an_int8_file_the_plugin_cannot_compile_is_replaced_by_another_realisation(tmp_path):
+    """OpenVINO's CPU plugin cannot compile the QDQ source of DINOv2 (its graph pass fails on
+    the class token's Gather): the build goes on with the runtime's next realisation and the
+    manifest says why, where it used to stop with "corrupt or truncated"."""
+    pytest.importorskip("transformers")
+    from hf_tiny import Dinov2
+
+    from edgekit.pipeline import compress
+
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(1, 3, 32, 32, generator=g),) for _ in range(16)]
+    target = "x86-openvino-int8"
+    compress(Dinov2().eval(), data[0], targets=[target], out_dir=tmp_path / "b",
+             calibration=data, progress=False,
+             quantization={"latency_check": False, "fallback": False, "openvino_source": "qdq"})
+    q = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][target][
+        "quantization"]
+    assert q["accuracy_alternative"].startswith("NNCF source: the configured realisation could "
+                                                "not be run (ModelRunError: ")
+    assert "GatherTransformation" in q["attempts"][0]["after_error"]
+    assert str(tmp_path) not in json.dumps(q) and "edgekit-int8-" not in json.dumps(q)
+    assert all(r["precision"] == "int8" for r in q["layers"]) and q["float_layers"] == []

@@ -585,3 +585,66 @@ def test_a_collapsed_output_with_the_fallback_on_is_mended_by_it(tmp_path):
     assert len(q["attempts"]) >= 2
     out = q["heldout_fidelity"]["outputs"][0]
     assert out["centred_cosine"] > 0.9, out
+
+
+class _Normed(nn.Module):
+    """Two linear layers around a layer norm (ONNX Runtime's alternative: Q/DQ on the layer
+    inputs only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.norm, self.b = nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.norm(self.a(x)))
+
+
+def _refusing_load(monkeypatch, refuse):
+    """ONNX Runtime's load raising a plugin-style ModelRunError where ``refuse(artifact)``."""
+    from edgekit.backends.onnxruntime import OnnxRuntimeBackend
+    from edgekit.errors import ModelRunError
+
+    load = OnnxRuntimeBackend.load
+
+    def refusing(self, artifact, **kwargs):
+        if artifact.precision == "int8" and refuse(artifact):
+            raise ModelRunError(f"{artifact.path}: the runtime could not compile it",
+                                backend="onnxruntime")
+        return load(self, artifact, **kwargs)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "load", refusing)
+
+
+def test_an_int8_file_its_runtime_cannot_load_is_replaced_by_another_realisation(
+        tmp_path, monkeypatch):
+    _refusing_load(monkeypatch, lambda art: (art.info.get("quantization") or {}).get(
+        "int8_scope", {}).get("applied") == "all")
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randn(1, 8, generator=g) for _ in range(16)]
+    compress(_Normed().eval(), data[0], targets=[ORT], out_dir=tmp_path / "b",
+             calibration=data, progress=False, quantization={**NO_SEARCH, "fallback": False})
+    q = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][ORT][
+        "quantization"]
+    assert q["accuracy_alternative"] == (
+        "Q/DQ on layer inputs only: the configured realisation could not be run (ModelRunError: "
+        "build1/model.onnx: the runtime could not compile it), this one met it with every "
+        "layer in int8")
+    assert q["config"]["int8_scope"] == "layers" and q["attempts"][0]["passed"] is True
+
+
+def test_when_no_realisation_loads_the_first_error_stands_with_the_others(tmp_path,
+                                                                           monkeypatch):
+    from edgekit.errors import ModelRunError
+
+    _refusing_load(monkeypatch, lambda art: True)
+    g = torch.Generator().manual_seed(1)
+    data = [torch.randn(1, 8, generator=g) for _ in range(16)]
+    with pytest.raises(ModelRunError) as err:
+        compress(_Normed().eval(), data[0], targets=[ORT], out_dir=tmp_path / "b",
+                 calibration=data, progress=False, quantization={**NO_SEARCH, "fallback": False})
+    msg = str(err.value)
+    assert "build1/model.onnx: the runtime could not compile it" in msg
+    assert "(the runtime's other int8 realisations failed too: Q/DQ on layer inputs only: " \
+        "ModelRunError: " in msg
+    assert not (tmp_path / "b").exists()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .._deps import require
-from ..errors import BundleError, ExportError, UsageError
+from ..errors import BundleError, ExportError, ModelRunError, UsageError
 from ..fsio import check_not_sparse, regular_file
 from ..modelfile import MAX_MODEL_BYTES
 from ._common import (
@@ -194,6 +194,30 @@ def check_ir_files(xml_path: Path) -> Path:
                 hint="the weights file is truncated or belongs to another model; export again",
             )
     return bin_path
+
+
+#: OpenVINO's frames ("Exception from src/inference/src/cpp/core.cpp:117:"): where, not why.
+_OV_FRAME = re.compile(r"^Exception from \S+:\d+:$")
+#: The node a graph pass failed on ("While validating node 'X (...)' with friendly_name 'Y'").
+_OV_PASS_NODE = re.compile(r"\[(\w+)\] END: node: (\w+::\w+) (\S+)")
+
+
+def compile_failure(xml_path: Path, exc: BaseException) -> ModelRunError:
+    """The CPU plugin refused an IR that reads as valid: its reason without OpenVINO's source
+    frames, the graph pass and node where it says, and a hint that fits (the file is not
+    corrupt: another realisation of the model is what can compile)."""
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    reason = " ".join(ln for ln in lines if ln and not _OV_FRAME.match(ln))
+    reason = reason if len(reason) <= 500 else reason[:497] + "..."
+    m = _OV_PASS_NODE.search(reason)
+    where = f" (the {m.group(1)} pass, at {m.group(2)} {m.group(3)!r})" if m else ""
+    return ModelRunError(
+        f"{xml_path}: OpenVINO's CPU plugin could not compile this model{where}: {reason}",
+        backend=_NAME, op=m.group(2) if m else None, node=m.group(3) if m else None,
+        hint="the IR reads as valid; the plugin's own graph transformations failed on it. "
+             "For an int8 build, build it from the other source (quantization "
+             "openvino_source = \"nncf\" or \"qdq\") or with int8_scope = \"layers\"; else "
+             "use the fp32 target, and report the model to OpenVINO")
 
 
 class OpenVinoSession(CheckedSession):
@@ -649,7 +673,7 @@ class OpenVinoBackend:
             if isinstance(exc, MemoryError) or "alloc" in str(exc).lower():
                 raise run_failure(_NAME, exc, xml_path, guess=_largest_op(model),
                                   stage="load") from exc
-            raise bad_file(xml_path, "model for the OpenVINO CPU plugin", exc) from exc
+            raise compile_failure(xml_path, exc) from exc
         ran = compiled.get_property("INFERENCE_PRECISION_HINT")
         ran_name = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
         info = {

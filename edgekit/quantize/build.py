@@ -159,6 +159,12 @@ def _first_line(exc: BaseException) -> str:
 TINY_OUTPUT = 0.03
 
 
+def _unrunnable(exc: BaseException) -> bool:
+    """An int8 file its runtime could not load or run (not a model, input or setting error)."""
+    return isinstance(exc, ModelRunError) or (
+        isinstance(exc, QuantizationError) and isinstance(exc.__cause__, ModelRunError))
+
+
 def int8_run_failure(target: str, art: Artifact, exc: ModelRunError) -> QuantizationError:
     """A :class:`QuantizationError` for an int8 file the runtime's quantizer wrote that its
     own runtime then fails to run on calibration inputs the fp32 model ran: the file is at
@@ -281,6 +287,8 @@ class Int8Build:
         #: ``equalize = "auto"``: the two builds and which was kept (manifest record)
         self.equalize_choice: dict[str, Any] | None = None
         self.alternative: str | None = None
+        #: why the configured realisation was replaced (None: it missed the gate)
+        self.alternative_why: str | None = None
         self.fallback_layers: list[str] = []
         #: explain's culprits of the first variant that missed the gate (manifest record).
         self.culprits: dict[str, Any] | None = None
@@ -524,6 +532,35 @@ class Int8Build:
         return culprit_message(self.culprits or {}, self.profile.backend, self.keep,
                                quantizable)
 
+    def after_unrunnable(self, changes: dict[str, Any], exc: EdgekitError) -> Variant:
+        """The runtime could not load or run the int8 file it was given (a CPU plugin whose
+        graph passes fail on it): the runtime's other realisations (every layer int8), the
+        first that builds kept, so the gate and the fallback go on from it; none: ``exc``,
+        with how each failed."""
+        base = dataclasses.replace(self.config, **changes)
+        failed = []
+        said = _first_line(exc).replace(f"{self.workdir}/", "")  # no temporary path recorded
+        for label, alt in self.backend.int8_alternatives(base, self.model):
+            self.log(f"{said}; retrying with {label}")
+            try:
+                v = self.build(label, dataclasses.replace(base, **alt), self.keep,
+                               {**changes, **alt})
+            except EdgekitError as e:
+                if not _unrunnable(e):
+                    raise
+                failed.append(f"{label}: {_first_line(e)}")
+                continue
+            self.attempts.append({"keep_float": list(self.keep), "score": v.score,
+                                  "config": alt, "passed": v.failed is None,
+                                  "after_error": said})
+            self.alternative = label
+            self.alternative_why = f"could not be run ({said})"
+            return v
+        if failed:
+            raise exc.extend(" (the runtime's other int8 realisations failed too: "
+                             + "; ".join(failed) + ")")
+        raise exc
+
     def _drop(self, v: Variant | None) -> None:
         if v is not None and v.where is not None:
             shutil.rmtree(v.where, ignore_errors=True)
@@ -556,7 +593,13 @@ class Int8Build:
         sources = self.candidates()
         if len(sources) == 1:
             name, changes = sources[0]
-            v = self.build(name, dataclasses.replace(self.config, **changes), self.keep, changes)
+            try:
+                v = self.build(name, dataclasses.replace(self.config, **changes), self.keep,
+                               changes)
+            except EdgekitError as exc:
+                if not _unrunnable(exc):
+                    raise
+                return self.after_unrunnable(changes, exc)
             self.attempts.append({"keep_float": list(self.keep), "score": v.score})
             return v
         built: dict[str, Variant] = {}
@@ -578,6 +621,8 @@ class Int8Build:
             except Exception as exc:  # noqa: BLE001 - this source failed; another may not
                 errors[key] = _first_line(exc)
                 first_error = first_error or exc
+        if not built and isinstance(first_error, EdgekitError) and _unrunnable(first_error):
+            return self.after_unrunnable(sources[0][1], first_error)
         if not built and isinstance(first_error, EdgekitError) and len(errors) > 1:
             # every source failed: the configured one's error, with its hint, and the others'
             raise first_error.extend(
@@ -914,8 +959,9 @@ class Int8Build:
             "source_choice": self.source_choice,
             "equalize_choice": self.equalize_choice,
             "accuracy_alternative": (
-                f"{self.alternative}: the configured realisation missed the accuracy budget or "
-                "the tolerance, this one met it with every layer in int8"
+                f"{self.alternative}: the configured realisation "
+                f"{self.alternative_why or 'missed the accuracy budget or the tolerance'}, "
+                "this one met it with every layer in int8"
                 if self.alternative else None),
             "executed_precision": chosen.sess.info.get("precision"),
             "transforms": chosen.transforms if chosen.transforms is not None
