@@ -4,7 +4,8 @@
                                     [--out benchmarks/results/int8_scope]
 
 For each transformer (the zoo's BERT-mini and DeiT-tiny at their deployment shapes, and the
-library benchmark's random-config Hugging Face ViT, DINOv2, DeiT, GPT-2 and CLIP; random
+library benchmark's random-config Hugging Face ViT, DINOv2, DeiT, GPT-2, CLIP, and the
+convolutional hybrids with layer norms Swin, ConvNeXt, MobileViT and SegFormer; random
 weights, seed 0) and each runtime whose int8 build reads ``int8_scope`` (ONNX Runtime, and
 OpenVINO, whose QDQ source it shapes), three builds by ``compress`` on the same 32 random
 calibration inputs: fp32, int8 with ``int8_scope = "all"`` and with ``"layers"`` (every layer
@@ -33,7 +34,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "int8_scope"
 TARGETS = {"onnxruntime": "x86-onnxruntime-int8", "openvino": "x86-openvino-int8"}
 FP32 = {"onnxruntime": "x86-onnxruntime-fp32", "openvino": "x86-openvino-fp32"}
 ZOO = ("bert_mini_docstrings", "deit_tiny_glyphs")
-LIBRARY = ("vit", "dinov2", "deit", "gpt2", "clip")
+LIBRARY = ("vit", "dinov2", "deit", "gpt2", "clip", "swin", "convnext", "mobilevit",
+           "segformer")
 
 
 def _model(name: str) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, ...]], list[str]]:
@@ -57,6 +59,7 @@ def _model(name: str) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, ...]], 
 
 def run_model(name: str, tmp: Path, runs: int = 300) -> dict[str, Any]:
     import edgekit
+    from edgekit.measure.metrics import json_number
 
     model, data, inputs = _model(name)
     row: dict[str, Any] = {"model": name, "runtimes": {}}
@@ -78,9 +81,14 @@ def run_model(name: str, tmp: Path, runs: int = 300) -> dict[str, Any]:
                 q = json.loads((out / "manifest.json").read_text())["targets"][target][
                     "quantization"]
                 outs = q["heldout_fidelity"]["outputs"]
-                cell[f"{scope}_sqnr_db"] = round(min(float(o["sqnr_db"]) for o in outs), 2)
+                cell[f"{scope}_sqnr_db"] = json_number(
+                    round(min(float(o["sqnr_db"]) for o in outs), 2))
                 cell[f"{scope}_int8_layers"] = sum(r.get("precision") == "int8"
                                                    for r in q["layers"])
+                # what was built: the gate's alternative may have replaced the setting
+                cell[f"{scope}_built_as"] = {k: q["config"].get(k) for k in
+                                             ("int8_scope", "openvino_source") if k in q["config"]}
+                cell[f"{scope}_alternative"] = q.get("accuracy_alternative")
             cell[f"{scope}_build_s"] = round(time.perf_counter() - t0, 1)
             folders[scope] = out
         rep = edgekit.bench(list(folders.values()), threads=1, runs=runs, warmup=30,
@@ -94,6 +102,14 @@ def run_model(name: str, tmp: Path, runs: int = 300) -> dict[str, Any]:
     return row
 
 
+def _db(v: Any) -> str:
+    return v if isinstance(v, str) else f"{v:.1f}"  # "inf": int8 equal to fp32
+
+
+def _gain(a: Any, b: Any) -> str:
+    return "—" if isinstance(a, str) or isinstance(b, str) else f"{b - a:+.1f}"
+
+
 def markdown(res: dict[str, Any]) -> list[str]:
     md = ["# `int8_scope`: \"layers\" against the default \"all\", side by side", "",
           f"Machine: {res['cpu']} ({res['machine']}); one thread, batch 1, {res['runs']} timed "
@@ -103,16 +119,29 @@ def markdown(res: dict[str, Any]) -> list[str]:
           "| model | runtime | fp32 ms | all: SQNR | all: ms (x fp32) | layers: SQNR | "
           "layers: ms (x fp32) | layers vs all: dB | layers vs all: latency |",
           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    notes: list[str] = []
     for row in res["models"]:
         if "error" in row:
             md.append(f"| {row['model']} | failed: {row['error'][:150]} ||||||||")
             continue
         for rt, c in row["runtimes"].items():
             f, a, lay = c["fp32_ms"], c["all_ms"], c["layers_ms"]
+            swapped = c.get("all_alternative") is not None
+            if swapped:
+                label, _, why = c["all_alternative"].partition(": the configured realisation ")
+                why = why.split(", this one met it")[0]
+                same = c.get("all_built_as") == c.get("layers_built_as")
+                notes.append(f"{row['model']} on {rt}: the \"all\" build {why[:160]}; "
+                             f"the gate's alternative {label!r} was built instead "
+                             f"({c.get('all_built_as')})"
+                             + (", the same as the \"layers\" column." if same else "."))
             md.append(
-                f"| {row['model']} | {rt} | {f:.3f} | {c['all_sqnr_db']:.1f} | {a:.3f} "
-                f"({a / f:.2f}) | {c['layers_sqnr_db']:.1f} | {lay:.3f} ({lay / f:.2f}) | "
-                f"{c['layers_sqnr_db'] - c['all_sqnr_db']:+.1f} | {lay / a - 1:+.0%} |")
+                f"| {row['model']} | {rt} | {f:.3f} | {_db(c['all_sqnr_db'])}"
+                f"{'*' if swapped else ''} | {a:.3f} ({a / f:.2f}) | "
+                f"{_db(c['layers_sqnr_db'])} | {lay:.3f} ({lay / f:.2f}) | "
+                f"{_gain(c['all_sqnr_db'], c['layers_sqnr_db'])} | {lay / a - 1:+.0%} |")
+    if notes:
+        md += ["", *(f"\\* {n}" for n in notes)]
     return md
 
 

@@ -81,3 +81,37 @@ def test_auto_scope_takes_layer_inputs_only_where_the_graph_has_a_layer_norm(tmp
     assert scope["setting"] == "auto" and "LayerNormalization" in scope["why"]
     assert entry["quantization"]["accuracy_alternative"] is None  # built so at once
     _check_layer_inputs_only(tmp_path, entry)
+
+
+def test_litert_annotates_only_the_weight_layers_where_every_op_misses(tmp_path):
+    """LiteRT: the same DeiT misses with every op annotated (2 dB); with only the weight
+    layers annotated, each FULLY_CONNECTED and the patch CONV_2D run int8 and every ADD, norm
+    and softmax reads float."""
+    target = "arm64-tflite-int8"
+    entry = _build(tmp_path, target)
+    q = entry["quantization"]
+    assert q["attempts"][-1]["config"] == {"int8_scope": "layers"}
+    assert (q["accuracy_alternative"] or "").startswith("Q/DQ on layer inputs only"), q
+    assert entry["artifact_info"]["quantization"]["int8_scope"]["applied"] == "layers"
+    _check_layer_inputs_only(tmp_path, entry, target)
+    from edgekit.backends.tflite import _open_interpreter
+
+    interp = _open_interpreter(tmp_path / "b" / target / "model.tflite", 1)
+    dtypes = {t["index"]: str(t["dtype"]) for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    fc = [o for o in ops if o["op_name"] in ("FULLY_CONNECTED", "CONV_2D")]
+    assert fc and all("int8" in dtypes[o["inputs"][0]] for o in fc)
+    adds = [o for o in ops if o["op_name"] == "ADD"]
+    assert adds and all("float32" in dtypes[i] for o in adds for i in o["inputs"] if i >= 0)
+
+
+def test_litert_auto_scope_reads_the_model(tmp_path):
+    from edgekit.backends.tflite import pt2e_scope
+    from edgekit.quantize import QuantConfig
+
+    auto = QuantConfig(int8_scope="auto")
+    assert pt2e_scope(auto, Deit())["applied"] == "layers"
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
+    assert pt2e_scope(auto, conv) == {"setting": "auto", "applied": "all",
+                                      "why": "no layer-norm module"}
+    assert pt2e_scope(QuantConfig(int8_scope="layers"), Deit(), qat=True)["applied"] == "all"

@@ -155,10 +155,15 @@ def int8_scope_alternative(config: Any, model: torch.nn.Module
     every op of a model with a layer norm (a transformer's residual stream): a vision
     transformer whose class token the stream's one grid erased (a random DeiT: held-out
     SQNR 2 dB) passes with its adds and norms in float."""
-    norms = any(isinstance(m, torch.nn.LayerNorm) or type(m).__name__.endswith(
-        ("LayerNorm", "RMSNorm")) for m in model.modules())
     return [("Q/DQ on layer inputs only", {"int8_scope": "layers"})] \
-        if config.int8_scope == "all" and norms else []
+        if config.int8_scope == "all" and has_layer_norm(model) else []
+
+
+def has_layer_norm(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has a layer-norm module (``nn.LayerNorm``, or a class whose name ends
+    in LayerNorm or RMSNorm): a residual stream whose rounding a norm magnifies."""
+    return any(isinstance(m, torch.nn.LayerNorm) or type(m).__name__.endswith(
+        ("LayerNorm", "RMSNorm")) for m in model.modules())
 
 
 class OnnxRuntimeBackend:

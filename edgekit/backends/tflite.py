@@ -230,6 +230,22 @@ def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: Any) -> np.nd
     return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
+def pt2e_scope(config: Any, model: torch.nn.Module, *, qat: bool = False) -> dict[str, Any]:
+    """Which ops litert's quantizer annotates (``config.int8_scope``): ``"layers"`` (the weight
+    layers only) or ``"all"``, and why. ``"auto"``: ``"layers"`` where the model has a layer
+    norm. A QAT graph keeps the fake-quantizers it was trained with (``"all"``)."""
+    from .onnxruntime import has_layer_norm
+
+    if qat:
+        return {"setting": config.int8_scope, "applied": "all",
+                "why": "a QAT graph keeps the fake-quantizers it was trained with"}
+    if config.int8_scope != "auto":
+        return {"setting": config.int8_scope, "applied": config.int8_scope}
+    norm = has_layer_norm(model)
+    return {"setting": "auto", "applied": "layers" if norm else "all",
+            "why": "a layer-norm module" if norm else "no layer-norm module"}
+
+
 class TFLiteBackend:
     """fp32 TFLite via litert-torch, run with ai-edge-litert (or tflite-runtime)."""
 
@@ -365,10 +381,13 @@ class TFLiteBackend:
         t0 = time.perf_counter()
         qat = prepared is not None
         mode = wide_mode(config, qat=qat)
+        scope = pt2e_scope(config, model, qat=qat)
 
         def build(target: Path, wide: bool) -> tuple[Any, Any, list[str]]:
             """Convert to ``target``: (converted graph, prepared graph, widened biases)."""
-            quantizer = litert_quantizer(config, keep_float, qat=qat, wide=wide)
+            quantizer = litert_quantizer(config, keep_float, qat=qat, wide=wide,
+                                         layers_only=scope["applied"] == "layers"
+                                         and not wide)
             graph = prepared
             with eval_mode(model):
                 check_export_args(model, example_inputs, input_names, output_names)
@@ -441,6 +460,9 @@ class TFLiteBackend:
                     "quantizer": "PT2E + litert_torch PT2EQuantizer (symmetric"
                     + (", 16x8: int16 activations)" if wide_record["int16_layers"] else ")"),
                     "activations_16bit": wide_record,
+                    "int8_scope": scope if not wide_record["chosen"] else {
+                        **scope, "applied": "all",
+                        "why": "16-bit activations: every op annotated"},
                     "per_channel": config.per_channel, "qat": qat,
                     "float_modules": list(keep_float),
                     # modules litert's quantizer cannot annotate (GRU): left in float
@@ -482,8 +504,11 @@ class TFLiteBackend:
 
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
                           sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
-        """None: only layers kept in float (tried by the latency check for every runtime)."""
-        return []
+        """Only the weight layers annotated (``int8_scope = "layers"``) where the model has a
+        layer norm and every op was (8-bit, PTQ); else none."""
+        from .onnxruntime import int8_scope_alternative
+
+        return [] if config.activations_16bit else int8_scope_alternative(config, model)
 
     def inspect(self, path: Path) -> Artifact:
         """A lone ``.tflite`` file, I/O by its signature; int8 when it holds quantized

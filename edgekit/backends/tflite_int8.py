@@ -48,11 +48,19 @@ def float_modules(model: torch.nn.Module) -> list[str]:
             f"{type(m).__module__}.{type(m).__qualname__}" in FLOAT_MODULE_TYPES]
 
 
+#: The annotators of litert's quantizer that ``layers_only`` keeps: the weight layers.
+LAYER_ANNOTATORS = ("linear", "addmm", "conv_relu", "conv")
+
+
 def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat: bool = False,
-                     dynamic: bool = False, wide: bool = False) -> Any:
+                     dynamic: bool = False, wide: bool = False,
+                     layers_only: bool = False) -> Any:
     """litert-torch's PT2E quantizer with the global config on every node outside the
     ``keep_float`` modules and the modules of :data:`FLOAT_MODULE_TYPES`; ``wide``: 16-bit
-    activations (TFLite's 16x8 mode, :func:`wide_qconfig`).
+    activations (TFLite's 16x8 mode, :func:`wide_qconfig`); ``layers_only``
+    (``int8_scope = "layers"``): only the weight layers are annotated (their inputs, weights
+    and outputs), and the adds, multiplications, concatenations, pools and norms between them
+    run in float.
 
     The quantizer's own module-name filter does not match torch.export's ``nn_module_stack``
     keys (``L__self__proj``), so modules are matched here by their qualified names."""
@@ -79,9 +87,15 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
         return lambda node: node.name not in floats
 
     def annotate_static(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        from litert_torch.quantize.pt2e_quantizer_utils import OP_TO_ANNOTATOR
+
         from .pt2e_rewrites import annotate_bounded_adds, annotate_min_max
 
         keep = quantized(model)
+        if layers_only:
+            for op in LAYER_ANNOTATORS:
+                OP_TO_ANNOTATOR[op](model, q.global_config, keep)
+            return model
         annotate_bounded_adds(model, q.global_config, keep)
         annotate_min_max(model, q.global_config, keep)
         return q._annotate_all_static_patterns(model, q.global_config, keep)

@@ -207,7 +207,7 @@ class QuantConfig:
       manifest's ``float_ops`` lists the ops still on float data, read from the file (LiteRT)
       or from what the runtime executes (ONNX Runtime, OpenVINO). benchmarks/results/
       ``{litert,onnxruntime,openvino}_integer.md`` measure it against the default flows.
-    * ``int8_scope`` (ONNX Runtime, and OpenVINO's ``qdq`` source): which tensors get a
+    * ``int8_scope`` (ONNX Runtime, OpenVINO's ``qdq`` source, LiteRT): which tensors get a
       QuantizeLinear / DequantizeLinear pair. ``"all"`` (the default): every op ONNX
       Runtime's quantizer quantizes (adds, concatenations, pools, layout ops, softmax...).
       ``"layers"``: only the inputs of the weight and matrix layers (Conv, ConvTranspose,
@@ -217,7 +217,10 @@ class QuantConfig:
       a token whose values are far smaller than the others' (a vision transformer's class
       token) off a grid sized for the others, which the norm after it would magnify.
       ``"auto"``: ``"layers"`` where the graph has a LayerNormalization, else ``"all"``.
-      Every weight layer stays int8 either way (read back from the file).
+      LiteRT (PT2E, 8-bit): ``"layers"`` annotates only the weight layers (their inputs,
+      weights and outputs; a FULLY_CONNECTED writes int8 that is dequantized for the float
+      ops after it), ``"auto"`` where the model has a layer-norm module; 16x8 and QAT builds
+      annotate every op. Every weight layer stays int8 either way (read back from the file).
     """
 
     method: str = "minmax"
