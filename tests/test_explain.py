@@ -107,7 +107,11 @@ def test_int8_names_the_broken_layer_first(broken_report, target):
     assert "outlier channels" in t.suggestion["symptom"]
     assert "keep_float': ['conv1']" in t.suggestion["action"]
     cov = t.coverage
-    assert (cov["mapped"], cov["total"]) == (6, 6) and cov["unmapped"] == []
+    # OpenVINO's CPU plugin on a Xeon with AMX and VNNI runs the max-pool fused with the
+    # convolution before it, leaving no tensor of its own to read (an AVX2 EPYC kept it)
+    fusable = {"pool"} if target == "x86-openvino-int8" else set()
+    assert cov["total"] == 6 and set(cov["unmapped"]) <= fusable
+    assert cov["mapped"] == 6 - len(cov["unmapped"])
     # the end-to-end output is damaged too (int8 vs fp32 below)
     assert t.output["rel_error"] > 1e-2
 

@@ -53,7 +53,19 @@ def _check_layer_inputs_only(tmp_path, entry: dict, target: str = TARGET) -> Non
 
 
 def test_every_op_on_int8_misses_the_gate_and_layer_inputs_only_pass(tmp_path):
-    entry = _build(tmp_path)  # the default: every op; the fallback off
+    entry = _build(tmp_path)  # the default "auto": both scopes built, as two sources
+    q = entry["quantization"]
+    sources = q["source_choice"]["sources"]
+    assert set(sources) == {"int8_scope=all", "int8_scope=layers"}
+    assert not sources["int8_scope=all"]["passed"]
+    assert sources["int8_scope=all"]["heldout_sqnr_db"] < 8
+    assert q["source_choice"]["kept"] == "int8_scope=layers"
+    assert q["accuracy_alternative"] is None
+    _check_layer_inputs_only(tmp_path, entry)
+
+
+def test_with_every_op_asked_for_layer_inputs_only_is_the_first_alternative(tmp_path):
+    entry = _build(tmp_path, int8_scope="all")
     q = entry["quantization"]
     # the first build (every op) missed the gate; the alternative built next passed
     assert [a.get("config") for a in q["attempts"]] == [None, {"int8_scope": "layers"}]
@@ -65,7 +77,7 @@ def test_every_op_on_int8_misses_the_gate_and_layer_inputs_only_pass(tmp_path):
 def test_openvino_builds_the_qdq_source_with_layer_inputs_only_where_both_sources_miss(
         tmp_path):
     target = "x86-openvino-int8"
-    entry = _build(tmp_path, target)
+    entry = _build(tmp_path, target, int8_scope="all")
     q = entry["quantization"]
     assert set(q["source_choice"]["sources"]) == {"nncf", "qdq"}
     assert not any(s["passed"] for s in q["source_choice"]["sources"].values())
@@ -75,12 +87,27 @@ def test_openvino_builds_the_qdq_source_with_layer_inputs_only_where_both_source
     _check_layer_inputs_only(tmp_path, entry, target)
 
 
-def test_auto_scope_takes_layer_inputs_only_where_the_graph_has_a_layer_norm(tmp_path):
-    entry = _build(tmp_path, int8_scope="auto")
+def test_openvino_auto_compares_both_scopes_of_the_qdq_source(tmp_path):
+    target = "x86-openvino-int8"
+    entry = _build(tmp_path, target)
+    q = entry["quantization"]
+    assert set(q["source_choice"]["sources"]) == {
+        "nncf", "qdq/int8_scope=all", "qdq/int8_scope=layers"}
+    assert q["source_choice"]["kept"] == "qdq/int8_scope=layers"
+    _check_layer_inputs_only(tmp_path, entry, target)
+
+
+def test_auto_scope_without_a_layer_norm_builds_every_op_once(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 4, 3)).eval()
+    data = _data()
+    compress(model, data[0], targets=[TARGET], out_dir=tmp_path / "b", calibration=data,
+             progress=False, quantization=SETTINGS)
+    entry = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][TARGET]
     scope = entry["artifact_info"]["quantization"]["int8_scope"]
-    assert scope["setting"] == "auto" and "LayerNormalization" in scope["why"]
-    assert entry["quantization"]["accuracy_alternative"] is None  # built so at once
-    _check_layer_inputs_only(tmp_path, entry)
+    assert scope["setting"] == "auto" and scope["applied"] == "all"
+    assert "no layer-norm module" in scope["why"]
+    assert entry["quantization"]["source_choice"] is None  # one source: nothing compared
 
 
 def test_litert_annotates_only_the_weight_layers_where_every_op_misses(tmp_path):
@@ -88,7 +115,7 @@ def test_litert_annotates_only_the_weight_layers_where_every_op_misses(tmp_path)
     layers annotated, each FULLY_CONNECTED and the patch CONV_2D run int8 and every ADD, norm
     and softmax reads float."""
     target = "arm64-tflite-int8"
-    entry = _build(tmp_path, target)
+    entry = _build(tmp_path, target)  # "auto": every op first on LiteRT
     q = entry["quantization"]
     assert q["attempts"][-1]["config"] == {"int8_scope": "layers"}
     assert (q["accuracy_alternative"] or "").startswith("Q/DQ on layer inputs only"), q
@@ -105,13 +132,10 @@ def test_litert_annotates_only_the_weight_layers_where_every_op_misses(tmp_path)
     assert adds and all("float32" in dtypes[i] for o in adds for i in o["inputs"] if i >= 0)
 
 
-def test_litert_auto_scope_reads_the_model(tmp_path):
+def test_litert_scope_settings():
     from edgekit.backends.tflite import pt2e_scope
     from edgekit.quantize import QuantConfig
 
-    auto = QuantConfig(int8_scope="auto")
-    assert pt2e_scope(auto, Deit())["applied"] == "layers"
-    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
-    assert pt2e_scope(auto, conv) == {"setting": "auto", "applied": "all",
-                                      "why": "no layer-norm module"}
-    assert pt2e_scope(QuantConfig(int8_scope="layers"), Deit(), qat=True)["applied"] == "all"
+    assert pt2e_scope(QuantConfig(int8_scope="layers"))["applied"] == "layers"
+    assert pt2e_scope(QuantConfig(int8_scope="auto"))["applied"] == "all"
+    assert pt2e_scope(QuantConfig(int8_scope="layers"), qat=True)["applied"] == "all"

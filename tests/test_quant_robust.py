@@ -623,7 +623,8 @@ def test_an_int8_file_its_runtime_cannot_load_is_replaced_by_another_realisation
     g = torch.Generator().manual_seed(1)
     data = [torch.randn(1, 8, generator=g) for _ in range(16)]
     compress(_Normed().eval(), data[0], targets=[ORT], out_dir=tmp_path / "b",
-             calibration=data, progress=False, quantization={**NO_SEARCH, "fallback": False})
+             calibration=data, progress=False,
+             quantization={**NO_SEARCH, "fallback": False, "int8_scope": "all"})
     q = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][ORT][
         "quantization"]
     assert q["accuracy_alternative"] == (
@@ -642,7 +643,8 @@ def test_when_no_realisation_loads_the_first_error_stands_with_the_others(tmp_pa
     data = [torch.randn(1, 8, generator=g) for _ in range(16)]
     with pytest.raises(ModelRunError) as err:
         compress(_Normed().eval(), data[0], targets=[ORT], out_dir=tmp_path / "b",
-                 calibration=data, progress=False, quantization={**NO_SEARCH, "fallback": False})
+                 calibration=data, progress=False,
+                 quantization={**NO_SEARCH, "fallback": False, "int8_scope": "all"})
     msg = str(err.value)
     assert "build1/model.onnx: the runtime could not compile it" in msg
     assert "(the runtime's other int8 realisations failed too: Q/DQ on layer inputs only: " \

@@ -135,9 +135,11 @@ class Backend(Protocol):
         """
         ...
 
-    def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
-        """The int8 realisations to build and compare for ``config``: (name, QuantConfig
-        changes); one entry ``(name, {})`` where the runtime has a single one."""
+    def int8_sources(self, config: Any, model: torch.nn.Module | None = None
+                     ) -> list[tuple[str, dict[str, Any]]]:
+        """The int8 realisations to build and compare for ``config`` (and ``model``, where
+        the choice depends on it): (name, QuantConfig changes); one entry ``(name, {})``
+        where the runtime has a single one."""
         ...
 
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,

@@ -424,7 +424,8 @@ class ExecuTorchBackend:
                               hint="use the fp32 target for this model")
         return art
 
-    def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
+    def int8_sources(self, config: Any, model: torch.nn.Module | None = None
+                     ) -> list[tuple[str, dict[str, Any]]]:
         """PT2E with the XNNPACK quantizer: with ``scale_floor="auto"``, scales floored and
         clamped at its 2**-12, compared where the two differ
         (:mod:`edgekit.backends._pt2e_scales`)."""

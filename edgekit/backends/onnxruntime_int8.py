@@ -143,7 +143,7 @@ def quantize_onnx(
         "Relu", "Clip", "MaxPool", "GlobalAveragePool", "AveragePool", "Add", "Mul", "Concat",
         "Reshape", "Transpose", "Flatten", "Sigmoid", "Softmax", "Squeeze", "Unsqueeze",
         "Gather", "Resize", "Split", "Where"]
-    scope = int8_scope_decision(config, proto)
+    scope = int8_scope_decision(config)
     if scope["applied"] == "layers":
         op_types = list(_QUANT_OPS)
         extra["OpTypesToExcludeOutputQuantization"] = ["Gemm", "MatMul"]
@@ -290,15 +290,15 @@ def quantize_onnx(
     }
 
 
-def int8_scope_decision(config: QuantConfig, proto: Any) -> dict[str, Any]:
+def int8_scope_decision(config: QuantConfig) -> dict[str, Any]:
     """Which tensors get Q/DQ pairs (``config.int8_scope``): ``"layers"`` or ``"all"``, and
     why."""
     if config.int8_scope != "auto":
         return {"setting": config.int8_scope, "applied": config.int8_scope}
-    norms = sum(n.op_type == "LayerNormalization" for n in proto.graph.node)
-    return {"setting": "auto", "applied": "layers" if norms else "all",
-            "why": f"{norms} LayerNormalization node(s)" if norms else
-            "no LayerNormalization node"}
+    # edgekit's int8 search turns "auto" into the two sources it compares ("all", "layers")
+    # for a model with a layer-norm module; what reaches a build as "auto" is built on every op
+    return {"setting": "auto", "applied": "all",
+            "why": "no layer-norm module: every op (with one, both scopes are compared)"}
 
 
 def reduce_range_decision(config: QuantConfig) -> dict[str, Any]:

@@ -535,13 +535,19 @@ class OpenVinoBackend:
                   **{k: source[k] for k in _ROUTE_ERRORS if k in source}},
         )
 
-    def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
+    def int8_sources(self, config: Any, model: torch.nn.Module | None = None
+                     ) -> list[tuple[str, dict[str, Any]]]:
         """``openvino_source = "auto"``: NNCF on the IR and the ONNX Runtime QDQ model, both
-        built and compared; otherwise the configured one."""
+        built and compared; otherwise the configured one. The QDQ model's ``int8_scope =
+        "auto"``: for a model with a layer norm, both scopes
+        (:func:`edgekit.backends.onnxruntime.scope_sources`)."""
+        from .onnxruntime import scope_sources
+
+        qdq = [(n, {"openvino_source": "qdq", **c})
+               for n, c in scope_sources("ONNX Runtime QDQ", config, model)]
         if config.openvino_source == "auto":
-            return [("NNCF", {"openvino_source": "nncf"}),
-                    ("ONNX Runtime QDQ", {"openvino_source": "qdq"})]
-        return [("ONNX Runtime QDQ" if config.openvino_source == "qdq" else "NNCF", {})]
+            return [("NNCF", {"openvino_source": "nncf"}), *qdq]
+        return qdq if config.openvino_source == "qdq" else [("NNCF", {})]
 
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
                           sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:

@@ -230,20 +230,16 @@ def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype: Any) -> np.nd
     return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
-def pt2e_scope(config: Any, model: torch.nn.Module, *, qat: bool = False) -> dict[str, Any]:
+def pt2e_scope(config: Any, *, qat: bool = False) -> dict[str, Any]:
     """Which ops litert's quantizer annotates (``config.int8_scope``): ``"layers"`` (the weight
-    layers only) or ``"all"``, and why. ``"auto"``: ``"layers"`` where the model has a layer
-    norm. A QAT graph keeps the fake-quantizers it was trained with (``"all"``)."""
-    from .onnxruntime import has_layer_norm
-
+    layers only) or ``"all"``. ``"auto"`` annotates every op here: a model with a layer norm
+    whose build misses its gate gets ``"layers"`` as the first alternative (LiteRT's sources
+    are not doubled for it). A QAT graph keeps the fake-quantizers it was trained with."""
     if qat:
         return {"setting": config.int8_scope, "applied": "all",
                 "why": "a QAT graph keeps the fake-quantizers it was trained with"}
-    if config.int8_scope != "auto":
-        return {"setting": config.int8_scope, "applied": config.int8_scope}
-    norm = has_layer_norm(model)
-    return {"setting": "auto", "applied": "layers" if norm else "all",
-            "why": "a layer-norm module" if norm else "no layer-norm module"}
+    applied = "layers" if config.int8_scope == "layers" else "all"
+    return {"setting": config.int8_scope, "applied": applied}
 
 
 class TFLiteBackend:
@@ -381,7 +377,7 @@ class TFLiteBackend:
         t0 = time.perf_counter()
         qat = prepared is not None
         mode = wide_mode(config, qat=qat)
-        scope = pt2e_scope(config, model, qat=qat)
+        scope = pt2e_scope(config, qat=qat)
 
         def build(target: Path, wide: bool) -> tuple[Any, Any, list[str]]:
             """Convert to ``target``: (converted graph, prepared graph, widened biases)."""
@@ -485,7 +481,8 @@ class TFLiteBackend:
             },
         )
 
-    def int8_sources(self, config: Any) -> list[tuple[str, dict[str, Any]]]:
+    def int8_sources(self, config: Any, model: torch.nn.Module | None = None
+                     ) -> list[tuple[str, dict[str, Any]]]:
         """PT2E with litert-torch's quantizer: with ``scale_floor="auto"``, scales floored and
         clamped at litert-torch's 2**-12, compared where the two differ
         (:mod:`edgekit.backends._pt2e_scales`); where the ranges are left to the quantizer's

@@ -159,6 +159,12 @@ def _first_line(exc: BaseException) -> str:
 TINY_OUTPUT = 0.03
 
 
+def _built_key(config: QuantConfig, keep: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    import json
+
+    return json.dumps(config.to_json(), sort_keys=True, default=str), tuple(keep)
+
+
 def _unrunnable(exc: BaseException) -> bool:
     """An int8 file its runtime could not load or run (not a model, input or setting error)."""
     return isinstance(exc, ModelRunError) or (
@@ -287,6 +293,9 @@ class Int8Build:
         #: ``equalize = "auto"``: the two builds and which was kept (manifest record)
         self.equalize_choice: dict[str, Any] | None = None
         self.alternative: str | None = None
+        #: the (config, layers kept in float) already built: an alternative equal to one of
+        #: them (a scope the sources compared) is not built again
+        self._built: set[tuple[str, tuple[str, ...]]] = set()
         #: why the configured realisation was replaced (None: it missed the gate)
         self.alternative_why: str | None = None
         self.fallback_layers: list[str] = []
@@ -433,7 +442,7 @@ class Int8Build:
         """The runtime's int8 sources for the requested config: (name, config changes). A
         fake-quantized (QAT) graph carries its quantizer, so a source that changes the
         quantizer's config would convert the same graph into the same file: only the first."""
-        sources = list(self.backend.int8_sources(self.config))
+        sources = list(self.backend.int8_sources(self.config, self.model))
         return sources[:1] if self.prepared is not None else sources
 
     def build(self, name: str, config: QuantConfig, keep: list[str],
@@ -443,6 +452,7 @@ class Int8Build:
         a constant, with the fallback on, is a gate failure instead); the gate's verdict is
         ``failed`` (None when it passed)."""
         self._count += 1
+        self._built.add(_built_key(config, keep))
         where = self.workdir / f"build{self._count}"
         where.mkdir()
         model, transforms = self._model_for(list(keep), config)
@@ -786,6 +796,9 @@ class Int8Build:
             # int8 (so they are tried with the fallback off too).
             for label, changes in self.backend.int8_alternatives(
                     v.config, self.model, sources_compared=self.source_choice is not None):
+                if _built_key(dataclasses.replace(v.config, **changes), self.keep) in \
+                        self._built:
+                    continue  # built already (a source the choice compared)
                 self.log(f"retrying with {label}")
                 alt = self.build(label, dataclasses.replace(v.config, **changes), self.keep,
                                  {**v.changes, **changes})

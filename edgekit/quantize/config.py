@@ -208,19 +208,26 @@ class QuantConfig:
       or from what the runtime executes (ONNX Runtime, OpenVINO). benchmarks/results/
       ``{litert,onnxruntime,openvino}_integer.md`` measure it against the default flows.
     * ``int8_scope`` (ONNX Runtime, OpenVINO's ``qdq`` source, LiteRT): which tensors get a
-      QuantizeLinear / DequantizeLinear pair. ``"all"`` (the default): every op ONNX
-      Runtime's quantizer quantizes (adds, concatenations, pools, layout ops, softmax...).
+      QuantizeLinear / DequantizeLinear pair. ``"all"``: every op ONNX Runtime's quantizer
+      quantizes (adds, concatenations, pools, layout ops, softmax...).
       ``"layers"``: only the inputs of the weight and matrix layers (Conv, ConvTranspose,
       Gemm, MatMul) and a convolution's output; a Gemm's or MatMul's output stays float (ONNX
       Runtime runs it as an integer product with a float result), and the residual adds,
       norms and softmax between them run in float. A transformer's residual stream then keeps
       a token whose values are far smaller than the others' (a vision transformer's class
       token) off a grid sized for the others, which the norm after it would magnify.
-      ``"auto"``: ``"layers"`` where the graph has a LayerNormalization, else ``"all"``.
+      ``"auto"`` (the default): for a model with a layer-norm module (``nn.LayerNorm``, or a
+      class named ``*LayerNorm`` / ``*RMSNorm``), both are built as two int8 sources and the
+      source choice keeps the faster, unless the other is more faithful within the slowdown
+      its gain allows (``SOURCE_TRADES``); elsewhere ``"all"``. Measured side by side in
+      ``benchmarks/results/int8_scope/scope_latency.md``: ``"layers"`` is 4-28 dB closer to
+      fp32 on eight transformers and faster on most of them, but 64% slower on MobileViT's
+      ONNX Runtime file and 26% on ConvNeXt's OpenVINO one, where it gains nothing.
       LiteRT (PT2E, 8-bit): ``"layers"`` annotates only the weight layers (their inputs,
       weights and outputs; a FULLY_CONNECTED writes int8 that is dequantized for the float
-      ops after it), ``"auto"`` where the model has a layer-norm module; 16x8 and QAT builds
-      annotate every op. Every weight layer stays int8 either way (read back from the file).
+      ops after it); ``"auto"`` annotates every op, and ``"layers"`` is the first alternative
+      where a layer-norm model misses its gate; 16x8 and QAT builds annotate every op. Every
+      weight layer stays int8 either way (read back from the file).
     """
 
     method: str = "minmax"
@@ -253,7 +260,7 @@ class QuantConfig:
     activations_16bit: int | str | tuple[str, ...] = 0
     scale_floor: str = "auto"
     integer_ops: bool = True
-    int8_scope: str = "all"
+    int8_scope: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
