@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import shutil
 import sys
 import tempfile
@@ -160,8 +161,7 @@ TINY_OUTPUT = 0.03
 
 
 def _built_key(config: QuantConfig, keep: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    import json
-
+    """What makes two int8 builds the same: the whole config and the layers kept in float."""
     return json.dumps(config.to_json(), sort_keys=True, default=str), tuple(keep)
 
 
@@ -551,6 +551,8 @@ class Int8Build:
         failed = []
         said = _first_line(exc).replace(f"{self.workdir}/", "")  # no temporary path recorded
         for label, alt in self.backend.int8_alternatives(base, self.model):
+            if _built_key(dataclasses.replace(base, **alt), self.keep) in self._built:
+                continue  # built already (a source that failed too)
             self.log(f"{said}; retrying with {label}")
             try:
                 v = self.build(label, dataclasses.replace(base, **alt), self.keep,
