@@ -131,7 +131,8 @@ def markdown(res: dict[str, Any]) -> list[str]:
                 label, _, why = c["all_alternative"].partition(": the configured realisation ")
                 why = why.split(", this one met it")[0]
                 same = c.get("all_built_as") == c.get("layers_built_as")
-                notes.append(f"{row['model']} on {rt}: the \"all\" build {why[:160]}; "
+                why = why if len(why) <= 160 else why[:156] + "...)"
+                notes.append(f"{row['model']} on {rt}: the \"all\" build {why}; "
                              f"the gate's alternative {label!r} was built instead "
                              f"({c.get('all_built_as')})"
                              + (", the same as the \"layers\" column." if same else "."))
