@@ -78,6 +78,33 @@ def test_top1_agreement_and_worst_sample_cosine():
     assert out.failures == ["top-1 agreement 0.5000 (2/4) < tolerance 0.7500"]
 
 
+def test_top1_as_a_rate_allows_the_flips_a_small_sample_gives():
+    from edgekit.verify import flips_allowed
+
+    # binomial upper tail at 1%: P(X >= 2 | 4 rows, 3%) = 0.5%, P(X >= 1) = 11.5%
+    assert flips_allowed(4, 0.97) == 1 and flips_allowed(201, 0.97) == 12
+    assert flips_allowed(4, 1.0) == 0 and flips_allowed(32, 0.97) == 4
+    ref = np.array([[1, 2, 3], [3, 2, 1], [0, 5, 1], [2, 0, 0]], dtype=np.float32)
+    one_flip = ref.copy()
+    one_flip[0] = [3, 2, 1]
+    two_flips = one_flip.copy()
+    two_flips[1] = [1, 2, 3]
+    tol = Tolerance(None, None, 0.97)
+    for got, passed in ((one_flip, True), (two_flips, False)):
+        rows = [(r[None],) for r in ref]
+        sess = FakeSession(["logits"], [[g[None]] for g in got])
+        rep = verify(Passthrough(), sess, rows, tolerance=tol, classifier_outputs=["logits"],
+                     top1_as_rate=True)
+        assert rep.passed is passed, rep.output("logits").failures
+    assert rep.output("logits").failures == [
+        "top-1 agreement 0.5000 (2/4): 2 disagreement(s), more than the 1 an agreement rate "
+        "of 0.9700 gives on 4 rows with probability over 1%"]
+    # as a plain threshold (a build's own verification), one flip in four fails
+    sess = FakeSession(["logits"], [[g[None]] for g in one_flip])
+    assert not verify(Passthrough(), sess, [(r[None],) for r in ref], tolerance=tol,
+                      classifier_outputs=["logits"]).passed
+
+
 def test_wrong_session_fails_naming_the_output():
     x = np.ones((1, 4), dtype=np.float32)
     good, bad = x.copy(), 2 * x + np.array([0, 0, 0, 0.5], dtype=np.float32)
