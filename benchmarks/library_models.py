@@ -222,6 +222,11 @@ def run_model(name: str, tmp: Path) -> dict[str, Any]:
                 "layers_read_from_artifact": sum(r["precision_from"] == "artifact"
                                                  for r in q["layers"]),
                 "float_layers": len(q["float_layers"]),
+                # what was built: int8_scope "auto" compares both scopes for a layer-norm model
+                "int8_scope": (info.get("quantization") or {}).get("int8_scope", {}).get(
+                    "applied"),
+                "source_kept": (q.get("source_choice") or {}).get("kept"),
+                "alternative": q.get("accuracy_alternative"),
                 "unattributed_nodes": len(q.get("unattributed_nodes") or []),
             }
         except Exception as exc:  # noqa: BLE001 - a failed build is a result, with its reason
@@ -239,7 +244,8 @@ def markdown(res: dict[str, Any]) -> list[str]:
              "8 held out; every layer int8 (`fallback` off). Cell: held-out SQNR dB / centred "
              "cosine (against PyTorch fp32), layers the manifest read from the file / listed "
              "(and those it found the file cannot hold), "
-             "build seconds; the route where the first one failed.", "",
+             "build seconds; the route where the first one failed. `L`: the file has Q/DQ "
+             "on the layer inputs only (`int8_scope`, read from the artifact's record).", "",
              "| model | " + " | ".join(RUNTIMES) + " |", "|---|" + "---|" * len(RUNTIMES)]
     built = total = read = listed = not_in_file = 0
     notes: list[str] = []
@@ -267,7 +273,8 @@ def markdown(res: dict[str, Any]) -> list[str]:
             read += c["layers_read_from_artifact"]
             listed += c["layers"]
             not_in_file += absent
-            cells.append(f"{float(c['heldout_sqnr_db']):.1f} / "
+            scope = " L" if c.get("int8_scope") == "layers" else ""
+            cells.append(f"{float(c['heldout_sqnr_db']):.1f}{scope} / "
                          f"{c['heldout_centred_cosine']:.3f}, "
                          f"{c['layers_read_from_artifact']}/{c['layers']}"
                          f"{f' (+{absent} not in the file)' if absent else ''}, "
