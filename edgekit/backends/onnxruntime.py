@@ -149,38 +149,6 @@ def _torchscript_export(model: torch.nn.Module, example_inputs: tuple[torch.Tens
             from exc
 
 
-def scope_sources(name: str, config: Any, model: torch.nn.Module | None
-                  ) -> list[tuple[str, dict[str, Any]]]:
-    """``int8_scope = "auto"``: for a model with a layer norm, the QDQ model with Q/DQ on every
-    op and with Q/DQ on the layer inputs only, both built; the source choice keeps the faster
-    unless the other is more faithful within the slowdown its gain allows
-    (``benchmarks/results/int8_scope/scope_latency.md``: "layers" 4-28 dB closer to fp32 on
-    eight transformers, faster on most, 64% slower on MobileViT, where it gains nothing).
-    Elsewhere one source: every op (``"auto"`` without a layer norm), or the configured
-    scope."""
-    if config.int8_scope != "auto" or model is None or not has_layer_norm(model):
-        return [(name, {})]
-    return [(f"{name}, every op", {"int8_scope": "all"}),
-            (f"{name}, layer inputs only", {"int8_scope": "layers"})]
-
-
-def int8_scope_alternative(config: Any, model: torch.nn.Module
-                           ) -> list[tuple[str, dict[str, Any]]]:
-    """``int8_scope = "layers"`` as an alternative realisation where the build quantized
-    every op of a model with a layer norm (a transformer's residual stream): a vision
-    transformer whose class token the stream's one grid erased (a random DeiT: held-out
-    SQNR 2 dB) passes with its adds and norms in float."""
-    return [("Q/DQ on layer inputs only", {"int8_scope": "layers"})] \
-        if config.int8_scope in ("all", "auto") and has_layer_norm(model) else []
-
-
-def has_layer_norm(model: torch.nn.Module) -> bool:
-    """Whether ``model`` has a layer-norm module (``nn.LayerNorm``, or a class whose name ends
-    in LayerNorm or RMSNorm): a residual stream whose rounding a norm magnifies."""
-    return any(isinstance(m, torch.nn.LayerNorm) or type(m).__name__.endswith(
-        ("LayerNorm", "RMSNorm")) for m in model.modules())
-
-
 class OnnxRuntimeBackend:
     """fp32 ONNX + onnxruntime (CPU execution provider)."""
 
@@ -352,7 +320,9 @@ class OnnxRuntimeBackend:
                      ) -> list[tuple[str, dict[str, Any]]]:
         """onnxruntime ``quantize_static`` QDQ; with ``int8_scope = "auto"``, for a model with
         a layer norm, Q/DQ on every op and on the layer inputs only, both built and compared
-        (:func:`scope_sources`)."""
+        (:func:`._int8_scope.scope_sources`)."""
+        from ._int8_scope import scope_sources
+
         return scope_sources("ONNX Runtime QDQ", config, model)
 
     def int8_alternatives(self, config: Any, model: torch.nn.Module, *,
@@ -360,6 +330,7 @@ class OnnxRuntimeBackend:
         """Q/DQ on the weight layers' inputs only (``int8_scope = "layers"``, where every op
         was quantized), per-tensor ranges chosen by error (where the calibrator set them), then
         the other activation type (uint8 <-> int8)."""
+        from ._int8_scope import int8_scope_alternative
         from ._ranges import error_ranges_alternative
 
         other = "uint8" if config.activation_type == "int8" else "int8"

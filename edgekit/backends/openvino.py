@@ -540,8 +540,8 @@ class OpenVinoBackend:
         """``openvino_source = "auto"``: NNCF on the IR and the ONNX Runtime QDQ model, both
         built and compared; otherwise the configured one. The QDQ model's ``int8_scope =
         "auto"``: for a model with a layer norm, both scopes
-        (:func:`edgekit.backends.onnxruntime.scope_sources`)."""
-        from .onnxruntime import scope_sources
+        (:func:`edgekit.backends._int8_scope.scope_sources`)."""
+        from ._int8_scope import scope_sources
 
         qdq = [(n, {"openvino_source": "qdq", **c})
                for n, c in scope_sources("ONNX Runtime QDQ", config, model)]
@@ -555,8 +555,8 @@ class OpenVinoBackend:
         Q/DQ on layer inputs only where the model has a layer norm), then the other NNCF
         preset (NNCF) or per-tensor ranges chosen by error and the other activation type
         (QDQ); with ``sources_compared`` none that only switches the source."""
+        from ._int8_scope import int8_scope_alternative
         from ._ranges import error_ranges_alternative
-        from .onnxruntime import int8_scope_alternative
 
         act = "int8" if config.activation_type == "int8" else "uint8"
         other_act = "uint8" if act == "int8" else "int8"

@@ -503,7 +503,7 @@ class TFLiteBackend:
                           sources_compared: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """Only the weight layers annotated (``int8_scope = "layers"``) where the model has a
         layer norm and every op was (8-bit, PTQ); else none."""
-        from .onnxruntime import int8_scope_alternative
+        from ._int8_scope import int8_scope_alternative
 
         return [] if config.activations_16bit else int8_scope_alternative(config, model)
 
