@@ -50,7 +50,7 @@ class FakeBackend:
         self.biases = []  # per quantize call: the biases of the model it was given
         self.models = []
 
-    def int8_sources(self, config):
+    def int8_sources(self, config, model=None):
         return [("fake", {})]
 
     def int8_alternatives(self, config, model, *, sources_compared=False):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import json
 import shutil
 import sys
@@ -443,10 +442,7 @@ class Int8Build:
         """The runtime's int8 sources for the requested config: (name, config changes). A
         fake-quantized (QAT) graph carries its quantizer, so a source that changes the
         quantizer's config would convert the same graph into the same file: only the first."""
-        # a backend written before ``model`` was passed takes the config alone
-        takes_model = len(inspect.signature(self.backend.int8_sources).parameters) > 1
-        sources = list(self.backend.int8_sources(self.config, self.model) if takes_model
-                       else self.backend.int8_sources(self.config))
+        sources = list(self.backend.int8_sources(self.config, self.model))
         return sources[:1] if self.prepared is not None else sources
 
     def build(self, name: str, config: QuantConfig, keep: list[str],
