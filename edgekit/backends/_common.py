@@ -426,14 +426,22 @@ def _layer_of(node: Any) -> tuple[str, str] | None:
     return path, cls_name
 
 
+def _exported(model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> Any:
+    """``torch.export`` of ``model`` (non-strict) for mapping a converter's failure to a layer;
+    None where the graph cannot be captured at all (nothing to map)."""
+    try:
+        return torch.export.export(model, tuple(example_inputs), strict=False)
+    except Exception:
+        return None
+
+
 def _find_in_graph(
     model: torch.nn.Module, example_inputs: tuple[Any, ...], ops: list[str]
 ) -> tuple[str, str, str, str] | None:
     """(op target, module path, class name, node name) of the first graph node matching one of
     ``ops``."""
-    try:
-        ep = torch.export.export(model, tuple(example_inputs), strict=False)
-    except Exception:  # the graph cannot be captured at all: nothing to map
+    ep = _exported(model, example_inputs)
+    if ep is None:
         return None
     graphs = [ep.graph]
     try:
@@ -524,10 +532,10 @@ def _layers_at_source(model: torch.nn.Module, example_inputs: tuple[Any, ...], f
     """(module path, class name) of each layer whose ``torch.export`` graph holds a node traced
     from ``file``:``line``, in graph order: the nodes that convert to ``tfl_op`` where the line
     has any, else every node on it."""
-    try:
-        graph = torch.export.export(model, tuple(example_inputs), strict=False).graph
-    except Exception:  # the graph cannot be captured at all: nothing to map
+    ep = _exported(model, example_inputs)
+    if ep is None:
         return []
+    graph = ep.graph
     where = f'File "{file}", line {line},'
     names = _TFL_FROM.get(_norm(tfl_op), (_norm(tfl_op),))
     on_line = [n for n in graph.nodes if where in (n.meta.get("stack_trace") or "")]
