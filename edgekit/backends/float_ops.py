@@ -9,12 +9,13 @@ These are read from the runtime, after its own graph rewrites, not from the file
   file's input shapes, symbolic sizes 1).
   The profiler records each node that ran with its input and output element types; a node
   with a float output counts.
-* **OpenVINO**: one run on zero inputs with the CPU plugin's performance counters, as
-  compiled for this machine's CPU with ``f32`` inference precision (edgekit's load default):
-  of the nodes that ran, those whose kernel precision (``runtimePrecision`` in the compiled
-  graph, ``get_runtime_model``) is float and that write a float output count (a layout
-  reorder or a reference HardSigmoid between int8 layers does; a fused quantize step, float
-  in and int8 out, does not; nodes folded at compile time and in-place reshapes never run).
+* **OpenVINO**: the CPU plugin's compiled graph (after one run on zero inputs), as compiled
+  for this machine's CPU with ``f32`` inference precision (edgekit's load default): of the
+  nodes that execute on each inference, those whose kernel precision (``runtimePrecision``
+  in the compiled graph, ``get_runtime_model``) is float and that write a float output
+  count (a layout reorder or a reference HardSigmoid between int8 layers does; a fused
+  quantize step, float in and int8 out, does not; nodes folded at compile time, in-place
+  reshapes and reorders that leave the bytes in place never run).
 
 Compute layers (their precision is in the summary's ``layers``) and the quantize /
 dequantize steps at the int8 boundaries are not counted. Returns op type -> count.
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["onnxruntime_float_ops", "openvino_float_ops"]
+__all__ = ["onnxruntime_float_ops", "openvino_float_ops", "openvino_node_runs"]
 
 #: ONNX Runtime ops that are compute layers (in ``layers``) or quantize/dequantize steps.
 _ORT_SKIP = frozenset((
@@ -84,26 +85,60 @@ def onnxruntime_float_ops(path: str | Path, feeds: Sequence[np.ndarray] | None =
 
 def openvino_float_ops(model: Any) -> dict[str, int]:
     """Op type -> nodes of the CPU plugin's compiled ``model`` (an ``ov.Model`` or IR path)
-    that ran a float kernel with a float output in one run, compute layers, I/O and
-    FakeQuantize excepted."""
+    that run a float kernel with a float output on each inference, compute layers, I/O and
+    FakeQuantize excepted.
+
+    Read from the compiled graph's structure, not from the performance counters: the plugin
+    reports a node that took under a microsecond as not run, so a counted run would drop a
+    small gate's HardSigmoid on one run and keep it on the next."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(
         model if not isinstance(model, (str, Path)) else str(model), "CPU",
-        {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})
-    request = compiled.create_infer_request()
-    request.infer({i: np.zeros([d.get_length() if d.is_static else 1
-                                for d in port.get_partial_shape()],
-                               port.get_element_type().to_dtype())
-                   for i, port in enumerate(compiled.inputs)})
-    ran = {p.node_name for p in request.profiling_info if str(p.status).endswith("EXECUTED")}
+        {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"})
+    compiled.create_infer_request().infer(
+        {i: np.zeros([d.get_length() if d.is_static else 1 for d in port.get_partial_shape()],
+                     port.get_element_type().to_dtype())
+         for i, port in enumerate(compiled.inputs)})
     found: Counter[str] = Counter()
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
         kind = info["layerType"].astype(str)
         precision = info["runtimePrecision"].astype(str)
         writes = info["outputPrecisions"].astype(str).split(",")
-        if op.get_friendly_name() in ran and kind not in _OV_SKIP and precision in _OV_FLOAT \
-                and any(w in _OV_FLOAT for w in writes):
+        if kind not in _OV_SKIP and precision in _OV_FLOAT \
+                and any(w in _OV_FLOAT for w in writes) and openvino_node_runs(op):
             found[kind] += 1
     return dict(sorted(found.items()))
+
+
+def _rt(op: Any, key: str, index: int = 0) -> str:
+    """The ``index``-th comma-separated entry of ``op``'s compiled-graph attribute ``key``."""
+    parts = op.get_rt_info()[key].astype(str).split(",")
+    return parts[index] if index < len(parts) else parts[-1]
+
+
+def openvino_node_runs(op: Any) -> bool:
+    """Whether the compiled graph's node ``op`` executes a kernel on each inference: not an
+    in-place node (no kernel, ``unknown`` primitive), not one computed once from constants,
+    and not a reorder between layouts that order this shape's elements alike (a [1, C, 1, 1]
+    gate from NHWC to NCHW), which the plugin does in place."""
+    if _rt(op, "primitiveType").startswith("unknown"):
+        return False
+    sources = list(op.input_values())
+    if sources and all(_rt(v.get_node(), "layerType") == "Const" for v in sources):
+        return False
+    if _rt(op, "layerType") != "Reorder" or not sources:
+        return True
+    src, shape = sources[0], op.get_output_partial_shape(0)
+    before = _rt(src.get_node(), "outputLayouts", src.get_index())
+    after = _rt(op, "outputLayouts")
+    if _rt(src.get_node(), "outputPrecisions", src.get_index()) != _rt(op, "outputPrecisions") \
+            or shape.is_dynamic or not (before + after).isalpha() \
+            or not (before + after).islower() or len({len(before), len(after), len(shape)}) != 1:
+        return True
+    dims = [d.get_length() for d in shape]
+
+    def order(layout: str) -> list[str]:
+        return [c for c in layout if ord(c) - 97 < len(dims) and dims[ord(c) - 97] != 1]
+    return order(before) != order(after)
