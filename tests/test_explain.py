@@ -779,3 +779,25 @@ def test_a_range_set_by_a_tail_of_calibration_inputs_is_named_a_coarse_grid(tmp_
     assert "activations_16bit" in t.suggestion["action"]
     assert "keep_float': ['conv1']" in t.suggestion["action"]
     assert report.to_json()["targets"][t.target]["layers"][0]["levels"] == conv1.levels
+
+
+class _TrimLast(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :-1]
+
+
+def test_a_weight_normed_layer_is_the_layer_not_its_parametrization():
+    # wav2vec2's positional convolution: its weight is computed by a parametrization module
+    # called inside its forward; the convolution is still the layer its culprits name
+    from edgekit.explain.culprits import try_first
+    from edgekit.explain.torch_capture import capture_torch
+
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 8, 4, padding=2), dim=2)
+    model = nn.Sequential(conv, _TrimLast(), nn.GELU(), nn.Conv1d(8, 8, 1)).eval()
+    x = np.random.default_rng(0).random((1, 4, 10), dtype=np.float32)
+    layers, _ = capture_torch(model, [[x]])
+    names = [c.name for c in layers]
+    assert names == ["0", "1", "2", "3"], names
+    assert layers[0].kind == "ParametrizedConv1d" and layers[0].shape == (1, 8, 11)
+    # a jump at the trim, which has nothing to quantize: the convolution feeding it first
+    assert try_first(["1"], names, ["0", "3"]) == ["0", "3"]

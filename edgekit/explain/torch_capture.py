@@ -4,7 +4,9 @@ Forward hooks on every module record the first tensor each returns; the layers k
 modules *called as leaves*: called during the forward, with no called module inside them. That
 is a module without children, and also one whose children its forward never calls (an
 ``nn.MultiheadAttention`` computes with ``out_proj``'s weights through the functional API: the
-attention itself is the layer, the uncalled ``out_proj`` is not one). A module called more
+attention itself is the layer, the uncalled ``out_proj`` is not one). A parametrized module (a
+weight-normed convolution) is a layer too: its parametrizations compute its weight, and are
+not hooked. A module called more
 than once per forward keeps its last call (its name then maps to one tensor in each runtime
 as well). Modules whose output is not a floating-point tensor
 (e.g. an embedding's integer indices are inputs, not outputs) are recorded only when float.
@@ -82,6 +84,18 @@ def _bias(m: torch.nn.Module, out: torch.Tensor) -> dict[str, Any]:
     return {}
 
 
+def _parametrizations(model: torch.nn.Module) -> set[str]:
+    """Names of the modules that compute a parametrized module's weight
+    (``torch.nn.utils.parametrize``: a weight-normed convolution's ``parametrizations.weight``
+    and what it holds). They run inside the layer's forward and return its weight, not an
+    activation: the parametrized module stays the layer."""
+    from torch.nn.utils.parametrize import ParametrizationList
+
+    roots = [n for n, m in model.named_modules() if isinstance(m, ParametrizationList)]
+    return {n for n, _ in model.named_modules()
+            if any(n == r or n.startswith(r + ".") for r in roots)}
+
+
 def called_leaves(called: Sequence[str]) -> set[str]:
     """The names in ``called`` (module paths, ``""`` the root) with no other called name
     inside them."""
@@ -115,9 +129,10 @@ def capture_torch(model: torch.nn.Module, samples: Sequence[Sequence[np.ndarray]
             current[name] = t.detach().float().cpu().numpy().copy()
         return fn
 
+    weights = _parametrizations(model)
     handles = [m.register_forward_hook(hook(n, type(m).__name__,
                                             sum(p.numel() for p in m.parameters())))
-               for n, m in model.named_modules()]
+               for n, m in model.named_modules() if n not in weights]
     was_training = model.training
     model.eval()
     outputs: list[list[np.ndarray]] = []
