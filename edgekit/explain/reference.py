@@ -71,7 +71,7 @@ def transformed_reference(model: torch.nn.Module, record: dict[str, Any] | None,
         from ..quantize.transforms.bn_fold import fold_batchnorm
 
         out = copy.deepcopy(model).eval()
-        graph, _ = trace(out)
+        graph, _ = trace(out, [np.asarray(a) for a in samples[0]] if len(samples) else None)
         redone = {"applied": [], "bn_folded": fold_batchnorm(out, graph) if graph else []}
     note: dict[str, Any] = {
         "reapplied": [*(["bn_fold"] if redone.get("bn_folded") else []),

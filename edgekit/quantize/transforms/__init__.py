@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,12 +65,16 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
     out = copy.deepcopy(model).eval()
     applied: list[str] = []
     skipped: dict[str, str] = {}
-    graph, why = trace(out)
+    example = calibration[0] if len(calibration) else None
+    graph, why = trace(out, example)
+    from_run = why is not None and why.startswith("run:")
+    if why is not None and from_run:
+        record["graph"] = why[len("run: "):]
     if graph is not None:
         folded = fold_batchnorm(out, graph)
         record["bn_folded"] = folded
         if folded:
-            graph, why = trace(out)  # BN nodes are Identity now
+            graph, why = trace(out, example)  # BN nodes are Identity now
     if smoothquant:
         if graph is None:
             skipped["smoothquant"] = why or "no graph"
@@ -103,6 +108,8 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
             else:
                 skipped["equalize"] = ("no conv/linear -> [ReLU] -> conv/linear chain whose "
                                        "first output feeds only the second")
+    if from_run and (record.get("bn_folded") or applied):
+        out = _unless_changed(model, out, example, record, applied, skipped)
     on_grid: list[str] = []
     if adaround:
         ada = _adaround(out, calibration, skip=keep_float, iterations=adaround_iterations,
@@ -139,3 +146,39 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
     if skipped:
         record["skipped"] = skipped
     return out, record
+
+
+#: The least SQNR (dB) of a transformed model's outputs against the original's on the first
+#: calibration batch, where the graph came from one run (folding and equalizing keep the
+#: function up to float rounding: 120+ dB; a pattern the run misread gives tens of dB).
+RUN_GRAPH_MIN_SQNR_DB = 60.0
+
+
+def _unless_changed(model: nn.Module, out: nn.Module, example: Any, record: dict[str, Any],
+                    applied: list[str], skipped: dict[str, str]) -> nn.Module:
+    """``out`` if it computes what ``model`` computes on ``example``; else an untransformed
+    copy, the record saying why (a graph read from one run sees one path, and no reader of a
+    tensor outside torch's functions)."""
+    import torch
+
+    from ...measure.metrics import sqnr_db
+    from ._graph import run_batches
+
+    ref, new = (list(run_batches(m, [example]))[0] for m in (model, out))
+    flat = [(a, b) for a, b in zip(*(x if isinstance(x, (tuple, list)) else (x,)
+                                     for x in (ref, new)))
+            if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    db = min((sqnr_db(a.numpy(), b.numpy()) for a, b in flat), default=float("inf"))
+    record["run_graph_check_sqnr_db"] = round(db, 1) if math.isfinite(db) else "inf"
+    if db >= RUN_GRAPH_MIN_SQNR_DB:
+        return out
+    undone = [*(["bn_fold"] if record.get("bn_folded") else []), *applied]
+    for name in undone:
+        skipped[name] = (f"the transformed model departs from the model on the first "
+                         f"calibration batch (SQNR {db:.1f} dB < {RUN_GRAPH_MIN_SQNR_DB}): "
+                         "the graph of one run misread a pattern; not applied")
+    record["bn_folded"] = []
+    applied.clear()
+    for key in ("equalized_pairs", "bias_absorbed", "smoothquant_norms", "clamped_relu6"):
+        record.pop(key, None)
+    return copy.deepcopy(model).eval()

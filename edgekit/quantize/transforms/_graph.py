@@ -28,13 +28,27 @@ class _Tracer(torch.fx.Tracer):
         return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
 
 
-def trace(model: nn.Module) -> tuple[torch.fx.Graph | None, str | None]:
-    """The model's fx graph (modules by their names in ``model``), or None and why not."""
+def trace(model: nn.Module, example: Sequence[np.ndarray] | None = None
+          ) -> tuple[torch.fx.Graph | None, str | None]:
+    """The model's fx graph (modules by their names in ``model``), or None and why not.
+    Where ``torch.fx`` cannot trace it, with ``example`` (one batch): the graph of a run on
+    it (:func:`edgekit.quantize.transforms._run_graph.run_graph`; ``why`` then says so, and
+    starts with ``"run:"``)."""
     try:
         return _Tracer().trace(model), None
     except Exception as exc:  # noqa: BLE001 - data-dependent control flow etc.: no transform
         first = (str(exc).splitlines() or [""])[0]
-        return None, f"torch.fx could not trace the model ({type(exc).__name__}: {first[:160]})"
+        why = f"torch.fx could not trace the model ({type(exc).__name__}: {first[:160]})"
+    if example is None:
+        return None, why
+    from ._run_graph import DataBranch, run_graph
+
+    try:
+        return run_graph(model, example, _LEAVES), f"run: {why}; the graph of one run is used"
+    except DataBranch as exc:  # branches on data: one run's graph is not the model's
+        return None, f"{why}; {exc}"
+    except Exception as exc:  # noqa: BLE001 - the model fails on the batch: no transform
+        return None, f"{why}; a run on the first batch failed too ({type(exc).__name__})"
 
 
 def module_of(model: nn.Module, node: torch.fx.Node) -> nn.Module | None:

@@ -216,9 +216,9 @@ def _order(model: nn.Module, batch: Sequence[torch.Tensor]) -> tuple[list[str], 
     return order, calls
 
 
-def _activations(model: nn.Module) -> dict[str, str]:
+def _activations(model: nn.Module, batch: Sequence[Any]) -> dict[str, str]:
     """Layer name -> "relu"/"relu6" where that activation is the layer's only consumer."""
-    graph, _ = trace(model)
+    graph, _ = trace(model, list(batch))
     if graph is None:
         return {}
     out = {}
@@ -316,7 +316,7 @@ def adaround(model: nn.Module, batches: Sequence[Sequence[np.ndarray]], *,
     model.eval()
     reference = copy.deepcopy(model)  # the float model: targets
     order, calls = _order(model, data[0])
-    acts = _activations(model)
+    acts = _activations(model, data[0])
     gen = torch.Generator().manual_seed(seed)
     done: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
