@@ -114,7 +114,8 @@ def openvino_float_ops(model: Any) -> dict[str, int]:
 
 def _rt(op: Any, key: str, index: int = 0) -> str:
     """The ``index``-th comma-separated entry of ``op``'s compiled-graph attribute ``key``."""
-    parts = op.get_rt_info()[key].astype(str).split(",")
+    info = op.get_rt_info()
+    parts = info[key].astype(str).split(",") if key in info else [""]
     return parts[index] if index < len(parts) else parts[-1]
 
 
