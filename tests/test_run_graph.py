@@ -177,3 +177,19 @@ def test_a_library_resnet_is_folded_from_one_run(kind):
     assert len(rec["bn_folded"]) == 8 and len(rec["equalized_pairs"]) == 4
     torch.testing.assert_close(_outputs(out, data[1]), _outputs(wrapped, data[1]),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_qat_folds_the_batch_norms_of_a_model_fx_cannot_trace():
+    from edgekit.quantize.qat import _fold_batch_norm
+
+    model = _model(_Untraceable)
+    x = torch.from_numpy(_batches(1)[0][0])
+    plain, did = _fold_batch_norm(model)  # fx only: nothing folded, a plain copy
+    assert not did and isinstance(plain.blocks[0].bn1, nn.BatchNorm2d)
+    folded, did = _fold_batch_norm(model, (x,))
+    assert did and isinstance(folded.blocks[0].bn1, nn.Identity)
+    assert isinstance(model.blocks[0].bn1, nn.BatchNorm2d)  # the user's model untouched
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+    # a fold the run misread is not kept
+    hidden, did = _fold_batch_norm(_model(_HiddenReader), (x,))
+    assert not did and isinstance(hidden.blocks[0].bn1, nn.BatchNorm2d)

@@ -19,7 +19,6 @@ rounding error), so the uncorrected layer is the right reference for the int8 on
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,12 +66,11 @@ def transformed_reference(model: torch.nn.Module, record: dict[str, Any] | None,
             alpha=float(record.get("smoothquant_alpha", 0.5)),
             relu6=str(record.get("equalize_relu6", "skip")))
     else:  # batch-norm folding alone
-        from ..quantize.transforms._graph import trace
-        from ..quantize.transforms.bn_fold import fold_batchnorm
+        from ..quantize.transforms import fold_batchnorm_checked
 
-        out = copy.deepcopy(model).eval()
-        graph, _ = trace(out, [np.asarray(a) for a in samples[0]] if len(samples) else None)
-        redone = {"applied": [], "bn_folded": fold_batchnorm(out, graph) if graph else []}
+        out, folds = fold_batchnorm_checked(
+            model, [np.asarray(a) for a in samples[0]] if len(samples) else None)
+        redone = {"applied": [], "bn_folded": folds}
     note: dict[str, Any] = {
         "reapplied": [*(["bn_fold"] if redone.get("bn_folded") else []),
                       *redone.get("applied", [])],

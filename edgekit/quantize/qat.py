@@ -69,7 +69,8 @@ def qat_finetune(
     config = QuantConfig.coerce(config)
     inputs = ((example_inputs,) if isinstance(example_inputs, torch.Tensor)
               else tuple(example_inputs))
-    base, folded = _fold_batch_norm(model) if fold_bn else (copy.deepcopy(model).eval(), False)
+    base, folded = (_fold_batch_norm(model, inputs) if fold_bn
+                    else (copy.deepcopy(model).eval(), False))
     # Two samples and a dynamic batch dimension, so the training loop can use any batch size.
     batch = torch.export.Dim("batch", min=1, max=4096)
     ex2 = tuple(torch.cat([t, t]) if t.shape[0] == 1 else t for t in inputs)
@@ -121,10 +122,13 @@ def qat_finetune(
     return tuned
 
 
-def _fold_batch_norm(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
-    """A copy of ``model`` with each conv + batch norm folded into one conv (torch.fx), and
-    whether anything was folded; a plain copy when there is no batch norm or fx cannot trace
-    the model (its batch norm then stays, with frozen statistics)."""
+def _fold_batch_norm(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...] = ()
+                     ) -> tuple[torch.nn.Module, bool]:
+    """A copy of ``model`` with each conv + batch norm folded into one conv (torch.fx; where
+    fx cannot trace the model, the graph of one run on ``inputs``, used only if the folded
+    copy computes what ``model`` does on them), and whether anything was folded; a plain
+    copy when there is no batch norm or neither graph serves (its batch norm then stays,
+    with frozen statistics)."""
     from torch.fx.experimental.optimization import fuse
 
     def norms(m: torch.nn.Module) -> int:
@@ -137,6 +141,11 @@ def _fold_batch_norm(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
             return fused.eval(), norms(fused) < before
         except Exception:  # not symbolically traceable
             pass
+    if before and inputs:
+        from .transforms import fold_batchnorm_checked
+
+        out, folded = fold_batchnorm_checked(model, [t.numpy() for t in inputs])
+        return out, bool(folded)
     return copy.deepcopy(model).eval(), False
 
 

@@ -42,7 +42,7 @@ from .equalize import equalize as _equalize
 from .smoothquant import find_sites
 from .smoothquant import smoothquant as _smoothquant
 
-__all__ = ["apply_transforms", "ChannelClamp", "RELU6_MODES"]
+__all__ = ["apply_transforms", "fold_batchnorm_checked", "ChannelClamp", "RELU6_MODES"]
 
 
 def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray]], *,
@@ -182,3 +182,19 @@ def _unless_changed(model: nn.Module, out: nn.Module, example: Any, record: dict
     for key in ("equalized_pairs", "bias_absorbed", "smoothquant_norms", "clamped_relu6"):
         record.pop(key, None)
     return copy.deepcopy(model).eval()
+
+
+def fold_batchnorm_checked(model: nn.Module, example: Sequence[np.ndarray] | None
+                           ) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` (eval) with its batch norms folded into their convolutions, by the
+    graph :func:`trace` gives on ``example``, and the folds; where that graph came from a
+    run, the folded copy is kept only if it computes what ``model`` does on ``example`` (else
+    a plain copy and no folds). Without ``example``, torch.fx's graph only."""
+    out = copy.deepcopy(model).eval()
+    graph, why = trace(out, example)
+    folded = fold_batchnorm(out, graph) if graph is not None else []
+    if folded and why is not None:
+        record: dict[str, Any] = {"bn_folded": folded}
+        out = _unless_changed(model, out, example, record, [], {})
+        folded = record["bn_folded"]
+    return out, folded
