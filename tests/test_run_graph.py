@@ -193,3 +193,16 @@ def test_qat_folds_the_batch_norms_of_a_model_fx_cannot_trace():
     # a fold the run misread is not kept
     hidden, did = _fold_batch_norm(_model(_HiddenReader), (x,))
     assert not did and isinstance(hidden.blocks[0].bn1, nn.BatchNorm2d)
+
+
+def test_the_check_reads_outputs_in_a_mapping():
+    class Named(nn.Module):  # a library-style output: a mapping of tensors
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = _model(_HiddenReader)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.inner(x)}
+
+    _, rec = apply_transforms(Named().eval(), _batches(), equalize=True)
+    assert rec["run_graph_check_sqnr_db"] < 60 and rec["bn_folded"] == []

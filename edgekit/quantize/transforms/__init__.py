@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -159,15 +159,11 @@ def _unless_changed(model: nn.Module, out: nn.Module, example: Any, record: dict
     """``out`` if it computes what ``model`` computes on ``example``; else an untransformed
     copy, the record saying why (a graph read from one run sees one path, and no reader of a
     tensor outside torch's functions)."""
-    import torch
-
     from ...measure.metrics import sqnr_db
     from ._graph import run_batches
 
-    ref, new = (list(run_batches(m, [example]))[0] for m in (model, out))
-    flat = [(a, b) for a, b in zip(*(x if isinstance(x, (tuple, list)) else (x,)
-                                     for x in (ref, new)))
-            if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    ref, new = (_float_tensors(next(run_batches(m, [example]))) for m in (model, out))
+    flat = list(zip(ref, new))
     db = min((sqnr_db(a.numpy(), b.numpy()) for a, b in flat), default=float("inf"))
     record["run_graph_check_sqnr_db"] = round(db, 1) if math.isfinite(db) else "inf"
     if db >= RUN_GRAPH_MIN_SQNR_DB:
@@ -198,3 +194,17 @@ def fold_batchnorm_checked(model: nn.Module, example: Sequence[np.ndarray] | Non
         out = _unless_changed(model, out, example, record, [], {})
         folded = record["bn_folded"]
     return out, folded
+
+
+def _float_tensors(out: Any) -> list[Any]:
+    """The floating-point tensors in a model's output (tuples, lists, dicts and a library's
+    output classes that are mappings, walked in order)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _float_tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _float_tensors(v)]
+    return []
