@@ -4,6 +4,8 @@ every runtime alike: the sources ``"auto"`` compares and the alternative a misse
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Any
 
 import torch
@@ -37,7 +39,30 @@ def int8_scope_alternative(config: Any, model: torch.nn.Module
 
 
 def has_layer_norm(model: torch.nn.Module) -> bool:
-    """Whether ``model`` has a layer-norm module (``nn.LayerNorm``, or a class whose name ends
-    in LayerNorm or RMSNorm): a residual stream whose rounding a norm magnifies."""
-    return any(isinstance(m, torch.nn.LayerNorm) or type(m).__name__.endswith(
-        ("LayerNorm", "RMSNorm")) for m in model.modules())
+    """Whether ``model`` has a layer norm: a residual stream whose rounding a norm magnifies.
+    A layer-norm module (``nn.LayerNorm``, ``nn.RMSNorm``, or a class whose name ends in
+    LayerNorm or RMSNorm), or a module whose ``forward`` calls ``layer_norm`` / ``rms_norm``
+    itself (``F.layer_norm`` on its own parameters; read from its source)."""
+    return any(isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm))
+               or type(m).__name__.endswith(("LayerNorm", "RMSNorm"))
+               or _forward_calls_norm(type(m)) for m in model.modules())
+
+
+#: ``F.layer_norm(``, ``torch.nn.functional.rms_norm(``, ``torch.layer_norm(``...
+_NORM_CALL = re.compile(r"(?:\bF|\bfunctional|\btorch)\.(?:layer_norm|rms_norm)\s*\(")
+
+
+_NORM_CALLERS: dict[type, bool] = {}
+
+
+def _forward_calls_norm(cls: type) -> bool:
+    """Whether ``cls.forward``'s source calls a functional layer or RMS norm (torch.nn's own
+    modules are known by type and not read); cached per class."""
+    if cls not in _NORM_CALLERS:
+        try:
+            found = not cls.__module__.startswith("torch.") and _NORM_CALL.search(
+                inspect.getsource(cls.forward)) is not None  # type: ignore[attr-defined]
+        except (OSError, TypeError):  # no source (compiled, interactive): not known
+            found = False
+        _NORM_CALLERS[cls] = found
+    return _NORM_CALLERS[cls]
