@@ -130,13 +130,13 @@ def run_graph(model: nn.Module, example: Sequence[np.ndarray | torch.Tensor],
         return fn
 
     handles = []
-    for name, m in model.named_modules():
-        if name and _is_leaf(m, leaves) and not _inside_leaf(name, model, leaves):
-            handles.append(m.register_forward_pre_hook(before, with_kwargs=True))
-            handles.append(m.register_forward_hook(after(name), with_kwargs=True))
     was_training = model.training
-    model.eval()
     try:
+        for name, m in model.named_modules():
+            if name and _is_leaf(m, leaves) and not _inside_leaf(name, model, leaves):
+                handles.append(m.register_forward_pre_hook(before, with_kwargs=True))
+                handles.append(m.register_forward_hook(after(name), with_kwargs=True))
+        model.eval()
         with torch.no_grad(), recorder:
             result = model(*inputs)
     finally:
