@@ -106,6 +106,13 @@ def test_a_model_fx_cannot_trace_is_folded_and_equalized_from_one_run():
     assert torch.equal(model.blocks[0].conv1.weight, ref)  # the user's model untouched
 
 
+def test_a_model_in_training_mode_is_compared_in_inference_mode():
+    model = _model(_Untraceable).train()  # batch norms would use the batch's statistics
+    _, rec = apply_transforms(model, _batches(), equalize=True)
+    assert rec["run_graph_check_sqnr_db"] >= 60 and len(rec["bn_folded"]) == 2
+    assert model.training  # the user's model keeps its mode
+
+
 def test_a_residual_read_of_a_conv_output_stops_its_fold():
     model = _model(_Untraceable, residual=True)
     graph, why = trace(model, _batches(1)[0])

@@ -162,7 +162,12 @@ def _unless_changed(model: nn.Module, out: nn.Module, example: Any, record: dict
     from ...measure.metrics import sqnr_db
     from ._graph import run_batches
 
-    ref, new = (_float_tensors(next(run_batches(m, [example]))) for m in (model, out))
+    was_training = model.training
+    model.eval()  # compared as the copy runs: in inference mode
+    try:
+        ref, new = (_float_tensors(next(run_batches(m, [example]))) for m in (model, out))
+    finally:
+        model.train(was_training)
     flat = list(zip(ref, new))
     db = min((sqnr_db(a.numpy(), b.numpy()) for a, b in flat), default=float("inf"))
     record["run_graph_check_sqnr_db"] = round(db, 1) if math.isfinite(db) else "inf"
