@@ -203,3 +203,12 @@ def test_hint_fits_a_first_jump_at_a_layer_with_nothing_to_quantize():
                               ["fc"], ["conv1", "fc"])
     assert hint.startswith("keep the culprit in float: keep_float = ['conv1'] under")
     assert culprit_message({"layers": []}, "tflite", [], ["fc"]) == ("", None)
+    # a quantized first jump with an output unrelated to PyTorch's: the kernel, not rounding
+    # (wav2vec2's grouped positional convolution on OpenVINO's AMX kernel: -0.49 dB)
+    rows[0].update(module="pos_conv", kind="ParametrizedConv1d", sqnr_db=-0.49)
+    _, hint = culprit_message({"layers": rows, "try_first": ["pos_conv", "fc"]}, "openvino",
+                              [], ["pos_conv", "fc"])
+    assert hint.startswith("'pos_conv' (ParametrizedConv1d) departs from PyTorch by more "
+                           "than rounding (SQNR -0.49 dB there")
+    assert "rounds to zero" in hint and "int8 kernel for it computes something else" in hint
+    assert "keep_float = ['pos_conv', 'fc']" in hint

@@ -40,6 +40,10 @@ MAX_SAMPLES = 4
 MAX_CULPRITS = 3
 #: A layer is a culprit when it is the first jump or loses at least this much SQNR (dB).
 MIN_LOSS_DB = 3.0
+#: A first jump whose own SQNR is under this (dB) is no rounding error: its output is
+#: unrelated to PyTorch's (rounded to zero, or a runtime kernel's fault:
+#: benchmarks/openvino_grouped_conv.py).
+KERNEL_FAULT_DB = 3.0
 
 
 def try_first(culprit_names: Sequence[str], order: Sequence[str],
@@ -164,7 +168,9 @@ def culprit_message(rec: dict[str, Any], backend: str, kept: Sequence[str],
                     quantizable: Sequence[str]) -> tuple[str, str | None]:
     """The gate error's sentence naming the culprits of :func:`gate_culprits`' record ``rec``,
     and a hint that fits them: keep the culprits in float, unless the first jump is at a layer
-    with nothing to quantize (an embedding, a norm), where what feeds it is the cause."""
+    with nothing to quantize (an embedding, a norm), where what feeds it is the cause; a
+    quantized first jump whose output is unrelated to PyTorch's (under ``KERNEL_FAULT_DB``)
+    is no rounding error: an output rounded to zero, or a runtime kernel's fault."""
     rows = rec.get("layers") or []
     if not rows:
         return "", None
@@ -182,6 +188,15 @@ def culprit_message(rec: dict[str, Any], backend: str, kept: Sequence[str],
                 "that compute its input (an index or position computed in floating point is "
                 "rounded onto the int8 grid before its cast); " + keeping +
                 " keeps the layers around it in float, which may not reach the cause")
+    elif jump is not None and isinstance(jump["sqnr_db"], (int, float)) \
+            and jump["sqnr_db"] < KERNEL_FAULT_DB:
+        hint = (f"{jump['module']!r} ({jump['kind']}) departs from PyTorch by more than "
+                f"rounding (SQNR {jump['sqnr_db']} dB there; int8 rounding of one layer keeps "
+                "well over 10 dB) while the layers before it agree: either its output is far "
+                "smaller than its int8 step and rounds to zero (a scale clamped from below), "
+                "or the runtime's int8 kernel for it computes something else on this CPU "
+                "(OpenVINO's AMX kernel for grouped 1-D convolutions with long kernels is one "
+                f"known case). Keep it in float: {keeping}; or build for another runtime")
     else:
         hint = f"keep the culprit in float: {keeping}; or raise the profile's [gate] / " \
                "[accuracy] limits"
