@@ -32,7 +32,7 @@ import numpy as np
 from torch import nn
 
 from ...modulenames import in_modules
-from ._graph import trace
+from ._graph import from_run, trace
 from .adaround import DEFAULT_ITERATIONS
 from .adaround import adaround as _adaround
 from .bias_correction import bias_correction as _bias_correction
@@ -67,9 +67,9 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
     skipped: dict[str, str] = {}
     example = calibration[0] if len(calibration) else None
     graph, why = trace(out, example)
-    from_run = why is not None and why.startswith("run:")
-    if why is not None and from_run:
-        record["graph"] = why[len("run: "):]
+    run_note = from_run(why)
+    if run_note is not None:
+        record["graph"] = run_note
     if graph is not None:
         folded = fold_batchnorm(out, graph)
         record["bn_folded"] = folded
@@ -108,7 +108,7 @@ def apply_transforms(model: nn.Module, calibration: Sequence[Sequence[np.ndarray
             else:
                 skipped["equalize"] = ("no conv/linear -> [ReLU] -> conv/linear chain whose "
                                        "first output feeds only the second")
-    if from_run and (record.get("bn_folded") or applied):
+    if run_note is not None and (record.get("bn_folded") or applied):
         out = _unless_changed(model, out, example, record, applied, skipped)
     on_grid: list[str] = []
     if adaround:
@@ -180,7 +180,8 @@ def _unless_changed(model: nn.Module, out: nn.Module, example: Any, record: dict
                          "the graph of one run misread a pattern; not applied")
     record["bn_folded"] = []
     applied.clear()
-    for key in ("equalized_pairs", "bias_absorbed", "smoothquant_norms", "clamped_relu6"):
+    for key in ("equalized_pairs", "equalize_rounds", "equalize_relu6", "bias_absorbed",
+                "smoothquant_norms", "smoothquant_alpha", "clamped_relu6"):
         record.pop(key, None)
     return copy.deepcopy(model).eval()
 
@@ -194,7 +195,7 @@ def fold_batchnorm_checked(model: nn.Module, example: Sequence[np.ndarray] | Non
     out = copy.deepcopy(model).eval()
     graph, why = trace(out, example)
     folded = fold_batchnorm(out, graph) if graph is not None else []
-    if folded and why is not None:
+    if folded and from_run(why) is not None:
         record: dict[str, Any] = {"bn_folded": folded}
         out = _unless_changed(model, out, example, record, [], {})
         folded = record["bn_folded"]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["trace", "module_of", "only_user", "users", "set_module", "run_batches",
+__all__ = ["trace", "from_run", "module_of", "only_user", "users", "set_module", "run_batches",
            "PASS_THROUGH", "WEIGHTED"]
 
 #: Blocks traced as one node (their insides are not plain module calls fx can follow).
@@ -32,8 +32,8 @@ def trace(model: nn.Module, example: Sequence[np.ndarray] | None = None
           ) -> tuple[torch.fx.Graph | None, str | None]:
     """The model's fx graph (modules by their names in ``model``), or None and why not.
     Where ``torch.fx`` cannot trace it, with ``example`` (one batch): the graph of a run on
-    it (:func:`edgekit.quantize.transforms._run_graph.run_graph`; ``why`` then says so, and
-    starts with ``"run:"``)."""
+    it (:func:`edgekit.quantize.transforms._run_graph.run_graph`; ``why`` then says so:
+    :func:`from_run`)."""
     try:
         return _Tracer().trace(model), None
     except Exception as exc:  # noqa: BLE001 - data-dependent control flow etc.: no transform
@@ -44,11 +44,21 @@ def trace(model: nn.Module, example: Sequence[np.ndarray] | None = None
     from ._run_graph import DataBranch, run_graph
 
     try:
-        return run_graph(model, example, _LEAVES), f"run: {why}; the graph of one run is used"
+        return run_graph(model, example, _LEAVES), f"{_RUN}{why}; the graph of one run is used"
     except DataBranch as exc:  # branches on data: one run's graph is not the model's
         return None, f"{why}; {exc}"
     except Exception as exc:  # noqa: BLE001 - the model fails on the batch: no transform
         return None, f"{why}; a run on the first batch failed too ({type(exc).__name__})"
+
+
+#: How :func:`trace`'s ``why`` starts where the graph is that of one run.
+_RUN = "run: "
+
+
+def from_run(why: str | None) -> str | None:
+    """What :func:`trace` said of a graph read from one run (why torch.fx could not trace
+    the model), without its marker; None where the graph is torch.fx's or there is none."""
+    return why[len(_RUN):] if why is not None and why.startswith(_RUN) else None
 
 
 def module_of(model: nn.Module, node: torch.fx.Node) -> nn.Module | None:
