@@ -9,7 +9,8 @@ kernel the plugin chose (``primitiveType`` of the compiled graph) and the output
 PyTorch fp32. An int8 convolution of these sizes keeps 33-41 dB; a far lower number is the
 kernel, not the rounding. Found through wav2vec2's positional convolution (groups 16 of a
 768-wide layer; 4 of 32 in the library benchmark), whose OpenVINO int8 build failed its gate
-on an Intel Xeon with AMX and passed on an AVX2 EPYC. Writes
+on an Intel Xeon with AMX and passed on an AVX2 EPYC; that wav2vec2 is also built with
+edgekit's defaults (the fallback on), recording what it keeps in float. Writes
 ``openvino_grouped_conv.{json,md}``.
 """
 
@@ -62,6 +63,35 @@ def measure(dims: int, channels: int, kernel: int, groups: int, length: int
             "input": list(shape), "kernels": kernels, "sqnr_db": round(float(sqnr), 2)}
 
 
+def wav2vec2_default_build() -> dict[str, Any]:
+    """The library benchmark's wav2vec2 (``benchmarks/library_models.py``) built for
+    OpenVINO int8 by ``compress`` with edgekit's defaults (the fallback on): what it keeps
+    in float, and the held-out SQNR its gate measured; or the error."""
+    import tempfile
+
+    from benchmarks.library_models import _models
+    from edgekit.pipeline import compress
+
+    factory, makers = _models()["wav2vec2"]
+    torch.manual_seed(0)
+    model = factory().eval()
+    g = torch.Generator().manual_seed(1)
+    data = [tuple(make(g) for make in makers) for _ in range(32)]
+    target = "x86-openvino-int8"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            compress(model, data[0], targets=[target], out_dir=Path(tmp) / "b",
+                     calibration=data, progress=False, quantization={"latency_check": False})
+        except Exception as exc:  # noqa: BLE001 - a failed build is a result, with its reason
+            return {"built": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        q = json.loads((Path(tmp) / "b" / "manifest.json").read_text())["targets"][target][
+            "quantization"]
+    return {"built": True, "float_layers": q["float_layers"],
+            "first_jump": (q.get("culprits") or {}).get("first_jump"),
+            "heldout_sqnr_db": round(min(float(o["sqnr_db"])
+                                         for o in q["heldout_fidelity"]["outputs"]), 2)}
+
+
 def markdown(res: dict[str, Any]) -> list[str]:
     lines = ["# OpenVINO int8 grouped convolution, per shape", "",
              f"`python -m benchmarks.openvino_grouped_conv` on {res['machine']}, OpenVINO "
@@ -80,6 +110,15 @@ def markdown(res: dict[str, Any]) -> list[str]:
         ": " + "; ".join(f"{r['conv']} kernel {r['kernel']} groups {r['groups']} "
                          f"({r['sqnr_db']} dB, {', '.join(r['kernels'])})" for r in bad)
         if bad else "."), ""]
+    w = res.get("wav2vec2")
+    if w:
+        lines += ["The library benchmark's wav2vec2 (random config: positional convolution of "
+                  "32 channels, kernel 16, groups 4) built for `x86-openvino-int8` by "
+                  "`compress` with edgekit's defaults (the fallback on): " + (
+                      f"first jump at `{w['first_jump']}`; kept in float: "
+                      f"{', '.join(f'`{n}`' for n in w['float_layers']) or 'none'}; held-out "
+                      f"SQNR {w['heldout_sqnr_db']} dB." if w["built"]
+                      else f"failed: {w['error']}"), ""]
     return lines
 
 
@@ -96,7 +135,8 @@ def main() -> None:
         log("grouped_conv", str(rows[-1]))
     res = {"machine": f"{cpu_name()} ({platform.machine()})", "openvino": ov.get_version(),
            "nncf": nncf.__version__, "measured": time.strftime("%Y-%m-%d %H:%M"),
-           "rows": rows}
+           "rows": rows, "wav2vec2": wav2vec2_default_build()}
+    log("grouped_conv", f"wav2vec2: {res['wav2vec2']}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "openvino_grouped_conv.json").write_text(json.dumps(res, indent=1) + "\n")
     (args.out / "openvino_grouped_conv.md").write_text("\n".join(markdown(res)))
