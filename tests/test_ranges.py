@@ -398,9 +398,34 @@ def test_a_range_read_only_by_a_flat_activation_is_cut_where_it_goes_flat():
 
     plain = choose_range(st, "minmax", GRIDS["int8"])
     cut = choose_range(st, "minmax", GRIDS["int8"], active=(-3.0, np.inf))
-    assert plain.low < -70 and cut.low == pytest.approx(-3.0) and cut.high == plain.high
+    step = (plain.high + 3.0) / 255
+    # one grid step past the cut: the zero point's rounding cannot lift the grid above -3
+    assert plain.low < -70 and cut.low == pytest.approx(-3.0 - step) and cut.high == plain.high
     assert err(cut) < 0.25 * err(plain), (err(cut), err(plain))
-    assert choose_range(st, "auto", GRIDS["int8"], active=(-3.0, np.inf)).low >= -3.0
+    assert choose_range(st, "auto", GRIDS["int8"], active=(-3.0, np.inf)).low >= -3.0 - step - 1e-6
+
+
+@pytest.mark.parametrize("high", [float(h) for h in np.linspace(4.0, 30.0, 27)])
+def test_a_cut_grid_reaches_the_flat_region_whatever_the_zero_point_rounding(high):
+    """Cut exactly at -3, the integer zero point can put a grid's lowest value above -3
+    (uint8 on [-3, 28.29]: -2.94), where a hardswish gate reads one step above 0 and every
+    value below -3 (0 in float) comes out as about -0.035, the same sign everywhere: a bias
+    a pool or a wide linear layer after it sums up. The grid of the cut range reaches -3 on
+    both grids, and a gate input cut to [-3, 3] reaches 3 (a gate of exactly 1)."""
+    from edgekit.backends._ranges import _scale_zero
+
+    st = TensorStats(None)
+    st.update(np.array([[-40.0, -1.0, 0.5, high]], np.float32))
+    gate = TensorStats(None)
+    gate.update(np.array([[-200.0, 0.2, 150.0]], np.float32))
+    for grid in (GRIDS["uint8"], GRIDS["int8"]):
+        c = choose_range(st, "minmax", grid, active=(-3.0, np.inf))
+        scale, zero = _scale_zero(c.low, c.high, grid)
+        assert (grid.qmin - zero) * scale <= -3.0, (grid.name, c.low, c.high, scale, zero)
+        g = choose_range(gate, "minmax", grid, active=(-3.0, 3.0))
+        scale, zero = _scale_zero(g.low, g.high, grid)
+        assert (grid.qmin - zero) * scale <= -3.0 and (grid.qmax - zero) * scale >= 3.0, \
+            (grid.name, g.low, g.high, scale, zero)
 
 
 class _ConvHardswish(nn.Module):
@@ -441,8 +466,9 @@ def test_litert_cuts_a_hardswish_input_range_at_minus_three(tmp_path):
         pre = model.conv1(torch.from_numpy(np.concatenate([c[0] for c in cal])))
     assert float(pre.min()) < -25
     lows = sorted(r["rmin"] for r in ranges["per_tensor"].values())
-    assert -3.0 in [pytest.approx(v) for v in lows], lows
-    scale, _ = _scale_zero(-3.0, float(pre.max()), GRIDS["int8"])
+    low = -3.0 - (float(pre.max()) + 3.0) / 255  # a grid step past the cut
+    assert low in [pytest.approx(v, rel=1e-4) for v in lows], lows
+    scale, _ = _scale_zero(low, float(pre.max()), GRIDS["int8"])
     scales = [d["quantization"][0] for d in Interpreter(model_path=str(art.path))
               .get_tensor_details() if d["dtype"] == np.int8]
     assert any(abs(s - scale) <= 1e-3 * scale for s in scales), (scale, scales)
@@ -547,10 +573,11 @@ def test_onnxruntime_cuts_a_squeeze_excite_gate_range_to_minus_three_three(tmp_p
              if r.get("cut_to_consumer") == [pytest.approx(-3.0), pytest.approx(3.0)]}
     assert len(gated) == 1, ranges["per_tensor"]
     (tensor, rec), = gated.items()
-    assert rec["rmin"] == pytest.approx(-3.0) and rec["rmax"] == pytest.approx(3.0)
+    step = 6.0 / 255  # the cut range reaches a grid step past each end
+    assert rec["rmin"] == pytest.approx(-3.0 - step) and rec["rmax"] == pytest.approx(3.0 + step)
     assert ranges["clipped_to_consumer"] == 1  # the Hardswish's input stays above -3 here
     scale, _, _ = _qdq_params(cut.path, tensor)
-    assert scale == pytest.approx(6.0 / 255, rel=1e-3)
+    assert scale == pytest.approx((6.0 + 2 * step) / 255, rel=1e-3)
     wide, _, _ = _qdq_params(plain.path, tensor)
     assert wide > 50 * scale  # min-max over about [-200, 200]
     before, after = _random_sqnr(model, plain_sess, g, 16), _random_sqnr(model, cut_sess, g, 16)

@@ -304,6 +304,21 @@ ACTIVE_INTERVALS: dict[str, tuple[float, float]] = {
     "relu": (0.0, np.inf), "hardswish": (-3.0, np.inf), "hardsigmoid": (-3.0, 3.0)}
 
 
+def saturating_cut(active: tuple[float, float], low: float, high: float, levels: int
+                   ) -> tuple[float, float]:
+    """The range ``[low, high]`` a tensor saw, cut to ``active`` (the interval its readers
+    tell apart) one grid step wider at each end it cuts, on a grid of ``levels`` steps.
+
+    The zero point is rounded to an integer, which moves the grid by up to half a step: cut
+    exactly at -3, a uint8 grid's lowest value can be -2.94, where a hardswish's gate is
+    one step above 0, and every value below -3 (all read as 0 in float) comes out as
+    -0.035; a gate cut at 3 reads 0.998 where it should be 1. A step beyond each cut end
+    keeps the saturated values flat in the readers, at 2 of 255 steps of the grid."""
+    lo, hi = max(low, active[0]), min(high, active[1])
+    step = (hi - lo) / max(levels, 1)
+    return (lo - step if low < active[0] else low, hi + step if high > active[1] else high)
+
+
 def choose_range(stats: TensorStats, method: str, grid: Grid,
                  channel_weights: np.ndarray | None = None, *,
                  percentile: float = 99.99,
@@ -317,13 +332,14 @@ def choose_range(stats: TensorStats, method: str, grid: Grid,
     approximation: each channel's error weighted by its consumer weights' energy). Another
     candidate replaces min-max only when its error is below ``(1 - margin)`` x min-max's.
     ``active``: the interval the consumers tell apart (every consumer an activation flat
-    outside it): the values are clipped into it first (:meth:`TensorStats.within`)."""
+    outside it): the values are clipped into it first (:meth:`TensorStats.within`), one
+    grid step wider at each end cut (:func:`saturating_cut`)."""
     if method not in RANGE_METHODS or method == "runtime":
         raise ValueError(f"range method {method!r} is not one of {list(RANGE_METHODS[1:])}")
     cut = active if active is not None and (stats.low < active[0] or stats.high > active[1]) \
         else None
     if cut is not None:
-        stats = stats.within(*cut)
+        stats = stats.within(*saturating_cut(cut, stats.low, stats.high, grid.levels))
     percentiles = sorted({99.99, 99.999, float(percentile)})
     cands = candidate_ranges(stats, grid, percentiles, channel_weights)
     own = {k: weighted_error(stats, *r, grid, channel_weights) for k, r in cands.items()}

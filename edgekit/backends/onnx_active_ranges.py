@@ -4,9 +4,10 @@ activation flat outside an interval, a range need not reach past it.
 A squeeze-excitation block ends in ``Conv -> HardSigmoid``; a trained MobileNetV3-Large's
 last SE convolutions put out values in ``[-435, 397]`` that HardSigmoid flattens to 0 or 1
 outside ``[-3, 3]``: a min-max (or percentile, MSE) range over the whole spread leaves about
-two uint8 steps for the values that matter. Cut to ``[-3, 3]`` first, every candidate range
-spends its 256 levels there, and the Q saturates where the activation is flat (lossless up
-to the grid's rounding at the ends: uint8 on [-3, 3] holds -3.01..2.99). The same holds for
+two uint8 steps for the values that matter. Cut to ``[-3, 3]`` first (a grid step wider at
+each end, so that the zero point's rounding cannot leave a saturated value inside the
+interval: :func:`edgekit.backends._ranges.saturating_cut`), every candidate range spends its
+256 levels there, and the Q saturates where the activation is flat. The same holds for
 ``x * HardSigmoid(x)`` (HardSwish as exported, inlined) below ``-3``, ``HardSwish``,
 ``Relu`` and ``Clip`` with constant bounds, and for the same gates written out as
 ``Clip(x + 3, 0, 6) * (1/6)`` (:mod:`edgekit.backends.onnx_rewrites`): ``x + c`` read only
