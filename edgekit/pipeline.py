@@ -34,6 +34,7 @@ from .errors import DataError, EdgekitError, ShapeError, UsageError
 from .fsio import check_name, check_tensor_name
 from .manifest import Manifest, ModelRecord, StageRecord, TargetEntry, add_stage, stage_records
 from .measure.scoring import split_batches
+from .model_outputs import flat_view, is_flat, output_leaves
 from .profiles import TargetProfile, resolve_targets
 from .verify import verify
 
@@ -77,13 +78,39 @@ def check_example_inputs(
             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
             hint="pass example inputs with the shapes and dtypes the model's forward expects",
         ) from exc
-    outputs = out if isinstance(out, (tuple, list)) else (out,)
-    if not all(isinstance(o, torch.Tensor) for o in outputs):
+    leaves = output_leaves(out)
+    outputs = tuple(t for _, t in leaves)
+    if not outputs or not all(isinstance(o, torch.Tensor) for o in outputs):
+        bad = [f"{n or 'output'}: {type(t).__name__}" for n, t in leaves
+               if not isinstance(t, torch.Tensor)]
         raise ShapeError(
-            f"{type(model).__name__}.forward must return a tensor or a tuple of tensors, "
-            f"got ({_describe(outputs)})"
-        )
-    return inputs, tuple(outputs)
+            f"{type(model).__name__}.forward must return tensors (a tensor, or a tuple, list "
+            f"or dict of them), got ({_describe(outputs) or 'no tensor'})"
+            + (f"; not a tensor: {', '.join(bad)}" if bad else ""),
+            hint="return the tensors to deploy, e.g. wrap the model in a module whose forward "
+            "returns model(x).logits")
+    return inputs, outputs
+
+
+def _structured(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
+                output_names: Sequence[str] | None
+                ) -> tuple[torch.nn.Module, Sequence[str] | None]:
+    """A model whose forward returns a dict, a ``ModelOutput`` or nested tuples: its flat view
+    (:func:`edgekit.model_outputs.flat_view`) and, unless names were given, the leaves'
+    names (``boxes``, ``scores``) where each is a usable, unique tensor name. A tensor or a
+    tuple of tensors: the model and the names as given."""
+    with torch.no_grad():
+        out = model(*inputs)
+    if is_flat(out):
+        return model, output_names
+    if output_names is None:
+        names = [n for n, _ in output_leaves(out)]
+        try:
+            if len(set(names)) == len(names):
+                output_names = [check_tensor_name(n, "output name") for n in names]
+        except UsageError:
+            pass  # a key that is no tensor name: output_0, output_1...
+    return flat_view(model), output_names
 
 
 def _names(given: Sequence[str] | None, count: int, prefix: str) -> list[str]:
@@ -178,6 +205,7 @@ def compress(
         except UsageError as exc:
             raise UsageError(exc.message, hint="use a plain bundle name such as 'kws'") from None
     inputs, ref_outputs = check_example_inputs(model, example_inputs)
+    model, output_names = _structured(model, inputs, output_names)
     in_names = _names(input_names, len(inputs), "input")
     out_names = _names(output_names, len(ref_outputs), "output")
     batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1

@@ -22,6 +22,10 @@ Found so far:
 * ``fused_qkv``: one projection chunked into query, key and value (GPT-NeoX); the chunk's
   parts came out as a tuple no annotation reached, and the converter refused the SLICE:
   a split taken apart by index is now written as slices.
+* ``adaptive_max_pool``: ``nn.AdaptiveMaxPool1d(1)`` ending a 1-D CNN and
+  ``F.adaptive_max_pool2d`` to an even grid; litert-torch has no lowering ("Lowering not
+  found: aten.adaptive_max_pool2d.default"), fp32 and int8 alike: written as max pools with
+  kernel = stride = the window (:mod:`edgekit.backends.litert_lowering`).
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -34,6 +38,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from edgekit.pipeline import compress
 
@@ -159,7 +164,26 @@ class TensorClamp(nn.Module):
         return torch.minimum(torch.maximum(self.fc(x), self.lo), self.lo + 1.5)
 
 
+class AdaptiveMaxPool(nn.Module):
+    """A global max pool over time (``AdaptiveMaxPool1d(1)``) beside a 2-D adaptive max pool
+    to a 2 x 3 grid of an 8 x 9 map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(2, 8, 3, padding=1)
+        self.pool = nn.AdaptiveMaxPool1d(1)
+        self.conv2 = nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(8 + 24, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.pool(torch.relu(self.conv(x[:, :, 0]))).flatten(1)
+        b = F.adaptive_max_pool2d(self.conv2(x[:, :1]), (2, 3)).flatten(1)
+        return self.fc(torch.cat([a, b], 1))
+
+
 CASES = {
+    "adaptive_max_pool": (AdaptiveMaxPool, lambda g: torch.randn(1, 2, 8, 9, generator=g)),
     "clamp_tensor": (TensorClamp, lambda g: torch.randn(1, 8, generator=g)),
     "bmm": (Bmm, lambda g: torch.randn(2, 4, 8, generator=g)),
     "pow": (Pow, lambda g: torch.randn(1, 8, generator=g)),
@@ -219,3 +243,21 @@ def test_same_scale_refusal_names_op_line_and_layer(tmp_path, monkeypatch):
     assert "ONNX Runtime or OpenVINO" in err.value.hint
     assert "torch.export" not in err.value.hint
     assert not (tmp_path / "b").exists()  # nothing left half-built
+
+
+def test_adaptive_max_pool_builds_fp32_on_litert(tmp_path):
+    """The fp32 LiteRT build of the adaptive max pools (the converter has no lowering for
+    them): converted from the rewritten graph, verified against PyTorch, and the file holds
+    MAX_POOL_2D where PyTorch had the adaptive pools."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    torch.set_num_threads(1)
+    model = AdaptiveMaxPool().eval()
+    x = torch.randn(1, 2, 8, 9, generator=torch.Generator().manual_seed(3))
+    bundle = compress(model, (x,), targets=["arm64-tflite-fp32"], out_dir=tmp_path / "b",
+                      progress=False)
+    got = bundle.load("arm64-tflite-fp32").run([x.numpy()])[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    path = next((tmp_path / "b").rglob("*.tflite"))
+    ops = [o["op_name"] for o in Interpreter(model_path=str(path))._get_ops_details()]
+    assert ops.count("MAX_POOL_2D") == 2, ops

@@ -146,6 +146,24 @@ def _spec(name: str, detail: dict) -> TensorSpec:
     return TensorSpec(name, tuple(int(d) for d in detail["shape"]), str(np.dtype(detail["dtype"])))
 
 
+def _convert_fp32(litert_torch: Any, model: torch.nn.Module,
+                  example_inputs: tuple[torch.Tensor, ...]) -> Any:
+    """``litert_torch.convert(model, example_inputs)``; where it finds no lowering for an op
+    :mod:`.litert_lowering` writes otherwise, the exported graph with those ops rewritten is
+    converted instead (the first error stands when nothing was rewritten)."""
+    try:
+        return litert_torch.convert(model, example_inputs)
+    except Exception as exc:
+        if "Lowering not found" not in str(exc):
+            raise
+        from .litert_lowering import lower_adaptive_max_pools
+
+        gm = torch.export.export(model, tuple(example_inputs)).module()
+        if not lower_adaptive_max_pools(gm):
+            raise
+        return litert_torch.convert(gm, example_inputs)
+
+
 class TFLiteSession(CheckedSession):
     """A LiteRT interpreter with tensors allocated; ``run`` sets inputs by tensor index, at the
     model's own I/O types (int8 tensors for an int8 model with int8 I/O)."""
@@ -282,7 +300,7 @@ class TFLiteBackend:
             try:
                 # litert-torch prints its progress to stdout: keep stdout for data.
                 with contextlib.redirect_stdout(sys.stderr):
-                    edge_model = litert_torch.convert(model, example_inputs)
+                    edge_model = _convert_fp32(litert_torch, model, example_inputs)
             except Exception as exc:
                 raise export_failure(_NAME, model, example_inputs, exc) from exc
         try:
