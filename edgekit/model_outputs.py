@@ -58,7 +58,7 @@ def flat_view(model: torch.nn.Module) -> torch.nn.Module:
     view_cls = type(cls.__name__, (cls,), {
         "forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
         "edgekit_flat_outputs": True})
-    view = cls.__new__(view_cls)
+    view: torch.nn.Module = cls.__new__(view_cls)
     view.__dict__.update(model.__dict__)
     for attr in ("_parameters", "_buffers", "_modules", "_forward_hooks",
                  "_forward_pre_hooks", "_non_persistent_buffers_set"):

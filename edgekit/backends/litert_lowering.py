@@ -28,10 +28,13 @@ def _windows(node: torch.fx.Node, dims: int) -> list[int] | None:
     ``dims`` dimensions); None when an input size is not a multiple of its output size."""
     x = node.args[0]
     val = x.meta.get("val") if isinstance(x, torch.fx.Node) else None
-    out = node.args[1] if len(node.args) > 1 else None
-    if not isinstance(val, torch.Tensor) or out is None:
+    arg: Any = node.args[1] if len(node.args) > 1 else None
+    if not isinstance(val, torch.Tensor) or arg is None:
         return None
-    out = [int(out)] * dims if isinstance(out, int) else [int(o) for o in out]
+    try:
+        out = [int(arg)] * dims if isinstance(arg, int) else [int(o) for o in arg]
+    except (TypeError, ValueError):
+        return None  # a symbolic size
     sizes = [int(s) for s in val.shape[-dims:]]
     if len(out) != dims or any(o <= 0 or s % o for s, o in zip(sizes, out)):
         return None
@@ -51,8 +54,9 @@ def lower_adaptive_max_pools(gm: torch.fx.GraphModule) -> list[str]:
             continue
         dims, pool = ops[node.target]
         users = list(node.users)
+        index = {u: u.args[1] if len(u.args) > 1 else None for u in users}
         if not all(u.op == "call_function" and u.target is operator.getitem
-                   and u.args[1] in (0, 1) and (u.args[1] == 0 or not u.users)
+                   and index[u] in (0, 1) and (index[u] == 0 or not u.users)
                    for u in users):
             continue
         kernel = _windows(node, dims)
@@ -66,7 +70,7 @@ def lower_adaptive_max_pools(gm: torch.fx.GraphModule) -> list[str]:
         if isinstance(val, (tuple, list)) and val:
             new.meta["val"] = val[0]
         for u in users:
-            if u.args[1] == 0:
+            if index[u] == 0:
                 u.replace_all_uses_with(new)
             gm.graph.erase_node(u)
         gm.graph.erase_node(node)
