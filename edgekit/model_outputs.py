@@ -24,8 +24,7 @@ __all__ = ["output_leaves", "flat_view", "is_flat"]
 def output_leaves(out: Any, path: str = "") -> list[tuple[str, Any]]:
     """``(name, leaf)`` of each non-``None`` leaf of ``out``, in order. A leaf that is not a
     tensor is listed too (the caller reports it)."""
-    if isinstance(out, Mapping) or (hasattr(out, "keys") and hasattr(out, "__getitem__")
-                                    and not isinstance(out, torch.Tensor)):
+    if isinstance(out, Mapping):  # a dict, a Hugging Face ModelOutput (an OrderedDict)
         items = [(str(k), out[k]) for k in out.keys()]
     elif isinstance(out, (tuple, list)):
         items = [(str(i), v) for i, v in enumerate(out)]
@@ -56,8 +55,7 @@ def flat_view(model: torch.nn.Module) -> torch.nn.Module:
         return tuple(t for _, t in output_leaves(cls.forward(self, *args, **kwargs)))
 
     view_cls = type(cls.__name__, (cls,), {
-        "forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-        "edgekit_flat_outputs": True})
+        "forward": forward, "__module__": cls.__module__, "__qualname__": cls.__qualname__})
     view: torch.nn.Module = cls.__new__(view_cls)
     view.__dict__.update(model.__dict__)
     for attr in ("_parameters", "_buffers", "_modules", "_forward_hooks",

@@ -116,3 +116,26 @@ def test_the_flat_view_shares_modules_and_names_and_an_int8_build_keeps_them(tmp
         "x86-onnxruntime-int8"]["quantization"]
     assert q["float_layers"] == ["cls"]
     assert type(model) is Detector and isinstance(model(torch.rand(1, 1, 12, 12)), dict)
+
+
+def test_a_hugging_face_model_builds_as_it_is(tmp_path):
+    """A transformers model returns a ``ModelOutput``: passed to compress without a wrapper,
+    its tensors (``last_hidden_state``, ``pooler_output``) are the outputs, by name, int8
+    with the model's own layer names."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = transformers.ResNetModel(transformers.ResNetConfig(
+        embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1])).eval()
+    g = torch.Generator().manual_seed(0)
+    cal = [[torch.randn(1, 3, 32, 32, generator=g).numpy()] for _ in range(24)]
+    x = torch.from_numpy(cal[0][0])
+    b = compress(model, x, targets=[ORT, "x86-onnxruntime-int8"], out_dir=tmp_path / "b",
+                 calibration=cal, progress=False, quantization={"latency_check": False})
+    session = b.load(ORT)
+    assert [o.name for o in session.outputs] == ["last_hidden_state", "pooler_output"]
+    np.testing.assert_allclose(session.run([x.numpy()])[1],
+                               model(x).pooler_output.detach().numpy(), rtol=1e-4, atol=1e-5)
+    q = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][
+        "x86-onnxruntime-int8"]["quantization"]
+    layers = {r.get("layer") for r in q["layers"]}
+    assert any(str(m).startswith("embedder.") for m in layers), sorted(map(str, layers))[:5]
