@@ -26,6 +26,10 @@ Found so far:
   ``F.adaptive_max_pool2d`` to an even grid; litert-torch has no lowering ("Lowering not
   found: aten.adaptive_max_pool2d.default"), fp32 and int8 alike: written as max pools with
   kernel = stride = the window (:mod:`edgekit.backends.litert_lowering`).
+* ``shared_dq``: one conv's output read by several activations that stay float (mish, ELU,
+  softplus, ...); the int8 tensor's one DEQUANTIZE fed them all, and litert-torch's layout
+  pass refused it ("Attempting to convert non-NHWC compatible node to NHWC"): where it does,
+  each reader gets its own dequantize and the graph is converted again.
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -182,7 +186,23 @@ class AdaptiveMaxPool(nn.Module):
         return self.fc(torch.cat([a, b], 1))
 
 
+class SharedDq(nn.Module):
+    """One conv's output read by five activations litert's quantizer leaves in float."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        h = F.mish(h) + F.elu(h) + F.softplus(h) + F.leaky_relu(h, 0.2) + F.gelu(h)
+        return self.head(h).mean((2, 3))
+
+
 CASES = {
+    "shared_dq": (SharedDq, lambda g: torch.randn(1, 3, 12, 12, generator=g)),
     "adaptive_max_pool": (AdaptiveMaxPool, lambda g: torch.randn(1, 2, 8, 9, generator=g)),
     "clamp_tensor": (TensorClamp, lambda g: torch.randn(1, 8, generator=g)),
     "bmm": (Bmm, lambda g: torch.randn(2, 4, 8, generator=g)),
@@ -261,3 +281,33 @@ def test_adaptive_max_pool_builds_fp32_on_litert(tmp_path):
     path = next((tmp_path / "b").rglob("*.tflite"))
     ops = [o["op_name"] for o in Interpreter(model_path=str(path))._get_ops_details()]
     assert ops.count("MAX_POOL_2D") == 2, ops
+
+
+def test_a_layout_refusal_names_the_ops_and_the_layer(tmp_path):
+    """``F.normalize`` over the channels of a 4-D tensor still stops LiteRT int8 in
+    litert-torch's layout pass: the error names the op that reads the refused int8 tensor,
+    where it is (the model's own forward here), and hints at the runtimes that build it."""
+    from edgekit.errors import ExportError
+
+    class Normalized(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.head = nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(F.normalize(self.conv(x), dim=1))
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    cal = [torch.randn(1, 3, 12, 12, generator=g) for _ in range(8)]
+    with pytest.raises(ExportError) as err:
+        compress(Normalized().eval(), (cal[0],), targets=["arm64-tflite-int8"],
+                 out_dir=tmp_path / "b", calibration=cal, progress=False,
+                 quantization={"latency_check": False})
+    text = str(err.value)
+    assert "layout pass" in text and "linalg_vector_norm" in text, text
+    assert "the model's own forward (Normalized)" in text, text
+    assert "ONNX Runtime or OpenVINO" in (err.value.hint or "")
+    assert not (tmp_path / "b").exists()

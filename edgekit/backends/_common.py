@@ -573,6 +573,48 @@ def same_scale_failure(backend: str, model: torch.nn.Module, example_inputs: tup
     return ExportError(msg, backend=backend, op=f"tfl.{tfl.lower()}", layer=layer, hint=hint)
 
 
+# litert-torch's layout pass: "Attempting to convert non-NHWC compatible node to NHWC:
+# dequantize_per_tensor_1" (the int8 input of an op it moved to NHWC)
+_NHWC = re.compile(r"Attempting to convert non-NHWC compatible node to NHWC: "
+                   r"(dequantize_per_tensor|\w+?)(?:_(\d+))?\b")
+
+
+def layout_failure(backend: str, converted: Any, exc: BaseException) -> ExportError | None:
+    """An :class:`ExportError` for litert-torch's layout pass refusing the int8 input of an op
+    (``F.normalize(x, dim=1)`` on a 4-D tensor), naming the ops that read it and their layer,
+    found in ``converted`` (the converted PT2E graph handed to litert-torch: its
+    ``dequantize_per_tensor_default_N`` is the pass's ``dequantize_per_tensor_N``); None for
+    any other failure."""
+    text = _error_text(exc)
+    m = _NHWC.search(text)
+    if m is None:
+        return None
+    base, index = m.group(1), m.group(2)
+    names = {f"{base}_default" + (f"_{index}" if index else ""), m.group(0).split(": ")[-1]}
+    node = next((n for n in getattr(getattr(converted, "graph", None), "nodes", [])
+                 if n.name in names), None)
+    readers: list[tuple[str, tuple[str, str] | None]] = []
+    for user in node.users if node is not None else []:
+        op = _node_op(user.target)
+        readers.append((f"{op[0]}.{op[1]}" if op else str(user.target), _layer_of(user)))
+    layers = list(dict.fromkeys(layer for _, layer in readers if layer))
+    ops = ", ".join(dict.fromkeys(op for op, _ in readers if op != "output"))
+    msg = "litert-torch's layout pass (NCHW to NHWC) could not place an int8 tensor"
+    if ops:
+        msg += f" read by {ops}"
+    if layers:
+        where = [f"{p!r} ({c})" if p != "<root>" else f"the model's own forward ({c})"
+                 for p, c in layers]
+        msg += f" in {', '.join(where)}"
+    msg += f"; converter said: {_said(m.group(0))}"
+    layer = next((p for p, _ in layers if p != "<root>"), None)
+    hint = ("quantize this model with the ONNX Runtime or OpenVINO int8 targets, or keep LiteRT "
+            "in float (fp32 converts)"
+            + (f", or keep layer {layer!r} in float (quantization={{'keep_float': "
+               f"[{layer!r}]}})" if layer else ""))
+    return ExportError(msg, backend=backend, op=ops or None, layer=layer, hint=hint)
+
+
 # --------------------------------------------------------------------------- run-time failures
 
 

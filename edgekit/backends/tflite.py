@@ -51,6 +51,7 @@ from ._common import (
     export_failure,
     first_line,
     int8_needs,
+    layout_failure,
     list_files,
     missing_modules,
     package_versions,
@@ -385,6 +386,7 @@ class TFLiteBackend:
             litert_quantizer,
             pt2e_calibrate_convert,
             pt2e_prepare,
+            split_shared_dequantize,
             tflite_precision_summary,
         )
 
@@ -403,6 +405,7 @@ class TFLiteBackend:
                                          layers_only=scope["applied"] == "layers"
                                          and not wide)
             graph = prepared
+            gm: Any = None
             with eval_mode(model):
                 check_export_args(model, example_inputs, input_names, output_names)
                 try:
@@ -414,15 +417,23 @@ class TFLiteBackend:
                                                         config=config)
                         else:  # QAT: the fake-quantized graph already holds its ranges
                             gm = pt2e_calibrate_convert(graph.eval(), [])
-                        edge_model = litert_torch.convert(
-                            gm, example_inputs,
-                            quant_config=LiteRTQuantConfig(pt2e_quantizer=quantizer))
+                        quant = LiteRTQuantConfig(pt2e_quantizer=quantizer)
+                        try:
+                            edge_model = litert_torch.convert(gm, example_inputs,
+                                                              quant_config=quant)
+                        except AssertionError as exc:  # its layout pass, on a shared DQ
+                            if "non-NHWC compatible" not in str(exc) \
+                                    or not split_shared_dequantize(gm):
+                                raise
+                            edge_model = litert_torch.convert(gm, example_inputs,
+                                                              quant_config=quant)
                         edge_model.export(str(target))
                 except QuantizationError:
                     raise  # calibration failed: the message names the inputs and shapes
                 except Exception as exc:
                     refused = (unsupported_int16(exc) if wide else None) or \
-                        same_scale_failure(_NAME, model, example_inputs, exc)
+                        same_scale_failure(_NAME, model, example_inputs, exc) or \
+                        layout_failure(_NAME, gm, exc)
                     if refused is not None:
                         raise refused from exc
                     raise export_failure(_NAME, model, example_inputs, exc) from exc

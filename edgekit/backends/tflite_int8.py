@@ -213,6 +213,29 @@ def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
     return prepared
 
 
+def split_shared_dequantize(gm: torch.fx.GraphModule) -> int:
+    """Give each reader of a dequantize node read by several ops its own copy, in place;
+    return the copies made. torchao's ``convert_pt2e`` copies a dequantize only for readers
+    that are quantized; several float readers of one int8 tensor (five activations of one
+    conv summed, ``F.normalize``'s norm and division) share one, which litert-torch's layout
+    pass then refuses ("Attempting to convert non-NHWC compatible node to NHWC:
+    dequantize_per_tensor_1"). The copies compute the same values."""
+    made = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or "dequantize_per_tensor" not in str(node.target) \
+                or len(node.users) < 2:
+            continue
+        for user in list(node.users)[1:]:
+            with gm.graph.inserting_before(user):
+                copy = gm.graph.node_copy(node)
+            user.replace_input_with(node, copy)
+            made += 1
+    if made:
+        gm.graph.lint()
+        gm.recompile()
+    return made
+
+
 def unshare_call_sites(gm: torch.fx.GraphModule) -> list[str]:
     """Give each call of a module called more than once its own module name in the graph
     (``pool`` called twice: ``pool`` and ``pool.call1``); return the names of such modules.
