@@ -30,6 +30,9 @@ Found so far:
   softplus, ...); the int8 tensor's one DEQUANTIZE fed them all, and litert-torch's layout
   pass refused it ("Attempting to convert non-NHWC compatible node to NHWC"): where it does,
   each reader gets its own dequantize and the graph is converted again.
+* ``topk``: ``torch.topk`` over the last dimension (largest and smallest, indices read by a
+  gather); litert-torch wrote STABLEHLO_SORT, which the LiteRT interpreter cannot run ("Didn't
+  find op for builtin opcode 'STABLEHLO_SORT'"), fp32 and int8: written as its TOPK_V2.
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -201,7 +204,24 @@ class SharedDq(nn.Module):
         return self.head(h).mean((2, 3))
 
 
+class TopK(nn.Module):
+    """The 3 largest and 2 smallest scores of each row, and the scores gathered back at the
+    top indices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(10, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        top, idx = h.topk(3, dim=-1)
+        low, _ = h.topk(2, dim=1, largest=False)
+        return torch.cat([top, torch.gather(h, -1, idx), low], -1)
+
+
 CASES = {
+    "topk": (TopK, lambda g: torch.randn(1, 10, generator=g)),
     "shared_dq": (SharedDq, lambda g: torch.randn(1, 3, 12, 12, generator=g)),
     "adaptive_max_pool": (AdaptiveMaxPool, lambda g: torch.randn(1, 2, 8, 9, generator=g)),
     "clamp_tensor": (TensorClamp, lambda g: torch.randn(1, 8, generator=g)),
@@ -311,3 +331,31 @@ def test_a_layout_refusal_names_the_ops_and_the_layer(tmp_path):
     assert "the model's own forward (Normalized)" in text, text
     assert "ONNX Runtime or OpenVINO" in (err.value.hint or "")
     assert not (tmp_path / "b").exists()
+
+
+def test_topk_builds_fp32_on_litert_as_topk_v2(tmp_path):
+    """The fp32 LiteRT build of ``torch.topk``: the file runs TOPK_V2 (no STABLEHLO_SORT) and
+    gives PyTorch's values and indices."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    class Indices(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = nn.Linear(10, 10)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.fc(x).topk(4)
+
+    torch.set_num_threads(1)
+    model = Indices().eval()
+    x = torch.randn(2, 10, generator=torch.Generator().manual_seed(3))
+    bundle = compress(model, (x,), targets=["arm64-tflite-fp32"], out_dir=tmp_path / "b",
+                      progress=False)
+    values, indices = bundle.load("arm64-tflite-fp32").run([x.numpy()])
+    ref = model(x)
+    np.testing.assert_allclose(values, ref.values.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(indices.astype(np.int64), ref.indices.numpy())
+    path = next((tmp_path / "b").rglob("*.tflite"))
+    ops = [o["op_name"] for o in Interpreter(model_path=str(path))._get_ops_details()]
+    assert "TOPK_V2" in ops and not any(o.startswith("STABLEHLO") for o in ops), ops

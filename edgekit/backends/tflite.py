@@ -147,6 +147,15 @@ def _spec(name: str, detail: dict) -> TensorSpec:
     return TensorSpec(name, tuple(int(d) for d in detail["shape"]), str(np.dtype(detail["dtype"])))
 
 
+def _lowered(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> Any:
+    """The exported graph of ``model`` with the ops :mod:`.litert_lowering` writes otherwise
+    rewritten; None when it has none of them."""
+    from .litert_lowering import lower_unrunnable
+
+    gm = torch.export.export(model, tuple(example_inputs)).module()
+    return gm if lower_unrunnable(gm) else None
+
+
 def _convert_fp32(litert_torch: Any, model: torch.nn.Module,
                   example_inputs: tuple[torch.Tensor, ...]) -> Any:
     """``litert_torch.convert(model, example_inputs)``; where it finds no lowering for an op
@@ -157,10 +166,8 @@ def _convert_fp32(litert_torch: Any, model: torch.nn.Module,
     except Exception as exc:
         if "Lowering not found" not in str(exc):
             raise
-        from .litert_lowering import lower_adaptive_max_pools
-
-        gm = torch.export.export(model, tuple(example_inputs)).module()
-        if not lower_adaptive_max_pools(gm):
+        gm = _lowered(model, example_inputs)
+        if gm is None:
             raise
         return litert_torch.convert(gm, example_inputs)
 
@@ -296,24 +303,36 @@ class TFLiteBackend:
         path = out_dir / "model.tflite"
         example_inputs = tuple(example_inputs)
         t0 = time.perf_counter()
-        with eval_mode(model):
-            check_export_args(model, example_inputs, input_names, output_names)
+        source: Any = model
+        for attempt in range(2):
+            with eval_mode(model):
+                check_export_args(model, example_inputs, input_names, output_names)
+                try:
+                    # litert-torch prints its progress to stdout: keep stdout for data.
+                    with contextlib.redirect_stdout(sys.stderr):
+                        edge_model = _convert_fp32(litert_torch, source, example_inputs)
+                except Exception as exc:
+                    raise export_failure(_NAME, model, example_inputs, exc) from exc
             try:
-                # litert-torch prints its progress to stdout: keep stdout for data.
                 with contextlib.redirect_stdout(sys.stderr):
-                    edge_model = _convert_fp32(litert_torch, model, example_inputs)
+                    edge_model.export(str(path))
             except Exception as exc:
-                raise export_failure(_NAME, model, example_inputs, exc) from exc
-        try:
-            with contextlib.redirect_stdout(sys.stderr):
-                edge_model.export(str(path))
-        except Exception as exc:
-            raise ExportError(f"writing {path} failed: {first_line(exc)}", backend=_NAME) from exc
-        try:
-            interp = _open_interpreter(path, 1)
-        except BundleError as exc:
-            raise ExportError(f"the exported file does not load: {exc.message}",
-                              backend=_NAME) from exc
+                raise ExportError(f"writing {path} failed: {first_line(exc)}",
+                                  backend=_NAME) from exc
+            try:
+                interp = _open_interpreter(path, 1)
+                break
+            except BundleError as exc:
+                # an op lowered to StableHLO that LiteRT has no kernel for (topk's SORT):
+                # convert again from the graph with such ops rewritten, where it has any
+                retry = None
+                if attempt == 0 and "STABLEHLO_" in exc.message:
+                    with eval_mode(model):
+                        retry = _lowered(model, example_inputs)
+                if retry is None:
+                    raise ExportError(f"the exported file does not load: {exc.message}",
+                                      backend=_NAME) from exc
+                source = retry
         key, in_det, out_det, sig_in, sig_out = _signature(interp, path)
         if len(sig_in) != len(input_names) or len(sig_out) != len(output_names):
             raise ExportError(

@@ -201,10 +201,10 @@ def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
 
     from . import pt2e_rewrites
-    from .litert_lowering import lower_adaptive_max_pools
+    from .litert_lowering import lower_unrunnable
 
     gm = torch.export.export(model, tuple(example_inputs)).module()
-    lower_adaptive_max_pools(gm)  # no lowering in litert-torch
+    lower_unrunnable(gm)  # no lowering in litert-torch, or no kernel in LiteRT
     rewritten = pt2e_rewrites.rewrite(gm, wide=wide) if rewrite else []
     unshared = unshare_call_sites(gm)
     prepared = prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)
