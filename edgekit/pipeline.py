@@ -110,7 +110,15 @@ def _structured(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
                 output_names = [check_tensor_name(n, "output name") for n in names]
         except UsageError:
             pass  # a key that is no tensor name: output_0, output_1...
-    return flat_view(model), output_names
+    try:
+        view = flat_view(model)
+    except Exception as exc:  # a class that cannot be subclassed (a scripted module...)
+        raise ShapeError(
+            f"{type(model).__name__}.forward returns {type(out).__name__}, and edgekit could "
+            f"not give it a forward returning its tensors: {type(exc).__name__}: {exc}",
+            hint="wrap the model in a module whose forward returns a tensor or a tuple of "
+            "tensors") from exc
+    return view, output_names
 
 
 def _names(given: Sequence[str] | None, count: int, prefix: str) -> list[str]:

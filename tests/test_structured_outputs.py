@@ -139,3 +139,19 @@ def test_a_hugging_face_model_builds_as_it_is(tmp_path):
         "x86-onnxruntime-int8"]["quantization"]
     layers = {r.get("layer") for r in q["layers"]}
     assert any(str(m).startswith("embedder.") for m in layers), sorted(map(str, layers))[:5]
+
+
+def test_a_class_that_refuses_subclasses_gets_a_clear_error(tmp_path):
+    class Final(nn.Module):
+        def __init_subclass__(cls, **kwargs):
+            raise TypeError("Final cannot be subclassed")
+
+        def forward(self, x):
+            return {"y": x * 2}
+
+    with pytest.raises(ShapeError) as err:
+        compress(Final(), torch.rand(1, 3), targets=[ORT], out_dir=tmp_path / "b",
+                 progress=False)
+    assert "Final cannot be subclassed" in str(err.value)
+    assert "tuple of tensors" in (err.value.hint or "")
+    assert not (tmp_path / "b").exists()
