@@ -171,6 +171,11 @@ def compress(
 ) -> Bundle:
     """Export ``model`` for every target, verify each artifact, and write one bundle.
 
+    ``model``'s forward may return a tensor, a tuple or list of tensors, or a dict of them
+    (a ``ModelOutput``, nested, ``None`` entries skipped): the artifacts' outputs are its
+    tensors in order, named after their keys unless ``output_names`` are given
+    (:mod:`edgekit.model_outputs`).
+
     The bundle folder ``out_dir`` is replaced only when every target exported and verified;
     otherwise the previous bundle (if any) stays as it was. An existing ``out_dir`` that is
     not an edgekit bundle (or holds files its manifest does not list) is refused before any
