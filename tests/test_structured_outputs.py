@@ -155,3 +155,19 @@ def test_a_class_that_refuses_subclasses_gets_a_clear_error(tmp_path):
     assert "Final cannot be subclassed" in str(err.value)
     assert "tuple of tensors" in (err.value.hint or "")
     assert not (tmp_path / "b").exists()
+
+
+def test_explain_reads_a_dict_output_model(tmp_path):
+    """``edgekit.explain`` on a bundle built from a dict-output model, with that model: every
+    layer mapped, the output heads by their own names."""
+    import edgekit
+
+    model = Detector().eval()
+    g = torch.Generator().manual_seed(0)
+    cal = [[torch.rand(1, 1, 12, 12, generator=g).numpy()] for _ in range(24)]
+    compress(model, torch.from_numpy(cal[0][0]), targets=["x86-onnxruntime-int8"],
+             out_dir=tmp_path / "b", calibration=cal, progress=False,
+             quantization={"latency_check": False})
+    table = edgekit.explain(model, bundle=tmp_path / "b", progress=False).table()
+    assert "coverage 6/6" in table, table
+    assert all(f" {name} " in table for name in ("body.0", "box", "cls")), table

@@ -76,16 +76,17 @@ def np_dtype_name(dtype: Any) -> str:
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:
-    """A model's outputs (a tensor, or nested tuples/lists/dicts of them) as a flat list."""
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in flatten_outputs(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in flatten_outputs(v)]
-    raise UsageError(
-        f"model output of type {type(out).__name__} is not a tensor or a tuple/list/dict of tensors"
-    )
+    """A model's outputs (a tensor, or nested tuples/lists/dicts of them, ``None`` entries
+    skipped) as a flat list, in :func:`edgekit.model_outputs.output_leaves` order."""
+    from ..model_outputs import output_leaves
+
+    leaves = output_leaves(out)
+    bad = [f"{n or 'output'}: {type(t).__name__}" for n, t in leaves
+           if not isinstance(t, torch.Tensor)]
+    if bad:
+        raise UsageError(f"model output {', '.join(bad)} is not a tensor (a tensor or a "
+                         "tuple/list/dict of tensors is)")
+    return [t for _, t in leaves]
 
 
 @contextlib.contextmanager

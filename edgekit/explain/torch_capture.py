@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends._common import flatten_outputs
+
 __all__ = ["LayerCapture", "capture_torch", "fx_name_modules"]
 
 
@@ -141,9 +143,8 @@ def capture_torch(model: torch.nn.Module, samples: Sequence[Sequence[np.ndarray]
             for sample in samples:
                 current.clear()
                 result = model(*(torch.from_numpy(np.asarray(x)) for x in sample))
-                flat = result if isinstance(result, (tuple, list)) else (result,)
-                outputs.append([r.detach().float().cpu().numpy() for r in flat
-                                if isinstance(r, torch.Tensor)])
+                outputs.append([r.detach().float().cpu().numpy()
+                                for r in flatten_outputs(result)])
                 for name, cap in captures.items():
                     if name in current:
                         cap.outputs.append(current[name])
