@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["output_leaves", "flat_view", "is_flat"]
+__all__ = ["output_leaves", "flat_view", "is_flat", "not_tensors"]
 
 
 def output_leaves(out: Any, path: str = "") -> list[tuple[str, Any]]:
@@ -36,6 +36,12 @@ def output_leaves(out: Any, path: str = "") -> list[tuple[str, Any]]:
     for key, value in items:
         leaves += output_leaves(value, f"{path}_{key}" if path else key)
     return leaves
+
+
+def not_tensors(leaves: list[tuple[str, Any]]) -> list[str]:
+    """``"key: type"`` of each leaf of :func:`output_leaves` that is not a tensor."""
+    return [f"{n or 'output'}: {type(t).__name__}" for n, t in leaves
+            if not isinstance(t, torch.Tensor)]
 
 
 def is_flat(out: Any) -> bool:

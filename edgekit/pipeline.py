@@ -34,7 +34,7 @@ from .errors import DataError, EdgekitError, ShapeError, UsageError
 from .fsio import check_name, check_tensor_name
 from .manifest import Manifest, ModelRecord, StageRecord, TargetEntry, add_stage, stage_records
 from .measure.scoring import split_batches
-from .model_outputs import flat_view, is_flat, output_leaves
+from .model_outputs import flat_view, is_flat, not_tensors, output_leaves
 from .profiles import TargetProfile, resolve_targets
 from .verify import verify
 
@@ -61,7 +61,16 @@ def _describe(tensors: Sequence[Any]) -> str:
 def check_example_inputs(
     model: torch.nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """Run the model once on the example inputs; return (inputs, outputs) as tuples."""
+    """Run the model once on the example inputs; return (inputs, outputs) as tuples (the
+    outputs' tensors in :func:`edgekit.model_outputs.output_leaves` order)."""
+    inputs, outputs, _ = _run_example(model, example_inputs)
+    return inputs, outputs
+
+
+def _run_example(
+    model: torch.nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], Any]:
+    """:func:`check_example_inputs`, with the forward's output as it returned it."""
     inputs = ((example_inputs,) if isinstance(example_inputs, torch.Tensor)
               else tuple(example_inputs))
     if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
@@ -80,27 +89,24 @@ def check_example_inputs(
         ) from exc
     leaves = output_leaves(out)
     outputs = tuple(t for _, t in leaves)
-    if not outputs or not all(isinstance(o, torch.Tensor) for o in outputs):
-        bad = [f"{n or 'output'}: {type(t).__name__}" for n, t in leaves
-               if not isinstance(t, torch.Tensor)]
+    bad = not_tensors(leaves)
+    if not outputs or bad:
         raise ShapeError(
             f"{type(model).__name__}.forward must return tensors (a tensor, or a tuple, list "
             f"or dict of them), got ({_describe(outputs) or 'no tensor'})"
             + (f"; not a tensor: {', '.join(bad)}" if bad else ""),
             hint="return the tensors to deploy, e.g. wrap the model in a module whose forward "
             "returns model(x).logits")
-    return inputs, outputs
+    return inputs, outputs, out
 
 
-def _structured(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...],
-                output_names: Sequence[str] | None
+def _structured(model: torch.nn.Module, out: Any, output_names: Sequence[str] | None
                 ) -> tuple[torch.nn.Module, Sequence[str] | None]:
     """A model whose forward returns a dict, a ``ModelOutput`` or nested tuples: its flat view
     (:func:`edgekit.model_outputs.flat_view`) and, unless names were given, the leaves'
     names (``boxes``, ``scores``) where each is a usable, unique tensor name. A tensor or a
-    tuple of tensors: the model and the names as given."""
-    with torch.no_grad():
-        out = model(*inputs)
+    tuple of tensors: the model and the names as given. ``out``: the forward's output on the
+    example inputs."""
     if is_flat(out):
         return model, output_names
     if output_names is None:
@@ -217,8 +223,8 @@ def compress(
             check_name(name, "bundle name")
         except UsageError as exc:
             raise UsageError(exc.message, hint="use a plain bundle name such as 'kws'") from None
-    inputs, ref_outputs = check_example_inputs(model, example_inputs)
-    model, output_names = _structured(model, inputs, output_names)
+    inputs, ref_outputs, raw = _run_example(model, example_inputs)
+    model, output_names = _structured(model, raw, output_names)
     in_names = _names(input_names, len(inputs), "input")
     out_names = _names(output_names, len(ref_outputs), "output")
     batch = int(inputs[0].shape[0]) if inputs[0].dim() else 1

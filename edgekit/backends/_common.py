@@ -78,12 +78,10 @@ def np_dtype_name(dtype: Any) -> str:
 def flatten_outputs(out: Any) -> list[torch.Tensor]:
     """A model's outputs (a tensor, or nested tuples/lists/dicts of them, ``None`` entries
     skipped) as a flat list, in :func:`edgekit.model_outputs.output_leaves` order."""
-    from ..model_outputs import output_leaves
+    from ..model_outputs import not_tensors, output_leaves
 
     leaves = output_leaves(out)
-    bad = [f"{n or 'output'}: {type(t).__name__}" for n, t in leaves
-           if not isinstance(t, torch.Tensor)]
-    if bad:
+    if bad := not_tensors(leaves):
         raise UsageError(f"model output {', '.join(bad)} is not a tensor (a tensor or a "
                          "tuple/list/dict of tensors is)")
     return [t for _, t in leaves]
