@@ -309,13 +309,7 @@ def test_a_layout_refusal_names_the_ops_and_the_layer(tmp_path):
     where it is (the model's own forward here), and hints at the runtimes that build it."""
     from edgekit.errors import ExportError
 
-    class Normalized(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv = nn.Conv2d(3, 8, 3, padding=1)
-            self.head = nn.Conv2d(8, 4, 1)
-
+    class Normalized(SharedDq):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(F.normalize(self.conv(x), dim=1))
 

@@ -414,6 +414,8 @@ def test_a_cut_grid_reaches_the_flat_region_whatever_the_zero_point_rounding(hig
     both grids, and a gate input cut to [-3, 3] reaches 3 (a gate of exactly 1)."""
     from edgekit.backends._ranges import _scale_zero
 
+    scale, zero = _scale_zero(-3.0, 28.29, GRIDS["uint8"])  # the range cut exactly at -3
+    assert round(-zero * scale, 2) == -2.94  # the grid stops short of -3
     st = TensorStats(None)
     st.update(np.array([[-40.0, -1.0, 0.5, high]], np.float32))
     gate = TensorStats(None)
