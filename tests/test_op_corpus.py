@@ -33,6 +33,12 @@ Found so far:
 * ``topk``: ``torch.topk`` over the last dimension (largest and smallest, indices read by a
   gather); litert-torch wrote STABLEHLO_SORT, which the LiteRT interpreter cannot run ("Didn't
   find op for builtin opcode 'STABLEHLO_SORT'"), fp32 and int8: written as its TOPK_V2.
+* ``conv_transpose_padding``: a decoder's ``ConvTranspose2d(k=3, stride=2, padding=1,
+  output_padding=1)``; litert-torch's converter "failed to legalize operation
+  'mhlo.convolution'" (fp32 and int8; every strided transposed convolution whose padding is
+  neither 0 nor (kernel - stride) / 2): written as the unpadded one sliced to PyTorch's window.
+* ``conv1d_same``: ``nn.Conv1d(..., padding="same")``; litert-torch's 1-D decomposition made the
+  padding ``[0, 's', 'a', 'm', 'e']`` (fp32 and int8): written with its numbers.
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -220,7 +226,41 @@ class TopK(nn.Module):
         return torch.cat([top, torch.gather(h, -1, idx), low], -1)
 
 
+class ConvTransposePadding(nn.Module):
+    """A decoder doubling its map (kernel 3, stride 2, padding 1, output padding 1) beside one
+    whose output padding reaches past its padding (its last row and column hold only the
+    bias)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+        self.wide = nn.ConvTranspose2d(8, 4, 3, stride=3, padding=1, output_padding=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return torch.cat([self.up(h).mean((2, 3)), self.wide(h)[:, :, -3:, -3:].flatten(1)], 1)
+
+
+class Conv1dSame(nn.Module):
+    """1-D convolutions with ``padding="same"``: an odd dilated kernel and an even kernel (PyTorch
+    pads its odd element at the end)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Conv1d(2, 8, 5, padding="same", dilation=2)
+        self.b = nn.Conv1d(8, 4, 4, padding="same")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x))).flatten(1)
+
+
 CASES = {
+    "conv_transpose_padding": (ConvTransposePadding,
+                               lambda g: torch.randn(1, 2, 6, 6, generator=g)),
+    "conv1d_same": (Conv1dSame, lambda g: torch.randn(1, 2, 12, generator=g)),
     "topk": (TopK, lambda g: torch.randn(1, 10, generator=g)),
     "shared_dq": (SharedDq, lambda g: torch.randn(1, 3, 12, 12, generator=g)),
     "adaptive_max_pool": (AdaptiveMaxPool, lambda g: torch.randn(1, 2, 8, 9, generator=g)),
@@ -325,6 +365,20 @@ def test_a_layout_refusal_names_the_ops_and_the_layer(tmp_path):
     assert "the model's own forward (Normalized)" in text, text
     assert "ONNX Runtime or OpenVINO" in (err.value.hint or "")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("case", ["conv_transpose_padding", "conv1d_same"])
+def test_convolutions_build_fp32_on_litert(tmp_path, case):
+    """The fp32 LiteRT builds of the convolutions litert-torch refused: converted from the
+    rewritten graph, and the file gives PyTorch's outputs."""
+    torch.set_num_threads(1)
+    cls, make = CASES[case]
+    model = cls().eval()
+    x = make(torch.Generator().manual_seed(3))
+    bundle = compress(model, (x,), targets=["arm64-tflite-fp32"], out_dir=tmp_path / "b",
+                      progress=False)
+    got = bundle.load("arm64-tflite-fp32").run([x.numpy()])[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_topk_builds_fp32_on_litert_as_topk_v2(tmp_path):

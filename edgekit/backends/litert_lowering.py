@@ -13,6 +13,19 @@ and int8 builds).
   int32 indices, cast to int64 as ``torch.topk`` returns them), ``largest=False`` as the top
   k of the negated input.
 
+* ``conv1d`` with ``padding="same"`` / ``"valid"``: litert-torch's decomposition of a 1-D
+  convolution prepends a zero to the padding, and a string padding became
+  ``[0, 's', 'a', 'm', 'e']`` ("Expected a value of type 'List[int]' for argument 'padding'"):
+  written with its numbers (an odd total padding as a zero pad at the end first, as PyTorch
+  pads it).
+
+* ``conv_transpose`` with a padding that is neither 0 nor the "same" form (kernel - 2 x padding
+  = stride), such as the ``ConvTranspose2d(c, c, 3, stride=2, padding=1, output_padding=1)``
+  that doubles a decoder's map: the converter "failed to legalize operation
+  'mhlo.convolution'". Written as the transposed convolution without padding (LiteRT's
+  VALID form) sliced to PyTorch's window; where the output padding reaches past that
+  (output_padding > padding) the new rows hold only the bias: zero-padded, then the bias added.
+
 Each rewrite keeps the float function (``tests/test_op_corpus.py`` builds such a model on
 every runtime and compares it with PyTorch).
 """
@@ -24,7 +37,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["lower_adaptive_max_pools", "lower_topk", "lower_unrunnable"]
+__all__ = ["lower_adaptive_max_pools", "lower_conv_string_padding",
+           "lower_conv_transpose_padding", "lower_topk", "lower_unrunnable"]
 
 _ATEN = torch.ops.aten
 
@@ -141,6 +155,124 @@ def lower_topk(gm: torch.fx.GraphModule) -> list[str]:
     return done
 
 
+def _ints(value: Any, dims: int) -> list[int]:
+    """A conv argument (an int or one per spatial dimension) as ``dims`` ints."""
+    return [int(value)] * dims if isinstance(value, int) else [int(v) for v in value]
+
+
+def _inherit(new: torch.fx.Node, old: torch.fx.Node) -> None:
+    """``new`` reports as ``old``'s layer and source line, with its own shape (evaluated on
+    its inputs' fake tensors)."""
+    from torch._guards import detect_fake_mode
+
+    new.meta.update({k: old.meta[k] for k in ("nn_module_stack", "stack_trace")
+                     if k in old.meta})
+    args, kwargs = torch.fx.node.map_arg((new.args, new.kwargs), lambda n: n.meta.get("val"))
+    mode = detect_fake_mode((args, kwargs))
+    if mode is not None:
+        with mode:
+            new.meta["val"] = new.target(*args, **kwargs)
+
+
+def _static(node: Any) -> torch.Tensor | None:
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    if not isinstance(val, torch.Tensor) or any(not isinstance(s, int) for s in val.shape):
+        return None
+    return val
+
+
+def lower_conv_string_padding(gm: torch.fx.GraphModule) -> list[str]:
+    """Write each 1-D convolution of ``gm`` whose padding is a string (``"same"``,
+    ``"valid"``) with numbers, in place; return the nodes rewritten."""
+    done = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != _ATEN.conv1d.padding:
+            continue
+        args = list(node.args) + [None] * (7 - len(node.args))
+        x, w, b, stride, padding, dilation, groups = args
+        stride = node.kwargs.get("stride", 1 if stride is None else stride)
+        padding = node.kwargs.get("padding", "valid" if padding is None else padding)
+        dilation = node.kwargs.get("dilation", 1 if dilation is None else dilation)
+        groups = node.kwargs.get("groups", 1 if groups is None else groups)
+        weight = _static(w)
+        if weight is None or padding not in ("same", "valid"):
+            continue
+        kernel = int(weight.shape[-1])
+        total = _ints(dilation, 1)[0] * (kernel - 1) if padding == "same" else 0
+        graph = gm.graph
+        with graph.inserting_before(node):
+            if total % 2:  # PyTorch pads the odd element at the end
+                x = graph.call_function(_ATEN.constant_pad_nd.default, (x, [0, 1], 0.0))
+                _inherit(x, node)
+            new = graph.call_function(_ATEN.conv1d.default,
+                                      (x, w, b, _ints(stride, 1), [total // 2],
+                                       _ints(dilation, 1), groups))
+        _inherit(new, node)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        done.append(node.name)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+_CONV_T = {_ATEN.conv_transpose1d.default: 1, _ATEN.conv_transpose2d.input: 2,
+           _ATEN.conv_transpose3d.input: 3}
+
+
+def lower_conv_transpose_padding(gm: torch.fx.GraphModule) -> list[str]:
+    """Write each strided transposed convolution of ``gm`` whose padding LiteRT's converter
+    cannot legalize as the unpadded one sliced to PyTorch's window, in place; return the
+    nodes rewritten."""
+    done = []
+    for node in list(gm.graph.nodes):
+        dims = _CONV_T.get(node.target) if node.op == "call_function" else None
+        if dims is None or node.kwargs:
+            continue
+        args = list(node.args) + [None] * (8 - len(node.args))
+        x, w, b, stride, padding, out_pad, groups, dilation = args
+        stride, padding = _ints(stride or 1, dims), _ints(padding or 0, dims)
+        out_pad, dilation = _ints(out_pad or 0, dims), _ints(dilation or 1, dims)
+        val, weight = _static(x), _static(w)
+        if val is None or weight is None:
+            continue
+        span = [d * (int(k) - 1) + 1 for d, k in zip(dilation, weight.shape[2:])]
+        if all(s == 1 or p == 0 or k - 2 * p == s for s, p, k in zip(stride, padding, span)):
+            continue  # forms the converter lowers
+        size = [int(n) for n in val.shape[-dims:]]
+        out = [(n - 1) * s - 2 * p + k + o
+               for n, s, p, k, o in zip(size, stride, padding, span, out_pad)]
+        beyond = [max(0, o - p) for o, p in zip(out_pad, padding)]
+        graph = gm.graph
+        with graph.inserting_before(node):
+            y = graph.call_function(node.target, (x, w, None if any(beyond) else b, stride,
+                                                  [0] * dims, [0] * dims, groups or 1,
+                                                  dilation))
+            _inherit(y, node)
+            if any(beyond):
+                pads = [v for e in reversed(beyond) for v in (0, e)]
+                y = graph.call_function(_ATEN.constant_pad_nd.default, (y, pads, 0.0))
+                _inherit(y, node)
+            for i, (p, n) in enumerate(zip(padding, out)):
+                y = graph.call_function(_ATEN.slice.Tensor, (y, i - dims, p, p + n))
+                _inherit(y, node)
+            if any(beyond) and b is not None:
+                shape = [1, -1] + [1] * dims
+                bias = graph.call_function(_ATEN.view.default, (b, shape))
+                _inherit(bias, node)
+                y = graph.call_function(_ATEN.add.Tensor, (y, bias))
+                _inherit(y, node)
+        node.replace_all_uses_with(y)
+        graph.erase_node(node)
+        done.append(node.name)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
 def lower_unrunnable(gm: torch.fx.GraphModule) -> list[str]:
     """Every rewrite of this module, in place; the nodes rewritten."""
-    return lower_adaptive_max_pools(gm) + lower_topk(gm)
+    return (lower_adaptive_max_pools(gm) + lower_topk(gm) + lower_conv_string_padding(gm)
+            + lower_conv_transpose_padding(gm))

@@ -158,17 +158,18 @@ def _lowered(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -
 
 def _convert_fp32(litert_torch: Any, model: torch.nn.Module,
                   example_inputs: tuple[torch.Tensor, ...]) -> Any:
-    """``litert_torch.convert(model, example_inputs)``; where it finds no lowering for an op
+    """``litert_torch.convert(model, example_inputs)``; where it fails on a graph holding ops
     :mod:`.litert_lowering` writes otherwise, the exported graph with those ops rewritten is
     converted instead (the first error stands when nothing was rewritten)."""
     try:
         return litert_torch.convert(model, example_inputs)
     except Exception as exc:
-        if "Lowering not found" not in str(exc):
-            raise
-        gm = _lowered(model, example_inputs)
+        try:
+            gm = _lowered(model, example_inputs)
+        except Exception:
+            gm = None  # the model does not export: the converter's error says so
         if gm is None:
-            raise
+            raise exc
         return litert_torch.convert(gm, example_inputs)
 
 

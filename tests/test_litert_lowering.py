@@ -1,0 +1,57 @@
+"""The graph rewrites of :mod:`edgekit.backends.litert_lowering` keep the float function: the
+rewritten exported graph gives the module's outputs, for each form of the op rewritten."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from edgekit.backends.litert_lowering import (
+    lower_conv_string_padding,
+    lower_conv_transpose_padding,
+)
+
+
+def _rewritten(model: nn.Module, x: torch.Tensor, lower) -> tuple[torch.fx.GraphModule, list]:
+    gm = torch.export.export(model.eval(), (x,)).module()
+    return gm, lower(gm)
+
+
+# kernel, stride, padding, output padding, dilation
+@pytest.mark.parametrize("k,s,p,op,d", [
+    (3, 2, 1, 1, 1), (3, 2, 1, 0, 1), (2, 2, 1, 1, 1), (5, 2, 2, 1, 1), (4, 3, 1, 2, 1),
+    (3, 3, 1, 2, 1), (3, 2, 2, 1, 2), (5, 3, 2, 0, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_transpose_padding_keeps_the_float_function(k, s, p, op, d, bias):
+    torch.manual_seed(0)
+    model = nn.ConvTranspose2d(4, 6, k, stride=(s, 1), padding=(p, 1), output_padding=(op, 0),
+                               dilation=d, bias=bias)
+    x = torch.randn(1, 4, 5, 6)
+    gm, done = _rewritten(model, x, lower_conv_transpose_padding)
+    assert done == ["conv_transpose2d"]
+    targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    conv = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.conv_transpose2d.input)
+    assert list(conv.args[4]) == [0, 0] and list(conv.args[5]) == [0, 0], conv.args
+    assert targets.count(torch.ops.aten.slice.Tensor) == 2
+    torch.testing.assert_close(gm(x), model(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,s,p,op", [(4, 2, 1, 0), (4, 2, 1, 1), (3, 1, 1, 0), (3, 2, 0, 1)])
+def test_conv_transpose_forms_the_converter_lowers_are_kept(k, s, p, op):
+    """Unpadded, stride 1, and kernel - 2 x padding = stride ("same"): left as they are."""
+    model = nn.ConvTranspose2d(4, 4, k, stride=s, padding=p, output_padding=op)
+    gm, done = _rewritten(model, torch.randn(1, 4, 5, 5), lower_conv_transpose_padding)
+    assert done == []
+
+
+@pytest.mark.parametrize("k,d", [(1, 1), (2, 1), (3, 1), (4, 1), (5, 2), (4, 3)])
+def test_conv1d_string_padding_is_written_with_numbers(k, d):
+    torch.manual_seed(0)
+    for padding in ("same", "valid"):
+        model = nn.Conv1d(3, 5, k, padding=padding, dilation=d)
+        x = torch.randn(2, 3, 11)
+        gm, done = _rewritten(model, x, lower_conv_string_padding)
+        assert done == ["conv1d"]
+        assert all(not isinstance(a, str) for n in gm.graph.nodes for a in n.args)
+        torch.testing.assert_close(gm(x), model(x), rtol=0, atol=1e-5)
