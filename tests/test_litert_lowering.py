@@ -55,3 +55,27 @@ def test_conv1d_string_padding_is_written_with_numbers(k, d):
         assert done == ["conv1d"]
         assert all(not isinstance(a, str) for n in gm.graph.nodes for a in n.args)
         torch.testing.assert_close(gm(x), model(x), rtol=0, atol=1e-5)
+
+
+class _Expands(torch.nn.Module):
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        unit = x / n.expand_as(x)  # broadcasts without the expand: dropped
+        scaled = n.expand(-1, 8, -1, -1) * 2.0  # the expand makes the shape: kept
+        shift = n.expand_as(x) - w  # w (1, 1, 5, 5) broadcasts only with it: kept
+        return unit, scaled, shift
+
+
+def test_broadcast_expands_are_dropped_only_where_the_shape_stays():
+    from edgekit.backends.litert_lowering import drop_broadcast_expands
+
+    model = _Expands()
+    x, w = torch.randn(2, 8, 5, 5), torch.randn(1, 1, 5, 5)
+    gm = torch.export.export(model, (x, w)).module()
+    done = drop_broadcast_expands(gm)
+    assert len(done) == 1, done
+    left = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert left.count(torch.ops.aten.expand.default) \
+        + left.count(torch.ops.aten.expand_as.default) == 2, left
+    for got, ref in zip(gm(x, w), model(x, w)):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)

@@ -39,6 +39,12 @@ Found so far:
   neither 0 nor (kernel - stride) / 2): written as the unpadded one sliced to PyTorch's window.
 * ``conv1d_same``: ``nn.Conv1d(..., padding="same")``; litert-torch's 1-D decomposition made the
   padding ``[0, 's', 'a', 'm', 'e']`` (fp32 and int8): written with its numbers.
+* ``normalize``: ``F.normalize(x, dim=1)`` over a conv's 4-D map (a cosine-similarity or
+  embedding head); litert-torch's layout pass refused the int8 tensor the norm and the division
+  share ("Attempting to convert non-NHWC compatible node to NHWC"), then left the expanded norm
+  in NCHW beside the NHWC map ("'tfl.div' op operands don't have broadcast-compatible
+  shapes"): the expand is dropped (division broadcasts), and where the pass still breaks
+  the graph it is converted again with its greedy partitioner.
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -257,7 +263,24 @@ class Conv1dSame(nn.Module):
         return self.b(torch.relu(self.a(x))).flatten(1)
 
 
+class Normalize(nn.Module):
+    """Unit-length channel vectors of a conv's map, read by a conv and by a spatial mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+        self.conv2 = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.head(F.normalize(self.conv(x), dim=1)).mean((2, 3))
+        b = F.normalize(self.conv2(x), dim=1).mean((2, 3))
+        return torch.cat([a, b], 1)
+
+
 CASES = {
+    "normalize": (Normalize, lambda g: torch.randn(1, 3, 12, 12, generator=g)),
     "conv_transpose_padding": (ConvTransposePadding,
                                lambda g: torch.randn(1, 2, 6, 6, generator=g)),
     "conv1d_same": (Conv1dSame, lambda g: torch.randn(1, 2, 12, generator=g)),
@@ -275,6 +298,10 @@ CASES = {
 }
 
 
+#: cases whose LiteRT graph :mod:`edgekit.backends.litert_lowering` rewrites
+LOWERED = {"normalize", "conv_transpose_padding", "conv1d_same", "topk", "adaptive_max_pool"}
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_op_builds_int8(tmp_path, case, target):
@@ -286,9 +313,11 @@ def test_op_builds_int8(tmp_path, case, target):
     bundle = compress(model, (data[0],), targets=[target], out_dir=tmp_path / "b",
                       calibration=data, progress=False,
                       quantization={"latency_check": False, "fallback": False})
-    q = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][target][
-        "quantization"]
+    entry = json.loads((tmp_path / "b" / "manifest.json").read_text())["targets"][target]
+    q = entry["quantization"]
     assert q["heldout_fidelity"]["failures"] == []
+    if "tflite" in target and case in LOWERED:  # the manifest says what was written otherwise
+        assert entry["artifact_info"]["quantization"]["lowered_nodes"], case
     x = make(torch.Generator().manual_seed(9))
     got = bundle.load(target).run([x.numpy()])[0]
     ref = model(x).detach().numpy()
@@ -343,11 +372,15 @@ def test_adaptive_max_pool_builds_fp32_on_litert(tmp_path):
     assert ops.count("MAX_POOL_2D") == 2, ops
 
 
-def test_a_layout_refusal_names_the_ops_and_the_layer(tmp_path):
-    """``F.normalize`` over the channels of a 4-D tensor still stops LiteRT int8 in
-    litert-torch's layout pass: the error names the op that reads the refused int8 tensor,
-    where it is (the model's own forward here), and hints at the runtimes that build it."""
+def test_a_layout_refusal_names_the_ops_and_the_layer(tmp_path, monkeypatch):
+    """With the expand ``F.normalize`` divides by kept, litert-torch's layout pass stops
+    LiteRT int8 on a 4-D map whatever the retries: the error names the op that reads the
+    refused int8 tensor, where it is (the model's own forward here), and hints at the
+    runtimes that build it."""
+    import edgekit.backends.litert_lowering as lowering
     from edgekit.errors import ExportError
+
+    monkeypatch.setattr(lowering, "drop_broadcast_expands", lambda gm: [])
 
     class Normalized(SharedDq):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

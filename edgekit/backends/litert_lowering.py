@@ -26,6 +26,13 @@ and int8 builds).
   VALID form) sliced to PyTorch's window; where the output padding reaches past that
   (output_padding > padding) the new rows hold only the bias: zero-padded, then the bias added.
 
+* ``expand`` / ``expand_as`` read only by broadcasting arithmetic (``F.normalize(x, dim=1)``
+  divides by its norm expanded to the input's shape): in an int8 graph over a 4-D map,
+  litert-torch's layout pass left the expanded norm in NCHW beside the NHWC input ("'tfl.div'
+  op operands don't have broadcast-compatible shapes", after "Attempting to convert non-NHWC
+  compatible node to NHWC"): the expand is dropped where each reader broadcasts to the same
+  shape without it.
+
 Each rewrite keeps the float function (``tests/test_op_corpus.py`` builds such a model on
 every runtime and compares it with PyTorch).
 """
@@ -37,7 +44,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["lower_adaptive_max_pools", "lower_conv_string_padding",
+__all__ = ["drop_broadcast_expands", "lower_adaptive_max_pools", "lower_conv_string_padding",
            "lower_conv_transpose_padding", "lower_topk", "lower_unrunnable"]
 
 _ATEN = torch.ops.aten
@@ -169,7 +176,7 @@ def _inherit(new: torch.fx.Node, old: torch.fx.Node) -> None:
                      if k in old.meta})
     args, kwargs = torch.fx.node.map_arg((new.args, new.kwargs), lambda n: n.meta.get("val"))
     mode = detect_fake_mode((args, kwargs))
-    if mode is not None:
+    if mode is not None and callable(new.target):
         with mode:
             new.meta["val"] = new.target(*args, **kwargs)
 
@@ -272,7 +279,52 @@ def lower_conv_transpose_padding(gm: torch.fx.GraphModule) -> list[str]:
     return done
 
 
+_BROADCASTING = {_ATEN.add.Tensor, _ATEN.sub.Tensor, _ATEN.mul.Tensor, _ATEN.div.Tensor}
+
+
+def _shape(arg: Any) -> tuple[int, ...] | None:
+    if not isinstance(arg, torch.fx.Node):
+        return () if isinstance(arg, (int, float)) else None
+    val = _static(arg)
+    return None if val is None else tuple(val.shape)
+
+
+def drop_broadcast_expands(gm: torch.fx.GraphModule) -> list[str]:
+    """Remove each ``expand`` / ``expand_as`` of ``gm`` whose readers are all broadcasting
+    arithmetic that gives the same shape from the unexpanded tensor, in place; return the
+    nodes removed."""
+    done = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (
+                _ATEN.expand.default, _ATEN.expand_as.default) or not node.users:
+            continue
+        src = node.args[0]
+        small = _shape(src)
+        keep = small is None
+        for user in node.users:
+            if keep or user.op != "call_function" or user.target not in _BROADCASTING \
+                    or user.kwargs or len(user.args) != 2 or user.args.count(node) != 1:
+                keep = True
+                break
+            other = _shape(user.args[1] if user.args[0] is node else user.args[0])
+            out = _shape(user)
+            try:
+                keep = other is None or out is None \
+                    or tuple(torch.broadcast_shapes(small, other)) != out
+            except RuntimeError:
+                keep = True
+        if keep:
+            continue
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        done.append(node.name)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
 def lower_unrunnable(gm: torch.fx.GraphModule) -> list[str]:
     """Every rewrite of this module, in place; the nodes rewritten."""
     return (lower_adaptive_max_pools(gm) + lower_topk(gm) + lower_conv_string_padding(gm)
-            + lower_conv_transpose_padding(gm))
+            + lower_conv_transpose_padding(gm) + drop_broadcast_expands(gm))

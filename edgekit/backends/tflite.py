@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import time
@@ -171,6 +172,66 @@ def _convert_fp32(litert_torch: Any, model: torch.nn.Module,
         if gm is None:
             raise exc
         return litert_torch.convert(gm, example_inputs)
+
+
+@contextlib.contextmanager
+def _layout_partitioner(litert_torch: Any, name: str | None) -> Any:
+    """litert-torch's NCHW-to-NHWC layout pass partitions the graph with ``name`` (its
+    ``layout_optimize_partitioner``, kept in the environment) inside the block; None: as
+    configured."""
+    config: Any = getattr(litert_torch, "config", None)
+    if name is None or not hasattr(config, "layout_optimize_partitioner"):
+        yield
+        return
+    key, before = "LAYOUT_OPTIMIZE_PARTITIONER", os.environ.get("LAYOUT_OPTIMIZE_PARTITIONER")
+    config.layout_optimize_partitioner = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _layout_broken(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is litert-torch's layout pass refusing a tensor
+    or leaving an op's operands in two layouts."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if "NHWC" in str(seen) or "broadcast" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _convert_int8(litert_torch: Any, gm: torch.fx.GraphModule,
+                  example_inputs: tuple[torch.Tensor, ...], quant: Any) -> Any:
+    """``litert_torch.convert`` of the int8 graph ``gm``. Where litert-torch's layout pass
+    breaks it (a refused tensor, or an op reading both layouts), ``gm`` is converted again
+    with each reader of a shared int8 tensor given its own dequantize, then with the pass's
+    greedy partitioner instead of its min-cut one; the first error stands when both fail.
+    ``gm.edgekit_layout_retry`` says which conversion gave the file (None: the first)."""
+    from .tflite_int8 import split_shared_dequantize
+
+    setattr(gm, "edgekit_layout_retry", None)
+    try:
+        return litert_torch.convert(gm, example_inputs, quant_config=quant)
+    except Exception as first:
+        if not _layout_broken(first):
+            raise
+        split = split_shared_dequantize(gm)
+        for partitioner in ([None] if split else []) + ["GREEDY"]:
+            try:
+                with _layout_partitioner(litert_torch, partitioner):
+                    edge_model = litert_torch.convert(gm, example_inputs, quant_config=quant)
+            except Exception:
+                continue
+            setattr(gm, "edgekit_layout_retry", ", ".join(
+                (["each reader of a shared int8 tensor given its own dequantize"] if split
+                 else []) + (["greedy layout partitioner"] if partitioner else [])))
+            return edge_model
+        raise first
 
 
 class TFLiteSession(CheckedSession):
@@ -406,7 +467,6 @@ class TFLiteBackend:
             litert_quantizer,
             pt2e_calibrate_convert,
             pt2e_prepare,
-            split_shared_dequantize,
             tflite_precision_summary,
         )
 
@@ -438,15 +498,7 @@ class TFLiteBackend:
                         else:  # QAT: the fake-quantized graph already holds its ranges
                             gm = pt2e_calibrate_convert(graph.eval(), [])
                         quant = LiteRTQuantConfig(pt2e_quantizer=quantizer)
-                        try:
-                            edge_model = litert_torch.convert(gm, example_inputs,
-                                                              quant_config=quant)
-                        except AssertionError as exc:  # its layout pass, on a shared DQ
-                            if "non-NHWC compatible" not in str(exc) \
-                                    or not split_shared_dequantize(gm):
-                                raise
-                            edge_model = litert_torch.convert(gm, example_inputs,
-                                                              quant_config=quant)
+                        edge_model = _convert_int8(litert_torch, gm, example_inputs, quant)
                         edge_model.export(str(target))
                 except QuantizationError:
                     raise  # calibration failed: the message names the inputs and shapes
@@ -518,6 +570,10 @@ class TFLiteBackend:
                     # hardsigmoid / hardswish written out in ops the quantizer takes
                     # (integer_ops; 16x8: the hardswishes only)
                     "rewritten_activations": list(getattr(prepared, "edgekit_rewritten", [])),
+                    # ops litert-torch cannot lower or LiteRT run, written otherwise
+                    "lowered_nodes": list(getattr(prepared, "edgekit_lowered", [])),
+                    # how litert-torch's layout pass was brought to convert the graph
+                    "layout_retry": getattr(gm, "edgekit_layout_retry", None),
                     "ops": {o: ops.count(o) for o in sorted(set(ops))},
                     "int8_weight_tensors": int8_weights,
                     "ranges": getattr(gm, "edgekit_ranges", None),

@@ -204,12 +204,13 @@ def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
     from .litert_lowering import lower_unrunnable
 
     gm = torch.export.export(model, tuple(example_inputs)).module()
-    lower_unrunnable(gm)  # no lowering in litert-torch, or no kernel in LiteRT
+    lowered = lower_unrunnable(gm)  # no lowering in litert-torch, or no kernel in LiteRT
     rewritten = pt2e_rewrites.rewrite(gm, wide=wide) if rewrite else []
     unshared = unshare_call_sites(gm)
     prepared = prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)
     prepared.edgekit_unshared_modules = unshared  # for the manifest
     prepared.edgekit_rewritten = rewritten
+    prepared.edgekit_lowered = lowered
     return prepared
 
 
