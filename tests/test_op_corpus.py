@@ -45,6 +45,11 @@ Found so far:
   in NCHW beside the NHWC map ("'tfl.div' op operands don't have broadcast-compatible
   shapes"): the expand is dropped (division broadcasts), and where the pass still breaks
   the graph it is converted again with its greedy partitioner.
+* ``multi_query``: Falcon's multi-query attention takes its one key and value head from the
+  fused projection by a list of positions (``fused_qkv[..., [-2], :]``) and transposes it;
+  litert left the index (GATHER) unannotated, it took its reader's range, and the converter
+  refused the TRANSPOSE ("violate the same scale constraint"): an index now shares its
+  input's range like the other layout ops.
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -279,7 +284,24 @@ class Normalize(nn.Module):
         return torch.cat([a, b], 1)
 
 
+class MultiQuery(nn.Module):
+    """Hugging Face's Falcon (random tiny config, multi-query attention): its one key and value
+    head are taken from the fused projection by a list of positions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import transformers
+
+        torch.manual_seed(0)
+        self.m = transformers.FalconModel(transformers.FalconConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.m(ids).last_hidden_state
+
+
 CASES = {
+    "multi_query": (MultiQuery, lambda g: torch.randint(0, 100, (1, 12), generator=g)),
     "normalize": (Normalize, lambda g: torch.randn(1, 3, 12, 12, generator=g)),
     "conv_transpose_padding": (ConvTransposePadding,
                                lambda g: torch.randn(1, 2, 6, 6, generator=g)),

@@ -345,10 +345,13 @@ def repair_self_shared(gm: torch.fx.GraphModule, qconfig: Any) -> list[str]:
 
 
 #: Ops that move or select values without changing them (TFLite's TRANSPOSE, RESHAPE,
-#: STRIDED_SLICE, ... take one scale for input and output). litert annotates some of them
-#: (``propagate_annotation``: ``view``, ``permute``, ``slice_copy``); these are the others.
+#: STRIDED_SLICE, GATHER, ... take one scale for input and output). litert annotates some of
+#: them (``propagate_annotation``: ``view``, ``permute``, ``slice_copy``); these are the
+#: others. ``index`` with a list of positions is Falcon's multi-query key and value
+#: (``fused_qkv[..., [-2], :]``).
 _LAYOUT = _aten("transpose", "t", "slice", "select", "unsqueeze", "squeeze", "reshape",
-                "_unsafe_view", "expand", "unflatten", "narrow", "flatten", "view", "permute")
+                "_unsafe_view", "expand", "unflatten", "narrow", "flatten", "view", "permute",
+                "index", "index_select", "clone", "repeat")
 
 
 def share_layout_ranges(gm: torch.fx.GraphModule, keep: Any = lambda node: True) -> list[str]:
