@@ -79,3 +79,22 @@ def test_broadcast_expands_are_dropped_only_where_the_shape_stays():
         + left.count(torch.ops.aten.expand_as.default) == 2, left
     for got, ref in zip(gm(x, w), model(x, w)):
         torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_identity_casts_are_dropped_and_real_ones_kept():
+    from edgekit.backends.pt2e_rewrites import drop_identity_casts
+
+    class Casts(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            same = x.to(torch.float32).type_as(x) * 2  # both dropped
+            return same, (x * 100).to(torch.int64)  # a real cast: kept
+
+    model = Casts()
+    x = torch.randn(2, 5)
+    gm = torch.export.export(model, (x,)).module()
+    assert len(drop_identity_casts(gm)) == 2
+    casts = [n for n in gm.graph.nodes if n.op == "call_function"
+             and "to" in str(n.target).split(".")[1:2]]
+    assert len(casts) == 1, [n.target for n in gm.graph.nodes]
+    for got, ref in zip(gm(x), model(x)):
+        assert torch.equal(got, ref)

@@ -50,6 +50,9 @@ Found so far:
   litert left the index (GATHER) unannotated, it took its reader's range, and the converter
   refused the TRANSPOSE ("violate the same scale constraint"): an index now shares its
   input's range like the other layout ops.
+* ``identity_cast``: Mamba's ``hidden_states.to(weight.dtype)`` (already that dtype) before its
+  depthwise conv1d; litert gave the cast a range of its own and the converter refused the
+  conv's input RESHAPE ("violate the same scale constraint"): such casts are dropped.
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -300,7 +303,27 @@ class MultiQuery(nn.Module):
         return self.m(ids).last_hidden_state
 
 
+class IdentityCast(nn.Module):
+    """Mamba's causal depthwise conv: half of a transposed projection cast to the dtype it has,
+    convolved with its weight squeezed and unsqueezed again, cut to the sequence, gated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = nn.Linear(8, 32)
+        self.conv = nn.Conv1d(16, 16, 4, groups=16, padding=3)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1]
+        h, gate = self.proj(x).transpose(1, 2).chunk(2, dim=1)
+        h = F.conv1d(h.to(self.conv.weight.dtype), self.conv.weight.squeeze(1).unsqueeze(1),
+                     self.conv.bias, padding=3, groups=16)[:, :, :n]
+        return self.out((F.silu(h).to(x.dtype) * F.silu(gate)).transpose(1, 2))
+
+
 CASES = {
+    "identity_cast": (IdentityCast, lambda g: torch.randn(1, 12, 8, generator=g)),
     "multi_query": (MultiQuery, lambda g: torch.randint(0, 100, (1, 12), generator=g)),
     "normalize": (Normalize, lambda g: torch.randn(1, 3, 12, 12, generator=g)),
     "conv_transpose_padding": (ConvTransposePadding,

@@ -37,6 +37,11 @@ ops it can quantize are quantized (LiteRT int8 and 16x8 builds).
   writes a ``split`` / ``chunk`` taken apart by index as slices first (GPT-NeoX's fused
   query / key / value projection).
 
+* :func:`drop_identity_casts`: a cast to the dtype a tensor already has (Mamba's
+  ``hidden_states.to(weight.dtype)`` before its depthwise conv) took an int8 range of its own,
+  and the converter, which removes the cast, refused the conv's input RESHAPE between the two
+  ranges: such casts are dropped.
+
 Each rewrite keeps the float function (the tests compare the graph's outputs before and
 after).
 """
@@ -48,7 +53,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["ACTIVE", "annotate_bounded_adds", "annotate_min_max", "repair_self_shared",
+__all__ = ["ACTIVE", "annotate_bounded_adds", "annotate_min_max", "drop_identity_casts",
+           "repair_self_shared",
            "restore_sources", "rewrite", "share_layout_ranges", "split_hard_activations",
            "split_to_slices"]
 
@@ -382,4 +388,30 @@ def share_layout_ranges(gm: torch.fx.GraphModule, keep: Any = lambda node: True)
         node.meta["quantization_annotation"] = QuantizationAnnotation(
             input_qspec_map={prev: shared}, output_qspec=shared, _annotated=True)
         done.append(node.name)
+    return done
+
+
+_CASTS = _aten("to", "_to_copy", "type_as")
+
+
+def drop_identity_casts(gm: torch.fx.GraphModule) -> list[str]:
+    """Remove each cast of ``gm`` whose output has its input's dtype, shape and device, in
+    place; return the nodes removed."""
+    done = []
+    for node in list(gm.graph.nodes):
+        src = node.args[0] if node.op == "call_function" and node.args else None
+        if getattr(node.target, "overloadpacket", None) not in _CASTS \
+                or not isinstance(src, torch.fx.Node):
+            continue
+        before, after = src.meta.get("val"), node.meta.get("val")
+        if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor) \
+                or (before.dtype, before.shape, before.device) \
+                != (after.dtype, after.shape, after.device):
+            continue
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+        done.append(node.name)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
     return done

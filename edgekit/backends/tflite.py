@@ -205,7 +205,7 @@ def _layout_broken(exc: BaseException) -> bool:
     return False
 
 
-def _convert_int8(litert_torch: Any, gm: torch.fx.GraphModule,
+def _convert_int8(litert_torch: Any, gm: Any,
                   example_inputs: tuple[torch.Tensor, ...], quant: Any) -> Any:
     """``litert_torch.convert`` of the int8 graph ``gm``. Where litert-torch's layout pass
     breaks it (a refused tensor, or an op reading both layouts), ``gm`` is converted again
@@ -214,7 +214,7 @@ def _convert_int8(litert_torch: Any, gm: torch.fx.GraphModule,
     ``gm.edgekit_layout_retry`` says which conversion gave the file (None: the first)."""
     from .tflite_int8 import split_shared_dequantize
 
-    setattr(gm, "edgekit_layout_retry", None)
+    gm.edgekit_layout_retry = None
     try:
         return litert_torch.convert(gm, example_inputs, quant_config=quant)
     except Exception as first:
@@ -227,9 +227,9 @@ def _convert_int8(litert_torch: Any, gm: torch.fx.GraphModule,
                     edge_model = litert_torch.convert(gm, example_inputs, quant_config=quant)
             except Exception:
                 continue
-            setattr(gm, "edgekit_layout_retry", ", ".join(
+            gm.edgekit_layout_retry = ", ".join(
                 (["each reader of a shared int8 tensor given its own dequantize"] if split
-                 else []) + (["greedy layout partitioner"] if partitioner else [])))
+                 else []) + (["greedy layout partitioner"] if partitioner else []))
             return edge_model
         raise first
 
@@ -570,7 +570,8 @@ class TFLiteBackend:
                     # hardsigmoid / hardswish written out in ops the quantizer takes
                     # (integer_ops; 16x8: the hardswishes only)
                     "rewritten_activations": list(getattr(prepared, "edgekit_rewritten", [])),
-                    # ops litert-torch cannot lower or LiteRT run, written otherwise
+                    # nodes written otherwise (or identity casts dropped) so that
+                    # litert-torch converts the graph and LiteRT runs it
                     "lowered_nodes": list(getattr(prepared, "edgekit_lowered", [])),
                     # how litert-torch's layout pass was brought to convert the graph
                     "layout_retry": getattr(gm, "edgekit_layout_retry", None),

@@ -205,6 +205,7 @@ def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
 
     gm = torch.export.export(model, tuple(example_inputs)).module()
     lowered = lower_unrunnable(gm)  # no lowering in litert-torch, or no kernel in LiteRT
+    lowered += pt2e_rewrites.drop_identity_casts(gm)
     rewritten = pt2e_rewrites.rewrite(gm, wide=wide) if rewrite else []
     unshared = unshare_call_sites(gm)
     prepared = prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)
