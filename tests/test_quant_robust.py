@@ -650,3 +650,32 @@ def test_when_no_realisation_loads_the_first_error_stands_with_the_others(tmp_pa
     assert "(the runtime's other int8 realisations failed too: Q/DQ on layer inputs only: " \
         "ModelRunError: " in msg
     assert not (tmp_path / "b").exists()
+
+
+def test_an_fp32_export_that_fails_gives_every_int8_source_its_error(tmp_path):
+    """OpenVINO converts ``torch.linalg.svdvals`` by neither route: NNCF's source and the QDQ
+    sources after it all report that export's error (exported once), not a second export
+    into the folder the first left behind ("File exists")."""
+    from edgekit.errors import ExportError
+
+    class Svd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.fc(x)
+            return h + torch.linalg.svdvals(h.view(2, 2)).sum()
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    cal = [torch.randn(1, 4, generator=g) for _ in range(8)]
+    with pytest.raises(ExportError) as err:
+        compress(Svd().eval(), (cal[0],), targets=["x86-openvino-int8"],
+                 out_dir=tmp_path / "b", calibration=cal, progress=False)
+    text = str(err.value)
+    assert "File exists" not in text, text
+    assert "the other int8 sources failed too" in text, text
+    others = text.split("the other int8 sources failed too", 1)[1]
+    assert "svdvals" in others, others
+    assert not (tmp_path / "b").exists()

@@ -302,7 +302,8 @@ class Int8Build:
         #: explain's culprits of the first variant that missed the gate (manifest record).
         self.culprits: dict[str, Any] | None = None
         self.workdir = Path()  # a temporary folder while :meth:`run` runs
-        self._fp32: dict[int, Artifact] = {}  # id(model) -> its fp32 export
+        # id(model) -> its fp32 export, or the error exporting it raised
+        self._fp32: dict[int, Artifact | Exception] = {}
         self._count = 0
         self.ref_score: float | None = None
         if task is not None:
@@ -427,16 +428,23 @@ class Int8Build:
 
     def fp32(self, model: torch.nn.Module | None = None) -> Artifact | None:
         """The target's fp32 artifact of ``model`` (default: the transformed model), exported
-        once per model (None for a backend without fp32 export)."""
+        once per model (None for a backend without fp32 export); an export that failed raises
+        its error again for the next source instead of being tried twice."""
         model = self.model if model is None else model
         if id(model) not in self._fp32 and callable(getattr(self.backend, "export", None)):
             where = self.workdir / ("fp32" if model is self.model else f"fp32-{len(self._fp32)}")
             where.mkdir()
-            self._fp32[id(model)] = self.backend.export(model, self.inputs, where,
-                                                        input_names=self.in_names,
-                                                        output_names=self.out_names,
-                                                        options=dict(self.profile.options))
-        return self._fp32.get(id(model))
+            try:
+                self._fp32[id(model)] = self.backend.export(
+                    model, self.inputs, where, input_names=self.in_names,
+                    output_names=self.out_names, options=dict(self.profile.options))
+            except Exception as exc:
+                self._fp32[id(model)] = exc
+                raise
+        done = self._fp32.get(id(model))
+        if isinstance(done, Exception):
+            raise done
+        return done
 
     def candidates(self) -> list[tuple[str, dict[str, Any]]]:
         """The runtime's int8 sources for the requested config: (name, config changes). A
