@@ -98,3 +98,32 @@ def test_identity_casts_are_dropped_and_real_ones_kept():
     assert len(casts) == 1, [n.target for n in gm.graph.nodes]
     for got, ref in zip(gm(x), model(x)):
         assert torch.equal(got, ref)
+
+
+class _SortsBilinearOneHot(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.b = torch.nn.Bilinear(8, 6, 4)
+        self.c = torch.nn.Bilinear(8, 6, 3, bias=False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (x.argsort(-1, descending=True), torch.sort(x, -1).values,
+                x.sort(dim=-1, stable=True).indices, self.b(x, y), self.c(x, y),
+                torch.nn.functional.one_hot(x.argmax(-1), 8))
+
+
+def test_sorts_bilinear_and_one_hot_keep_the_function_and_dtypes():
+    from edgekit.backends.litert_lowering import lower_unrunnable
+
+    model = _SortsBilinearOneHot()
+    x, y = torch.randn(2, 5, 8), torch.randn(2, 5, 6)
+    gm = torch.export.export(model, (x, y)).module()
+    done = lower_unrunnable(gm)
+    assert {"argsort", "sort", "sort_1", "bilinear", "bilinear_1", "one_hot"} <= set(done)
+    targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    assert not any(t.startswith(("aten.sort", "aten.argsort", "aten.bilinear", "aten.one_hot"))
+                   for t in targets), targets
+    for got, ref in zip(gm(x, y), model(x, y)):
+        assert got.dtype == ref.dtype
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)

@@ -53,6 +53,13 @@ Found so far:
 * ``identity_cast``: Mamba's ``hidden_states.to(weight.dtype)`` (already that dtype) before its
   depthwise conv1d; litert gave the cast a range of its own and the converter refused the
   conv's input RESHAPE ("violate the same scale constraint"): such casts are dropped.
+* ``sorts``: ``argsort`` and ``sort`` over the last dimension; litert-torch's SORT lowering
+  failed ("comparator block argument #2 should be of type 'tensor<i32>'"), fp32 and int8:
+  written as a top-k of every element (TOPK_V2).
+* ``bilinear``: ``nn.Bilinear``; litert-torch has no lowering for its ``_trilinear``: written
+  as the ``einsum`` it computes.
+* ``one_hot``: ``F.one_hot(ids, classes)``; its bounds assertion (``_assert_async``) has no
+  LiteRT lowering: written as a comparison with ``arange(classes)``.
 * ``pow`` (elementwise power by a constant, sqrt) and ``int_index`` (position ids added to
   token ids) build on all three runtimes; kept here so they stay that way.
 """
@@ -322,7 +329,48 @@ class IdentityCast(nn.Module):
         return self.out((F.silu(h).to(x.dtype) * F.silu(gate)).transpose(1, 2))
 
 
+class Sorts(nn.Module):
+    """Scores gathered in descending order (``argsort``) beside the ascending ``sort``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(10, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        return torch.cat([torch.gather(h, -1, h.argsort(-1, descending=True)),
+                          torch.sort(h, -1).values], -1)
+
+
+class Bilinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(6, 8)
+        self.bilinear = nn.Bilinear(8, 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc(x))
+        return self.bilinear(h, h.flip(-1))
+
+
+class OneHot(nn.Module):
+    """A bag of tokens as the sum of their one-hot rows, projected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(20, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.one_hot(ids, 20).float().sum(1))
+
+
 CASES = {
+    "sorts": (Sorts, lambda g: torch.randn(1, 10, generator=g)),
+    "bilinear": (Bilinear, lambda g: torch.randn(1, 6, generator=g)),
+    "one_hot": (OneHot, lambda g: torch.randint(0, 20, (1, 6), generator=g)),
     "identity_cast": (IdentityCast, lambda g: torch.randn(1, 12, 8, generator=g)),
     "multi_query": (MultiQuery, lambda g: torch.randint(0, 100, (1, 12), generator=g)),
     "normalize": (Normalize, lambda g: torch.randn(1, 3, 12, 12, generator=g)),
@@ -344,7 +392,8 @@ CASES = {
 
 
 #: cases whose LiteRT graph :mod:`edgekit.backends.litert_lowering` rewrites
-LOWERED = {"normalize", "conv_transpose_padding", "conv1d_same", "topk", "adaptive_max_pool"}
+LOWERED = {"normalize", "conv_transpose_padding", "conv1d_same", "topk", "adaptive_max_pool",
+           "sorts", "bilinear", "one_hot", "identity_cast"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -445,10 +494,11 @@ def test_a_layout_refusal_names_the_ops_and_the_layer(tmp_path, monkeypatch):
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("case", ["conv_transpose_padding", "conv1d_same"])
-def test_convolutions_build_fp32_on_litert(tmp_path, case):
-    """The fp32 LiteRT builds of the convolutions litert-torch refused: converted from the
-    rewritten graph, and the file gives PyTorch's outputs."""
+@pytest.mark.parametrize("case", ["conv_transpose_padding", "conv1d_same", "sorts", "bilinear",
+                                  "one_hot"])
+def test_rewritten_ops_build_fp32_on_litert(tmp_path, case):
+    """The fp32 LiteRT builds of the ops litert-torch refused: converted from the rewritten
+    graph, and the file gives PyTorch's outputs."""
     torch.set_num_threads(1)
     cls, make = CASES[case]
     model = cls().eval()
