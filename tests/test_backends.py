@@ -390,6 +390,32 @@ def test_unsupported_op_names_op_and_layer(backend, tmp_path):
     assert "erfinv" in msg and "head.1" in msg and "Gaussianize" in msg
 
 
+def test_an_op_failing_in_a_named_module_is_placed_in_that_module():
+    """OpenVINO's frontend names the module its failing op is in
+    (``__module.<path>/aten::cat``): the error names that layer, not the first layer of the
+    model using the same op (Mixtral's attention ``cat``, not its rotary embedding's)."""
+    from edgekit.backends._common import export_failure
+
+    class Cat(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, x], -1)
+
+    class Two(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rotary, self.attn = Cat(), Cat()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(self.rotary(x))
+
+    said = RuntimeError("Consumer: util::PtFrameworkNode __module.attn/aten::cat "
+                        "(util::SequenceMark ...) -> (f32[?,?])")
+    err = export_failure("openvino", Two(), (torch.randn(1, 3),), said)
+    assert err.op == "aten.cat.default" and err.layer == "attn", (err.op, err.layer)
+    elsewhere = RuntimeError("No conversion rule found for operations: aten::cat")
+    assert export_failure("openvino", Two(), (torch.randn(1, 3),), elsewhere).layer == "rotary"
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_wrong_number_of_names_is_a_usage_error(backend, tmp_path):
     be = get_backend(backend)

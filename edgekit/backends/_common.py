@@ -435,10 +435,12 @@ def _exported(model: torch.nn.Module, example_inputs: tuple[Any, ...]) -> Any:
 
 
 def _find_in_graph(
-    model: torch.nn.Module, example_inputs: tuple[Any, ...], ops: list[str]
+    model: torch.nn.Module, example_inputs: tuple[Any, ...], ops: list[str],
+    within: str | None = None,
 ) -> tuple[str, str, str, str] | None:
     """(op target, module path, class name, node name) of the first graph node matching one of
-    ``ops``."""
+    ``ops``; first among the nodes of module ``within`` (where the converter named the module
+    the op failed in), then anywhere."""
     ep = _exported(model, example_inputs)
     if ep is None:
         return None
@@ -447,20 +449,21 @@ def _find_in_graph(
         graphs.append(ep.run_decompositions().graph)
     except Exception:
         pass
-    for exact in (True, False):
-        for op in ops:
-            for graph in graphs:
-                for node in graph.nodes:
-                    if node.op != "call_function":
-                        continue
-                    parsed = _node_op(node.target)
-                    if parsed is None:
-                        continue
-                    hit = parsed[1] == op if exact else _norm(parsed[1]) == _norm(op)
-                    if hit:
+    for scope in ([within] if within else []) + [None]:
+        for exact in (True, False):
+            for op in ops:
+                for graph in graphs:
+                    for node in graph.nodes:
+                        if node.op != "call_function":
+                            continue
+                        parsed = _node_op(node.target)
+                        if parsed is None:
+                            continue
+                        hit = parsed[1] == op if exact else _norm(parsed[1]) == _norm(op)
                         layer = _layer_of(node) or ("<root>", type(model).__name__)
-                        target = str(node.target)
-                        return target, layer[0], layer[1], node.name
+                        if hit and (scope is None or layer[0] == scope
+                                    or layer[0].startswith(scope + ".")):
+                            return str(node.target), layer[0], layer[1], node.name
     return None
 
 
@@ -484,7 +487,8 @@ def export_failure(
         if m.group(2) not in ops:
             ops.append(m.group(2))
     ov_layer = _OV_MODULE.search(text)
-    found = _find_in_graph(model, example_inputs, ops) if ops else None
+    found = _find_in_graph(model, example_inputs, ops,
+                           ov_layer.group(1) if ov_layer else None) if ops else None
     op = layer = cls = node = None
     if found:
         op, layer, cls, node = found
