@@ -416,6 +416,29 @@ def test_an_op_failing_in_a_named_module_is_placed_in_that_module():
     assert export_failure("openvino", Two(), (torch.randn(1, 3),), elsewhere).layer == "rotary"
 
 
+def test_openvino_reports_its_onnx_route_failure_in_that_exporter_s_words(tmp_path):
+    """Both of OpenVINO's routes fail on ``torch.linalg.svdvals``: the ONNX route's part of the
+    error says what the ONNX exporter said, not the PyTorch frontend's words again."""
+
+    class Svd(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.linalg.svdvals(x.view(2, 2)).sum()
+
+    with pytest.raises(ExportError) as err:
+        get_backend("openvino").export(Svd(), (torch.randn(1, 4),), tmp_path,
+                                       input_names=["x"], output_names=["y"], options={})
+    frontend, onnx_route = str(err.value).split("(through its ONNX export too:", 1)
+    assert "No conversion rule found" in frontend, frontend
+    assert "No conversion rule found" not in onnx_route and "svd" in onnx_route, onnx_route
+    # what the ONNX route's error is read from: its own exceptions only (an ONNX error that
+    # names no op took the frontend's line naming one)
+    chain, cur = [], err.value.__cause__
+    while cur is not None and len(chain) < 20:
+        chain.append(str(cur))
+        cur = cur.__cause__ or cur.__context__
+    assert chain and not any("No conversion rule found" in c for c in chain), chain
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_wrong_number_of_names_is_a_usage_error(backend, tmp_path):
     be = get_backend(backend)

@@ -322,12 +322,13 @@ class OpenVinoBackend:
         t0 = time.perf_counter()
         with eval_mode(model):
             check_export_args(model, example_inputs, input_names, output_names)
-            exporter, frontend_error = "openvino.convert_model", None
+            exporter, frontend_error, failure = "openvino.convert_model", None, None
             try:
                 with torch.no_grad():
                     om = ov.convert_model(model, example_input=example_inputs)
             except Exception as exc:
                 failure = export_failure(_NAME, model, example_inputs, exc)
+            if failure is not None:  # outside the handler: the ONNX route's errors are its own
                 om = self._convert_onnx(model, example_inputs, input_names, output_names,
                                         failure)
                 exporter = "openvino.convert_model (the ONNX export: its PyTorch frontend failed)"
