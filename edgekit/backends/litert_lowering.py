@@ -335,14 +335,13 @@ def drop_broadcast_expands(gm: torch.fx.GraphModule) -> list[str]:
     return done
 
 
-_SORTS = {_ATEN.sort.default: ("dim", "descending"), _ATEN.sort.stable: ("dim", "descending"),
-          _ATEN.argsort.default: ("dim", "descending"),
-          _ATEN.argsort.stable: ("dim", "descending")}
+_SORTS = (_ATEN.sort.default, _ATEN.sort.stable, _ATEN.argsort.default, _ATEN.argsort.stable)
 
 
 def lower_sorts(gm: torch.fx.GraphModule) -> list[str]:
-    """Write each ``sort`` / ``argsort`` of ``gm`` over the last dimension of a static shape as
-    a ``topk`` of all its elements, in place; return the nodes rewritten."""
+    """Write each ``sort`` / ``argsort`` of ``gm`` over the last dimension of a static
+    floating-point tensor as a ``topk`` of all its elements, in place; return the nodes
+    rewritten."""
     done = []
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in _SORTS:
@@ -352,7 +351,8 @@ def lower_sorts(gm: torch.fx.GraphModule) -> list[str]:
         dim = node.kwargs.get("dim", pos[0] if len(pos) > 0 else -1)
         descending = node.kwargs.get("descending", pos[1] if len(pos) > 1 else False)
         val = _static(node.args[0])
-        if val is None or val.dim() == 0 or int(dim) % val.dim() != val.dim() - 1:
+        if val is None or val.dim() == 0 or not val.is_floating_point() \
+                or int(dim) % val.dim() != val.dim() - 1:
             continue
         graph = gm.graph
         with graph.inserting_before(node):
