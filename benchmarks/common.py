@@ -143,11 +143,23 @@ def artifact_size(target_dir: Path) -> int:
 
 
 
+def _machine_paths(text: str) -> str:
+    """``text`` without this machine's folders: the installed packages' folder (an error
+    quoting a library's source line) as ``<site-packages>``, the working folder as ``.``."""
+    import sysconfig
+
+    for folder, name in ((sysconfig.get_paths()["purelib"], "<site-packages>"),
+                         (str(Path.cwd()), ".")):
+        text = text.replace(folder, name)
+    return text
+
+
 def write_results(out: Path, stem: str, data: Any, markdown: list[str]) -> None:
-    """``<out>/<stem>.json`` and ``<out>/<stem>.md`` (the folder made), the Markdown printed."""
+    """``<out>/<stem>.json`` and ``<out>/<stem>.md`` (the folder made), the Markdown printed;
+    neither names this machine's folders."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
-    (out / f"{stem}.md").write_text("\n".join(markdown))
+    (out / f"{stem}.json").write_text(_machine_paths(json.dumps(data, indent=2)) + "\n")
+    (out / f"{stem}.md").write_text(_machine_paths("\n".join(markdown)))
     print("\n".join(markdown))
 
 

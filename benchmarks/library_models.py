@@ -3,7 +3,8 @@
 Small random-config Hugging Face models (GPT-2, Llama, T5 encoder, DistilBERT, ViT, Swin,
 ConvNeXt, MobileViT, SegFormer, Wav2Vec2, ResNet, Whisper encoder; ALBERT with its one layer
 reused, DeBERTa-v2, OPT, Phi, GPT-NeoX, CLIP with one image and four prompts, DeiT,
-DINOv2), randomly initialised
+DINOv2; BERT, BLOOM, Falcon, Mistral, Mixtral, Mamba, MobileNetV2, LeViT, BEiT, Audio
+Spectrogram Transformer), randomly initialised
 (seed 0), each built by ``compress`` for the three int8 targets with every layer int8
 (``fallback`` off, no latency check) on 32 random calibration inputs (token ids in the
 vocabulary, or standard normal images / audio / spectrograms). Per cell: whether it built, the
@@ -160,6 +161,53 @@ def _models() -> dict[str, tuple[Any, list[Any]]]:
     def dinov2() -> Any:
         return _Output(T.Dinov2Model(T.Dinov2Config(**vision, mlp_ratio=2)), "pooler_output")
 
+    def bert() -> Any:
+        return _Output(T.BertForSequenceClassification(T.BertConfig(**text, num_labels=3)),
+                       "logits")
+
+    def bloom() -> Any:  # ALiBi position biases
+        return _Output(T.BloomForCausalLM(T.BloomConfig(
+            vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)), "logits")
+
+    def falcon() -> Any:  # multi-query attention: one key / value head taken by index
+        return _Output(T.FalconForCausalLM(T.FalconConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4)),
+            "logits")
+
+    def mistral() -> Any:  # grouped-query attention, sliding window
+        return _Output(T.MistralForCausalLM(T.MistralConfig(
+            **text, num_key_value_heads=2, sliding_window=8)), "logits")
+
+    def mixtral() -> Any:  # mixture of experts, 2 of 4 per token
+        return _Output(T.MixtralForCausalLM(T.MixtralConfig(
+            **text, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)),
+            "logits")
+
+    def mamba() -> Any:  # selective state space, causal depthwise conv
+        return _Output(T.MambaForCausalLM(T.MambaConfig(
+            vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2,
+            conv_kernel=4, use_cache=False)), "logits")
+
+    def mobilenet_v2() -> Any:
+        return _Output(T.MobileNetV2ForImageClassification(T.MobileNetV2Config(
+            image_size=32, depth_multiplier=0.35, num_labels=5)), "logits")
+
+    def levit() -> Any:  # attention with learned biases, BatchNorm'd linears
+        return _Output(T.LevitForImageClassification(T.LevitConfig(
+            image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=[2, 2, 2],
+            depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=5)), "logits")
+
+    def beit() -> Any:  # relative position bias
+        return _Output(T.BeitForImageClassification(T.BeitConfig(
+            **vision, intermediate_size=64, use_relative_position_bias=True, num_labels=5)),
+            "logits")
+
+    def ast() -> Any:  # audio spectrogram transformer
+        return _Output(T.ASTForAudioClassification(T.ASTConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_length=32, num_mel_bins=16, frequency_stride=4, time_stride=4, num_labels=5)),
+            "logits")
+
     image = [_normal(1, 3, 32, 32)]
     return {"gpt2": (gpt2, [_ids(12)]), "llama": (llama, [_ids(12)]),
             "t5_encoder": (t5_encoder, [_ids(12)]), "distilbert": (distilbert, [_ids(12)]),
@@ -172,7 +220,12 @@ def _models() -> dict[str, tuple[Any, list[Any]]]:
             "gpt_neox": (gpt_neox, [_ids(12)]),
             "clip": (clip, [_normal(1, 3, 32, 32), lambda g: torch.randint(
                 3, VOCAB, (4, 8), generator=g)]),
-            "deit": (deit, image), "dinov2": (dinov2, image)}
+            "deit": (deit, image), "dinov2": (dinov2, image),
+            "bert": (bert, [_ids(12)]), "bloom": (bloom, [_ids(12)]),
+            "falcon": (falcon, [_ids(12)]), "mistral": (mistral, [_ids(12)]),
+            "mixtral": (mixtral, [_ids(12)]), "mamba": (mamba, [_ids(12)]),
+            "mobilenet_v2": (mobilenet_v2, image), "levit": (levit, [_normal(1, 3, 64, 64)]),
+            "beit": (beit, image), "ast": (ast, [_normal(1, 32, 16)])}
 
 
 #: (model, runtime) cells not run, with why.
