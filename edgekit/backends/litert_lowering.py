@@ -54,6 +54,8 @@ from typing import Any
 
 import torch
 
+from ._fx_rewrite import copy_source, finished, inherit, replace_each
+
 __all__ = ["drop_broadcast_expands", "lower_adaptive_max_pools", "lower_bilinear",
            "lower_one_hot", "lower_sorts", "lower_conv_string_padding",
            "lower_conv_transpose_padding", "lower_topk", "lower_unrunnable"]
@@ -103,8 +105,7 @@ def lower_adaptive_max_pools(gm: torch.fx.GraphModule) -> list[str]:
         with gm.graph.inserting_before(node):
             new = gm.graph.call_function(pool, (node.args[0], kernel, kernel))
         val = node.meta.get("val")
-        new.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace")
-                         if k in node.meta})
+        copy_source(new, node)
         if isinstance(val, (tuple, list)) and val:
             new.meta["val"] = val[0]
         for u in users:
@@ -113,10 +114,7 @@ def lower_adaptive_max_pools(gm: torch.fx.GraphModule) -> list[str]:
             gm.graph.erase_node(u)
         gm.graph.erase_node(node)
         done.append(node.name)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+    return finished(gm, done)
 
 
 def _tfl_topk() -> Any:
@@ -160,36 +158,18 @@ def lower_topk(gm: torch.fx.GraphModule) -> list[str]:
                 _ATEN._to_copy.default, (graph.call_function(operator.getitem, (pair, 1)),),
                 {"dtype": torch.int64})
         for new in (pair, values, indices):
-            new.meta.update({k2: node.meta[k2] for k2 in ("nn_module_stack", "stack_trace")
-                             if k2 in node.meta})
+            copy_source(new, node)
         for u in users:
             u.replace_all_uses_with(values if u.args[1] == 0 else indices)
             graph.erase_node(u)
         graph.erase_node(node)
         done.append(node.name)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+    return finished(gm, done)
 
 
 def _ints(value: Any, dims: int) -> list[int]:
     """A conv argument (an int or one per spatial dimension) as ``dims`` ints."""
     return [int(value)] * dims if isinstance(value, int) else [int(v) for v in value]
-
-
-def _inherit(new: torch.fx.Node, old: torch.fx.Node) -> None:
-    """``new`` reports as ``old``'s layer and source line, with its own shape (evaluated on
-    its inputs' fake tensors)."""
-    from torch._guards import detect_fake_mode
-
-    new.meta.update({k: old.meta[k] for k in ("nn_module_stack", "stack_trace")
-                     if k in old.meta})
-    args, kwargs = torch.fx.node.map_arg((new.args, new.kwargs), lambda n: n.meta.get("val"))
-    mode = detect_fake_mode((args, kwargs))
-    if mode is not None and callable(new.target):
-        with mode:
-            new.meta["val"] = new.target(*args, **kwargs)
 
 
 def _static(node: Any) -> torch.Tensor | None:
@@ -202,10 +182,9 @@ def _static(node: Any) -> torch.Tensor | None:
 def lower_conv_string_padding(gm: torch.fx.GraphModule) -> list[str]:
     """Write each 1-D convolution of ``gm`` whose padding is a string (``"same"``,
     ``"valid"``) with numbers, in place; return the nodes rewritten."""
-    done = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target != _ATEN.conv1d.padding:
-            continue
+    graph = gm.graph
+
+    def build(node: Any) -> Any:
         args = list(node.args) + [None] * (7 - len(node.args))
         x, w, b, stride, padding, dilation, groups = args
         stride = node.kwargs.get("stride", 1 if stride is None else stride)
@@ -214,25 +193,18 @@ def lower_conv_string_padding(gm: torch.fx.GraphModule) -> list[str]:
         groups = node.kwargs.get("groups", 1 if groups is None else groups)
         weight = _static(w)
         if weight is None or padding not in ("same", "valid"):
-            continue
-        kernel = int(weight.shape[-1])
-        total = _ints(dilation, 1)[0] * (kernel - 1) if padding == "same" else 0
-        graph = gm.graph
-        with graph.inserting_before(node):
-            if total % 2:  # PyTorch pads the odd element at the end
-                x = graph.call_function(_ATEN.constant_pad_nd.default, (x, [0, 1], 0.0))
-                _inherit(x, node)
-            new = graph.call_function(_ATEN.conv1d.default,
-                                      (x, w, b, _ints(stride, 1), [total // 2],
-                                       _ints(dilation, 1), groups))
-        _inherit(new, node)
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
-        done.append(node.name)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+            return None
+        total = _ints(dilation, 1)[0] * (int(weight.shape[-1]) - 1) if padding == "same" else 0
+        if total % 2:  # PyTorch pads the odd element at the end
+            x = graph.call_function(_ATEN.constant_pad_nd.default, (x, [0, 1], 0.0))
+            inherit(x, node)
+        new = graph.call_function(_ATEN.conv1d.default, (x, w, b, _ints(stride, 1),
+                                                         [total // 2], _ints(dilation, 1),
+                                                         groups))
+        inherit(new, node)
+        return new
+
+    return replace_each(gm, [_ATEN.conv1d.padding], build)
 
 
 _CONV_T = {_ATEN.conv_transpose1d.default: 1, _ATEN.conv_transpose2d.input: 2,
@@ -243,51 +215,42 @@ def lower_conv_transpose_padding(gm: torch.fx.GraphModule) -> list[str]:
     """Write each strided transposed convolution of ``gm`` whose padding LiteRT's converter
     cannot legalize as the unpadded one sliced to PyTorch's window, in place; return the
     nodes rewritten."""
-    done = []
-    for node in list(gm.graph.nodes):
-        dims = _CONV_T.get(node.target) if node.op == "call_function" else None
-        if dims is None or node.kwargs:
-            continue
+    graph = gm.graph
+
+    def build(node: Any) -> Any:
+        dims = _CONV_T[node.target]
         args = list(node.args) + [None] * (8 - len(node.args))
         x, w, b, stride, padding, out_pad, groups, dilation = args
         stride, padding = _ints(stride or 1, dims), _ints(padding or 0, dims)
         out_pad, dilation = _ints(out_pad or 0, dims), _ints(dilation or 1, dims)
         val, weight = _static(x), _static(w)
-        if val is None or weight is None:
-            continue
+        if node.kwargs or val is None or weight is None:
+            return None
         span = [d * (int(k) - 1) + 1 for d, k in zip(dilation, weight.shape[2:])]
         if all(s == 1 or p == 0 or k - 2 * p == s for s, p, k in zip(stride, padding, span)):
-            continue  # forms the converter lowers
+            return None  # forms the converter lowers
         size = [int(n) for n in val.shape[-dims:]]
         out = [(n - 1) * s - 2 * p + k + o
                for n, s, p, k, o in zip(size, stride, padding, span, out_pad)]
         beyond = [max(0, o - p) for o, p in zip(out_pad, padding)]
-        graph = gm.graph
-        with graph.inserting_before(node):
-            y = graph.call_function(node.target, (x, w, None if any(beyond) else b, stride,
-                                                  [0] * dims, [0] * dims, groups or 1,
-                                                  dilation))
-            _inherit(y, node)
-            if any(beyond):
-                pads = [v for e in reversed(beyond) for v in (0, e)]
-                y = graph.call_function(_ATEN.constant_pad_nd.default, (y, pads, 0.0))
-                _inherit(y, node)
-            for i, (p, n) in enumerate(zip(padding, out)):
-                y = graph.call_function(_ATEN.slice.Tensor, (y, i - dims, p, p + n))
-                _inherit(y, node)
-            if any(beyond) and b is not None:
-                shape = [1, -1] + [1] * dims
-                bias = graph.call_function(_ATEN.view.default, (b, shape))
-                _inherit(bias, node)
-                y = graph.call_function(_ATEN.add.Tensor, (y, bias))
-                _inherit(y, node)
-        node.replace_all_uses_with(y)
-        graph.erase_node(node)
-        done.append(node.name)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+        y = graph.call_function(node.target, (x, w, None if any(beyond) else b, stride,
+                                              [0] * dims, [0] * dims, groups or 1, dilation))
+        inherit(y, node)
+        if any(beyond):
+            pads = [v for e in reversed(beyond) for v in (0, e)]
+            y = graph.call_function(_ATEN.constant_pad_nd.default, (y, pads, 0.0))
+            inherit(y, node)
+        for i, (p, n) in enumerate(zip(padding, out)):
+            y = graph.call_function(_ATEN.slice.Tensor, (y, i - dims, p, p + n))
+            inherit(y, node)
+        if any(beyond) and b is not None:
+            bias = graph.call_function(_ATEN.view.default, (b, [1, -1] + [1] * dims))
+            inherit(bias, node)
+            y = graph.call_function(_ATEN.add.Tensor, (y, bias))
+            inherit(y, node)
+        return y
+
+    return replace_each(gm, _CONV_T, build)
 
 
 _BROADCASTING = {_ATEN.add.Tensor, _ATEN.sub.Tensor, _ATEN.mul.Tensor, _ATEN.div.Tensor}
@@ -304,35 +267,27 @@ def drop_broadcast_expands(gm: torch.fx.GraphModule) -> list[str]:
     """Remove each ``expand`` / ``expand_as`` of ``gm`` whose readers are all broadcasting
     arithmetic that gives the same shape from the unexpanded tensor, in place; return the
     nodes removed."""
-    done = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in (
-                _ATEN.expand.default, _ATEN.expand_as.default) or not node.users:
-            continue
+
+    def build(node: Any) -> Any:
         src = node.args[0]
         small = _shape(src)
-        keep = small is None
+        if small is None or not node.users:
+            return None
         for user in node.users:
-            if keep or user.op != "call_function" or user.target not in _BROADCASTING \
+            if user.op != "call_function" or user.target not in _BROADCASTING \
                     or user.kwargs or len(user.args) != 2 or user.args.count(node) != 1:
-                keep = True
-                break
+                return None
             other = _shape(user.args[1] if user.args[0] is node else user.args[0])
             out = _shape(user)
             try:
-                keep = other is None or out is None \
-                    or tuple(torch.broadcast_shapes(small, other)) != out
+                if other is None or out is None \
+                        or tuple(torch.broadcast_shapes(small, other)) != out:
+                    return None
             except RuntimeError:
-                keep = True
-        if keep:
-            continue
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
-        done.append(node.name)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+                return None
+        return src
+
+    return replace_each(gm, [_ATEN.expand.default, _ATEN.expand_as.default], build)
 
 
 _SORTS = (_ATEN.sort.default, _ATEN.sort.stable, _ATEN.argsort.default, _ATEN.argsort.stable)
@@ -342,10 +297,9 @@ def lower_sorts(gm: torch.fx.GraphModule) -> list[str]:
     """Write each ``sort`` / ``argsort`` of ``gm`` over the last dimension of a static
     floating-point tensor as a ``topk`` of all its elements, in place; return the nodes
     rewritten."""
-    done = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in _SORTS:
-            continue
+    graph = gm.graph
+
+    def build(node: Any) -> Any:
         stable = node.target in (_ATEN.sort.stable, _ATEN.argsort.stable)
         pos = list(node.args[1:]) if not stable else []
         dim = node.kwargs.get("dim", pos[0] if len(pos) > 0 else -1)
@@ -353,82 +307,59 @@ def lower_sorts(gm: torch.fx.GraphModule) -> list[str]:
         val = _static(node.args[0])
         if val is None or val.dim() == 0 or not val.is_floating_point() \
                 or int(dim) % val.dim() != val.dim() - 1:
-            continue
-        graph = gm.graph
-        with graph.inserting_before(node):
-            pair = graph.call_function(_ATEN.topk.default,
-                                       (node.args[0], int(val.shape[-1]), -1, bool(descending)))
-            _inherit(pair, node)
-            if node.target in (_ATEN.argsort.default, _ATEN.argsort.stable):
-                new = graph.call_function(operator.getitem, (pair, 1))
-                _inherit(new, node)
-            else:
-                new = pair
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
-        done.append(node.name)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+            return None
+        pair = graph.call_function(_ATEN.topk.default,
+                                   (node.args[0], int(val.shape[-1]), -1, bool(descending)))
+        inherit(pair, node)
+        if node.target in (_ATEN.sort.default, _ATEN.sort.stable):
+            return pair
+        indices = graph.call_function(operator.getitem, (pair, 1))
+        inherit(indices, node)
+        return indices
+
+    return replace_each(gm, _SORTS, build)
 
 
 def lower_bilinear(gm: torch.fx.GraphModule) -> list[str]:
     """Write each ``bilinear`` of ``gm`` as ``einsum('...i,kij,...j->...k') + bias``, in
     place; return the nodes rewritten."""
-    done = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target != _ATEN.bilinear.default:
-            continue
+    graph = gm.graph
+
+    def build(node: Any) -> Any:
         x1, x2, weight = node.args[:3]
         bias = node.args[3] if len(node.args) > 3 else node.kwargs.get("bias")
-        graph = gm.graph
-        with graph.inserting_before(node):
-            new = graph.call_function(_ATEN.einsum.default,
-                                      ("...i,kij,...j->...k", [x1, weight, x2]))
-            _inherit(new, node)
-            if bias is not None:
-                new = graph.call_function(_ATEN.add.Tensor, (new, bias))
-                _inherit(new, node)
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
-        done.append(node.name)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+        new = graph.call_function(_ATEN.einsum.default, ("...i,kij,...j->...k", [x1, weight, x2]))
+        inherit(new, node)
+        if bias is not None:
+            new = graph.call_function(_ATEN.add.Tensor, (new, bias))
+            inherit(new, node)
+        return new
+
+    return replace_each(gm, [_ATEN.bilinear.default], build)
 
 
 def lower_one_hot(gm: torch.fx.GraphModule) -> list[str]:
     """Write each ``one_hot`` of ``gm`` with a given number of classes as its indices
     compared with ``arange(classes)`` (int64), in place; return the nodes rewritten."""
-    done = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target != _ATEN.one_hot.default:
-            continue
+    graph = gm.graph
+
+    def build(node: Any) -> Any:
         classes = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_classes", -1)
         if not isinstance(classes, int) or classes <= 0:
-            continue  # counted from the data
+            return None  # counted from the data
         name = f"_edgekit_{node.name}_classes"
         gm.register_buffer(name, torch.arange(classes, dtype=torch.int64))
-        graph = gm.graph
-        with graph.inserting_before(node):
-            grid = graph.get_attr(name)
-            grid.meta["val"] = getattr(gm, name)
-            column = graph.call_function(_ATEN.unsqueeze.default, (node.args[0], -1))
-            hit = graph.call_function(_ATEN.eq.Tensor, (column, grid))
-            new = graph.call_function(_ATEN._to_copy.default, (hit,), {"dtype": torch.int64})
+        grid = graph.get_attr(name)
+        grid.meta["val"] = getattr(gm, name)
+        column = graph.call_function(_ATEN.unsqueeze.default, (node.args[0], -1))
+        hit = graph.call_function(_ATEN.eq.Tensor, (column, grid))
+        new = graph.call_function(_ATEN._to_copy.default, (hit,), {"dtype": torch.int64})
         for made in (column, hit, new):
-            made.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace")
-                              if k in node.meta})
+            copy_source(made, node)
         new.meta["val"] = node.meta.get("val")
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
-        done.append(node.name)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+        return new
+
+    return replace_each(gm, [_ATEN.one_hot.default], build)
 
 
 def lower_unrunnable(gm: torch.fx.GraphModule) -> list[str]:

@@ -53,6 +53,8 @@ from typing import Any
 
 import torch
 
+from ._fx_rewrite import finished, replace_each
+
 __all__ = ["ACTIVE", "annotate_bounded_adds", "annotate_min_max", "drop_identity_casts",
            "repair_self_shared",
            "restore_sources", "rewrite", "share_layout_ranges", "split_hard_activations",
@@ -162,10 +164,7 @@ def split_to_slices(gm: torch.fx.GraphModule) -> list[str]:
             gm.graph.erase_node(user)
         gm.graph.erase_node(node)
         done.append(node.name)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+    return finished(gm, done)
 
 
 def restore_sources(gm: torch.fx.GraphModule) -> list[str]:
@@ -232,31 +231,24 @@ def split_hard_activations(gm: torch.fx.GraphModule, *, wide: bool) -> list[str]
     graph = gm.graph
     targets = {_ATEN.hardswish.default} if wide else {_ATEN.hardswish.default,
                                                        _ATEN.hardsigmoid.default}
-    changed = []
-    for node in list(graph.nodes):
-        if node.op != "call_function" or node.target not in targets \
-                or _inside_whole_module(node):
-            continue
+
+    def build(node: Any) -> Any:
+        if _inside_whole_module(node):
+            return None
         x = node.args[0]
         if wide:
-            with graph.inserting_before(node):
-                out = graph.call_function(_ATEN.hardsigmoid.default, (x,))
+            out = graph.call_function(_ATEN.hardsigmoid.default, (x,))
             _copy_meta(out, node, None, "gate")
         else:
             out = _hardsigmoid(gm, x, node)
         if node.target == _ATEN.hardswish.default:
-            with graph.inserting_before(node):
-                gated = graph.call_function(_ATEN.mul.Tensor, (x, out))
+            gated = graph.call_function(_ATEN.mul.Tensor, (x, out))
             _copy_meta(gated, node, torch.mul, "gated")
             gated.meta[ACTIVE] = (-3.0, math.inf)  # below -3 the gate is 0
             out = gated
-        node.replace_all_uses_with(out)
-        graph.erase_node(node)
-        changed.append(node.name)
-    if changed:
-        graph.lint()
-        gm.recompile()
-    return changed
+        return out
+
+    return replace_each(gm, targets, build)
 
 
 def annotate_bounded_adds(gm: torch.fx.GraphModule, qconfig: Any,
@@ -397,21 +389,15 @@ _CASTS = _aten("to", "_to_copy", "type_as")
 def drop_identity_casts(gm: torch.fx.GraphModule) -> list[str]:
     """Remove each cast of ``gm`` whose output has its input's dtype, shape and device, in
     place; return the nodes removed."""
-    done = []
-    for node in list(gm.graph.nodes):
-        src = node.args[0] if node.op == "call_function" and node.args else None
-        if getattr(node.target, "overloadpacket", None) not in _CASTS \
-                or not isinstance(src, torch.fx.Node):
-            continue
-        before, after = src.meta.get("val"), node.meta.get("val")
+
+    def build(node: Any) -> Any:
+        src = node.args[0] if node.args else None
+        before = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
+        after = node.meta.get("val")
         if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor) \
                 or (before.dtype, before.shape, before.device) \
                 != (after.dtype, after.shape, after.device):
-            continue
-        node.replace_all_uses_with(src)
-        gm.graph.erase_node(node)
-        done.append(node.name)
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+            return None
+        return src
+
+    return replace_each(gm, _CASTS, build)
