@@ -100,6 +100,33 @@ def test_identity_casts_are_dropped_and_real_ones_kept():
         assert torch.equal(got, ref)
 
 
+def test_inactive_dropouts_are_dropped_and_active_ones_kept():
+    from edgekit.backends.pt2e_rewrites import drop_inactive_dropouts
+
+    class Dropouts(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.zero, self.some = torch.nn.Dropout(0.0), torch.nn.Dropout(0.5)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            # eval mode: both modules are kept by the export as aten.dropout(x, p, False)
+            return (self.zero(x) * 2, self.some(x) + 1,
+                    torch.nn.functional.dropout(x, 0.0, training=True),  # p = 0: dropped
+                    torch.nn.functional.dropout(x, 0.5, training=True))  # random: kept
+
+    model = Dropouts().eval()
+    x = torch.randn(2, 5)
+    gm = torch.export.export(model, (x,)).module()
+    assert len(drop_inactive_dropouts(gm)) == 3
+    left = [n for n in gm.graph.nodes if n.op == "call_function"
+            and n.target == torch.ops.aten.dropout.default]
+    assert [n.args[1:] for n in left] == [(0.5, True)]
+    got, ref = gm(x), model(x)
+    for g, r in zip(got[:3], ref[:3]):
+        assert torch.equal(g, r)
+    assert ((got[3] == 0) | torch.isclose(got[3], 2 * x)).all()  # still dropping
+
+
 class _SortsBilinearOneHot(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -367,7 +367,46 @@ class OneHot(nn.Module):
         return self.fc(F.one_hot(ids, 20).float().sum(1))
 
 
+class PooledGate(nn.Module):
+    """GhostNetV2's attention on the model's input: a gate from the 2x2-pooled map, beside a
+    strided 5x5 depthwise conv of the same map (which the converter writes as PAD + conv)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.gate = nn.Conv2d(8, 8, 1)
+        self.main = nn.Conv2d(8, 8, 1)
+        self.short = nn.Conv2d(8, 8, 5, stride=2, padding=2, groups=8)
+        self.dw = nn.Conv2d(8, 8, 5, stride=2, padding=2, groups=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate(F.avg_pool2d(x, 2, 2)))
+        y = self.main(x) * F.interpolate(g, size=x.shape[-2:], mode="nearest")
+        return self.dw(y) + self.short(x)
+
+
+class ClassAttention(nn.Module):
+    """CaiT / XCiT class attention: the class token's projection (through an eval-mode
+    ``nn.Dropout``, which the export keeps) concatenated with the other normed tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Linear(8, 16)
+        self.norm = nn.LayerNorm(16)
+        self.proj = nn.Linear(16, 16)
+        self.drop = nn.Dropout(0.0)
+        self.out = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x)
+        n = self.norm(h)
+        return self.out(h + torch.cat([self.drop(self.proj(n[:, :1])), n[:, 1:]], dim=1))
+
+
 CASES = {
+    "class_attention": (ClassAttention, lambda g: torch.randn(1, 6, 8, generator=g)),
+    "pooled_gate": (PooledGate, lambda g: torch.randn(1, 8, 16, 16, generator=g)),
     "sorts": (Sorts, lambda g: torch.randn(1, 10, generator=g)),
     "bilinear": (Bilinear, lambda g: torch.randn(1, 6, generator=g)),
     "one_hot": (OneHot, lambda g: torch.randint(0, 20, (1, 6), generator=g)),
@@ -393,7 +432,7 @@ CASES = {
 
 #: cases whose LiteRT graph :mod:`edgekit.backends.litert_lowering` rewrites
 LOWERED = {"normalize", "conv_transpose_padding", "conv1d_same", "topk", "adaptive_max_pool",
-           "sorts", "bilinear", "one_hot", "identity_cast"}
+           "sorts", "bilinear", "one_hot", "identity_cast", "class_attention"}
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -317,6 +317,45 @@ def annotate_min_max(gm: torch.fx.GraphModule, qconfig: Any,
     return done
 
 
+_AVG_POOLS = _aten("avg_pool1d", "avg_pool2d", "avg_pool3d")
+
+
+def annotate_avg_pools(gm: torch.fx.GraphModule, qconfig: Any,
+                       keep: Any = lambda node: True) -> list[str]:
+    """Annotate each unannotated average pool on float data as litert annotates its adaptive
+    pool: the input observed (sharing its producer's range where that is annotated), the
+    output on the input's range, as TFLite's int8 AVERAGE_POOL_2D requires. litert leaves
+    ``F.avg_pool2d`` / ``nn.AvgPool2d`` unannotated. Where the pooled tensor had no range of
+    its own while its other readers were quantized (GhostNetV2's attention pools the block's
+    input beside a strided conv of it), the converter refused a PAD between the input's
+    scale and the pool's output scale ("violate the same scale constraint"), litert's
+    default flow included. ``keep(node)``: False for nodes to leave in float. Run before
+    litert's own annotators; returns the nodes annotated."""
+    from litert_torch.quantize.pt2e_quantizer_utils import get_input_act_qspec
+    from torchao.quantization.pt2e.quantizer import (
+        QuantizationAnnotation,
+        SharedQuantizationSpec,
+    )
+
+    done = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or getattr(node.target, "overloadpacket", None) \
+                not in _AVG_POOLS or not keep(node) \
+                or "quantization_annotation" in node.meta:
+            continue
+        src = node.args[0] if node.args else None
+        if not isinstance(src, torch.fx.Node) or not _float_tensor(src):
+            continue
+        ann = src.meta.get("quantization_annotation")
+        in_spec = SharedQuantizationSpec(src) if ann is not None and ann.output_qspec \
+            is not None else get_input_act_qspec(qconfig)
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={src: in_spec}, output_qspec=SharedQuantizationSpec((src, node)),
+            _annotated=True)
+        done.append(node.name)
+    return done
+
+
 def _float_tensor(node: torch.fx.Node) -> bool:
     """Whether ``node`` produces a floating-point tensor (per its traced value)."""
     val = node.meta.get("val")
@@ -401,3 +440,24 @@ def drop_identity_casts(gm: torch.fx.GraphModule) -> list[str]:
         return src
 
     return replace_each(gm, _CASTS, build)
+
+
+_DROPOUTS = _aten("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
+
+
+def drop_inactive_dropouts(gm: torch.fx.GraphModule) -> list[str]:
+    """Remove each dropout of ``gm`` that passes its input on unchanged (``train=False`` or
+    ``p=0``), in place; return the nodes removed. An exported graph can keep one (timm's XCiT:
+    ``aten.dropout(x, 0.0, False)`` after its class attention's projection). Between the
+    projection's int8 output and a ``cat`` it took the cat's range, and the converter, which
+    drops the dropout, refused the CONCATENATION between the two scales ("violate the same
+    scale constraint")."""
+
+    def build(node: Any) -> Any:
+        args = [*node.args, None, None][:3]
+        p = node.kwargs.get("p", args[1])
+        train = node.kwargs.get("train", args[2])
+        return node.args[0] if train is False or p == 0 else None
+
+    return replace_each(gm, _DROPOUTS, build)
+

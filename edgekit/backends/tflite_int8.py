@@ -89,7 +89,7 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
     def annotate_static(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         from litert_torch.quantize.pt2e_quantizer_utils import OP_TO_ANNOTATOR
 
-        from .pt2e_rewrites import annotate_bounded_adds, annotate_min_max
+        from .pt2e_rewrites import annotate_avg_pools, annotate_bounded_adds, annotate_min_max
 
         keep = quantized(model)
         if layers_only:
@@ -98,6 +98,7 @@ def litert_quantizer(config: QuantConfig, keep_float: Sequence[str] = (), *, qat
             return model
         annotate_bounded_adds(model, q.global_config, keep)
         annotate_min_max(model, q.global_config, keep)
+        annotate_avg_pools(model, q.global_config, keep)
         return q._annotate_all_static_patterns(model, q.global_config, keep)
 
     def annotate_dynamic(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -206,6 +207,7 @@ def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
     gm = torch.export.export(model, tuple(example_inputs)).module()
     lowered = lower_unrunnable(gm)  # no lowering in litert-torch, or no kernel in LiteRT
     lowered += pt2e_rewrites.drop_identity_casts(gm)
+    lowered += pt2e_rewrites.drop_inactive_dropouts(gm)
     rewritten = pt2e_rewrites.rewrite(gm, wide=wide) if rewrite else []
     unshared = unshare_call_sites(gm)
     prepared = prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)
