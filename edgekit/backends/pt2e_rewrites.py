@@ -460,4 +460,3 @@ def drop_inactive_dropouts(gm: torch.fx.GraphModule) -> list[str]:
         return node.args[0] if train is False or p == 0 else None
 
     return replace_each(gm, _DROPOUTS, build)
-
