@@ -82,7 +82,7 @@ def test_broadcast_expands_are_dropped_only_where_the_shape_stays():
 
 
 def test_identity_casts_are_dropped_and_real_ones_kept():
-    from edgekit.backends.pt2e_rewrites import drop_identity_casts
+    from edgekit.backends.pt2e_rewrites import drop_no_ops
 
     class Casts(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +92,7 @@ def test_identity_casts_are_dropped_and_real_ones_kept():
     model = Casts()
     x = torch.randn(2, 5)
     gm = torch.export.export(model, (x,)).module()
-    assert len(drop_identity_casts(gm)) == 2
+    assert len(drop_no_ops(gm)) == 2
     casts = [n for n in gm.graph.nodes if n.op == "call_function"
              and "to" in str(n.target).split(".")[1:2]]
     assert len(casts) == 1, [n.target for n in gm.graph.nodes]
@@ -101,7 +101,7 @@ def test_identity_casts_are_dropped_and_real_ones_kept():
 
 
 def test_inactive_dropouts_are_dropped_and_active_ones_kept():
-    from edgekit.backends.pt2e_rewrites import drop_inactive_dropouts
+    from edgekit.backends.pt2e_rewrites import drop_no_ops
 
     class Dropouts(torch.nn.Module):
         def __init__(self) -> None:
@@ -117,7 +117,7 @@ def test_inactive_dropouts_are_dropped_and_active_ones_kept():
     model = Dropouts().eval()
     x = torch.randn(2, 5)
     gm = torch.export.export(model, (x,)).module()
-    assert len(drop_inactive_dropouts(gm)) == 3
+    assert len(drop_no_ops(gm)) == 3
     left = [n for n in gm.graph.nodes if n.op == "call_function"
             and n.target == torch.ops.aten.dropout.default]
     assert [n.args[1:] for n in left] == [(0.5, True)]

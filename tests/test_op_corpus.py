@@ -430,7 +430,8 @@ CASES = {
 }
 
 
-#: cases whose LiteRT graph :mod:`edgekit.backends.litert_lowering` rewrites
+#: cases whose LiteRT graph is rewritten before annotation (:mod:`edgekit.backends.litert_lowering`,
+#: :func:`edgekit.backends.pt2e_rewrites.drop_no_ops`): the manifest's ``lowered_nodes``
 LOWERED = {"normalize", "conv_transpose_padding", "conv1d_same", "topk", "adaptive_max_pool",
            "sorts", "bilinear", "one_hot", "identity_cast", "class_attention"}
 

@@ -37,10 +37,16 @@ ops it can quantize are quantized (LiteRT int8 and 16x8 builds).
   writes a ``split`` / ``chunk`` taken apart by index as slices first (GPT-NeoX's fused
   query / key / value projection).
 
-* :func:`drop_identity_casts`: a cast to the dtype a tensor already has (Mamba's
-  ``hidden_states.to(weight.dtype)`` before its depthwise conv) took an int8 range of its own,
-  and the converter, which removes the cast, refused the conv's input RESHAPE between the two
-  ranges: such casts are dropped.
+* :func:`annotate_avg_pools`: litert leaves ``F.avg_pool2d`` / ``nn.AvgPool2d``
+  unannotated; they are annotated on their input's range, as TFLite's int8 AVERAGE_POOL_2D
+  requires (GhostNetV2's attention pools the block's input beside a strided conv of it, and
+  the converter refused a PAD between two scales, litert's default flow included).
+
+* :func:`drop_no_ops`: ops that compute nothing took an int8 range of their own, and the
+  converter, which removes them, refused the op after them between the two ranges: a cast to
+  the dtype a tensor already has (Mamba's ``hidden_states.to(weight.dtype)`` before its
+  depthwise conv: the conv's input RESHAPE) and an eval-mode dropout (XCiT's class attention
+  projection before a ``cat``: the CONCATENATION). Both are dropped.
 
 Each rewrite keeps the float function (the tests compare the graph's outputs before and
 after).
@@ -55,8 +61,8 @@ import torch
 
 from ._fx_rewrite import finished, replace_each
 
-__all__ = ["ACTIVE", "annotate_bounded_adds", "annotate_min_max", "drop_identity_casts",
-           "repair_self_shared",
+__all__ = ["ACTIVE", "annotate_avg_pools", "annotate_bounded_adds", "annotate_min_max",
+           "drop_no_ops", "repair_self_shared",
            "restore_sources", "rewrite", "share_layout_ranges", "split_hard_activations",
            "split_to_slices"]
 
@@ -423,40 +429,34 @@ def share_layout_ranges(gm: torch.fx.GraphModule, keep: Any = lambda node: True)
 
 
 _CASTS = _aten("to", "_to_copy", "type_as")
-
-
-def drop_identity_casts(gm: torch.fx.GraphModule) -> list[str]:
-    """Remove each cast of ``gm`` whose output has its input's dtype, shape and device, in
-    place; return the nodes removed."""
-
-    def build(node: Any) -> Any:
-        src = node.args[0] if node.args else None
-        before = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
-        after = node.meta.get("val")
-        if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor) \
-                or (before.dtype, before.shape, before.device) \
-                != (after.dtype, after.shape, after.device):
-            return None
-        return src
-
-    return replace_each(gm, _CASTS, build)
-
-
 _DROPOUTS = _aten("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
 
 
-def drop_inactive_dropouts(gm: torch.fx.GraphModule) -> list[str]:
-    """Remove each dropout of ``gm`` that passes its input on unchanged (``train=False`` or
-    ``p=0``), in place; return the nodes removed. An exported graph can keep one (timm's XCiT:
-    ``aten.dropout(x, 0.0, False)`` after its class attention's projection). Between the
-    projection's int8 output and a ``cat`` it took the cat's range, and the converter, which
-    drops the dropout, refused the CONCATENATION between the two scales ("violate the same
-    scale constraint")."""
+def _identity_cast(node: torch.fx.Node) -> bool:
+    """A cast whose output has its input's dtype, shape and device."""
+    src = node.args[0] if node.args else None
+    before = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
+    after = node.meta.get("val")
+    return isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor) \
+        and (before.dtype, before.shape, before.device) == (after.dtype, after.shape, after.device)
+
+
+def _inactive_dropout(node: torch.fx.Node) -> bool:
+    """A dropout with ``train=False`` or ``p=0``."""
+    args = [*node.args, None, None][:3]
+    p = node.kwargs.get("p", args[1])
+    train = node.kwargs.get("train", args[2])
+    return train is False or (isinstance(p, (int, float)) and p == 0)
+
+
+def drop_no_ops(gm: torch.fx.GraphModule) -> list[str]:
+    """Remove each node of ``gm`` that passes its input on unchanged, in place: a cast to the
+    dtype, shape and device its input has, and a dropout with ``train=False`` or ``p=0``
+    (``torch.export`` keeps every eval-mode ``nn.Dropout`` as ``aten.dropout(x, p, False)``).
+    Returns the nodes removed."""
 
     def build(node: Any) -> Any:
-        args = [*node.args, None, None][:3]
-        p = node.kwargs.get("p", args[1])
-        train = node.kwargs.get("train", args[2])
-        return node.args[0] if train is False or p == 0 else None
+        test = _identity_cast if node.target.overloadpacket in _CASTS else _inactive_dropout
+        return node.args[0] if test(node) else None
 
-    return replace_each(gm, _DROPOUTS, build)
+    return replace_each(gm, _CASTS + _DROPOUTS, build)

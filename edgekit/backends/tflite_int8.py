@@ -206,8 +206,7 @@ def pt2e_prepare(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
 
     gm = torch.export.export(model, tuple(example_inputs)).module()
     lowered = lower_unrunnable(gm)  # no lowering in litert-torch, or no kernel in LiteRT
-    lowered += pt2e_rewrites.drop_identity_casts(gm)
-    lowered += pt2e_rewrites.drop_inactive_dropouts(gm)
+    lowered += pt2e_rewrites.drop_no_ops(gm)  # identity casts, eval-mode dropouts
     rewritten = pt2e_rewrites.rewrite(gm, wide=wide) if rewrite else []
     unshared = unshare_call_sites(gm)
     prepared = prepare_qat_pt2e(gm, quantizer) if qat else prepare_pt2e(gm, quantizer)
